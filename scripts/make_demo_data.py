@@ -1,0 +1,205 @@
+"""Write the demo's raw inputs under data/raw/: tutoring conversations in English and Korean.
+
+Deterministic (fixed seed). Written by this project, no third-party data. It plants what the
+pipeline must act on: PII (emails, phones, resident registration numbers), near-empty turns,
+exact duplicates, malformed lines, missing consent, and off-policy "lecturing" answers that the
+tutor score penalizes.
+
+    python scripts/make_demo_data.py [--out data/raw] [--n 360]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+EN_TOPICS = [
+    ("fractions", "How do I add 1/3 and 1/4?", "7/12",
+     "What do the two fractions need to have in common before you can add them?",
+     "Good. What is the smallest number that both 3 and 4 divide into?"),
+    ("multiplication", "What is 7 times 8?", "56",
+     "What is 7 times 4? And how could you use it to get 7 times 8?",
+     "Nice. If 7 times 4 is 28, what happens when you double it?"),
+    ("linear equations", "How do I solve 2x + 3 = 11?", "x = 4",
+     "What could you do to both sides to get 2x by itself?",
+     "Right, so 2x = 8. What number times 2 gives 8?"),
+    ("photosynthesis", "Why do plants need sunlight?", "for photosynthesis",
+     "What do you think plants make out of air and water? What would they need to power that?",
+     "Exactly. So where does the energy for making sugar come from?"),
+    ("gravity", "Why do things fall down?", "gravity",
+     "What happens when you drop a ball and a feather in a room with no air?",
+     "Good thinking. So what pulls both of them toward the ground?"),
+    ("past tense", "What is the past tense of 'go'?", "went",
+     "Can you think of a sentence about yesterday that uses 'go'? How would you say it?",
+     "Close! Is 'goed' a word you have heard people say? What word do they use instead?"),
+    ("area", "How do I find the area of a rectangle that is 3 by 5?", "15",
+     "If you drew the rectangle on grid paper, how many squares would fit in one row?",
+     "Yes, 5 in a row. How many rows are there?"),
+    ("percentages", "What is 20% of 50?", "10",
+     "What is 10% of 50? How could that help you find 20%?",
+     "Great, 10% is 5. What do you get if you take that twice?"),
+    ("loops", "How does a for loop work in Python?", "it repeats a block for each item",
+     "What do you think happens if you write `for x in [1, 2, 3]: print(x)`?",
+     "Yes, it prints each number. What changes each time the loop runs?"),
+    ("water cycle", "Where does rain come from?", "clouds formed by evaporated water",
+     "What happens to a puddle on a sunny day? Where does the water go?",
+     "Right, it evaporates. What happens to that vapor when it cools high in the sky?"),
+]
+
+KO_TOPICS = [
+    ("분수", "1/2 더하기 1/3은 어떻게 계산해요?", "5/6",
+     "두 분수를 더하려면 먼저 무엇이 같아야 할까요?",
+     "좋아요. 2와 3이 모두 나누어떨어지는 가장 작은 수는 무엇일까요?"),
+    ("곱셈", "6 곱하기 7은 얼마예요?", "42",
+     "6 곱하기 5는 얼마인지 알고 있나요? 거기서 어떻게 더 나아갈 수 있을까요?",
+     "맞아요, 30이에요. 6을 두 번 더 더하면 얼마가 될까요?"),
+    ("광합성", "식물은 왜 햇빛이 필요해요?", "광합성",
+     "식물이 물과 공기로 무엇을 만든다고 생각하나요? 그걸 만들려면 무엇이 필요할까요?",
+     "좋은 생각이에요. 그렇다면 그 에너지는 어디에서 올까요?"),
+    ("방정식", "3x - 2 = 10을 어떻게 풀어요?", "x = 4",
+     "양변에 같은 수를 더하면 어떻게 될까요? 무엇을 더하면 좋을까요?",
+     "맞아요, 3x = 12가 돼요. 이제 x를 구하려면 무엇을 해야 할까요?"),
+    ("넓이", "가로 4, 세로 6인 직사각형의 넓이는요?", "24",
+     "모눈종이에 그린다면 한 줄에 몇 칸이 들어갈까요?",
+     "네, 한 줄에 4칸이에요. 그런 줄이 몇 개 있을까요?"),
+    ("물의 순환", "비는 어디에서 와요?", "구름",
+     "햇볕이 쨍쨍한 날 물웅덩이는 어떻게 될까요? 물은 어디로 갈까요?",
+     "맞아요, 증발해요. 그 수증기가 하늘 높이 올라가 식으면 어떻게 될까요?"),
+]
+
+EN_OPENERS = ["", "Hi! ", "Quick question. ", "I'm stuck. ", "Can you help? ", "My teacher asked this: "]
+KO_OPENERS = ["", "안녕하세요! ", "질문이 있어요. ", "잘 모르겠어요. ", "도와주세요. "]
+EN_FOLLOWUPS = ["I'm not sure.", "Maybe the same bottom number?", "I think I get it, but can you check?", "Hmm, is it bigger?"]
+KO_FOLLOWUPS = ["잘 모르겠어요.", "아래 숫자가 같아야 하나요?", "조금 알 것 같아요.", "더 커지나요?"]
+EN_LECTURE = "The answer is {answer}. This is a standard result: you apply the rule and you get {answer}. Memorize this method and use it on every similar problem in the future."
+KO_LECTURE = "정답은 {answer}입니다. 이것은 기본 공식이며 규칙을 적용하면 {answer}이 나옵니다. 이 방법을 외워서 비슷한 문제에 모두 사용하세요."
+
+NAMES = ["minji", "jisoo", "alex", "sam", "hyun", "taylor", "jordan", "yuna"]
+
+
+def numeric_topic(rng: random.Random, korean: bool):
+    """A topic with fresh numbers, so conversations differ the way real ones do."""
+    kind = rng.choice(["mul", "eq", "area", "pct"])
+    if kind == "mul":
+        a, b = rng.randint(3, 12), rng.randint(3, 12)
+        if korean:
+            return (f"{a} 곱하기 {b}는 얼마예요?", str(a * b), f"{a} 곱하기 {b - 1}은 알고 있나요? 거기서 어떻게 한 걸음 더 갈 수 있을까요?",
+                    f"좋아요. 거기에 {a}를 한 번 더 더하면 얼마가 될까요?")
+        return (f"What is {a} times {b}?", str(a * b), f"Do you know {a} times {b - 1}? How could you get from there to {a} times {b}?",
+                f"Nice. What do you get if you add one more {a}?")
+    if kind == "eq":
+        x, a, c = rng.randint(1, 9), rng.randint(2, 5), rng.randint(1, 9)
+        if korean:
+            return (f"{a}x + {c} = {a * x + c}을 어떻게 풀어요?", f"x = {x}", f"양변에서 {c}를 빼면 어떻게 될까요?",
+                    f"맞아요, {a}x = {a * x}예요. 이제 x를 구하려면 무엇으로 나누면 될까요?")
+        return (f"How do I solve {a}x + {c} = {a * x + c}?", f"x = {x}", f"What happens if you subtract {c} from both sides?",
+                f"Right, so {a}x = {a * x}. What should you divide both sides by?")
+    if kind == "area":
+        w, h = rng.randint(2, 15), rng.randint(2, 15)
+        if korean:
+            return (f"가로 {w}, 세로 {h}인 직사각형의 넓이는요?", str(w * h), "모눈종이에 그린다면 한 줄에 몇 칸이 들어갈까요?",
+                    f"네, 한 줄에 {w}칸이에요. 그런 줄이 몇 개 있을까요?")
+        return (f"How do I find the area of a {w} by {h} rectangle?", str(w * h),
+                "If you drew it on grid paper, how many squares would fit in one row?", f"Yes, {w} in a row. How many rows are there?")
+    p, n = rng.choice([10, 20, 25, 50]), rng.choice([40, 60, 80, 120, 200])
+    if korean:
+        return (f"{n}의 {p}%는 얼마예요?", str(n * p // 100), f"{n}의 10%는 얼마일까요? 그걸로 {p}%를 어떻게 구할 수 있을까요?",
+                f"좋아요, 10%는 {n // 10}이에요. {p}%는 10%의 몇 배일까요?")
+    return (f"What is {p}% of {n}?", str(n * p // 100), f"What is 10% of {n}? How could that help you find {p}%?",
+            f"Great, 10% is {n // 10}. How many times 10% is {p}%?")
+
+
+def fake_email(rng):
+    return f"{rng.choice(NAMES)}{rng.randint(1, 99)}@{rng.choice(['example.com', 'mail.test', 'school.example'])}"
+
+
+def fake_phone(rng, korean):
+    if korean:
+        return rng.choice(["010-{}-{}", "010{}{}", "+82 10-{}-{}"]).format(rng.randint(1000, 9999), rng.randint(1000, 9999))
+    return "+1 415-{}-{}".format(rng.randint(200, 999), rng.randint(1000, 9999))
+
+
+def fake_rrn(rng):
+    return f"{rng.randint(0, 99):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}-{rng.randint(1, 4)}{rng.randint(0, 999999):06d}"
+
+
+def pii_sentence(rng, korean):
+    kind = rng.choice(["email", "phone", "rrn"])
+    if korean:
+        return {"email": f" 제 이메일은 {fake_email(rng)}이에요.", "phone": f" 제 번호는 {fake_phone(rng, True)}예요.",
+                "rrn": f" 주민번호는 {fake_rrn(rng)}인데 필요해요?"}[kind]
+    return {"email": f" You can email me at {fake_email(rng)}.", "phone": f" My number is {fake_phone(rng, False)}.",
+            "rrn": f" My ID is {fake_rrn(rng)} if you need it."}[kind]
+
+
+def conversation(rng: random.Random, i: int) -> dict:
+    korean = rng.random() < 0.35
+    topics, openers, followups, lecture = (
+        (KO_TOPICS, KO_OPENERS, KO_FOLLOWUPS, KO_LECTURE) if korean else (EN_TOPICS, EN_OPENERS, EN_FOLLOWUPS, EN_LECTURE)
+    )
+    if rng.random() < 0.6:
+        question, answer, hint1, hint2 = numeric_topic(rng, korean)
+    else:
+        _, question, answer, hint1, hint2 = rng.choice(topics)
+    user1 = rng.choice(openers) + question
+    if rng.random() < 0.2:
+        user1 += pii_sentence(rng, korean)
+    lecturing = rng.random() < 0.25
+    messages = [{"role": "user", "content": user1},
+                {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint1}]
+    if rng.random() < 0.6:
+        messages += [{"role": "user", "content": rng.choice(followups)},
+                     {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint2}]
+    return {
+        "character_id": "tutor",
+        "timestamp": f"2026-10-{1 + i % 28:02d}T{i % 24:02d}:{(i * 7) % 60:02d}:00Z",
+        "opt_in": True,
+        "messages": messages,
+        "style_tags": ["ko" if korean else "en", "lecturing" if lecturing else "socratic"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("data/raw"))
+    ap.add_argument("--n", type=int, default=360)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    lines = []
+    for i in range(args.n):
+        conv = conversation(rng, i)
+        roll = rng.random()
+        if roll < 0.04:  # near-empty assistant turn: scrub drops it
+            conv["messages"][1]["content"] = rng.choice(["ok", "?", "..."])
+        elif roll < 0.06:  # consent missing: collect rejects it
+            conv["opt_in"] = False
+        lines.append(json.dumps(conv, ensure_ascii=False))
+        if rng.random() < 0.05:  # the same conversation logged twice
+            lines.append(json.dumps(conv, ensure_ascii=False))
+    # Malformed lines a real log export contains.
+    lines[10:10] = ['{"character_id": "tutor", "messages": [', ""]
+    lines[50:50] = [json.dumps({"character_id": "tutor", "opt_in": True, "messages": [{"role": "narrator", "content": "hi"}]})]
+    lines[90:90] = [json.dumps({"character_id": "tutor", "opt_in": True, "messages": [{"role": "user", "content": "hello?"}]})]
+    lines[120:120] = [json.dumps(["not", "an", "object"])]
+    (args.out / "app_logs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    gold = []
+    for topics in (EN_TOPICS, KO_TOPICS):
+        for _, question, _, hint1, hint2 in topics:
+            gold.append(json.dumps({
+                "character_id": "tutor", "opt_in": True, "style_tags": ["gold"], "weight": 2.0,
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": hint1},
+                             {"role": "user", "content": "I think so. What next?" if topics is EN_TOPICS else "그 다음은요?"},
+                             {"role": "assistant", "content": hint2}],
+            }, ensure_ascii=False))
+    (args.out / "gold.jsonl").write_text("\n".join(gold) + "\n", encoding="utf-8")
+    print(f"wrote {len(lines)} log lines and {len(gold)} gold dialogues to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

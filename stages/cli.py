@@ -1,0 +1,197 @@
+"""The `loraloop` command: one subcommand per DVC stage, plus a few tools around them.
+
+Every subcommand validates the whole params.yaml before it does any work, and takes its input
+and output paths explicitly (the defaults are the paths dvc.yaml uses)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .params import ParamsError, load_params
+
+PATH = click.Path(path_type=Path)
+
+
+def _params(ctx: click.Context):
+    try:
+        return load_params(ctx.obj["params"])
+    except ParamsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _say(result) -> None:
+    click.echo(json.dumps(result, ensure_ascii=False, sort_keys=True, indent=2, default=str))
+
+
+@click.group()
+@click.option("--params", "params_file", type=PATH, default=Path("params.yaml"), show_default=True,
+              help="The params file to read.")
+@click.pass_context
+def main(ctx: click.Context, params_file: Path) -> None:
+    """loraloop: conversation logs to LoRA adapters, one DVC round at a time."""
+    ctx.obj = {"params": params_file}
+
+
+@main.command("check-params")
+@click.pass_context
+def check_params(ctx):
+    """Validate params.yaml and exit."""
+    p = _params(ctx)
+    click.echo(f"{ctx.obj['params']}: ok ({len(p.rounds)} rounds: {', '.join(r.id for r in p.rounds)})")
+
+
+@main.command()
+@click.option("--out", type=PATH, default=Path("models/base"), show_default=True)
+@click.option("--rounds-dir", type=PATH, default=Path("models/rounds"), show_default=True)
+@click.pass_context
+def base(ctx, out, rounds_dir):
+    """Materialize the base model as safetensors, pinned by content hash."""
+    from . import base as stage
+
+    info = stage.run(_params(ctx).base, out, rounds_dir)
+    _say({k: v for k, v in info.items() if k != "files"})
+
+
+@main.command()
+@click.option("--out", type=PATH, default=Path("data/collected"), show_default=True)
+@click.pass_context
+def collect(ctx, out):
+    """Normalize the raw sources to records; reject malformed lines with a reason."""
+    from . import collect as stage
+
+    counts = stage.run(_params(ctx).collect, out)
+    _say({k: counts[k] for k in ("read", "kept", "rejected", "reasons")})
+
+
+@main.command()
+@click.option("--in", "in_file", type=PATH, default=Path("data/collected/records.jsonl"), show_default=True)
+@click.option("--out", type=PATH, default=Path("data/scrubbed"), show_default=True)
+@click.option("--metrics", type=PATH, default=Path("metrics/data.json"), show_default=True)
+@click.pass_context
+def scrub(ctx, in_file, out, metrics):
+    """Mask personal data, drop short turns and duplicates."""
+    from . import scrub as stage
+
+    _say(stage.run(_params(ctx).scrub, in_file, out, metrics))
+
+
+@main.command("scrub-text")
+def scrub_text():
+    """Scrub UTF-8 lines from stdin to stdout, one for one (try the PII rules on your own text)."""
+    from .pii import mask
+
+    for line in sys.stdin:
+        body = line.rstrip("\n")
+        sys.stdout.write(mask(body)[0] + ("\n" if line.endswith("\n") else ""))
+
+
+@main.command()
+@click.option("--in", "in_file", type=PATH, default=Path("data/scrubbed/records.jsonl"), show_default=True)
+@click.option("--out", type=PATH, default=Path("data/version"), show_default=True)
+@click.pass_context
+def version(ctx, in_file, out):
+    """Split into train/eval per character and write the manifest."""
+    from . import version as stage
+
+    manifest = stage.run(_params(ctx).version, in_file, out)
+    _say(manifest["counts"])
+
+
+def _round_options(f):
+    f = click.option("--base", "base_dir", type=PATH, default=Path("models/base"), show_default=True)(f)
+    f = click.option("--data", "version_dir", type=PATH, default=Path("data/version"), show_default=True)(f)
+    f = click.option("--rounds-dir", type=PATH, default=Path("models/rounds"), show_default=True)(f)
+    f = click.option("--round", "round_id", required=True, help="Round id from params.yaml, e.g. r1.")(f)
+    return f
+
+
+@main.command()
+@_round_options
+@click.option("--out", type=PATH, default=None, help="Default: data/rounds/<round>/samples.jsonl")
+@click.pass_context
+def sample(ctx, round_id, rounds_dir, version_dir, base_dir, out):
+    """Sample on-policy completions from the previous round's model."""
+    from . import sample as stage
+
+    p = _params(ctx)
+    prev = p.round(round_id).prev
+    out = out or Path("data/rounds") / round_id / "samples.jsonl"
+    _say(stage.run(p, round_id, base_dir, version_dir, rounds_dir / prev, out))
+
+
+@main.command()
+@click.option("--round", "round_id", required=True)
+@click.option("--samples", type=PATH, default=None, help="Default: data/rounds/<round>/samples.jsonl")
+@click.option("--out", type=PATH, default=None, help="Default: data/rounds/<round>/scored.jsonl")
+@click.pass_context
+def score(ctx, round_id, samples, out):
+    """Score samples with the rules; mark the best share for training."""
+    from . import score as stage
+
+    p = _params(ctx)
+    p.round(round_id)
+    d = Path("data/rounds") / round_id
+    _say(stage.run(p.score, samples or d / "samples.jsonl", out or d / "scored.jsonl"))
+
+
+@main.command()
+@_round_options
+@click.option("--scored", type=PATH, default=None, help="Default: data/rounds/<round>/scored.jsonl")
+@click.pass_context
+def train(ctx, round_id, rounds_dir, version_dir, base_dir, scored):
+    """Train the round's LoRA adapter."""
+    from . import train as stage
+
+    p = _params(ctx)
+    prev = p.round(round_id).prev
+    scored = scored or Path("data/rounds") / round_id / "scored.jsonl"
+    _say(stage.run(p, round_id, base_dir, version_dir, rounds_dir / prev, scored, rounds_dir / round_id))
+
+
+@main.command("eval")
+@_round_options
+@click.option("--metrics-dir", type=PATH, default=Path("metrics"), show_default=True)
+@click.pass_context
+def eval_(ctx, round_id, rounds_dir, version_dir, base_dir, metrics_dir):
+    """Evaluate a round (or `--round base`) on the eval split."""
+    from . import eval as stage
+
+    p = _params(ctx)
+    prev = None if round_id == "base" else p.round(round_id).prev
+    result = stage.run(
+        p, round_id, base_dir, version_dir, rounds_dir / round_id,
+        prev_metrics=metrics_dir / f"eval_{prev}.json" if prev else None,
+        base_metrics=metrics_dir / "eval_base.json" if prev else None,
+        out_file=metrics_dir / f"eval_{round_id}.json",
+        samples_file=Path("data/rounds") / round_id / "eval_samples.jsonl",
+    )
+    _say(result)
+
+
+@main.command()
+@click.option("--base", "base_dir", type=PATH, default=Path("models/base"), show_default=True)
+@click.option("--rounds-dir", type=PATH, default=Path("models/rounds"), show_default=True)
+@click.option("--metrics-dir", type=PATH, default=Path("metrics"), show_default=True)
+@click.option("--data", "version_dir", type=PATH, default=Path("data/version"), show_default=True)
+@click.option("--out", type=PATH, default=Path("models/release"), show_default=True)
+@click.pass_context
+def package(ctx, base_dir, rounds_dir, metrics_dir, version_dir, out):
+    """Package the best round's adapter with its metadata."""
+    from . import package as stage
+
+    md = stage.run(_params(ctx), base_dir, rounds_dir, metrics_dir, version_dir, metrics_dir / "data.json", out)
+    _say({k: md[k] for k in ("name", "version", "round", "beats_base", "primary_metric")})
+
+
+@main.command()
+@click.option("--metrics-dir", type=PATH, default=Path("metrics"), show_default=True)
+@click.pass_context
+def report(ctx, metrics_dir):
+    """Print the per-round evaluation table."""
+    from .report import table
+
+    click.echo(table(_params(ctx), metrics_dir))

@@ -1,0 +1,58 @@
+"""eval@rN: generate on held-out eval prompts with the round's model and report tutor metrics,
+with deltas against the previous round and the base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .chat import prompt_ids
+from .generate import generate
+from .io import read_json, write_json, write_jsonl
+from .model import load_round, load_tokenizer
+from .params import Params
+from .prompts import pick_prompts
+from .rules import followup_question, question_ratio, score_text
+from .version import load_split
+
+
+def metrics_of(texts: list[str], params: Params) -> dict:
+    n = len(texts)
+    if n == 0:
+        return {"n": 0}
+    return {
+        "n": n,
+        "question_ratio": sum(question_ratio(t) for t in texts) / n,
+        "followup_rate": sum(followup_question(t) for t in texts) / n,
+        "mean_response_chars": sum(len(t) for t in texts) / n,
+        "mean_score": sum(score_text(t, params.score)[1] for t in texts) / n,
+    }
+
+
+def deltas(now: dict, then: dict) -> dict:
+    return {k: now[k] - then[k] for k in now if k != "n" and k in then}
+
+
+def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_dir: Path,
+        prev_metrics: Path | None, base_metrics: Path | None, out_file: Path, samples_file: Path) -> dict:
+    ep = params.eval
+    rows = load_split(version_dir, "eval")
+    if not rows:
+        raise RuntimeError(f"{version_dir}: the eval split is empty; raise version.eval_fraction or add data")
+    # The same seed for every round: all rounds answer the same prompts.
+    prompts = pick_prompts(rows, ep.num_prompts, f"{params.seed}:eval", params.system_prompts)
+    tok = load_tokenizer(base_dir)
+    model = load_round(base_dir, round_dir)
+    texts, _ = generate(
+        model, tok, [prompt_ids(tok, p["messages"]) for p in prompts],
+        batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
+        temperature=ep.temperature, top_p=1.0, seed=params.seed, desc=f"eval@{round_id}",
+    )
+    write_jsonl(samples_file, ({**p, "response": t} for p, t in zip(prompts, texts)))
+    metrics = metrics_of(texts, params)
+    result = {"round": round_id, **metrics}
+    if prev_metrics is not None:
+        result["delta_vs_prev"] = deltas(metrics, read_json(prev_metrics))
+    if base_metrics is not None:
+        result["delta_vs_base"] = deltas(metrics, read_json(base_metrics))
+    write_json(out_file, result)
+    return result

@@ -1,0 +1,189 @@
+"""params.yaml: its schema, and a loader that names the bad key and the expected type."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+ROUND_ID = re.compile(r"^r[0-9]+$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseParams(Section):
+    source: Literal["embedded", "local", "hub"] = "embedded"
+    path: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "local" and not self.path:
+            raise ValueError("base.source 'local' needs base.path (a directory)")
+        if self.source == "hub" and not (self.hub_id and self.revision):
+            raise ValueError("base.source 'hub' needs base.hub_id and a pinned base.revision")
+        return self
+
+
+class SourceParams(Section):
+    path: str
+    dataset_source: str
+    character_id: str | None = None  # default for records that carry none
+
+
+class CollectParams(Section):
+    sources: list[SourceParams] = Field(min_length=1)
+    default_character_id: str | None = None
+
+
+class ScrubParams(Section):
+    min_user_chars: int = Field(2, ge=0)
+    min_assistant_chars: int = Field(8, ge=0)
+
+
+class VersionParams(Section):
+    eval_fraction: float = Field(0.15, gt=0, lt=1)
+
+
+class SampleParams(Section):
+    num_prompts: int = Field(48, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.9, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+
+
+class ScoreWeights(Section):
+    question_ratio: float = Field(1.0, ge=0)
+    length: float = Field(0.5, ge=0)
+    followup_question: float = Field(1.0, ge=0)
+
+
+class ScoreParams(Section):
+    weights: ScoreWeights = ScoreWeights()
+    length_window: tuple[int, int] = (40, 400)
+    weight_floor: float = Field(0.05, ge=0, le=1)
+    keep_top_fraction: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("length_window")
+    @classmethod
+    def _ordered(cls, v):
+        if not 0 <= v[0] < v[1]:
+            raise ValueError("length_window must be [low, high] with 0 <= low < high")
+        return v
+
+
+class LoraParams(Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainParams(Section):
+    init: Literal["prev", "fresh"] = "prev"
+    steps: int = Field(24, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(192, ge=16)
+    mix_ratio: float = Field(0.5, gt=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    lora: LoraParams = LoraParams()
+
+
+class EvalParams(Section):
+    num_prompts: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+
+class PackageParams(Section):
+    name: str = Field("tutor", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    primary_metric: str = "mean_score"
+
+
+class Round(Section):
+    id: str
+    prev: str
+
+    @field_validator("id")
+    @classmethod
+    def _id_form(cls, v):
+        if not ROUND_ID.match(v):
+            raise ValueError(f"round id {v!r} must look like r1, r2, ...")
+        return v
+
+
+class Params(Section):
+    seed: int = 1234
+    base: BaseParams = BaseParams()
+    collect: CollectParams
+    scrub: ScrubParams = ScrubParams()
+    version: VersionParams = VersionParams()
+    system_prompts: dict[str, str] = Field(default_factory=dict)
+    sample: SampleParams = SampleParams()
+    score: ScoreParams = ScoreParams()
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
+    package: PackageParams = PackageParams()
+    rounds: list[Round] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rounds_chain(self):
+        seen = {"base"}
+        for rnd in self.rounds:
+            if rnd.id in seen:
+                raise ValueError(f"rounds: id {rnd.id!r} appears twice")
+            if rnd.prev not in seen:
+                raise ValueError(
+                    f"rounds: {rnd.id}.prev is {rnd.prev!r}, which is neither 'base' nor an earlier round"
+                )
+            seen.add(rnd.id)
+        return self
+
+    def round(self, round_id: str) -> Round:
+        for rnd in self.rounds:
+            if rnd.id == round_id:
+                return rnd
+        raise ParamsError(f"round {round_id!r} is not listed under rounds in params.yaml")
+
+
+class ParamsError(Exception):
+    """A params.yaml problem, worded for the person who edits the file."""
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (check the spelling against params.yaml's documented keys)"
+    if err["type"] == "missing":
+        return f"{loc}: required key is missing"
+    got = err.get("input")
+    shown = f"{got!r} ({type(got).__name__})" if not isinstance(got, (dict, list)) else type(got).__name__
+    return f"{loc}: {err['msg']}; got {shown}"
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root or pass --params)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ParamsError(f"{path}: invalid parameters:\n  {lines}") from None
