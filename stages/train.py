@@ -142,7 +142,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         torch.nn.utils.clip_grad_norm_(trainable, tp.grad_clip)
         opt.step()
         n_tokens += int(batch["attn"].sum())
-        live.log_metric("train/loss", float(loss))
+        live.log_metric("train/loss", loss.item())
         live.log_metric("train/lr", lr)
         live.next_step()
         bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
