@@ -41,7 +41,7 @@ def main(ctx: click.Context, params_file: Path) -> None:
 def check_params(ctx):
     """Validate params.yaml and exit."""
     p = _params(ctx)
-    click.echo(f"{ctx.obj['params']}: ok ({len(p.rounds)} rounds: {', '.join(r.id for r in p.rounds)})")
+    click.echo(f"{ctx.obj['params']}: ok ({len(p.rounds)} rounds: {', '.join(p.rounds)})")
 
 
 @main.command()
@@ -195,3 +195,5 @@ def report(ctx, metrics_dir):
     from .report import table
 
     click.echo(table(_params(ctx), metrics_dir))
+if __name__ == "__main__":
+    main()

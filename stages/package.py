@@ -23,13 +23,14 @@ def created_at() -> str:
 def run(params: Params, base_dir: Path, rounds_dir: Path, metrics_dir: Path, version_dir: Path,
         data_metrics: Path, out_root: Path) -> dict:
     metric = params.package.primary_metric
-    evals = {r.id: read_json(metrics_dir / f"eval_{r.id}.json") for r in params.rounds}
+    rounds = list(params.rounds)
+    evals = {rid: read_json(metrics_dir / f"eval_{rid}.json") for rid in rounds}
     base_eval = read_json(metrics_dir / "eval_base.json")
     for rid, m in evals.items():
         if metric not in m:
             raise KeyError(f"package.primary_metric {metric!r} is not in metrics/eval_{rid}.json (has {sorted(m)})")
     # Latest round wins ties: later rounds saw more data.
-    best = max(params.rounds, key=lambda r: (evals[r.id][metric], params.rounds.index(r))).id
+    best = max(rounds, key=lambda rid: (evals[rid][metric], rounds.index(rid)))
     round_info = read_json(rounds_dir / best / "ROUND.json")
 
     out = out_root / params.package.name

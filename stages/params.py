@@ -111,16 +111,13 @@ class PackageParams(Section):
     primary_metric: str = "mean_score"
 
 
-class Round(Section):
-    id: str
+class RoundSpec(Section):
     prev: str
 
-    @field_validator("id")
-    @classmethod
-    def _id_form(cls, v):
-        if not ROUND_ID.match(v):
-            raise ValueError(f"round id {v!r} must look like r1, r2, ...")
-        return v
+
+class Round(BaseModel):
+    id: str
+    prev: str
 
 
 class Params(Section):
@@ -135,26 +132,30 @@ class Params(Section):
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     package: PackageParams = PackageParams()
-    rounds: list[Round] = Field(min_length=1)
+    # A mapping, not a list, so DVC's foreach names stages after the round: train@r2, not train@1.
+    rounds: dict[str, RoundSpec] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _rounds_chain(self):
+    @field_validator("rounds")
+    @classmethod
+    def _rounds_chain(cls, rounds):
         seen = {"base"}
-        for rnd in self.rounds:
-            if rnd.id in seen:
-                raise ValueError(f"rounds: id {rnd.id!r} appears twice")
-            if rnd.prev not in seen:
-                raise ValueError(
-                    f"rounds: {rnd.id}.prev is {rnd.prev!r}, which is neither 'base' nor an earlier round"
-                )
-            seen.add(rnd.id)
-        return self
+        for rid, spec in rounds.items():
+            if not ROUND_ID.match(rid):
+                raise ValueError(f"round id {rid!r} must look like r1, r2, ...")
+            if spec.prev not in seen:
+                raise ValueError(f"{rid}.prev is {spec.prev!r}, which is neither 'base' nor an earlier round")
+            seen.add(rid)
+        return rounds
+
+    @property
+    def round_list(self) -> list[Round]:
+        """Rounds in the order params.yaml lists them."""
+        return [Round(id=rid, prev=spec.prev) for rid, spec in self.rounds.items()]
 
     def round(self, round_id: str) -> Round:
-        for rnd in self.rounds:
-            if rnd.id == round_id:
-                return rnd
-        raise ParamsError(f"round {round_id!r} is not listed under rounds in params.yaml")
+        if round_id not in self.rounds:
+            raise ParamsError(f"round {round_id!r} is not listed under rounds in params.yaml (have {list(self.rounds)})")
+        return Round(id=round_id, prev=self.rounds[round_id].prev)
 
 
 class ParamsError(Exception):

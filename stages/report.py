@@ -11,7 +11,7 @@ COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score
 
 
 def table(params: Params, metrics_dir: Path) -> str:
-    ids = ["base"] + [r.id for r in params.rounds]
+    ids = ["base", *params.rounds]
     rows = []
     for rid in ids:
         path = Path(metrics_dir) / f"eval_{rid}.json"

@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, and a small dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """SmolLM2's config shrunk to 2 layers / hidden 64, random weights, the real tokenizer:
+    every code path of the real model in seconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from stages.base import embedded_gguf
+
+    gguf = embedded_gguf()
+    out = tmp_path_factory.mktemp("tiny_model")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model materialized by the base stage (source: local), as a project would have it:
+    returns the models/ directory holding base/ and rounds/base/."""
+    from stages import base
+    from stages.params import BaseParams
+
+    models = tmp_path_factory.mktemp("models")
+    base.run(BaseParams(source="local", path=str(tiny_model_dir)), models / "base", models / "rounds")
+    return models
+
+
+def conversation(user: str, assistant: str, character_id: str = "tutor", **extra) -> dict:
+    return {"character_id": character_id, "opt_in": True,
+            "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], **extra}
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_version(tmp_path_factory) -> Path:
+    """The demo raw data run through collect, scrub and version: a real data/version directory."""
+    from stages import collect, scrub, version
+    from stages.params import load_params
+
+    root = tmp_path_factory.mktemp("demo_data")
+    subprocess.run([sys.executable, str(ROOT / "scripts/make_demo_data.py"), "--out", str(root / "raw")],
+                   check=True, capture_output=True)
+    params = load_params(ROOT / "params.yaml")
+    sources = params.collect.model_copy(update={"sources": [
+        s.model_copy(update={"path": str(root / "raw" / Path(s.path).name)}) for s in params.collect.sources]})
+    collect.run(sources, root / "collected")
+    scrub.run(params.scrub, root / "collected/records.jsonl", root / "scrubbed", root / "metrics/data.json")
+    version.run(params.version, root / "scrubbed/records.jsonl", root / "version")
+    return root / "version"
+
+
+def copy_project(dst: Path) -> Path:
+    """The project's tracked files (as a clone would have them) copied into dst."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    return dst

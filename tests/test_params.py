@@ -1,0 +1,74 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.params import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edited(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_shipped_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert [(r.id, r.prev) for r in p.round_list] == [("r1", "base"), ("r2", "r1")]
+    assert p.round("r2").prev == "r1"
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = edited(tmp_path, lambda r: r["train"].update(learning_rate=0.1))
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    assert "train.learning_rate: unknown key" in str(e.value)
+
+
+def test_wrong_type_names_key_and_type(tmp_path):
+    path = edited(tmp_path, lambda r: r["train"].update(steps="many"))
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    msg = str(e.value)
+    assert "train.steps" in msg and "integer" in msg and "'many'" in msg
+
+
+def test_nested_wrong_type(tmp_path):
+    path = edited(tmp_path, lambda r: r["train"]["lora"].update(r="eight"))
+    with pytest.raises(ParamsError, match=r"train\.lora\.r: .*integer"):
+        load_params(path)
+
+
+def test_round_chain_must_point_backwards(tmp_path):
+    path = edited(tmp_path, lambda r: r.update(rounds={"r1": {"prev": "r2"}, "r2": {"prev": "r1"}}))
+    with pytest.raises(ParamsError, match="r1.prev is 'r2'"):
+        load_params(path)
+
+
+def test_round_id_form(tmp_path):
+    path = edited(tmp_path, lambda r: r.update(rounds={"round1": {"prev": "base"}}))
+    with pytest.raises(ParamsError, match="must look like r1"):
+        load_params(path)
+
+
+def test_local_base_needs_path(tmp_path):
+    path = edited(tmp_path, lambda r: r["base"].update(source="local"))
+    with pytest.raises(ParamsError, match="needs base.path"):
+        load_params(path)
+
+
+def test_cli_fails_before_work_with_the_key(tmp_path):
+    path = edited(tmp_path, lambda r: r["sample"].update(temperature="hot"))
+    out = tmp_path / "collected"
+    res = subprocess.run([sys.executable, "-m", "stages.cli", "--params", str(path), "collect", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "sample.temperature" in res.stderr and "number" in res.stderr
+    assert not out.exists()

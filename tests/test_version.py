@@ -1,0 +1,43 @@
+from conftest import conversation, write_lines
+
+from stages import version
+from stages.collect import record_id
+from stages.io import read_json, read_jsonl, sha256_file
+from stages.params import VersionParams
+
+
+def records(n, start=0):
+    out = []
+    for i in range(start, start + n):
+        c = conversation(f"What is {i} plus {i}?", f"What do you get when you double {i}?")
+        out.append({**c, "id": record_id("tutor", c["messages"]), "dataset_source": "logs", "weight": 1.0})
+    return out
+
+
+def split_map(out_dir):
+    return {r["id"]: split for split in ("train", "eval") for r in read_jsonl(out_dir / "tutor" / f"{split}.jsonl")}
+
+
+def test_split_is_stable_when_data_is_added(tmp_path):
+    params = VersionParams(eval_fraction=0.2)
+    version.run(params, write_lines(tmp_path / "a.jsonl", records(200)), tmp_path / "v1")
+    version.run(params, write_lines(tmp_path / "b.jsonl", records(300)[::-1]), tmp_path / "v2")
+    first, second = split_map(tmp_path / "v1"), split_map(tmp_path / "v2")
+    assert len(second) == 300
+    assert all(second[i] == s for i, s in first.items())
+    n_eval = sum(s == "eval" for s in second.values())
+    assert 30 <= n_eval <= 90  # ~20% of 300
+
+
+def test_manifest_hashes_and_bytes_are_reproducible(tmp_path):
+    src = write_lines(tmp_path / "a.jsonl", records(50))
+    m1 = version.run(VersionParams(), src, tmp_path / "v1")
+    m2 = version.run(VersionParams(), src, tmp_path / "v2")
+    assert m1 == m2
+    for rel, digest in m1["files"].items():
+        assert sha256_file(tmp_path / "v1" / rel) == digest
+    assert (tmp_path / "v1/manifest.json").read_bytes() == (tmp_path / "v2/manifest.json").read_bytes()
+    counts = read_json(tmp_path / "v1/manifest.json")["counts"]["tutor"]
+    assert counts["train"] + counts["eval"] == 50
+    row = next(read_jsonl(tmp_path / "v1/tutor/train.jsonl"))
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
