@@ -34,4 +34,4 @@ data:
 	$(PYTHON) scripts/make_demo_data.py --out data/raw
 
 clean:
-	rm -rf $(VENV) data/collected data/scrubbed data/version data/rounds models metrics/eval_*.json
+	rm -rf $(VENV) data/collected data/scrubbed data/version data/rounds models

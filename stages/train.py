@@ -38,13 +38,17 @@ def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.
     return onpolicy + anchors
 
 
-def tokenize(tok, examples: list[dict], max_length: int) -> list[dict]:
-    out = []
+def tokenize(tok, examples: list[dict], max_length: int) -> tuple[list[dict], int]:
+    """Tokenized examples, and how many were dropped because max_length cut off every
+    assistant token (counted in ROUND.json, so a too-small max_length shows)."""
+    out, dropped = [], 0
     for ex in examples:
         enc = training_ids(tok, ex["messages"], max_length)
-        if enc is not None:  # truncated to nothing trainable: nothing to learn from it
-            out.append({"ids": enc[0], "mask": enc[1], "weight": ex["weight"], "kind": ex["kind"]})
-    return out
+        if enc is None:
+            dropped += 1
+            continue
+        out.append({"ids": enc[0], "mask": enc[1], "weight": ex["weight"], "kind": ex["kind"]})
+    return out, dropped
 
 
 def batches(examples: list[dict], batch_size: int, rng: random.Random):
@@ -113,9 +117,12 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
     rng = random.Random(f"{params.seed}:train:{round_id}")
 
     tok = load_tokenizer(base_dir)
-    examples = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
+    examples, truncated_away = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
     if not examples:
-        raise RuntimeError(f"train@{round_id}: no trainable examples (empty samples and train split?)")
+        raise RuntimeError(
+            f"train@{round_id}: no trainable examples ({truncated_away} dropped because train.max_length="
+            f"{tp.max_length} leaves no assistant token; empty samples and train split otherwise)"
+        )
     model = build_model(params, base_dir, prev_dir)
     model.train()
     dev = device()
@@ -145,7 +152,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         live.log_metric("train/loss", loss.item())
         live.log_metric("train/lr", lr)
         live.next_step()
-        bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
     live.end()
     seconds = time.perf_counter() - t0
 
@@ -155,9 +162,10 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         "examples": len(examples),
         "onpolicy": sum(e["kind"] == "onpolicy" for e in examples),
         "anchor": sum(e["kind"] == "anchor" for e in examples),
+        "truncated_away": truncated_away,
         "steps": tp.steps,
         "tokens": n_tokens,
-        "final_loss": float(loss),
+        "final_loss": loss.item(),
     }
     write_json(out_dir / "ROUND.json", {
         "id": round_id,

@@ -1,0 +1,113 @@
+"""The whole pipeline under real DVC, on the embedded SmolLM2 base, in a temp git repo with
+shrunken params. The tests run in file order against one repo: each step builds on the last."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import copy_project
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+ALL_STAGES_R2 = {
+    "collect", "scrub", "version", "base", "eval_base",
+    "sample@r1", "score@r1", "train@r1", "eval@r1",
+    "sample@r2", "score@r2", "train@r2", "eval@r2", "package",
+}
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def repro(repo: Path) -> set[str]:
+    out = sh(repo, "dvc", "repro").stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def edit_params(repo: Path, edit) -> None:
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_project(tmp_path_factory.mktemp("e2e"))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "ci@example.com")
+    sh(repo, "git", "config", "user.name", "ci")
+
+    def shrink(p):
+        p["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
+        p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
+        p["train"].update(steps=2, batch_size=2, max_length=160)
+
+    edit_params(repo, shrink)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "e2e fixture")
+    return repo
+
+
+def test_first_repro_runs_every_stage_and_writes_outputs(repo):
+    assert repro(repo) == ALL_STAGES_R2
+    for rel in ("models/base/model.safetensors", "models/rounds/base/ROUND.json",
+                "models/rounds/r2/adapter/adapter_model.safetensors", "data/rounds/r1/scored.jsonl",
+                "data/version/manifest.json", "metrics/data.json", "models/release/tutor/metadata.yaml"):
+        assert (repo / rel).is_file(), rel
+    meta = yaml.safe_load((repo / "models/release/tutor/metadata.yaml").read_text())
+    assert meta["round"] in {"r1", "r2"} and set(meta["evaluation"]) == {"base", "r1", "r2"}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == ALL_STAGES_R2
+    table = sh(repo, "loraloop", "report").stdout
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["base", "r1", "r2"]
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "first run")
+
+
+def test_second_repro_runs_nothing(repo):
+    assert repro(repo) == set()
+
+
+def test_score_param_edit_reruns_only_what_it_touches(repo):
+    edit_params(repo, lambda p: p["score"].update(keep_top_fraction=0.75))
+    ran = repro(repo)
+    assert {"score@r1", "train@r1", "eval@r1", "score@r2", "train@r2", "eval@r2", "package"} <= ran
+    assert not ran & {"collect", "scrub", "version", "base", "eval_base", "sample@r1"}
+
+
+def test_adding_a_round_runs_only_that_round(repo):
+    edit_params(repo, lambda p: p["rounds"].update(r3={"prev": "r2"}))
+    assert repro(repo) == {"sample@r3", "score@r3", "train@r3", "eval@r3", "package"}
+    assert (repo / "metrics/eval_r3.json").is_file()
+
+
+def test_exp_show_has_per_round_metric_columns(repo):
+    out = sh(repo, "dvc", "exp", "show", "--no-pager", "--csv").stdout
+    header = next(csv.reader(io.StringIO(out)))
+    for rid in ("base", "r1", "r2", "r3"):
+        for metric in ("mean_score", "question_ratio", "mean_response_chars", "followup_rate"):
+            assert f"metrics/eval_{rid}.json:{metric}" in header
+
+
+def test_mistyped_param_fails_before_any_work(repo):
+    lock_before = (repo / "dvc.lock").read_bytes()
+    edit_params(repo, lambda p: p["train"].update(steps="many"))
+    res = sh(repo, "dvc", "repro", check=False)
+    assert res.returncode != 0
+    assert "train.steps" in res.stdout + res.stderr and "integer" in res.stdout + res.stderr
+    assert (repo / "dvc.lock").read_bytes() == lock_before

@@ -1,0 +1,128 @@
+"""sample → score → train → eval → package on the tiny model, in-process."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from stages import eval as eval_stage
+from stages import package, sample, score, train
+from stages.io import read_json, read_jsonl, write_json
+from stages.params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_params(**train_overrides) -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8)
+    raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
+    raw["train"].update(steps=3, batch_size=2, max_length=128, **train_overrides)
+    return Params.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def project(tiny_base, demo_version, tmp_path_factory):
+    """A workspace with models/ (tiny base) and data/version/ from the demo data."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(tiny_base, root / "models")
+    shutil.copytree(demo_version, root / "version")
+    return root
+
+
+def run_round(p: Params, root: Path, rid: str, out_name: str | None = None) -> Path:
+    prev = p.round(rid).prev
+    d = root / "rounds" / rid
+    sample.run(p, rid, root / "models/base", root / "version", root / "models/rounds" / prev, d / "samples.jsonl")
+    score.run(p.score, d / "samples.jsonl", d / "scored.jsonl")
+    out = root / "models/rounds" / (out_name or rid)
+    train.run(p, rid, root / "models/base", root / "version", root / "models/rounds" / prev, d / "scored.jsonl", out)
+    return out
+
+
+def test_sample_records_settings_and_is_reproducible(project, tmp_path):
+    p = small_params()
+    args = (p, "r1", project / "models/base", project / "version", project / "models/rounds/base")
+    stats = sample.run(*args, tmp_path / "a.jsonl")
+    sample.run(*args, tmp_path / "b.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    rows = list(read_jsonl(tmp_path / "a.jsonl"))
+    assert len(rows) == 6 and stats["tokens"] > 0
+    base_hash = read_json(project / "models/base/base.json")["hash"]
+    for r in rows:
+        assert r["messages"][0]["role"] == "system" and r["messages"][-1]["role"] == "user"
+        assert (r["seed"], r["temperature"], r["top_p"], r["max_new_tokens"]) == (1234, 0.9, 0.95, 8)
+        assert r["base_hash"] == base_hash and r["policy"] == "base" and r["adapter_hash"] is None
+
+
+def test_train_is_deterministic_and_changes_the_adapter(project):
+    p = small_params()
+    a = run_round(p, project, "r1")
+    b = run_round(p, project, "r1", out_name="r1_again")
+    assert (a / "adapter/adapter_model.safetensors").read_bytes() == (b / "adapter/adapter_model.safetensors").read_bytes()
+    weights = load_file(a / "adapter/adapter_model.safetensors")
+    # PEFT initializes lora_B to zero: a non-zero B means the optimizer moved it.
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())
+    info = read_json(a / "ROUND.json")
+    assert info["prev"] == "base" and info["train"]["onpolicy"] == 3 and info["train"]["anchor"] == 3
+    assert info["train"]["truncated_away"] == 0
+    assert (a / "live/plots/metrics/train/loss.tsv").is_file()
+
+
+def test_init_prev_continues_and_fresh_restarts(project):
+    p = small_params()
+    r2_prev = run_round(p, project, "r2", out_name="r2_prev")
+    assert read_json(r2_prev / "ROUND.json")["init"] == "prev"
+    fresh = small_params(init="fresh")
+    r2_fresh = run_round(fresh, project, "r2", out_name="r2_fresh")
+    a = load_file(r2_prev / "adapter/adapter_model.safetensors")
+    b = load_file(r2_fresh / "adapter/adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weighted_loss_ignores_zero_weight_examples():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    ids = torch.randint(0, 11, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    both = {"ids": ids, "mask": mask, "weight": torch.tensor([1.0, 0.0])}
+    first = {"ids": ids[:1], "mask": mask[:1], "weight": torch.tensor([1.0])}
+    assert torch.allclose(train.weighted_loss(logits, both), train.weighted_loss(logits[:1], first))
+    # Only assistant positions count: changing a prompt-position target changes nothing.
+    ids2 = ids.clone()
+    ids2[0, 1] = (ids2[0, 1] + 1) % 11
+    assert torch.allclose(train.weighted_loss(logits[:1], first), train.weighted_loss(logits[:1], {**first, "ids": ids2[:1]}))
+
+
+def test_eval_and_package(project, tmp_path):
+    p = small_params()
+    for rid in ("r1", "r2"):
+        if not (project / "models/rounds" / rid / "ROUND.json").exists():
+            run_round(p, project, rid)
+    metrics = tmp_path / "metrics"
+    write_json(metrics / "data.json", {"scrub": {"kept": 1}})
+    res = {}
+    for rid, prev in (("base", None), ("r1", "base"), ("r2", "r1")):
+        res[rid] = eval_stage.run(
+            p, rid, project / "models/base", project / "version", project / "models/rounds" / rid,
+            prev_metrics=metrics / f"eval_{prev}.json" if prev else None,
+            base_metrics=metrics / "eval_base.json" if prev else None,
+            out_file=metrics / f"eval_{rid}.json", samples_file=tmp_path / rid / "eval_samples.jsonl")
+    for key in ("question_ratio", "mean_response_chars", "mean_score", "followup_rate"):
+        assert key in res["r2"]
+    assert res["r2"]["delta_vs_prev"]["mean_score"] == pytest.approx(res["r2"]["mean_score"] - res["r1"]["mean_score"])
+    assert "delta_vs_prev" not in res["base"]
+
+    md = package.run(p, project / "models/base", project / "models/rounds", metrics, project / "version",
+                     metrics / "data.json", tmp_path / "release")
+    best = max(("r1", "r2"), key=lambda r: (res[r]["mean_score"], r))
+    assert md["round"] == best
+    out = tmp_path / "release/tutor"
+    assert (out / "adapter/adapter_model.safetensors").read_bytes() == \
+        (project / "models/rounds" / best / "adapter/adapter_model.safetensors").read_bytes()
+    meta = yaml.safe_load((out / "metadata.yaml").read_text())
+    assert meta["base_model"]["hash"] == read_json(project / "models/base/base.json")["hash"]
+    assert set(meta["evaluation"]) == {"base", "r1", "r2"}
