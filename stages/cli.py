@@ -178,22 +178,73 @@ def eval_(ctx, round_id, rounds_dir, version_dir, base_dir, metrics_dir):
 @click.option("--metrics-dir", type=PATH, default=Path("metrics"), show_default=True)
 @click.option("--data", "version_dir", type=PATH, default=Path("data/version"), show_default=True)
 @click.option("--out", type=PATH, default=Path("models/release"), show_default=True)
+@click.option("--routing", type=PATH, default=Path("models/routing.json"), show_default=True)
+@click.option("--report", "report_file", type=PATH, default=Path("reports/package.json"), show_default=True)
 @click.pass_context
-def package(ctx, base_dir, rounds_dir, metrics_dir, version_dir, out):
-    """Package the best round's adapter with its metadata."""
+def package(ctx, base_dir, rounds_dir, metrics_dir, version_dir, out, routing, report_file):
+    """Release the latest round that passed its gates and beats the current release."""
     from . import package as stage
 
-    md = stage.run(_params(ctx), base_dir, rounds_dir, metrics_dir, version_dir, metrics_dir / "data.json", out)
-    _say({k: md[k] for k in ("name", "version", "round", "beats_base", "primary_metric")})
+    _say(stage.run(_params(ctx), base_dir, rounds_dir, metrics_dir, version_dir, metrics_dir / "data.json",
+                   out, routing, report_file))
 
 
 @main.command()
 @click.option("--metrics-dir", type=PATH, default=Path("metrics"), show_default=True)
+@click.option("--rounds-dir", type=PATH, default=Path("models/rounds"), show_default=True)
+@click.option("--plots-dir", type=PATH, default=None, help="Also write the plot files here (the DVC stage does).")
 @click.pass_context
-def report(ctx, metrics_dir):
+def report(ctx, metrics_dir, rounds_dir, plots_dir):
     """Print the per-round evaluation table."""
-    from .report import table
+    from .report import table, write_plots
 
-    click.echo(table(_params(ctx), metrics_dir))
+    p = _params(ctx)
+    if plots_dir is not None:
+        write_plots(p, metrics_dir, rounds_dir, plots_dir)
+    click.echo(table(p, metrics_dir))
+
+
+@main.group("release")
+def release_group():
+    """Inspect and move releases."""
+
+
+@release_group.command("rollback")
+@click.argument("name")
+@click.option("--to", "to_version", default=None, help="Any released version (default: the one before the current).")
+@click.option("--root", type=PATH, default=Path("models/release"), show_default=True)
+@click.option("--routing", type=PATH, default=Path("models/routing.json"), show_default=True)
+@click.option("--dvc-commit/--no-dvc-commit", default=True, show_default=True,
+              help="Record the change in dvc.lock (`dvc commit package`) when run inside a DVC project.")
+def release_rollback(name, to_version, root, routing, dvc_commit):
+    """Point NAME's release and routing back to an earlier version (recorded, reversible)."""
+    import subprocess
+
+    from . import release
+
+    try:
+        old, new = release.rollback(root / name, routing, to_version)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{name}: {old} -> {new} (undo with: loraloop release rollback {name} --to {old})")
+    if dvc_commit and Path("dvc.yaml").is_file():
+        subprocess.run(["dvc", "commit", "--force", "--quiet", "package"], check=True)
+
+
+@main.command()
+@click.option("--release", "release_name", default=None, help="Chat with a release (models/release/NAME).")
+@click.option("--round", "round_id", default=None, help="Chat with a round's adapter (or `base`).")
+@click.option("--character", default=None, help="Character whose system prompt to use (default: the release's first).")
+@click.option("--base", "base_dir", type=PATH, default=Path("models/base"), show_default=True)
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.7, show_default=True)
+@click.pass_context
+def chat(ctx, release_name, round_id, character, base_dir, max_new_tokens, temperature):
+    """Talk to base + adapter in the terminal (empty line or Ctrl-D ends)."""
+    from .chat_cli import run
+
+    if (release_name is None) == (round_id is None):
+        raise click.UsageError("give exactly one of --release NAME or --round rN")
+    run(_params(ctx), base_dir, release_name, round_id, character, max_new_tokens, temperature)
 if __name__ == "__main__":
     main()

@@ -28,8 +28,20 @@ def metrics_of(texts: list[str], params: Params) -> dict:
     }
 
 
+def check_gates(metrics: dict, gates: dict) -> list[dict]:
+    """The gates a round fails, each with the value and its bounds."""
+    failed = []
+    for name, gate in gates.items():
+        if name not in metrics:
+            raise KeyError(f"params.yaml eval.gates.{name}: no such metric (have {sorted(metrics)})")
+        value = metrics[name]
+        if (gate.min is not None and value < gate.min) or (gate.max is not None and value > gate.max):
+            failed.append({"metric": name, "value": value, "min": gate.min, "max": gate.max})
+    return failed
+
+
 def deltas(now: dict, then: dict) -> dict:
-    return {k: now[k] - then[k] for k in now if k != "n" and k in then}
+    return {k: now[k] - then[k] for k in now if k != "n" and k in then and isinstance(now[k], float)}
 
 
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_dir: Path,
@@ -49,7 +61,8 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_
     )
     write_jsonl(samples_file, ({**p, "response": t} for p, t in zip(prompts, texts)))
     metrics = metrics_of(texts, params)
-    result = {"round": round_id, **metrics}
+    failed = check_gates(metrics, ep.gates)
+    result = {"round": round_id, **metrics, "passed": not failed, "failed_gates": failed}
     if prev_metrics is not None:
         result["delta_vs_prev"] = deltas(metrics, read_json(prev_metrics))
     if base_metrics is not None:

@@ -8,7 +8,8 @@ from tqdm import tqdm
 
 @torch.inference_mode()
 def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
-             temperature: float, top_p: float, seed: int, desc: str) -> tuple[list[str], int]:
+             temperature: float, top_p: float, seed: int, desc: str,
+             progress: bool = True) -> tuple[list[str], int]:
     """Completions in the order of `prompts`, and the number of tokens generated.
     The seed is reset per batch so a batch's output depends only on its own prompts."""
     model.eval()
@@ -17,7 +18,7 @@ def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_t
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     texts: list[str | None] = [None] * len(prompts)
     n_tokens = 0
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt")
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = max(len(prompts[i]) for i in idx)

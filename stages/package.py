@@ -1,57 +1,129 @@
-"""package: copy the best round's adapter to models/release/<name>/ with its metadata."""
+"""package: release the latest round that passed its gates and beats the current release on the
+primary metric (higher is better); otherwise keep the current release and say why.
+
+The release directory is a DVC `persist` output: it survives reruns, so it can hold the current
+release to compare against and the archive of every version (see stages/release.py)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 import shutil
 from pathlib import Path
 
 import yaml
 
-from .io import read_json, sha256_tree
+from . import release
+from .io import read_json, sha256_file, sha256_tree, write_json
 from .params import Params
 
 
-def created_at() -> str:
-    # SOURCE_DATE_EPOCH pins the timestamp for byte-identical rebuilds.
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
-    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def choose(params: Params, evals: dict[str, dict], adapters: dict[str, str], cur: dict | None) -> tuple[str | None, str]:
+    """The round to release and why, or None and why not. `adapters`: round id -> adapter hash."""
+    metric = params.package.primary_metric
+    cur_value = cur["evaluation"][cur["round"]][metric] if cur else None
+    why_not = []
+    for rid in reversed(list(params.rounds)):
+        ev = evals[rid]
+        if metric not in ev:
+            raise KeyError(f"package.primary_metric {metric!r} is not in metrics/eval_{rid}.json (has {sorted(ev)})")
+        if not ev["passed"]:
+            failed = ", ".join(f"{g['metric']}={g['value']:.3f}" for g in ev["failed_gates"])
+            why_not.append(f"{rid} failed gates ({failed})")
+            continue
+        if cur is not None and adapters[rid] == cur["adapter_sha256"]:
+            why_not.append(f"{rid} is already released as {cur['version']}")
+            continue
+        if cur is not None and ev[metric] <= cur_value:
+            why_not.append(f"{rid} {metric}={ev[metric]:.4f} does not beat {cur['version']} ({cur_value:.4f})")
+            continue
+        beats = f"beats {cur['version']} ({cur_value:.4f})" if cur else "first release"
+        return rid, f"{rid} passed its gates, {metric}={ev[metric]:.4f}, {beats}"
+    return None, "; ".join(why_not) or "no rounds"
+
+
+def build_metadata(params: Params, version: str, rid: str, base_dir: Path, rounds_dir: Path, version_dir: Path,
+                   evals: dict, base_eval: dict, cur: dict | None, data_metrics: Path) -> dict:
+    base = read_json(base_dir / "base.json")
+    info = read_json(rounds_dir / rid / "ROUND.json")
+    manifest = read_json(version_dir / "manifest.json")
+    tokenizer_hash = sha256_file(base_dir / "tokenizer.json") if (base_dir / "tokenizer.json").is_file() else None
+    ev = evals[rid]
+    changes = None
+    if cur is not None:
+        old = cur["evaluation"][cur["round"]]
+        changes = {
+            "from_version": cur["version"],
+            "data_changed": cur["data"]["manifest_sha256"] != sha256_file(version_dir / "manifest.json"),
+            "metric_deltas": {k: ev[k] - old[k] for k in ev if isinstance(ev[k], float) and k in old},
+        }
+    return {
+        "name": params.package.name,
+        "version": version,
+        "created_at": release.now_utc(),
+        "round": rid,
+        "characters": sorted(manifest["counts"]),
+        "primary_metric": params.package.primary_metric,
+        "base_model": {k: v for k, v in base.items() if k != "files"},
+        "tokenizer_sha256": tokenizer_hash,
+        "adapter_sha256": info["adapter_hash"],
+        "training": {"method": "sft", "init": info["init"], "params": params.train.model_dump(), "stats": info["train"]},
+        "data": {
+            "manifest_sha256": sha256_file(version_dir / "manifest.json"),
+            "counts": manifest["counts"],
+            "sources": [s.model_dump() for s in params.collect.sources],
+            "scrub": read_json(data_metrics)["scrub"],
+        },
+        "changes_from_previous": changes,
+        "evaluation": {"base": base_eval, **evals},
+    }
+
+
+def merge_into(release_dir: Path, base_dir: Path) -> None:
+    """base + adapter folded into one model, for servers that take a single model."""
+    from peft import PeftModel
+
+    from .model import load_base, load_tokenizer
+
+    merged = PeftModel.from_pretrained(load_base(base_dir), release_dir / "adapter").merge_and_unload()
+    merged.save_pretrained(release_dir / "merged", safe_serialization=True)
+    load_tokenizer(base_dir).save_pretrained(release_dir / "merged")
 
 
 def run(params: Params, base_dir: Path, rounds_dir: Path, metrics_dir: Path, version_dir: Path,
-        data_metrics: Path, out_root: Path) -> dict:
-    metric = params.package.primary_metric
-    rounds = list(params.rounds)
-    evals = {rid: read_json(metrics_dir / f"eval_{rid}.json") for rid in rounds}
+        data_metrics: Path, out_root: Path, routing_file: Path, report_file: Path) -> dict:
+    rel = out_root / params.package.name
+    rel.mkdir(parents=True, exist_ok=True)
+    evals = {rid: read_json(metrics_dir / f"eval_{rid}.json") for rid in params.rounds}
     base_eval = read_json(metrics_dir / "eval_base.json")
-    for rid, m in evals.items():
-        if metric not in m:
-            raise KeyError(f"package.primary_metric {metric!r} is not in metrics/eval_{rid}.json (has {sorted(m)})")
-    # Latest round wins ties: later rounds saw more data.
-    best = max(rounds, key=lambda rid: (evals[rid][metric], rounds.index(rid)))
-    round_info = read_json(rounds_dir / best / "ROUND.json")
+    cur = release.current(rel)
+    adapters = {rid: read_json(rounds_dir / rid / "ROUND.json")["adapter_hash"] for rid in params.rounds}
+    rid, why = choose(params, evals, adapters, cur)
 
-    out = out_root / params.package.name
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(rounds_dir / best / "adapter", out / "adapter")
-    base = read_json(base_dir / "base.json")
-    manifest = read_json(version_dir / "manifest.json")
-    metadata = {
-        "name": params.package.name,
-        "version": f"{params.package.name}-v0.{len(params.rounds)}",
-        "created_at": created_at(),
-        "round": best,
-        "beats_base": evals[best][metric] > base_eval[metric],
-        "primary_metric": metric,
-        "base_model": {k: base[k] for k in base if k != "files"},
-        "adapter_hash": round_info["adapter_hash"],
-        "adapter_tree_hash": sha256_tree(out / "adapter")[0],
-        "training": {"params": params.train.model_dump(), "stats": round_info["train"], "init": round_info["init"]},
-        "data": {"counts": manifest["counts"], "scrub": read_json(data_metrics)["scrub"]},
-        "evaluation": {"base": base_eval, **evals},
-    }
-    (out / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return metadata
+    if rid is None:
+        release.record(rel, {"action": "keep", "version": cur["version"] if cur else None, "reason": why})
+        decision = {"released": False, "version": cur["version"] if cur else None, "round": cur["round"] if cur else None, "reason": why}
+    else:
+        version = release.next_version(rel, params.package.name, params.package.major, params.package.tag)
+        metadata = build_metadata(params, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics)
+        archive = rel / "versions" / version
+        if archive.exists():
+            shutil.rmtree(archive)
+        shutil.copytree(rounds_dir / rid / "adapter", archive / "adapter")
+        metadata["adapter_tree_sha256"] = sha256_tree(archive / "adapter")[0]
+        (archive / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        release.install(rel, version)
+        release.record(rel, {"action": "release", "version": version, "round": rid, "reason": why})
+        ev = evals[rid]
+        shown = ", ".join(f"{k}={ev[k]:.3f}" for k in ev if isinstance(ev[k], float))
+        release.changelog_line(rel, f"{metadata['created_at']} {version} from {rid}: {shown}")
+        decision = {"released": True, "version": version, "round": rid, "reason": why}
+
+    if (rel / "merged").exists():
+        shutil.rmtree(rel / "merged")
+    if params.package.merge and release.current(rel) is not None:
+        merge_into(rel, base_dir)
+    if release.current(rel) is not None:
+        release.update_routing(routing_file, rel, release.current(rel))
+    elif not routing_file.exists():
+        write_json(routing_file, {})
+    write_json(report_file, decision)
+    return decision

@@ -99,16 +99,32 @@ class TrainParams(Section):
     lora: LoraParams = LoraParams()
 
 
+class Gate(Section):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self):
+        if self.min is None and self.max is None:
+            raise ValueError("a gate needs min, max or both")
+        return self
+
+
 class EvalParams(Section):
     num_prompts: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0)
+    # metric name -> bounds; a round passes when every gated metric is inside its bounds.
+    gates: dict[str, Gate] = Field(default_factory=dict)
 
 
 class PackageParams(Section):
     name: str = Field("tutor", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     primary_metric: str = "mean_score"
+    major: int = Field(0, ge=0)
+    tag: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.]*$")  # tutor-v0.3-rc
+    merge: bool = False  # also save base+adapter merged, for single-model serving
 
 
 class RoundSpec(Section):

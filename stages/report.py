@@ -1,7 +1,10 @@
-"""The per-round metrics table `make demo` ends with."""
+"""The per-round metrics table `make demo` ends with, and the plot files dvc.yaml declares:
+reports/trajectory.csv (every metric against round) and reports/train_loss.csv (loss and
+learning rate of every round's training, one global step axis)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from .io import read_json
@@ -10,14 +13,45 @@ from .params import Params
 COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
 
 
-def table(params: Params, metrics_dir: Path) -> str:
-    ids = ["base", *params.rounds]
-    rows = []
-    for rid in ids:
+def _evals(params: Params, metrics_dir: Path) -> list[tuple[str, dict]]:
+    out = []
+    for rid in ["base", *params.rounds]:
         path = Path(metrics_dir) / f"eval_{rid}.json"
-        m = read_json(path) if path.is_file() else {}
-        rows.append([rid] + [f"{m[c]:.3f}" if c in m else "-" for c in COLUMNS])
-    header = ["round", *COLUMNS]
+        out.append((rid, read_json(path) if path.is_file() else {}))
+    return out
+
+
+def table(params: Params, metrics_dir: Path) -> str:
+    rows = [[rid] + [f"{m[c]:.3f}" if c in m else "-" for c in COLUMNS] + [("yes" if m.get("passed") else "no") if m else "-"]
+            for rid, m in _evals(params, metrics_dir)]
+    header = ["round", *COLUMNS, "gates"]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+
+    def fmt(r):
+        return "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _tsv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def write_plots(params: Params, metrics_dir: Path, rounds_dir: Path, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "trajectory.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["round_index", "round", *COLUMNS])
+        for i, (rid, m) in enumerate(_evals(params, metrics_dir)):
+            w.writerow([i, rid, *(m.get(c, "") for c in COLUMNS)])
+    with (out_dir / "train_loss.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "round", "loss", "lr"])
+        offset = 0
+        for rid in params.rounds:
+            live = Path(rounds_dir) / rid / "live/plots/metrics/train"
+            loss, lr = _tsv(live / "loss.tsv"), _tsv(live / "lr.tsv")
+            for a, b in zip(loss, lr):
+                w.writerow([offset + int(a["step"]), rid, a["loss"], b["lr"]])
+            offset += len(loss)

@@ -116,13 +116,63 @@ def test_eval_and_package(project, tmp_path):
     assert res["r2"]["delta_vs_prev"]["mean_score"] == pytest.approx(res["r2"]["mean_score"] - res["r1"]["mean_score"])
     assert "delta_vs_prev" not in res["base"]
 
-    md = package.run(p, project / "models/base", project / "models/rounds", metrics, project / "version",
-                     metrics / "data.json", tmp_path / "release")
-    best = max(("r1", "r2"), key=lambda r: (res[r]["mean_score"], r))
-    assert md["round"] == best
-    out = tmp_path / "release/tutor"
+    assert "passed" in res["r2"] and isinstance(res["r2"]["failed_gates"], list)
+    # The tiny random model cannot pass the shipped gates: release nothing, say why.
+    rel = tmp_path / "release"
+    decision = package.run(p, project / "models/base", project / "models/rounds", metrics, project / "version",
+                           metrics / "data.json", rel, tmp_path / "routing.json", tmp_path / "package.json")
+    assert decision["released"] is False and "failed gates" in decision["reason"]
+    assert read_json(tmp_path / "routing.json") == {}
+
+    open_gates = Params.model_validate({**p.model_dump(), "eval": {**p.eval.model_dump(), "gates": {}}})
+    for rid in ("r1", "r2"):
+        m = read_json(metrics / f"eval_{rid}.json")
+        write_json(metrics / f"eval_{rid}.json", {**m, "passed": True, "failed_gates": []})
+    decision = package.run(open_gates, project / "models/base", project / "models/rounds", metrics, project / "version",
+                           metrics / "data.json", rel, tmp_path / "routing.json", tmp_path / "package.json")
+    assert decision == {**decision, "released": True, "version": "tutor-v0.1", "round": "r2"}
+    out = rel / "tutor"
     assert (out / "adapter/adapter_model.safetensors").read_bytes() == \
-        (project / "models/rounds" / best / "adapter/adapter_model.safetensors").read_bytes()
+        (project / "models/rounds/r2/adapter/adapter_model.safetensors").read_bytes()
     meta = yaml.safe_load((out / "metadata.yaml").read_text())
     assert meta["base_model"]["hash"] == read_json(project / "models/base/base.json")["hash"]
-    assert set(meta["evaluation"]) == {"base", "r1", "r2"}
+    assert set(meta["evaluation"]) == {"base", "r1", "r2"} and meta["characters"] == ["tutor"]
+    assert read_json(tmp_path / "routing.json")["tutor"]["version"] == "tutor-v0.1"
+
+
+def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, tmp_path):
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from stages.model import load_base
+
+    p = small_params()
+    if not (project / "models/rounds/r1/ROUND.json").exists():
+        run_round(p, project, "r1")
+    p = Params.model_validate({**p.model_dump(), "rounds": {"r1": {"prev": "base"}},
+                               "package": {**p.package.model_dump(), "merge": True}})
+    metrics = tmp_path / "metrics"
+    write_json(metrics / "data.json", {"scrub": {"kept": 1}})
+    for rid in ("base", "r1"):
+        write_json(metrics / f"eval_{rid}.json", {"round": rid, "mean_score": 0.5, "passed": True, "failed_gates": []})
+    rel = tmp_path / "release"
+    decision = package.run(p, project / "models/base", project / "models/rounds", metrics, project / "version",
+                           metrics / "data.json", rel, tmp_path / "routing.json", tmp_path / "package.json")
+    assert decision["released"]
+
+    ids = torch.tensor([[1, 4093, 198, 1780, 314, 216, 39]])
+    with torch.no_grad():
+        peft_logits = PeftModel.from_pretrained(load_base(project / "models/base"), rel / "tutor/adapter")(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(rel / "tutor/merged", use_safetensors=True)
+        assert torch.allclose(merged(ids).logits, peft_logits, atol=1e-4)
+    assert not list((rel / "tutor/merged").glob("*.bin"))
+
+    res = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "--params", str(ROOT / "params.yaml"), "chat", "--round", "r1",
+         "--max-new-tokens", "4"],
+        cwd=project, input="hello there\nand then?\n\n", capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("tutor> ") == 2

@@ -1,0 +1,148 @@
+"""package's release decisions, versions, routing and rollback, on a synthetic project layout
+(adapter files are opaque bytes here; test_model_stages covers real adapters)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import package, release
+from stages.io import read_json, write_json
+from stages.params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def params(rounds=("r1", "r2"), **package_overrides) -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    prev = "base"
+    raw["rounds"] = {}
+    for rid in rounds:
+        raw["rounds"][rid] = {"prev": prev}
+        prev = rid
+    raw["package"].update(package_overrides)
+    return Params.model_validate(raw)
+
+
+class Project:
+    def __init__(self, root: Path):
+        self.root = root
+        write_json(root / "models/base/base.json", {"source": "embedded", "hash": "b" * 64, "files": {}})
+        (root / "models/base/tokenizer.json").write_text("{}")
+        write_json(root / "version/manifest.json", {"counts": {"tutor": {"train": 10, "eval": 2}}, "files": {}})
+        write_json(root / "metrics/data.json", {"scrub": {"kept": 12}})
+        self.round("base", None, score=0.3, passed=False)
+
+    def round(self, rid, prev, score, passed=True):
+        d = self.root / "models/rounds" / rid
+        if rid != "base":
+            (d / "adapter").mkdir(parents=True, exist_ok=True)
+            (d / "adapter/adapter_model.safetensors").write_bytes(f"weights of {rid} {score}".encode())
+            write_json(d / "adapter/adapter_config.json", {"r": 8})
+            write_json(d / "ROUND.json", {"id": rid, "prev": prev, "adapter": "adapter", "adapter_hash": f"{rid}-{score}",
+                                          "init": "prev", "train": {"steps": 1}})
+        failed = [] if passed else [{"metric": "mean_score", "value": score, "min": 0.5, "max": None}]
+        write_json(self.root / f"metrics/eval_{rid}.json",
+                   {"round": rid, "mean_score": score, "question_ratio": score, "passed": passed, "failed_gates": failed})
+
+    def package(self, p: Params) -> dict:
+        r = self.root
+        return package.run(p, r / "models/base", r / "models/rounds", r / "metrics", r / "version",
+                           r / "metrics/data.json", r / "models/release", r / "models/routing.json", r / "package.json")
+
+    @property
+    def rel(self) -> Path:
+        return self.root / "models/release/tutor"
+
+    def routing(self) -> dict:
+        return read_json(self.root / "models/routing.json")
+
+
+@pytest.fixture
+def proj(tmp_path):
+    return Project(tmp_path)
+
+
+def test_latest_passing_round_is_released_and_reruns_keep_it(proj):
+    proj.round("r1", "base", 0.6)
+    proj.round("r2", "r1", 0.7, passed=False)
+    d = proj.package(params())
+    assert d["released"] and d["version"] == "tutor-v0.1" and d["round"] == "r1"
+    assert "r1 passed its gates" in d["reason"]
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    assert (proj.rel / "adapter/adapter_model.safetensors").read_bytes() == b"weights of r1 0.6"
+
+    again = proj.package(params())
+    assert not again["released"] and again["version"] == "tutor-v0.1"
+    assert "r2 failed gates (mean_score=0.700)" in again["reason"] and "already released" in again["reason"]
+    assert read_json(proj.root / "package.json") == again
+    assert [e["action"] for e in release.history(proj.rel)] == ["release", "keep"]
+
+
+def test_a_round_must_beat_the_current_release(proj):
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))
+    proj.round("r2", "r1", 0.55)
+    d = proj.package(params())
+    assert not d["released"] and "r2 mean_score=0.5500 does not beat tutor-v0.1 (0.6000)" in d["reason"]
+    proj.round("r2", "r1", 0.8)
+    d = proj.package(params())
+    assert d["released"] and d["version"] == "tutor-v0.2" and d["round"] == "r2"
+    meta = release.current(proj.rel)
+    assert meta["changes_from_previous"]["from_version"] == "tutor-v0.1"
+    assert meta["changes_from_previous"]["metric_deltas"]["mean_score"] == pytest.approx(0.2)
+    lines = (proj.rel / "CHANGELOG.md").read_text().splitlines()
+    assert sum(" tutor-v0." in line and " from r" in line for line in lines) == 2
+    assert sorted(p.name for p in (proj.rel / "versions").iterdir()) == ["tutor-v0.1", "tutor-v0.2"]
+
+
+def test_version_major_and_tag(proj):
+    proj.round("r1", "base", 0.6)
+    assert proj.package(params(("r1",), major=1, tag="rc"))["version"] == "tutor-v1.1-rc"
+    assert release.next_version(proj.rel, "tutor", 1, None) == "tutor-v1.2"
+    assert release.next_version(proj.rel, "tutor", 2, None) == "tutor-v2.1"
+
+
+def test_model_card_front_matter(proj):
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))
+    text = (proj.rel / "README.md").read_text()
+    front = yaml.safe_load(text.split("---")[1])
+    assert front["library_name"] == "peft" and "tutor" in front["tags"] and front["base_model"]
+    assert "# tutor-v0.1" in text and "mean_score" in text
+
+
+def test_rollback_is_recorded_and_reversible(proj):
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))
+    proj.round("r2", "r1", 0.8)
+    proj.package(params())
+    with pytest.raises(RuntimeError, match="already the current"):
+        release.rollback(proj.rel, proj.root / "models/routing.json", to="tutor-v0.2")
+
+    assert release.rollback(proj.rel, proj.root / "models/routing.json") == ("tutor-v0.2", "tutor-v0.1")
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    assert release.current(proj.rel)["round"] == "r1"
+    assert (proj.rel / "adapter/adapter_model.safetensors").read_bytes() == b"weights of r1 0.6"
+    with pytest.raises(RuntimeError, match="first release"):
+        release.rollback(proj.rel, proj.root / "models/routing.json")
+
+    assert release.rollback(proj.rel, proj.root / "models/routing.json", to="tutor-v0.2") == ("tutor-v0.1", "tutor-v0.2")
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
+    assert [e["action"] for e in release.history(proj.rel)] == ["release", "release", "rollback", "rollback"]
+    assert "rollback tutor-v0.2 -> tutor-v0.1" in (proj.rel / "CHANGELOG.md").read_text()
+
+
+def test_rollback_cli(proj):
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))
+    proj.round("r2", "r1", 0.8)
+    proj.package(params())
+    cmd = [sys.executable, "-m", "stages.cli", "release", "rollback", "tutor", "--no-dvc-commit"]
+    res = subprocess.run(cmd, cwd=proj.root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "tutor-v0.2 -> tutor-v0.1" in res.stdout and "--to tutor-v0.2" in res.stdout
+    res = subprocess.run([*cmd[:-2], "nobody", "--no-dvc-commit"], cwd=proj.root, capture_output=True, text=True)
+    assert res.returncode == 1 and "nothing released yet" in res.stderr
