@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast data clean
+.PHONY: install demo test test-fast data clean s3-local s3-local-stop
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ test: install
 
 test-fast: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not e2e"
+
+# An S3 server on loopback as the default DVC remote (.dvc/config.local), to try push/pull.
+s3-local: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/loraloop s3-local start
+
+s3-local-stop: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/loraloop s3-local stop
 
 data:
 	$(PYTHON) scripts/make_demo_data.py --out data/raw

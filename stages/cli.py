@@ -228,7 +228,7 @@ def release_rollback(name, to_version, root, routing, dvc_commit):
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name}: {old} -> {new} (undo with: loraloop release rollback {name} --to {old})")
     if dvc_commit and Path("dvc.yaml").is_file():
-        subprocess.run(["dvc", "commit", "--force", "--quiet", "package"], check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet", "package"], check=True)
 
 
 @main.command()
@@ -246,5 +246,33 @@ def chat(ctx, release_name, round_id, character, base_dir, max_new_tokens, tempe
     if (release_name is None) == (round_id is None):
         raise click.UsageError("give exactly one of --release NAME or --round rN")
     run(_params(ctx), base_dir, release_name, round_id, character, max_new_tokens, temperature)
+
+
+@main.group("s3-local")
+def s3_local_group():
+    """An S3 server on loopback (moto) as this project's DVC remote, to try push/pull without AWS."""
+
+
+@s3_local_group.command("start")
+@click.option("--port", default=5555, show_default=True)
+@click.option("--bucket", default="loraloop-artifacts", show_default=True)
+def s3_local_start(port, bucket):
+    """Start the server and make it the default remote in .dvc/config.local (untracked)."""
+    from . import s3_local
+
+    url = s3_local.start(port, bucket)
+    click.echo(f"S3 on {url}, bucket {bucket}; remote 'loopback' is the default in .dvc/config.local.\n"
+               "Try: dvc push && dvc pull.  Stop: loraloop s3-local stop "
+               "(then `dvc remote default --local --unset` to go back to the tracked remote)")
+
+
+@s3_local_group.command("stop")
+def s3_local_stop():
+    """Stop the loopback S3 server (its contents are in memory and are lost)."""
+    from . import s3_local
+
+    click.echo("stopped" if s3_local.stop() else "not running")
+
+
 if __name__ == "__main__":
     main()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,3 +92,41 @@ def copy_project(dst: Path) -> Path:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     return dst
+
+
+BIN = Path(sys.executable).parent
+
+
+def sh(repo: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **(env or {})}
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def repro(repo: Path) -> set[str]:
+    out = sh(repo, "dvc", "repro").stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def edit_params(repo: Path, edit) -> None:
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+
+
+def project_repo(dst: Path, edit, setup=None) -> Path:
+    """The project copied into a fresh git repo, params edited, committed. `setup(repo)` runs
+    before the commit (e.g. to configure a remote)."""
+    repo = copy_project(dst)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "ci@example.com")
+    sh(repo, "git", "config", "user.name", "ci")
+    edit_params(repo, edit)
+    if setup:
+        setup(repo)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "fixture")
+    return repo

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project
+from conftest import edit_params, project_repo, repro, sh
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 ALL_STAGES_R2 = {
     "collect", "scrub", "version", "base", "eval_base",
     "sample@r1", "score@r1", "train@r1", "eval@r1",
@@ -25,42 +19,14 @@ ALL_STAGES_R2 = {
 }
 
 
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
-    return res
-
-
-def repro(repo: Path) -> set[str]:
-    out = sh(repo, "dvc", "repro").stdout
-    return set(re.findall(r"Running stage '([^']+)'", out))
-
-
-def edit_params(repo: Path, edit) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    edit(raw)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = copy_project(tmp_path_factory.mktemp("e2e"))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "config", "user.email", "ci@example.com")
-    sh(repo, "git", "config", "user.name", "ci")
-
     def shrink(p):
         p["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
         p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
         p["train"].update(steps=2, batch_size=2, max_length=160)
 
-    edit_params(repo, shrink)
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "e2e fixture")
-    return repo
+    return project_repo(tmp_path_factory.mktemp("e2e"), shrink)
 
 
 def test_first_repro_runs_every_stage_and_writes_outputs(repo):
