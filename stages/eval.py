@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .chat import prompt_ids
-from .generate import generate
+from .generate import answer
 from .io import read_json, write_json, write_jsonl
-from .model import load_round, load_tokenizer
 from .params import Params
-from .prompts import pick_prompts
+from .prompts import prompts_from_split
 from .rules import followup_question, question_ratio, score_text
-from .version import load_split
 
 
 def metrics_of(texts: list[str], params: Params) -> dict:
@@ -47,16 +44,10 @@ def deltas(now: dict, then: dict) -> dict:
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_dir: Path,
         prev_metrics: Path | None, base_metrics: Path | None, out_file: Path, samples_file: Path) -> dict:
     ep = params.eval
-    rows = load_split(version_dir, "eval")
-    if not rows:
-        raise RuntimeError(f"{version_dir}: the eval split is empty; raise version.eval_fraction or add data")
     # The same seed for every round: all rounds answer the same prompts.
-    prompts = pick_prompts(rows, ep.num_prompts, f"{params.seed}:eval", params.system_prompts)
-    tok = load_tokenizer(base_dir)
-    model = load_round(base_dir, round_dir)
-    texts, _ = generate(
-        model, tok, [prompt_ids(tok, p["messages"]) for p in prompts],
-        batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
+    prompts = prompts_from_split(version_dir, "eval", ep.num_prompts, f"{params.seed}:eval", params.system_prompts)
+    texts, _ = answer(
+        base_dir, round_dir, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
         temperature=ep.temperature, top_p=1.0, seed=params.seed, desc=f"eval@{round_id}",
     )
     write_jsonl(samples_file, ({**p, "response": t} for p, t in zip(prompts, texts)))

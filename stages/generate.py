@@ -39,3 +39,13 @@ def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_t
         bar.set_postfix(tokens=n_tokens)
     bar.close()
     return texts, n_tokens
+
+
+def answer(base_dir, round_dir, prompts: list[dict], **settings) -> tuple[list[str], int]:
+    """A round's model (base + its adapter) answering prompt conversations; `settings` as generate()."""
+    from .chat import prompt_ids
+    from .model import load_round, load_tokenizer
+
+    tok = load_tokenizer(base_dir)
+    model = load_round(base_dir, round_dir)
+    return generate(model, tok, [prompt_ids(tok, p["messages"]) for p in prompts], **settings)

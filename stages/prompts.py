@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from .chat import cut_for_prompt, with_system
+from .version import load_split
 
 
 def system_prompt_for(system_prompts: dict[str, str], character_id: str) -> str:
@@ -32,3 +34,10 @@ def pick_prompts(rows: list[dict], n: int, rng_seed: str, system_prompts: dict[s
             "messages": with_system(system_prompt_for(system_prompts, row["character_id"]), context),
         })
     return out
+
+
+def prompts_from_split(version_dir: Path, split: str, n: int, rng_seed: str, system_prompts: dict[str, str]) -> list[dict]:
+    rows = load_split(version_dir, split)
+    if not rows:
+        raise RuntimeError(f"{version_dir}: the {split} split is empty; add data or change version.eval_fraction")
+    return pick_prompts(rows, n, rng_seed, system_prompts)

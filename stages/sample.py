@@ -5,29 +5,22 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .chat import prompt_ids
-from .generate import generate
+from .generate import answer
 from .io import read_json, write_jsonl
-from .model import load_round, load_tokenizer, round_info
+from .model import round_info
 from .params import Params
-from .prompts import pick_prompts
-from .version import load_split
+from .prompts import prompts_from_split
 
 
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_dir: Path, out_file: Path) -> dict:
     sp = params.sample
-    rows = load_split(version_dir, "train")
-    if not rows:
-        raise RuntimeError(f"{version_dir}: the train split is empty, nothing to sample from")
-    prompts = pick_prompts(rows, sp.num_prompts, f"{params.seed}:sample:{round_id}", params.system_prompts)
-    tok = load_tokenizer(base_dir)
-    model = load_round(base_dir, prev_dir)
+    prompts = prompts_from_split(version_dir, "train", sp.num_prompts, f"{params.seed}:sample:{round_id}",
+                                 params.system_prompts)
     prev = round_info(prev_dir)
     seed = params.seed
     t0 = time.perf_counter()
-    texts, n_tokens = generate(
-        model, tok, [prompt_ids(tok, p["messages"]) for p in prompts],
-        batch_size=sp.batch_size, max_new_tokens=sp.max_new_tokens,
+    texts, n_tokens = answer(
+        base_dir, prev_dir, prompts, batch_size=sp.batch_size, max_new_tokens=sp.max_new_tokens,
         temperature=sp.temperature, top_p=sp.top_p, seed=seed, desc=f"sample@{round_id}",
     )
     seconds = time.perf_counter() - t0
