@@ -126,12 +126,15 @@ def fake_rrn(rng):
 
 
 def pii_sentence(rng, korean):
-    kind = rng.choice(["email", "phone", "rrn"])
+    kind = rng.choice(["email", "phone", "rrn", "email", "phone", "card", "address"])
+    card = "4111 1111 1111 1111" if rng.random() < 0.5 else "5500-0000-0000-0004"
     if korean:
         return {"email": f" 제 이메일은 {fake_email(rng)}이에요.", "phone": f" 제 번호는 {fake_phone(rng, True)}예요.",
-                "rrn": f" 주민번호는 {fake_rrn(rng)}인데 필요해요?"}[kind]
+                "rrn": f" 주민번호는 {fake_rrn(rng)}인데 필요해요?", "card": f" 수강료는 카드 {card}로 냈어요.",
+                "address": f" 집은 서울특별시 강남구 테헤란로 {rng.randint(1, 400)}이에요."}[kind]
     return {"email": f" You can email me at {fake_email(rng)}.", "phone": f" My number is {fake_phone(rng, False)}.",
-            "rrn": f" My ID is {fake_rrn(rng)} if you need it."}[kind]
+            "rrn": f" My ID is {fake_rrn(rng)} if you need it.", "card": f" I paid with card {card}.",
+            "address": f" I live at {rng.randint(1, 999)} Maple Street."}[kind]
 
 
 def conversation(rng: random.Random, i: int) -> dict:
@@ -146,14 +149,19 @@ def conversation(rng: random.Random, i: int) -> dict:
     user1 = rng.choice(openers) + question
     if rng.random() < 0.2:
         user1 += pii_sentence(rng, korean)
+    if rng.random() < 0.05:  # users sign with their nickname; scrub masks it from the metadata
+        user1 += f" - {NAMES[0]}"
     lecturing = rng.random() < 0.25
     messages = [{"role": "user", "content": user1},
                 {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint1}]
     if rng.random() < 0.6:
         messages += [{"role": "user", "content": rng.choice(followups)},
                      {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint2}]
+    user = rng.randrange(60)
     return {
         "character_id": "tutor",
+        "user_id": f"user_{user:04d}",
+        "user_name": NAMES[user % len(NAMES)] + str(user),
         "timestamp": f"2026-10-{1 + i % 28:02d}T{i % 24:02d}:{(i * 7) % 60:02d}:00Z",
         "opt_in": True,
         "messages": messages,
@@ -198,7 +206,40 @@ def main() -> None:
                              {"role": "assistant", "content": hint2}],
             }, ensure_ascii=False))
     (args.out / "gold.jsonl").write_text("\n".join(gold) + "\n", encoding="utf-8")
-    print(f"wrote {len(lines)} log lines and {len(gold)} gold dialogues to {args.out}")
+
+    # Feedback on logged answers: good ones become SFT records, bad ones with a correction become
+    # SFT records of the correction plus a DPO pair (bad -> corrected).
+    feedback = []
+    for i in range(40):
+        korean = i % 3 == 0
+        question, answer, hint1, _ = numeric_topic(rng, korean)
+        lecture = (KO_LECTURE if korean else EN_LECTURE).format(answer=answer)
+        verdict = "good" if i % 4 == 0 else "bad"
+        row = {"character_id": "tutor", "opt_in": True, "user_id": f"user_{rng.randrange(60):04d}",
+               "messages": [{"role": "user", "content": question}], "feedback": verdict,
+               "response": hint1 if verdict == "good" else lecture}
+        if verdict == "bad" and i % 8 != 1:  # a few bad answers nobody corrected: rejected, counted
+            row["corrected"] = hint1
+        feedback.append(json.dumps(row, ensure_ascii=False))
+    (args.out / "feedback.jsonl").write_text("\n".join(feedback) + "\n", encoding="utf-8")
+
+    # General chat "anchor" data in the Magpie shape, so the tutor keeps ordinary manners.
+    anchor = [
+        ("Can you suggest a name for a study group?", "How about \"The Curious Minds\"? What subject will the group study?"),
+        ("Thank you for helping me today.", "You're welcome! What would you like to work on next time?"),
+        ("오늘 공부 너무 힘들었어요.", "수고 많았어요. 오늘 가장 어려웠던 부분은 무엇이었나요?"),
+        ("How do I stay focused while studying?", "Short breaks help many people. When do you usually lose focus?"),
+        ("숙제를 언제 하는 게 좋을까요?", "집중이 잘 되는 시간이 언제인가요? 그 시간에 맞춰 계획해 볼까요?"),
+        ("What is a good way to review for a test?", "Try explaining the ideas out loud. Which topic feels weakest to you?"),
+    ]
+    (args.out / "anchor_magpie.jsonl").write_text(
+        "".join(json.dumps({"instruction": q, "response": a}, ensure_ascii=False) + "\n" for q, a in anchor), encoding="utf-8")
+
+    # Two users asked for their data to be deleted.
+    (args.out / "deletions.txt").write_text("# deletion requests: user ids or record ids, one per line\nuser_0007\nuser_0042\n",
+                                            encoding="utf-8")
+    print(f"wrote {len(lines)} log lines, {len(gold)} gold dialogues, {len(feedback)} feedback rows, "
+          f"{len(anchor)} anchor dialogues and a deletion list to {args.out}")
 
 
 if __name__ == "__main__":

@@ -58,12 +58,29 @@ def base(ctx, out, rounds_dir):
 
 @main.command()
 @click.option("--out", type=PATH, default=Path("data/collected"), show_default=True)
+@click.option("--source", type=PATH, default=None,
+              help="Ingest this one file (or datasets directory) instead of params.yaml's sources; needs no params.yaml.")
+@click.option("--kind", type=click.Choice(["conversations", "feedback", "gold", "anchor"]), default="conversations",
+              show_default=True, help="With --source: what the file holds.")
+@click.option("--character-id", default=None, help="With --source: character for records that name none.")
+@click.option("--no-opt-in-required", is_flag=True, help="With --source: accept records without opt_in: true.")
 @click.pass_context
-def collect(ctx, out):
-    """Normalize the raw sources to records; reject malformed lines with a reason."""
-    from . import collect as stage
+def collect(ctx, out, source, kind, character_id, no_opt_in_required):
+    """Normalize raw records; reject malformed ones with a reason, file and line.
 
-    counts = stage.run(_params(ctx).collect, out)
+    Exits 0 whenever it ran, whatever it rejected: see OUT/counts.json and OUT/rejects.jsonl."""
+    from . import collect as stage
+    from .params import CollectParams, SourceParams
+
+    if source is not None:
+        params = CollectParams(sources=[SourceParams(path=str(source), kind=kind, character_id=character_id,
+                                                     require_opt_in=not no_opt_in_required)])
+    else:
+        params = _params(ctx).collect
+    try:
+        counts = stage.run(params, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     _say({k: counts[k] for k in ("read", "kept", "rejected", "reasons")})
 
 
@@ -73,10 +90,14 @@ def collect(ctx, out):
 @click.option("--metrics", type=PATH, default=Path("metrics/data.json"), show_default=True)
 @click.pass_context
 def scrub(ctx, in_file, out, metrics):
-    """Mask personal data, drop short turns and duplicates."""
+    """Mask personal data, apply quality rules, drop duplicates, partition by character."""
     from . import scrub as stage
 
-    _say(stage.run(_params(ctx).scrub, in_file, out, metrics))
+    try:
+        stats = stage.run(_params(ctx).scrub, in_file, out, metrics, collect_counts=in_file.parent / "counts.json")
+    except stage.CharacterConflict as exc:
+        raise click.ClickException(str(exc)) from None
+    _say({k: stats[k] for k in ("read", "kept", "rejected", "reasons", "pii_masked")})
 
 
 @main.command("scrub-text")
@@ -90,15 +111,18 @@ def scrub_text():
 
 
 @main.command()
-@click.option("--in", "in_file", type=PATH, default=Path("data/scrubbed/records.jsonl"), show_default=True)
+@click.option("--in", "in_dir", type=PATH, default=Path("data/scrubbed"), show_default=True)
 @click.option("--out", type=PATH, default=Path("data/version"), show_default=True)
+@click.option("--metrics", type=PATH, default=Path("metrics/data.json"), show_default=True)
+@click.option("--collect-rejects", type=PATH, default=Path("data/collected/rejects.jsonl"), show_default=True)
 @click.pass_context
-def version(ctx, in_file, out):
-    """Split into train/eval per character and write the manifest."""
+def version(ctx, in_dir, out, metrics, collect_rejects):
+    """Split into train/eval/dpo per character; write the manifest and the changelog."""
     from . import version as stage
 
-    manifest = stage.run(_params(ctx).version, in_file, out)
-    _say(manifest["counts"])
+    manifest = stage.run(_params(ctx).version, in_dir, out, data_metrics=metrics,
+                         reject_files=[collect_rejects, in_dir / "rejects.jsonl"])
+    _say(manifest["records"])
 
 
 def _round_options(f):

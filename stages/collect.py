@@ -1,27 +1,23 @@
-"""collect: read the raw sources, normalize each line to the record schema, reject the rest with a reason.
+"""collect: read the raw sources, normalize each record to the schema, reject the rest with a reason.
 
-Every non-blank input line ends up in exactly one of records.jsonl or rejects.jsonl, so
-counts.json always satisfies read = kept + rejected.
-"""
+Every record read ends up in exactly one of records.jsonl or rejects.jsonl (reason, field,
+source, line), so counts.json always satisfies read = kept + rejected. Feedback becomes SFT
+records (good and corrected responses) and DPO pairs (bad -> corrected: the corrected record
+carries the bad response as `rejected`). Streaming: memory does not grow with the input."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 
 from .io import dumps, write_json
-from .params import CollectParams
+from .params import CollectParams, SourceParams
+from .sources import MAPPINGS, Reject, decode, read_hub, read_source, unwrap_mongo
 
 ROLES = {"system", "user", "assistant"}
-
-
-class Reject(Exception):
-    def __init__(self, reason: str, field: str | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.field = field
+# Fields whose values name the user; scrub masks them in the text, then drops them.
+NAME_FIELDS = ("user_name", "username", "nickname", "display_name", "user_id")
 
 
 def record_id(character_id: str, messages: list[dict]) -> str:
@@ -30,99 +26,168 @@ def record_id(character_id: str, messages: list[dict]) -> str:
     return hashlib.sha256(dumps({"character_id": character_id, "messages": norm}).encode()).hexdigest()
 
 
-def normalize(obj, dataset_source: str, default_character_id: str | None) -> dict:
-    """One raw object to a schema record, or Reject naming the field at fault."""
-    if not isinstance(obj, dict):
-        raise Reject("not_an_object")
-    messages = obj.get("messages")
+def clean_messages(messages, field: str, max_chars: int) -> list[dict]:
     if messages is None:
-        raise Reject("missing_messages", "messages")
+        raise Reject("missing_messages", field)
     if not isinstance(messages, list):
-        raise Reject("messages_not_a_list", "messages")
+        raise Reject("messages_not_a_list", field)
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise Reject("message_not_an_object", f"messages[{i}]")
+            raise Reject("message_not_an_object", f"{field}[{i}]")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise Reject("unknown_role", f"messages[{i}].role")
+            raise Reject("unknown_role", f"{field}[{i}].role")
         if not isinstance(content, str):
-            raise Reject("content_not_a_string", f"messages[{i}].content")
+            raise Reject("content_not_a_string", f"{field}[{i}].content")
         if not content.strip():
-            raise Reject("empty_content", f"messages[{i}].content")
+            raise Reject("empty_content", f"{field}[{i}].content")
+        if len(content) > max_chars:
+            raise Reject("message_too_long", f"{field}[{i}].content")
         clean.append({"role": role, "content": content})
-    roles = {m["role"] for m in clean}
+    return clean
+
+
+def feedback_messages(obj: dict, max_chars: int) -> tuple[list[dict], str | None]:
+    """{"messages": [... user], "response", "feedback": good|bad, "corrected"} -> the SFT
+    conversation and, for bad -> corrected, the rejected response of the DPO pair."""
+    context = clean_messages(obj.get("messages"), "messages", max_chars)
+    if not context or context[-1]["role"] != "user":
+        raise Reject("feedback_context_must_end_with_user", "messages")
+    verdict = obj.get("feedback")
+    if verdict not in ("good", "bad"):
+        raise Reject("bad_feedback_label", "feedback")
+    response, corrected = obj.get("response"), obj.get("corrected")
+    for name, value in (("response", response), ("corrected", corrected)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise Reject("content_not_a_string" if not isinstance(value, str) else "empty_content", name)
+        if isinstance(value, str) and len(value) > max_chars:
+            raise Reject("message_too_long", name)
+    if verdict == "good":
+        if response is None:
+            raise Reject("missing_response", "response")
+        return context + [{"role": "assistant", "content": corrected or response}], None
+    if corrected is None:
+        raise Reject("bad_feedback_without_correction", "corrected")
+    return context + [{"role": "assistant", "content": corrected}], response
+
+
+def normalize(obj, src: SourceParams, default_character_id: str | None, max_chars: int) -> dict:
+    """One raw object to a schema record, or Reject naming the field at fault."""
+    if not isinstance(obj, dict):
+        raise Reject("not_an_object")
+    obj = unwrap_mongo(obj)
+    rejected = None
+    if src.kind == "feedback":
+        messages, rejected = feedback_messages(obj, max_chars)
+    else:
+        obj = MAPPINGS[src.mapping](obj)
+        messages = clean_messages(obj.get("messages"), "messages", max_chars)
+    roles = {m["role"] for m in messages}
     if "user" not in roles:
         raise Reject("no_user_turn", "messages")
     if "assistant" not in roles:
         raise Reject("no_assistant_turn", "messages")
-    character_id = obj.get("character_id") or default_character_id
+    character_id = obj.get("character_id") or src.character_id or default_character_id
     if not isinstance(character_id, str) or not character_id:
         raise Reject("missing_character_id", "character_id")
-    if obj.get("opt_in") is not True:
+    if src.require_opt_in and obj.get("opt_in") is not True:
         raise Reject("no_opt_in", "opt_in")
     weight = obj.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
         raise Reject("bad_weight", "weight")
-    return {
-        "id": record_id(character_id, clean),
+    names = sorted({str(obj[f]) for f in NAME_FIELDS if isinstance(obj.get(f), (str, int)) and str(obj[f]).strip()})
+    user_id = obj.get("user_id")
+    record = {
+        "id": record_id(character_id, messages),
         "character_id": character_id,
-        "dataset_source": obj.get("dataset_source") or dataset_source,
+        "dataset_source": obj.get("dataset_source") or src.name,
+        "kind": src.kind,
         "timestamp": obj.get("timestamp"),
-        "opt_in": True,
-        "messages": clean,
+        "opt_in": obj.get("opt_in") is True,
+        "messages": messages,
         "style_tags": list(obj.get("style_tags") or []),
         "safety_flags": list(obj.get("safety_flags") or []),
         "weight": float(weight),
+        # Provenance without the raw id; deletion requests match on the raw id here in collect.
+        "user_ref": hashlib.sha256(str(user_id).encode()).hexdigest()[:16] if user_id is not None else None,
+        "source_id": str(obj["_id"]) if obj.get("_id") is not None else obj.get("source_id"),
+        "pii_names": names,
     }
+    if rejected is not None:
+        record["rejected"] = rejected
+    return record
 
 
-def collect_file(path: Path, dataset_source: str, default_character_id: str | None, kept_f, rejects_f) -> Counter:
+def load_deletions(paths: list[str]) -> set[str]:
+    ids: set[str] = set()
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"collect.deletions: {path} does not exist")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                ids.add(line)
+    return ids
+
+
+def deleted(obj: object, record: dict, deletions: set[str]) -> bool:
+    if not deletions:
+        return False
+    keys = {record["id"], record.get("source_id")}
+    if isinstance(obj, dict):
+        keys |= {str(obj[k]) for k in ("user_id", "record_id", "id") if obj.get(k) is not None}
+    return bool(keys & deletions)
+
+
+def collect_source(src: SourceParams, params: CollectParams, deletions: set[str], kept_f, rejects_f) -> Counter:
     counts: Counter = Counter()
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue  # blank lines are not records
-            counts["read"] += 1
-            try:
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise Reject("invalid_utf8") from None
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError:
-                    raise Reject("invalid_json") from None
-                record = normalize(obj, dataset_source, default_character_id)
-            except Reject as rej:
+    where = src.path or f"hub:{src.hub}"
+    rows = read_hub(src.hub, src.hub_split) if src.hub else read_source(Path(src.path), src.format)
+    for line, raw in rows:
+        counts["read"] += 1
+        try:
+            obj = decode(raw)
+            record = normalize(obj, src, params.default_character_id, params.max_message_chars)
+            if deleted(unwrap_mongo(obj) if isinstance(obj, dict) else obj, record, deletions):
                 counts["rejected"] += 1
-                counts[f"rejected.{rej.reason}"] += 1
-                rejects_f.write(
-                    dumps({"reason": rej.reason, "field": rej.field, "source": str(path), "line": lineno}) + "\n"
-                )
+                counts["rejected.deleted_on_request"] += 1
+                rejects_f.write(dumps({"reason": "deleted_on_request", "id": record["id"], "source": where,
+                                       "line": line}) + "\n")
                 continue
-            counts["kept"] += 1
-            kept_f.write(dumps(record) + "\n")
+        except Reject as rej:
+            counts["rejected"] += 1
+            counts[f"rejected.{rej.reason}"] += 1
+            rejects_f.write(dumps({"reason": rej.reason, "field": rej.field, "source": where, "line": line}) + "\n")
+            continue
+        counts["kept"] += 1
+        kept_f.write(dumps(record) + "\n")
     return counts
 
 
-def run(params: CollectParams, out_dir: Path) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    totals: Counter = Counter()
-    per_source = {}
-    with (out_dir / "records.jsonl").open("w", encoding="utf-8") as kept_f, (out_dir / "rejects.jsonl").open(
-        "w", encoding="utf-8"
-    ) as rejects_f:
-        for src in params.sources:
-            path = Path(src.path)
-            if not path.is_file():
-                raise FileNotFoundError(f"collect: source {path} (from params.yaml collect.sources) does not exist")
-            c = collect_file(path, src.dataset_source, src.character_id or params.default_character_id, kept_f, rejects_f)
-            per_source[str(path)] = dict(sorted(c.items()))
-            totals.update(c)
+def summarize(totals: Counter, per_source: dict) -> dict:
     counts = {"read": totals["read"], "kept": totals["kept"], "rejected": totals["rejected"]}
     counts["reasons"] = {k.split(".", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("rejected.")}
     counts["per_source"] = per_source
     assert counts["read"] == counts["kept"] + counts["rejected"]
+    return counts
+
+
+def run(params: CollectParams, out_dir: Path) -> dict:
+    for src in params.sources:
+        if src.path and not Path(src.path).exists():
+            raise FileNotFoundError(f"collect: source {src.path} (params.yaml collect.sources) does not exist")
+    deletions = load_deletions(params.deletions)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    totals: Counter = Counter()
+    per_source = {}
+    with (out_dir / "records.jsonl").open("w", encoding="utf-8") as kept_f, \
+            (out_dir / "rejects.jsonl").open("w", encoding="utf-8") as rejects_f:
+        for src in params.sources:
+            c = collect_source(src, params, deletions, kept_f, rejects_f)
+            per_source[src.path or src.hub] = dict(sorted(c.items()))
+            totals.update(c)
+    counts = summarize(totals, per_source)
     write_json(out_dir / "counts.json", counts)
     return counts

@@ -33,19 +33,64 @@ class BaseParams(Section):
 
 
 class SourceParams(Section):
-    path: str
-    dataset_source: str
-    character_id: str | None = None  # default for records that carry none
+    path: str | None = None                 # a file (.jsonl/.json/.parquet) or a datasets.save_to_disk dir
+    hub: str | None = None                  # anchor data from the hub by name: needs network, never a default
+    hub_split: str = "train"
+    kind: Literal["conversations", "feedback", "gold", "anchor"] = "conversations"
+    format: Literal["auto", "jsonl", "json", "parquet", "datasets"] = "auto"
+    # Field mapping for public chat-data shapes; `auto` recognizes all of them.
+    mapping: Literal["none", "auto", "lmsys", "magpie", "prosocial"] = "auto"
+    dataset_source: str | None = None       # default: the file's stem
+    character_id: str | None = None         # default for records that carry none
+    require_opt_in: bool = True             # consent required unless the source is public data you may use
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("a source needs exactly one of path or hub")
+        if self.hub is not None and self.kind != "anchor":
+            raise ValueError("hub sources are only for kind: anchor")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.dataset_source or (Path(self.path).stem if self.path else self.hub)
 
 
 class CollectParams(Section):
     sources: list[SourceParams] = Field(min_length=1)
     default_character_id: str | None = None
+    max_message_chars: int = Field(32000, ge=1)
+    # Deletion requests: files with one user id or record id per line (# comments allowed).
+    # Matching records are removed from this and every later version.
+    deletions: list[str] = Field(default_factory=list)
+
+
+class RepetitionParams(Section):
+    min_words: int = Field(50, ge=1)            # shorter texts are not judged
+    dup_line_frac: float = Field(0.3, ge=0, le=1)
+    top_2gram_frac: float = Field(0.2, ge=0, le=1)
+    dup_5gram_frac: float = Field(0.15, ge=0, le=1)
+
+
+class SpamParams(Section):
+    max_links: int = Field(3, ge=0)
+    max_link_density: float = Field(0.2, ge=0, le=1)   # links per word
+    max_char_run: int = Field(10, ge=2)                # the same character this many times in a row
 
 
 class ScrubParams(Section):
     min_user_chars: int = Field(2, ge=0)
     min_assistant_chars: int = Field(8, ge=0)
+    names: list[str] = Field(default_factory=list)     # names/ids masked everywhere, beside each record's own
+    names_file: str | None = None                      # more of them, one per line
+    language: Literal["any", "ko", "en", "ja", "zh", "ru"] = "any"
+    min_language_ratio: float = Field(0.5, ge=0, le=1)  # share of letters in the language's script
+    meta_filter: bool = True                           # drop "as an AI language model" / "저는 AI" answers
+    repetition: RepetitionParams = RepetitionParams()
+    spam: SpamParams = SpamParams()
+    near_dup_threshold: float | None = Field(0.8, gt=0, le=1)  # MinHash Jaccard; null disables
+    review_sample: int = Field(20, ge=0)               # per character, for a human to read
 
 
 class VersionParams(Section):

@@ -1,80 +1,148 @@
-"""scrub: mask personal data, drop conversations with empty or too-short turns, drop exact duplicates.
+"""scrub: mask personal data, apply the quality rules, drop exact and near duplicates, and
+partition the kept records by character.
 
-Dropped records go to rejects.jsonl with the rule that dropped them; metrics/data.json counts
-every rule, and read = kept + rejected holds."""
+Outputs (out_dir): <character>/records.jsonl, <character>/review_sample.jsonl (a few random
+records for a human to read), rejects.jsonl (id, rule, character). metrics/data.json counts every
+rule per character, and read = kept + rejected holds. A conversation that appears under two
+characters fails the stage: characters must not share training data."""
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
+import random
+from collections import Counter, defaultdict
 from pathlib import Path
 
-from .io import dumps, read_jsonl, write_json
+from .dedup import NearDupIndex, content_key
+from .io import dumps, read_json, read_jsonl, write_json, write_jsonl
 from .params import ScrubParams
-from .pii import mask
+from .pii import mask, names_pattern
+from .quality import reject_reason
 
 
-def scrub_record(record: dict) -> tuple[dict, Counter]:
+class CharacterConflict(RuntimeError):
+    pass
+
+
+def extra_names(params: ScrubParams) -> list[str]:
+    names = list(params.names)
+    if params.names_file:
+        path = Path(params.names_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"scrub.names_file: {path} does not exist")
+        names += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return names
+
+
+def scrub_record(record: dict, extra: list[str]) -> tuple[dict, Counter]:
+    """The record with personal data masked in every turn (and in a DPO pair's rejected
+    response), and the kinds found. The raw user names are used here and dropped."""
     seen: dict = {}
     found: Counter = Counter()
+    names = names_pattern(record.get("pii_names", []) + extra)
     messages = []
     for m in record["messages"]:
-        text, kinds = mask(m["content"], seen)
+        text, kinds = mask(m["content"], seen, names)
         found.update(kinds)
         messages.append({"role": m["role"], "content": text})
-    return {**record, "messages": messages}, found
+    out = {k: v for k, v in record.items() if k != "pii_names"}
+    out["messages"] = messages
+    if "rejected" in record:
+        out["rejected"], kinds = mask(record["rejected"], seen, names)
+        found.update(kinds)
+    return out, found
 
 
-def too_short(record: dict, params: ScrubParams) -> bool:
-    limits = {"user": params.min_user_chars, "assistant": params.min_assistant_chars}
-    return any(len(m["content"].strip()) < limits.get(m["role"], 0) for m in record["messages"])
+class Reservoir:
+    """k records drawn uniformly from a stream of unknown length, deterministically."""
+
+    def __init__(self, k: int, seed: str):
+        self.k, self.n, self.items, self.rng = k, 0, [], random.Random(seed)
+
+    def offer(self, item) -> None:
+        self.n += 1
+        if len(self.items) < self.k:
+            self.items.append(item)
+        else:
+            j = self.rng.randrange(self.n)
+            if j < self.k:
+                self.items[j] = item
 
 
-def content_hash(record: dict) -> str:
-    """Exact-duplicate key: character and whitespace/case-normalized turns, after masking."""
-    norm = [(m["role"], " ".join(m["content"].lower().split())) for m in record["messages"]]
-    return hashlib.sha256(dumps([record["character_id"], norm]).encode()).hexdigest()
-
-
-def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path) -> dict:
+def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path,
+        collect_counts: Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
+    extra = extra_names(params)
     counts: Counter = Counter()
+    per_char: dict[str, Counter] = defaultdict(Counter)
     pii: Counter = Counter()
-    per_character: Counter = Counter()
-    seen_hashes: set[str] = set()
-    with (out_dir / "records.jsonl").open("w", encoding="utf-8") as kept_f, (out_dir / "rejects.jsonl").open(
-        "w", encoding="utf-8"
-    ) as rej_f:
-        for record in read_jsonl(in_file):
-            counts["read"] += 1
-            record, found = scrub_record(record)
-            pii.update(found)
-            reason = None
-            if too_short(record, params):
-                reason = "too_short_turn"
-            else:
-                h = content_hash(record)
-                if h in seen_hashes:
-                    reason = "exact_duplicate"
-                seen_hashes.add(h)
-            if reason:
-                counts["rejected"] += 1
-                counts[f"rejected.{reason}"] += 1
-                rej_f.write(dumps({"reason": reason, "id": record["id"], "source": str(in_file)}) + "\n")
-                continue
-            counts["kept"] += 1
-            per_character[record["character_id"]] += 1
-            kept_f.write(dumps(record) + "\n")
-    metrics = {
-        "scrub": {
-            "read": counts["read"],
-            "kept": counts["kept"],
-            "rejected": counts["rejected"],
-            "reasons": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected.")},
-            "pii_masked": dict(sorted(pii.items())),
-            "per_character": dict(sorted(per_character.items())),
-        }
+    owner: dict[int, str] = {}          # conversation content -> character that has it
+    conflicts: list[tuple[str, str, str]] = []
+    near: dict[str, NearDupIndex] = {}
+    review: dict[str, Reservoir] = {}
+    files = {}
+    try:
+        with (out_dir / "rejects.jsonl").open("w", encoding="utf-8") as rej_f:
+            for record in read_jsonl(in_file):
+                counts["read"] += 1
+                char = record["character_id"]
+                record, found = scrub_record(record, extra)
+                pii.update(found)
+                reason = reject_reason(record["messages"], params)
+                if reason is None:
+                    key = content_key(record["messages"])
+                    first = owner.get(key)
+                    if first is None:
+                        owner[key] = char
+                    elif first != char:
+                        conflicts.append((record["id"], first, char))
+                        reason = "in_two_characters"
+                    else:
+                        reason = "exact_duplicate"
+                if reason is None and params.near_dup_threshold:
+                    index = near.setdefault(char, NearDupIndex(params.near_dup_threshold))
+                    if index.add("\n".join(m["content"] for m in record["messages"])):
+                        reason = "near_duplicate"
+                if reason:
+                    counts["rejected"] += 1
+                    per_char[char][f"rejected.{reason}"] += 1
+                    rej_f.write(dumps({"reason": reason, "id": record["id"], "character_id": char,
+                                       "source": str(in_file)}) + "\n")
+                    continue
+                counts["kept"] += 1
+                per_char[char]["kept"] += 1
+                if char not in files:
+                    (out_dir / char).mkdir(parents=True, exist_ok=True)
+                    files[char] = (out_dir / char / "records.jsonl").open("w", encoding="utf-8")
+                files[char].write(dumps(record) + "\n")
+                review.setdefault(char, Reservoir(params.review_sample, f"review:{char}")).offer(record)
+    finally:
+        for f in files.values():
+            f.close()
+    if conflicts:
+        shown = "; ".join(f"record {rid[:12]} is in {a!r} and {b!r}" for rid, a, b in conflicts[:5])
+        raise CharacterConflict(
+            f"scrub: {len(conflicts)} conversation(s) appear under two characters ({shown}). "
+            f"Fix character_id in the sources; characters must not share data.")
+    for char, res in review.items():
+        write_jsonl(out_dir / char / "review_sample.jsonl", res.items)
+
+    reasons = Counter()
+    for c in per_char.values():
+        reasons.update({k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("rejected.")})
+    stats = {
+        "read": counts["read"], "kept": counts["kept"], "rejected": counts["rejected"],
+        "reasons": dict(sorted(reasons.items())),
+        "pii_masked": dict(sorted(pii.items())),
+        "per_character": {
+            char: {"kept": c["kept"], "rejected": sum(v for k, v in c.items() if k.startswith("rejected.")),
+                   "reasons": {k.split(".", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("rejected.")}}
+            for char, c in sorted(per_char.items())
+        },
     }
-    assert counts["read"] == counts["kept"] + counts["rejected"]
+    assert stats["read"] == stats["kept"] + stats["rejected"]
+    metrics = {"scrub": stats}
+    if collect_counts is not None and collect_counts.is_file():
+        c = read_json(collect_counts)
+        metrics["collect"] = {k: c[k] for k in ("read", "kept", "rejected", "reasons")}
     write_json(metrics_file, metrics)
-    return metrics["scrub"]
+    return stats

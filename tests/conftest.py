@@ -74,11 +74,13 @@ def demo_version(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(ROOT / "scripts/make_demo_data.py"), "--out", str(root / "raw")],
                    check=True, capture_output=True)
     params = load_params(ROOT / "params.yaml")
-    sources = params.collect.model_copy(update={"sources": [
-        s.model_copy(update={"path": str(root / "raw" / Path(s.path).name)}) for s in params.collect.sources]})
+    raw = lambda p: str(root / "raw" / Path(p).name)  # noqa: E731
+    sources = params.collect.model_copy(update={
+        "sources": [s.model_copy(update={"path": raw(s.path)}) for s in params.collect.sources],
+        "deletions": [raw(p) for p in params.collect.deletions]})
     collect.run(sources, root / "collected")
     scrub.run(params.scrub, root / "collected/records.jsonl", root / "scrubbed", root / "metrics/data.json")
-    version.run(params.version, root / "scrubbed/records.jsonl", root / "version")
+    version.run(params.version, root / "scrubbed", root / "version", data_metrics=root / "metrics/data.json")
     return root / "version"
 
 

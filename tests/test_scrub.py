@@ -57,7 +57,7 @@ def test_scrub_stage_counts_and_rejects(tmp_path):
     stats = scrub.run(ScrubParams(min_assistant_chars=8), src, tmp_path / "out", tmp_path / "m.json")
     assert stats["read"] == 4 and stats["kept"] == 2
     assert stats["reasons"] == {"exact_duplicate": 1, "too_short_turn": 1}
-    kept = list(read_jsonl(tmp_path / "out/records.jsonl"))
+    kept = list(read_jsonl(tmp_path / "out/tutor/records.jsonl"))
     assert kept[0]["messages"][0]["content"] == "Hi, I'm <EMAIL_1>"
     assert {r["id"]: r["reason"] for r in read_jsonl(tmp_path / "out/rejects.jsonl")} == {"2": "exact_duplicate", "3": "too_short_turn"}
     assert read_json(tmp_path / "m.json")["scrub"]["pii_masked"] == {"EMAIL": 2}

@@ -15,13 +15,19 @@ def records(n, start=0):
 
 
 def split_map(out_dir):
-    return {r["id"]: split for split in ("train", "eval") for r in read_jsonl(out_dir / "tutor" / f"{split}.jsonl")}
+    return {r["id"]: split for split in ("train", "eval")
+            for r in read_jsonl(out_dir / "splits/tutor" / f"{split}.jsonl")}
+
+
+def scrubbed(tmp_path, name, rows):
+    write_lines(tmp_path / name / "tutor/records.jsonl", rows)
+    return tmp_path / name
 
 
 def test_split_is_stable_when_data_is_added(tmp_path):
     params = VersionParams(eval_fraction=0.2)
-    version.run(params, write_lines(tmp_path / "a.jsonl", records(200)), tmp_path / "v1")
-    version.run(params, write_lines(tmp_path / "b.jsonl", records(300)[::-1]), tmp_path / "v2")
+    version.run(params, scrubbed(tmp_path, "a", records(200)), tmp_path / "v1")
+    version.run(params, scrubbed(tmp_path, "b", records(300)[::-1]), tmp_path / "v2")
     first, second = split_map(tmp_path / "v1"), split_map(tmp_path / "v2")
     assert len(second) == 300
     assert all(second[i] == s for i, s in first.items())
@@ -30,14 +36,14 @@ def test_split_is_stable_when_data_is_added(tmp_path):
 
 
 def test_manifest_hashes_and_bytes_are_reproducible(tmp_path):
-    src = write_lines(tmp_path / "a.jsonl", records(50))
+    src = scrubbed(tmp_path, "a", records(50))
     m1 = version.run(VersionParams(), src, tmp_path / "v1")
     m2 = version.run(VersionParams(), src, tmp_path / "v2")
     assert m1 == m2
     for rel, digest in m1["files"].items():
-        assert sha256_file(tmp_path / "v1" / rel) == digest
+        assert sha256_file(tmp_path / "v1/splits" / rel) == digest
     assert (tmp_path / "v1/manifest.json").read_bytes() == (tmp_path / "v2/manifest.json").read_bytes()
     counts = read_json(tmp_path / "v1/manifest.json")["counts"]["tutor"]
-    assert counts["train"] + counts["eval"] == 50
-    row = next(read_jsonl(tmp_path / "v1/tutor/train.jsonl"))
+    assert counts["train"]["total"] + counts["eval"]["total"] == 50
+    row = next(read_jsonl(tmp_path / "v1/splits/tutor/train.jsonl"))
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]

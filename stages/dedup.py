@@ -1,0 +1,64 @@
+"""Duplicate detection: exact (normalized content hash) and near (MinHash LSH over character
+5-grams, which works for Korean as well as English). The index is the only memory scrub keeps
+per record: a 64 x uint32 signature and 8 band keys."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import numpy as np
+
+_PRIME = np.uint64(4294967311)  # > 2^32, so (a*x + b) mod p permutes 32-bit shingle hashes
+
+
+def content_key(messages: list[dict]) -> int:
+    """64-bit key of a conversation's turns, whitespace- and case-normalized (no character)."""
+    norm = "\x1e".join(f"{m['role']}\x1f{' '.join(m['content'].lower().split())}" for m in messages)
+    return int.from_bytes(hashlib.blake2b(norm.encode(), digest_size=8).digest(), "little")
+
+
+def _shingles(text: str, k: int = 5) -> np.ndarray:
+    text = " ".join(text.lower().split())
+    if len(text) <= k:
+        return np.array([zlib.crc32(text.encode())], dtype=np.uint64)
+    grams = {text[i:i + k] for i in range(len(text) - k + 1)}
+    return np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+
+
+def _bands_for(threshold: float, num_perm: int) -> int:
+    """Bands b (rows r = num_perm / b) whose LSH threshold (1/b)^(1/r) is closest to `threshold`."""
+    options = [b for b in range(1, num_perm + 1) if num_perm % b == 0]
+    return min(options, key=lambda b: abs((1 / b) ** (b / num_perm) - threshold))
+
+
+class NearDupIndex:
+    def __init__(self, threshold: float, num_perm: int = 64, seed: int = 1):
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, 1 << 31, size=(num_perm, 1), dtype=np.uint64)
+        self.b = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint64)
+        self.threshold = threshold
+        self.bands = _bands_for(threshold, num_perm)
+        self.rows = num_perm // self.bands
+        self.buckets: dict[int, int] = {}
+        self.signatures: list[bytes] = []
+
+    def signature(self, text: str) -> np.ndarray:
+        x = _shingles(text)[None, :]
+        return ((self.a * x + self.b) % _PRIME).min(axis=1).astype(np.uint32)
+
+    def add(self, text: str) -> bool:
+        """Index the text unless it near-duplicates one already indexed; True if it does."""
+        sig = self.signature(text)
+        keys = [hash((i, sig[i * self.rows:(i + 1) * self.rows].tobytes())) for i in range(self.bands)]
+        for key in keys:
+            j = self.buckets.get(key)
+            if j is not None:
+                other = np.frombuffer(self.signatures[j], dtype=np.uint32)
+                if np.mean(other == sig) >= self.threshold:
+                    return True
+        idx = len(self.signatures)
+        self.signatures.append(sig.tobytes())
+        for key in keys:
+            self.buckets.setdefault(key, idx)
+        return False
