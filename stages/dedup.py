@@ -5,11 +5,10 @@ per record: a 64 x uint32 signature and 8 band keys."""
 from __future__ import annotations
 
 import hashlib
-import zlib
 
 import numpy as np
 
-_PRIME = np.uint64(4294967311)  # > 2^32, so (a*x + b) mod p permutes 32-bit shingle hashes
+_SHIFT = np.uint64(32)
 
 
 def content_key(messages: list[dict]) -> int:
@@ -18,12 +17,20 @@ def content_key(messages: list[dict]) -> int:
     return int.from_bytes(hashlib.blake2b(norm.encode(), digest_size=8).digest(), "little")
 
 
-def _shingles(text: str, k: int = 5) -> np.ndarray:
+_K = 5
+_POWERS = np.array([1000003 ** (_K - 1 - j) % (1 << 64) for j in range(_K)], dtype=np.uint64)
+
+
+def _shingles(text: str) -> np.ndarray:
+    """32-bit hashes of the character 5-grams, vectorized: a polynomial hash over code points
+    (uint64 arithmetic wraps, which is deterministic), folded to 32 bits."""
     text = " ".join(text.lower().split())
-    if len(text) <= k:
-        return np.array([zlib.crc32(text.encode())], dtype=np.uint64)
-    grams = {text[i:i + k] for i in range(len(text) - k + 1)}
-    return np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(codes) < _K:
+        codes = np.pad(codes, (0, _K - len(codes)))
+    windows = np.lib.stride_tricks.sliding_window_view(codes, _K)
+    h = (windows * _POWERS).sum(axis=1, dtype=np.uint64)
+    return np.unique((h >> np.uint64(32)) ^ (h & np.uint64(0xFFFFFFFF)))
 
 
 def _bands_for(threshold: float, num_perm: int) -> int:
@@ -35,8 +42,9 @@ def _bands_for(threshold: float, num_perm: int) -> int:
 class NearDupIndex:
     def __init__(self, threshold: float, num_perm: int = 64, seed: int = 1):
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 1 << 31, size=(num_perm, 1), dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint64)
+        # Multiply-shift hashing: (a*x + b) mod 2^64, top 32 bits; a odd. No modulo, so it is fast.
+        self.a = rng.integers(0, np.iinfo(np.uint64).max, size=(num_perm, 1), dtype=np.uint64) | np.uint64(1)
+        self.b = rng.integers(0, np.iinfo(np.uint64).max, size=(num_perm, 1), dtype=np.uint64)
         self.threshold = threshold
         self.bands = _bands_for(threshold, num_perm)
         self.rows = num_perm // self.bands
@@ -45,7 +53,7 @@ class NearDupIndex:
 
     def signature(self, text: str) -> np.ndarray:
         x = _shingles(text)[None, :]
-        return ((self.a * x + self.b) % _PRIME).min(axis=1).astype(np.uint32)
+        return ((self.a * x + self.b) >> _SHIFT).min(axis=1).astype(np.uint32)
 
     def add(self, text: str) -> bool:
         """Index the text unless it near-duplicates one already indexed; True if it does."""

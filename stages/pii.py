@@ -47,55 +47,19 @@ def rrn_checksum_ok(digits: str) -> bool:
 class Detector:
     kind: str
     pattern: re.Pattern
-    applies: Callable[[str], bool]              # cheap pre-test on the whole text
+    needs: str                                  # the cheap pre-test (PRETESTS) a text must pass
     valid: Callable[[str], bool] | None = None  # checks a candidate match
 
 
-def _has_digit(text: str) -> bool:
-    return any(c.isdigit() for c in text)
+# Every digit-based kind (phone, card, RRN, account, IPv4) needs a run of 7+ digit-ish characters;
+# most chat turns have none, and one search rules all of them out.
+_NUMBER_RUN = re.compile(r"[0-9][0-9 .()+-]{5,}[0-9]")
+_THIRTEEN_DIGITS = re.compile(r"[0-9](?:[ -]?[0-9]){12}")
+_DOTTED = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]")
+_EN_ADDRESS_HINT = re.compile(r"[0-9]\s+[A-Z]")
 
 
 _KO_ADDRESS_HINT = re.compile(r"[로길동리가]\s?[0-9]")
-
-DETECTORS: list[Detector] = [
-    Detector("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-             lambda t: "@" in t),
-    # Resident registration numbers: a real YYMMDD date, then the sex/century digit 1-8.
-    Detector("RRN", re.compile(_ND + r"[0-9]{6}[- ]?[1-8][0-9]{6}" + _NA), _has_digit,
-             lambda m: rrn_date_ok(re.sub(r"\D", "", m))),
-    # Card numbers: 13-19 digits, optionally in space/dash groups, Luhn-valid.
-    Detector("CARD", re.compile(_ND + r"[0-9](?:[ -]?[0-9]){12,18}" + _NA), _has_digit,
-             lambda m: 13 <= len(d := re.sub(r"\D", "", m)) <= 19 and luhn_ok(d)),
-    # Korean mobile and landline numbers, with or without +82 and separators.
-    Detector("PHONE", re.compile(_ND + r"(?:\+82[- ]?0?|0)(?:1[016789]|2|[3-6][1-5]|70)[- .]?[0-9]{3,4}[- .]?[0-9]{4}" + _NA),
-             _has_digit),
-    # International: +CC then 2-4 digit groups; North American (NNN) NNN-NNNN.
-    Detector("PHONE", re.compile(_ND + r"\+[1-9][0-9]{0,2}[- ]?\(?[0-9]{1,4}\)?(?:[- ][0-9]{2,4}){2,3}" + _NA),
-             lambda t: "+" in t),
-    Detector("PHONE", re.compile(r"(?<![0-9-])\(?[0-9]{3}\)?[- .][0-9]{3}[- .][0-9]{4}" + _NA), _has_digit),
-    # Bank accounts: 10-14 digits in 3-4 dash-separated groups.
-    Detector("ACCOUNT", re.compile(r"(?<![0-9-])[0-9]{2,6}(?:-[0-9]{2,8}){2,3}(?![0-9-])"), lambda t: "-" in t,
-             lambda m: 10 <= sum(c.isdigit() for c in m) <= 14),
-    Detector("IP", re.compile(r"(?<![0-9.])(?:(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.){3}"
-                              r"(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])(?![0-9.])"), lambda t: "." in t),
-    Detector("IP", re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"),
-             lambda t: t.count(":") >= 2, lambda m: _is_ipv6(m)),
-    # Korean road-name (도로명) addresses need their district (구/군/시) before the road, since a bare
-    # "...로 25" is mostly the particle 로 ("그걸로 25%"); counts after the number ("3가지") are not addresses.
-    Detector("ADDRESS", re.compile(
-        r"(?:[가-힣]{2,6}(?:특별시|광역시|특별자치시|도|시)\s)?[가-힣]{1,6}(?:구|군|시)\s[가-힣0-9]{1,10}(?:로|길)\s?"
-        r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:번길\s?[0-9]{1,4})?(?![0-9]|가지|개|명|번째|%|점|살|시간|분|초)"),
-        lambda t: bool(_KO_ADDRESS_HINT.search(t))),
-    # Lot-number (지번) addresses: 동/리/가, the lot number, 번지.
-    Detector("ADDRESS", re.compile(
-        r"(?:[가-힣]{1,6}(?:시|군|구)\s)?[가-힣0-9]{1,10}(?:동|리|가)\s?[0-9]{1,4}(?:-[0-9]{1,4})?번지"), lambda t: "번지" in t),
-    # English street addresses: number, 1-3 capitalized words, a street type, optional unit.
-    Detector("ADDRESS", re.compile(
-        r"(?<![0-9])[0-9]{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|"
-        r"Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway)\.?(?:,?\s+(?:Apt|Suite|Unit)\.?\s*#?[0-9A-Za-z]+)?"),
-        _has_digit),
-]
-
 
 def _is_ipv6(text: str) -> bool:
     try:
@@ -103,6 +67,56 @@ def _is_ipv6(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+DETECTORS: list[Detector] = [
+    Detector("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+             "@"),
+    # Resident registration numbers: a real YYMMDD date, then the sex/century digit 1-8.
+    Detector("RRN", re.compile(_ND + r"[0-9]{6}[- ]?[1-8][0-9]{6}" + _NA), "13 digits",
+             lambda m: rrn_date_ok(re.sub(r"\D", "", m))),
+    # Card numbers: 13-19 digits, optionally in space/dash groups, Luhn-valid.
+    Detector("CARD", re.compile(_ND + r"[0-9](?:[ -]?[0-9]){12,18}" + _NA), "13 digits",
+             lambda m: 13 <= len(d := re.sub(r"\D", "", m)) <= 19 and luhn_ok(d)),
+    # Phones, one pass: Korean mobile/landline (with or without +82 and separators); international
+    # +CC then 2-4 digit groups; North American (NNN) NNN-NNNN.
+    Detector("PHONE", re.compile(
+        _ND + r"(?:(?:\+82[- ]?0?|0)(?:1[016789]|2|[3-6][1-5]|70)[- .]?[0-9]{3,4}[- .]?[0-9]{4}"
+        r"|\+[1-9][0-9]{0,2}[- ]?\(?[0-9]{1,4}\)?(?:[- ][0-9]{2,4}){2,3}"
+        r"|(?<!-)\(?[0-9]{3}\)?[- .][0-9]{3}[- .][0-9]{4})" + _NA), "number"),
+    # Bank accounts: 10-14 digits in 3-4 dash-separated groups.
+    Detector("ACCOUNT", re.compile(r"(?<![0-9-])[0-9]{2,6}(?:-[0-9]{2,8}){1,2}-[0-9]{1,8}(?![0-9-])"), "number",
+             lambda m: 10 <= sum(c.isdigit() for c in m) <= 14),
+    Detector("IP", re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9.])"), "dotted",
+             lambda m: all(int(part) <= 255 for part in m.split("."))),
+    Detector("IP", re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"),
+             ":", _is_ipv6),
+    # Korean road-name (도로명) addresses need their district (구/군/시) before the road, since a bare
+    # "...로 25" is mostly the particle 로 ("그걸로 25%"); counts after the number ("3가지") are not addresses.
+    Detector("ADDRESS", re.compile(
+        r"(?:[가-힣]{2,6}(?:특별시|광역시|특별자치시|도|시)\s)?[가-힣]{1,6}(?:구|군|시)\s[가-힣0-9]{1,10}(?:로|길)\s?"
+        r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:번길\s?[0-9]{1,4})?(?![0-9]|가지|개|명|번째|%|점|살|시간|분|초)"),
+        "ko_address"),
+    # Lot-number (지번) addresses: 동/리/가, the lot number, 번지.
+    Detector("ADDRESS", re.compile(
+        r"(?:[가-힣]{1,6}(?:시|군|구)\s)?[가-힣0-9]{1,10}(?:동|리|가)\s?[0-9]{1,4}(?:-[0-9]{1,4})?번지"), "번지"),
+    # English street addresses: number, 1-3 capitalized words, a street type, optional unit.
+    Detector("ADDRESS", re.compile(
+        r"(?<![0-9])[0-9]{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|"
+        r"Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway)\.?(?:,?\s+(?:Apt|Suite|Unit)\.?\s*#?[0-9A-Za-z]+)?"),
+        "en_address"),
+]
+
+PRETESTS: dict[str, Callable[[str], bool]] = {
+    "@": lambda t: "@" in t,
+    ":": lambda t: t.count(":") >= 2,
+    "번지": lambda t: "번지" in t,
+    "number": lambda t: _NUMBER_RUN.search(t) is not None,
+    "13 digits": lambda t: _THIRTEEN_DIGITS.search(t) is not None,
+    "dotted": lambda t: _DOTTED.search(t) is not None,
+    "ko_address": lambda t: _KO_ADDRESS_HINT.search(t) is not None,
+    "en_address": lambda t: _EN_ADDRESS_HINT.search(t) is not None,
+}
 
 
 def names_pattern(names: list[str]) -> re.Pattern | None:
@@ -129,8 +143,12 @@ def mask(text: str, seen: dict | None = None, names: re.Pattern | None = None) -
         kinds.append(kind)
         return seen[key]
 
+    passed: dict[str, bool] = {}
     for det in DETECTORS:
-        if not det.applies(text):
+        ok = passed.get(det.needs)
+        if ok is None:
+            ok = passed[det.needs] = PRETESTS[det.needs](text)
+        if not ok:
             continue
 
         def repl(m: re.Match, det=det) -> str:

@@ -99,8 +99,9 @@ def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path,
                     else:
                         reason = "exact_duplicate"
                 if reason is None and params.near_dup_threshold:
-                    index = near.setdefault(char, NearDupIndex(params.near_dup_threshold))
-                    if index.add("\n".join(m["content"] for m in record["messages"])):
+                    if char not in near:
+                        near[char] = NearDupIndex(params.near_dup_threshold)
+                    if near[char].add("\n".join(m["content"] for m in record["messages"])):
                         reason = "near_duplicate"
                 if reason:
                     counts["rejected"] += 1

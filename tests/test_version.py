@@ -1,9 +1,13 @@
+from pathlib import Path
+
 from conftest import conversation, write_lines
 
 from stages import version
 from stages.collect import record_id
 from stages.io import read_json, read_jsonl, sha256_file
 from stages.params import VersionParams
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def records(n, start=0):
@@ -47,3 +51,41 @@ def test_manifest_hashes_and_bytes_are_reproducible(tmp_path):
     assert counts["train"]["total"] + counts["eval"]["total"] == 50
     row = next(read_jsonl(tmp_path / "v1/splits/tutor/train.jsonl"))
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+
+
+def test_changelog_diffs_against_the_committed_version(tmp_path):
+    """Real git + DVC: the changelog reads the previous manifest from git and the previous ids
+    from the DVC cache, and says what was added and why records went away."""
+    from conftest import sh
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"]):
+        sh(repo, *cmd)
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  version:\n"
+        "    cmd: loraloop version --in scrubbed --out data/version --metrics m.json --collect-rejects rejects.jsonl\n"
+        "    deps: [scrubbed, rejects.jsonl]\n"
+        "    outs:\n      - data/version/splits\n"
+        "      - data/version/manifest.json: {cache: false}\n      - data/version/CHANGELOG.md: {cache: false}\n")
+    first = records(20)
+    write_lines(repo / "scrubbed/tutor/records.jsonl", first)
+    write_lines(repo / "rejects.jsonl", [])
+    sh(repo, "dvc", "repro")
+    log = (repo / "data/version/CHANGELOG.md").read_text()
+    assert "First version." in log
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "v1")
+
+    # v2: two records gone (one deleted on request, one no longer in the sources), five new.
+    write_lines(repo / "scrubbed/tutor/records.jsonl", first[2:] + records(5, start=100))
+    write_lines(repo / "rejects.jsonl", [{"reason": "deleted_on_request", "id": first[0]["id"]}])
+    sh(repo, "dvc", "repro")
+    log = (repo / "data/version/CHANGELOG.md").read_text()
+    assert "Added 5 records; removed 2 (deleted_on_request: 1, no_longer_in_sources: 1)." in log
+    assert log.index("Added 5 records") < log.index("First version.")  # newest first, history kept
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "v2")
+    assert "Added 5 records" in sh(repo, "git", "log", "-p", "--", "data/version/CHANGELOG.md").stdout
