@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast data clean s3-local s3-local-stop
+.PHONY: install demo test test-fast data clean s3-local s3-local-stop bench-data
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ s3-local: install
 
 s3-local-stop: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/loraloop s3-local stop
+
+bench-data: install
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+	$(BIN)/python bench/data.py
 
 data:
 	$(PYTHON) scripts/make_demo_data.py --out data/raw

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 ALL_STAGES_R2 = {
     "collect", "scrub", "version", "base", "eval_base",
     "sample@r1", "score@r1", "train@r1", "eval@r1",
-    "sample@r2", "score@r2", "train@r2", "eval@r2", "package",
+    "sample@r2", "score@r2", "train@r2", "eval@r2", "package", "report",
 }
 
 
@@ -23,7 +23,7 @@ ALL_STAGES_R2 = {
 def repo(tmp_path_factory):
     def shrink(p):
         p["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
-        p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
+        p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8, gates={})
         p["train"].update(steps=2, batch_size=2, max_length=160)
 
     return project_repo(tmp_path_factory.mktemp("e2e"), shrink)
@@ -33,7 +33,9 @@ def test_first_repro_runs_every_stage_and_writes_outputs(repo):
     assert repro(repo) == ALL_STAGES_R2
     for rel in ("models/base/model.safetensors", "models/rounds/base/ROUND.json",
                 "models/rounds/r2/adapter/adapter_model.safetensors", "data/rounds/r1/scored.jsonl",
-                "data/version/manifest.json", "metrics/data.json", "models/release/tutor/metadata.yaml"):
+                "data/version/manifest.json", "data/version/CHANGELOG.md", "data/version/splits/tutor/dpo.jsonl",
+                "data/scrubbed/tutor/review_sample.jsonl", "metrics/data.json", "models/release/tutor/metadata.yaml",
+                "models/routing.json", "reports/plots/trajectory.csv"):
         assert (repo / rel).is_file(), rel
     meta = yaml.safe_load((repo / "models/release/tutor/metadata.yaml").read_text())
     assert meta["round"] in {"r1", "r2"} and set(meta["evaluation"]) == {"base", "r1", "r2"}
@@ -52,13 +54,13 @@ def test_second_repro_runs_nothing(repo):
 def test_score_param_edit_reruns_only_what_it_touches(repo):
     edit_params(repo, lambda p: p["score"].update(keep_top_fraction=0.75))
     ran = repro(repo)
-    assert {"score@r1", "train@r1", "eval@r1", "score@r2", "train@r2", "eval@r2", "package"} <= ran
+    assert {"score@r1", "train@r1", "eval@r1", "score@r2", "train@r2", "eval@r2", "package", "report"} <= ran
     assert not ran & {"collect", "scrub", "version", "base", "eval_base", "sample@r1"}
 
 
 def test_adding_a_round_runs_only_that_round(repo):
     edit_params(repo, lambda p: p["rounds"].update(r3={"prev": "r2"}))
-    assert repro(repo) == {"sample@r3", "score@r3", "train@r3", "eval@r3", "package"}
+    assert repro(repo) == {"sample@r3", "score@r3", "train@r3", "eval@r3", "package", "report"}
     assert (repo / "metrics/eval_r3.json").is_file()
 
 
