@@ -36,9 +36,19 @@ def history(release_dir: Path) -> list[dict]:
     return read_json(path) if path.is_file() else []
 
 
+REQUIRED = ("version", "round", "adapter_sha256", "evaluation")
+
+
 def current(release_dir: Path) -> dict | None:
     path = release_dir / "metadata.yaml"
-    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise RuntimeError(f"{path} is not a loraloop release (no {', '.join(missing)}); "
+                           f"move {release_dir} aside to start a new release history")
+    return meta
 
 
 def released_versions(release_dir: Path) -> list[str]:

@@ -160,6 +160,8 @@ def run(params: VersionParams, scrubbed_dir: Path, out_dir: Path, data_metrics: 
     prev_text = _git_show(f"{rel_dir}/manifest.json") if rel_dir else None
     prev = json.loads(prev_text) if prev_text else None
     prev_log = (_git_show(f"{rel_dir}/CHANGELOG.md") if rel_dir else None) or "# Dataset changelog\n"
+    if prev is not None and prev.get("schema_version") != SCHEMA_VERSION:
+        prev, prev_log = None, "# Dataset changelog\n"  # another layout: start the story afresh
     write_json(out_dir / "manifest.json", manifest)
     if prev is not None and prev.get("files") == manifest["files"]:
         log = prev_log  # nothing changed: no new section
