@@ -146,3 +146,37 @@ def test_rollback_cli(proj):
     assert "tutor-v0.2 -> tutor-v0.1" in res.stdout and "--to tutor-v0.2" in res.stdout
     res = subprocess.run([*cmd[:-2], "nobody", "--no-dvc-commit"], cwd=proj.root, capture_output=True, text=True)
     assert res.returncode == 1 and "nothing released yet" in res.stderr
+
+
+def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
+    """Under real DVC: two releases through `dvc repro`, then a rollback; dvc.lock follows it, so
+    the workspace is clean and the next repro does not undo it."""
+    from conftest import sh
+
+    root = proj.root
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"]):
+        sh(root, *cmd)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["rounds"] = {"r1": {"prev": "base"}, "r2": {"prev": "r1"}}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "dvc.yaml").write_text(
+        "stages:\n  package:\n"
+        "    cmd: loraloop package --data version --out models/release --routing models/routing.json "
+        "--report package.json\n"
+        "    deps: [models/rounds, metrics, version/manifest.json]\n"
+        "    outs:\n      - models/release/tutor: {persist: true}\n      - models/routing.json: {persist: true}\n")
+    proj.round("r1", "base", 0.6)
+    proj.round("r2", "r1", 0.55, passed=False)
+    sh(root, "dvc", "repro")
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    proj.round("r2", "r1", 0.8)
+    sh(root, "dvc", "repro")
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
+
+    out = sh(root, "loraloop", "release", "rollback", "tutor").stdout
+    assert "tutor-v0.2 -> tutor-v0.1" in out
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    assert sh(root, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert "Running stage" not in sh(root, "dvc", "repro").stdout
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
