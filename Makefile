@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 # CPU wheel by default (it lies on this machine's disk); GPU users: make install TORCH="torch==2.x.y"
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
 
 .PHONY: install demo test test-fast data clean s3-local s3-local-stop bench-data
 

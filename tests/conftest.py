@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# No usage reports from the DVC processes the tests start (there is no network to send them to).
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +102,7 @@ BIN = Path(sys.executable).parent
 
 
 def sh(repo: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **(env or {})}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
