@@ -192,6 +192,7 @@ def eval_(ctx, round_id, rounds_dir, version_dir, base_dir, metrics_dir):
         base_metrics=metrics_dir / "eval_base.json" if prev else None,
         out_file=metrics_dir / f"eval_{round_id}.json",
         samples_file=Path("data/rounds") / round_id / "eval_samples.jsonl",
+        prev_samples=Path("data/rounds") / prev / "eval_samples.jsonl" if prev else None,
     )
     _say(result)
 
@@ -226,6 +227,19 @@ def report(ctx, metrics_dir, rounds_dir, plots_dir):
     if plots_dir is not None:
         write_plots(p, metrics_dir, rounds_dir, plots_dir)
     click.echo(table(p, metrics_dir))
+
+
+@main.command("ab-score")
+@click.argument("file", type=PATH)
+@click.option("--key", "key_file", type=PATH, default=None, help="Default: ab_key.json beside FILE.")
+def ab_score(file, key_file):
+    """Win rate of a round from a filled-in A/B file (preferred: A, B, tie; blank = skipped)."""
+    from . import ab
+
+    try:
+        _say(ab.score(file, key_file or file.parent / "ab_key.json"))
+    except (ab.LabelError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group("release")

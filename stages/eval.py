@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import ab
 from .generate import answer
 from .io import read_json, write_json, write_jsonl
 from .params import Params
@@ -42,7 +43,10 @@ def deltas(now: dict, then: dict) -> dict:
 
 
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_dir: Path,
-        prev_metrics: Path | None, base_metrics: Path | None, out_file: Path, samples_file: Path) -> dict:
+        prev_metrics: Path | None, base_metrics: Path | None, out_file: Path, samples_file: Path,
+        prev_samples: Path | None = None) -> dict:
+    """`prev_samples`: the previous round's eval answers; with them, write the blinded A/B set
+    (ab.csv, ab_key.json) next to this round's samples."""
     ep = params.eval
     # The same seed for every round: all rounds answer the same prompts.
     prompts = prompts_from_split(version_dir, "eval", ep.num_prompts, f"{params.seed}:eval", params.system_prompts)
@@ -51,6 +55,9 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_
         temperature=ep.temperature, top_p=1.0, seed=params.seed, desc=f"eval@{round_id}",
     )
     write_jsonl(samples_file, ({**p, "response": t} for p, t in zip(prompts, texts)))
+    if prev_samples is not None:
+        ab.make(round_id, samples_file, read_json(prev_metrics)["round"], prev_samples,
+                samples_file.parent / "ab.csv", samples_file.parent / "ab_key.json", ep.ab_prompts, params.seed)
     metrics = metrics_of(texts, params)
     failed = check_gates(metrics, ep.gates)
     result = {"round": round_id, **metrics, "passed": not failed, "failed_gates": failed}

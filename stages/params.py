@@ -160,6 +160,7 @@ class EvalParams(Section):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0)
+    ab_prompts: int = Field(30, ge=0)  # blinded A/B pairs vs the previous round for human labels
     # metric name -> bounds; a round passes when every gated metric is inside its bounds.
     gates: dict[str, Gate] = Field(default_factory=dict)
 

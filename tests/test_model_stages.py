@@ -110,11 +110,17 @@ def test_eval_and_package(project, tmp_path):
             p, rid, project / "models/base", project / "version", project / "models/rounds" / rid,
             prev_metrics=metrics / f"eval_{prev}.json" if prev else None,
             base_metrics=metrics / "eval_base.json" if prev else None,
-            out_file=metrics / f"eval_{rid}.json", samples_file=tmp_path / rid / "eval_samples.jsonl")
+            out_file=metrics / f"eval_{rid}.json", samples_file=tmp_path / rid / "eval_samples.jsonl",
+            prev_samples=tmp_path / prev / "eval_samples.jsonl" if prev else None)
     for key in ("question_ratio", "mean_response_chars", "mean_score", "followup_rate"):
         assert key in res["r2"]
     assert res["r2"]["delta_vs_prev"]["mean_score"] == pytest.approx(res["r2"]["mean_score"] - res["r1"]["mean_score"])
     assert "delta_vs_prev" not in res["base"]
+    # A blinded A/B set against the previous round, on the same prompts (4 here: fewer than ab_prompts).
+    assert not (tmp_path / "base/ab.csv").exists()
+    ab_rows = (tmp_path / "r2/ab.csv").read_text().splitlines()
+    assert ab_rows[0] == "item,context,response_a,response_b,preferred" and len(ab_rows) == 5
+    assert read_json(tmp_path / "r2/ab_key.json")["vs"] == "r1"
 
     assert "passed" in res["r2"] and isinstance(res["r2"]["failed_gates"], list)
     # The tiny random model cannot pass the shipped gates: release nothing, say why.
