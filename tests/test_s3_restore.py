@@ -11,7 +11,6 @@ import io
 import subprocess
 
 import pytest
-import yaml
 from conftest import edit_params, project_repo, repro, sh
 
 from stages import s3_local
