@@ -3,6 +3,7 @@ train split, loss on assistant tokens only. Reads top to bottom: data, model, lo
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -110,6 +111,15 @@ def build_model(params: Params, base_dir: Path, prev_dir: Path):
     return get_peft_model(load_base(base_dir), config)
 
 
+def stable_adapter_config(path: Path) -> None:
+    """PEFT keeps target_modules as a set, so its JSON order follows string hashing and changes from
+    process to process; sort it so the same training writes the same bytes."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_dir: Path,
         scored_file: Path, out_dir: Path) -> dict:
     tp = params.train
@@ -157,6 +167,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
     seconds = time.perf_counter() - t0
 
     model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    stable_adapter_config(out_dir / "adapter" / "adapter_config.json")
     adapter_hash = sha256_file(out_dir / "adapter" / "adapter_model.safetensors")
     stats = {
         "examples": len(examples),

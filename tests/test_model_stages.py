@@ -62,7 +62,11 @@ def test_train_is_deterministic_and_changes_the_adapter(project):
     p = small_params()
     a = run_round(p, project, "r1")
     b = run_round(p, project, "r1", out_name="r1_again")
-    assert (a / "adapter/adapter_model.safetensors").read_bytes() == (b / "adapter/adapter_model.safetensors").read_bytes()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (a / "adapter" / name).read_bytes() == (b / "adapter" / name).read_bytes(), name
+    # PEFT's target_modules is a set; across processes its order would differ unless sorted.
+    modules = read_json(a / "adapter/adapter_config.json")["target_modules"]
+    assert modules == sorted(p.train.lora.target_modules)
     weights = load_file(a / "adapter/adapter_model.safetensors")
     # PEFT initializes lora_B to zero: a non-zero B means the optimizer moved it.
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())
