@@ -45,6 +45,7 @@ def build_metadata(params: Params, version: str, rid: str, base_dir: Path, round
     base = read_json(base_dir / "base.json")
     info = read_json(rounds_dir / rid / "ROUND.json")
     manifest = read_json(version_dir / "manifest.json")
+    manifest_sha256 = sha256_file(version_dir / "manifest.json")
     tokenizer_hash = sha256_file(base_dir / "tokenizer.json") if (base_dir / "tokenizer.json").is_file() else None
     ev = evals[rid]
     changes = None
@@ -52,7 +53,7 @@ def build_metadata(params: Params, version: str, rid: str, base_dir: Path, round
         old = cur["evaluation"][cur["round"]]
         changes = {
             "from_version": cur["version"],
-            "data_changed": cur["data"]["manifest_sha256"] != sha256_file(version_dir / "manifest.json"),
+            "data_changed": cur["data"]["manifest_sha256"] != manifest_sha256,
             "metric_deltas": {k: ev[k] - old[k] for k in ev if isinstance(ev[k], float) and k in old},
         }
     return {
@@ -67,7 +68,7 @@ def build_metadata(params: Params, version: str, rid: str, base_dir: Path, round
         "adapter_sha256": info["adapter_hash"],
         "training": {"method": "sft", "init": info["init"], "params": params.train.model_dump(), "stats": info["train"]},
         "data": {
-            "manifest_sha256": sha256_file(version_dir / "manifest.json"),
+            "manifest_sha256": manifest_sha256,
             "counts": manifest["counts"],
             "sources": [s.model_dump() for s in params.collect.sources],
             "scrub": read_json(data_metrics)["scrub"],
@@ -119,10 +120,11 @@ def run(params: Params, base_dir: Path, rounds_dir: Path, metrics_dir: Path, ver
 
     if (rel / "merged").exists():
         shutil.rmtree(rel / "merged")
-    if params.package.merge and release.current(rel) is not None:
+    now = release.current(rel)
+    if params.package.merge and now is not None:
         merge_into(rel, base_dir)
-    if release.current(rel) is not None:
-        release.update_routing(routing_file, rel, release.current(rel))
+    if now is not None:
+        release.update_routing(routing_file, rel, now)
     elif not routing_file.exists():
         write_json(routing_file, {})
     write_json(report_file, decision)
