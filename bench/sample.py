@@ -1,10 +1,11 @@
 """Tokens/s of loraloop's batched sampler against one-prompt-at-a-time `generate`, same prompts.
 
-    python bench/sample.py [--base models/base] [--prompts 64] [--max-new-tokens 48]
+    python bench/sample.py [--base models/base] [--prompts 64] [--max-new-tokens 128]
 
-Needs a materialized base (`dvc repro base` or `make demo`). Both sides decode greedily with the
-same max_new_tokens from the same prompts (eval split, the tutor system prompt), so they produce
-comparable token counts; the ratio is tokens/s batched over tokens/s one at a time.
+Needs a materialized base and data version (`make demo`). Both sides decode greedily with the same
+max_new_tokens from the same prompts (train split, the tutor system prompt, cut at a random
+assistant turn as sample@rN cuts them), and the greedy texts are compared, so the speed is not
+bought with different output; the ratio is tokens/s batched over tokens/s one at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,15 +28,17 @@ from stages.params import load_params  # noqa: E402
 from stages.prompts import prompts_from_split  # noqa: E402
 
 
-def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> int:
-    n = 0
+def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
+    texts, n = [], 0
     with torch.inference_mode():
-        for p in prompts:
+        for p in tqdm(prompts, desc="one at a time", unit="prompt"):
             ids = torch.tensor([p], device=model.device)
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            n += out.shape[1] - ids.shape[1]
-    return n
+            new = out[0, ids.shape[1]:]
+            n += len(new)
+            texts.append(tok.decode(new, skip_special_tokens=True).strip())
+    return texts, n
 
 
 def main() -> None:
@@ -43,7 +47,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data/version")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     convs = prompts_from_split(args.data, "train", args.prompts, "bench", params.system_prompts)
@@ -52,13 +56,17 @@ def main() -> None:
     prompts = [prompt_ids(tok, c["messages"]) for c in convs]
 
     t0 = time.perf_counter()
-    _, n_batched = generate(model, tok, prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            temperature=0.0, top_p=1.0, seed=0, desc="batched")
+    gen = generate(model, tok, prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                   temperature=0.0, top_p=1.0, seed=0, desc="batched")
+    n_batched = gen.n_tokens
     batched = n_batched / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    n_single = one_at_a_time(model, tok, prompts, args.max_new_tokens)
+    texts, n_single = one_at_a_time(model, tok, prompts, args.max_new_tokens)
     single = n_single / (time.perf_counter() - t0)
-    print(f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, device={model.device}")
+    same = sum(a == b for a, b in zip(gen.texts, texts))
+    print(f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}, "
+          f"device={model.device}, threads={torch.get_num_threads()}")
+    print(f"same greedy text batched and one at a time: {same}/{len(prompts)}")
     print(f"loraloop batched sampler: {batched:,.1f} tokens/s ({n_batched} tokens)")
     print(f"one prompt at a time:     {single:,.1f} tokens/s ({n_single} tokens)")
     print(f"ratio: {batched / single:.1f}x")

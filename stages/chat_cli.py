@@ -49,9 +49,9 @@ def run(params: Params, base_dir: Path, release_name, round_id, character, max_n
         if not line or not line.strip():
             break
         history.append({"role": "user", "content": line.strip()})
-        (reply,), _ = generate(model, tok, [prompt_ids(tok, with_system(system, history))], batch_size=1,
-                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=0.95,
-                               seed=params.seed + turn, desc="", progress=False)
+        (reply,) = generate(model, tok, [prompt_ids(tok, with_system(system, history))], batch_size=1,
+                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=0.95,
+                            seed=params.seed + turn, desc="", progress=False).texts
         history.append({"role": "assistant", "content": reply})
         click.echo(f"{character or 'assistant'}> {reply}")
         turn += 1

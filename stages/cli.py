@@ -6,6 +6,7 @@ and output paths explicitly (the defaults are the paths dvc.yaml uses)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -151,29 +152,53 @@ def sample(ctx, round_id, rounds_dir, version_dir, base_dir, out):
 @click.option("--round", "round_id", required=True)
 @click.option("--samples", type=PATH, default=None, help="Default: data/rounds/<round>/samples.jsonl")
 @click.option("--out", type=PATH, default=None, help="Default: data/rounds/<round>/scored.jsonl")
+@click.option("--pairs", type=PATH, default=None, help="Default: data/rounds/<round>/pairs.jsonl")
 @click.pass_context
-def score(ctx, round_id, samples, out):
-    """Score samples with the rules; mark the best share for training."""
+def score(ctx, round_id, samples, out, pairs):
+    """Score samples with the rules; mark the best share for training; pair best vs worst."""
     from . import score as stage
 
     p = _params(ctx)
     p.round(round_id)
     d = Path("data/rounds") / round_id
-    _say(stage.run(p.score, samples or d / "samples.jsonl", out or d / "scored.jsonl"))
+    _say(stage.run(p.score, samples or d / "samples.jsonl", out or d / "scored.jsonl", pairs or d / "pairs.jsonl"))
 
 
 @main.command()
 @_round_options
 @click.option("--scored", type=PATH, default=None, help="Default: data/rounds/<round>/scored.jsonl")
+@click.option("--pairs", type=PATH, default=None, help="Default: data/rounds/<round>/pairs.jsonl")
+@click.option("--checkpoints", type=PATH, default=None, help="Default: checkpoints/<round> (untracked)")
 @click.pass_context
-def train(ctx, round_id, rounds_dir, version_dir, base_dir, scored):
-    """Train the round's LoRA adapter."""
-    from . import train as stage
-
+def train(ctx, round_id, rounds_dir, version_dir, base_dir, scored, pairs, checkpoints):
+    """Train the round's LoRA adapter (under `accelerate launch` when train.launcher says so)."""
     p = _params(ctx)
     prev = p.round(round_id).prev
-    scored = scored or Path("data/rounds") / round_id / "scored.jsonl"
-    _say(stage.run(p, round_id, base_dir, version_dir, rounds_dir / prev, scored, rounds_dir / round_id))
+    if p.train.launcher == "accelerate" and not os.environ.get(LAUNCHED):
+        sys.exit(_accelerate_launch(p.train, sys.argv[1:]))
+    from . import train as stage
+
+    d = Path("data/rounds") / round_id
+    result = stage.run(p, round_id, base_dir, version_dir, rounds_dir / prev, scored or d / "scored.jsonl",
+                       rounds_dir / round_id, pairs or d / "pairs.jsonl", checkpoints or Path("checkpoints") / round_id)
+    if result:  # only the main process reports
+        _say(result)
+
+
+LAUNCHED = "LORALOOP_LAUNCHED"
+
+
+def _accelerate_launch(tp, argv: list[str]) -> int:
+    """This same command again under `accelerate launch`, with the config file from params."""
+    import subprocess
+
+    config = Path(tp.accelerate_config)
+    if not config.is_file():
+        raise click.ClickException(f"train.accelerate_config: {config} not found (see configs/accelerate/)")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+           "--num_processes", str(tp.num_processes), "-m", "stages.cli", *argv]
+    click.echo(f"launching: {' '.join(cmd)}", err=True)
+    return subprocess.call(cmd, env={**os.environ, LAUNCHED: "1"})
 
 
 @main.command("eval")

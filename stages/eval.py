@@ -3,26 +3,56 @@ with deltas against the previous round and the base."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import ab
-from .generate import answer
+from .chat import prompt_ids
+from .generate import generate
+from .model import load_round, load_tokenizer
 from .io import read_json, write_json, write_jsonl
 from .params import Params
 from .prompts import prompts_from_split
-from .rules import followup_question, question_ratio, score_text
+from .rules import score_text
+from .train import reference_conversations, split_loss
 
 
-def metrics_of(texts: list[str], params: Params) -> dict:
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def turn_depth(messages: list[dict]) -> int:
+    """How many student turns the reply follows: 1 for an opening answer."""
+    return sum(m["role"] == "user" for m in messages)
+
+
+def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
+    """Tutor metrics over the replies, from the same rules score uses: a rate is the share of
+    replies that break (or meet) a rule, a mean is over the rule's [0, 1] values."""
     n = len(texts)
     if n == 0:
         return {"n": 0}
+    scored = [score_text(t, params.score, p["messages"], p["character_id"]) for p, t in zip(prompts, texts)]
+    values = [v for v, _ in scored]
+    col = lambda rule: [v[rule] for v in values if rule in v]  # noqa: E731
+    depths = [turn_depth(p["messages"]) for p in prompts]
+    deep = [v["followup_question"] for v, d in zip(values, depths) if d >= 2]
     return {
         "n": n,
-        "question_ratio": sum(question_ratio(t) for t in texts) / n,
-        "followup_rate": sum(followup_question(t) for t in texts) / n,
-        "mean_response_chars": sum(len(t) for t in texts) / n,
-        "mean_score": sum(score_text(t, params.score)[1] for t in texts) / n,
+        "question_ratio": _mean(col("question_ratio")),
+        "followup_rate": _mean(col("followup_question")),
+        "mean_response_chars": _mean([len(t) for t in texts]),
+        "mean_turn_depth": _mean(depths),
+        "followup_rate_deep": _mean(deep),             # follow-ups at student turn 2 and later
+        "balance": _mean(col("balance")),
+        "politeness": _mean(col("politeness")),
+        "verbosity": _mean(col("verbosity")),
+        "language_compliance": _mean(col("language")),
+        "meta_leak_rate": _mean([1.0 - x for x in col("meta_leakage")]),
+        "repetition_rate": _mean([1.0 - x for x in col("repetition")]),
+        "banned_word_rate": _mean([1.0 - x for x in col("banned_words")]),
+        "tone_keyword_rate": _mean(col("tone")),
+        "mean_score": _mean([s for _, s in scored]),
     }
 
 
@@ -50,15 +80,23 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_
     ep = params.eval
     # The same seed for every round: all rounds answer the same prompts.
     prompts = prompts_from_split(version_dir, "eval", ep.num_prompts, f"{params.seed}:eval", params.system_prompts)
-    texts, _ = answer(
-        base_dir, round_dir, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
-        temperature=ep.temperature, top_p=1.0, seed=params.seed, desc=f"eval@{round_id}",
-    )
+    tok = load_tokenizer(base_dir)
+    model = load_round(base_dir, round_dir)
+    texts = generate(
+        model, tok, [prompt_ids(tok, p["messages"]) for p in prompts], batch_size=ep.batch_size,
+        max_new_tokens=ep.max_new_tokens, temperature=ep.temperature, top_p=1.0, seed=params.seed,
+        desc=f"eval@{round_id}",
+    ).texts
     write_jsonl(samples_file, ({**p, "response": t} for p, t in zip(prompts, texts)))
     if prev_samples is not None:
         ab.make(round_id, samples_file, read_json(prev_metrics)["round"], prev_samples,
                 samples_file.parent / "ab.csv", samples_file.parent / "ab_key.json", ep.ab_prompts, params.seed)
-    metrics = metrics_of(texts, params)
+    metrics = metrics_of(prompts, texts, params)
+    # Teacher-forced loss on the eval split's own assistant turns: how far the round drifted
+    # from the data, next to how it behaves.
+    held_out = reference_conversations(params, version_dir, "eval", ep.num_prompts)
+    metrics["eval_loss"] = split_loss(model, tok, held_out, params.train.max_length, ep.batch_size)
+    metrics["perplexity"] = math.exp(metrics["eval_loss"])
     failed = check_gates(metrics, ep.gates)
     result = {"round": round_id, **metrics, "passed": not failed, "failed_gates": failed}
     if prev_metrics is not None:

@@ -1,47 +1,204 @@
-"""Batched generation: prompts sorted by length and left-padded, so a batch wastes little compute."""
+"""Batched generation, written to waste little compute on a CPU or a GPU:
+
+- the prefix every prompt shares (the system prompt) is run through the model once, and its
+  key/value cache is copied into each batch instead of being recomputed per prompt;
+- prompts are sorted by length and left-padded, so a batch pads little;
+- rows that have finished (end-of-turn) leave the batch, so later steps compute mostly live rows;
+- the key/value cache has room reserved for the new tokens, so a step writes instead of copying;
+- each row samples with its own seeded generator, so a sample depends on its seed, not on which
+  other prompts shared its batch.
+"""
 
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 
+@dataclass
+class Generation:
+    texts: list[str]     # in the order of the prompts
+    seeds: list[int]     # the sampling seed of each
+    n_tokens: int        # tokens generated, end-of-turn included
+
+
+def common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving each at least one token of its own."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def pick_next(logits: torch.Tensor, temperature: float, top_p: float, gens: list[torch.Generator]) -> torch.Tensor:
+    """Greedy at temperature 0; otherwise nucleus sampling, each row with its own generator."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p   # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    cpu = probs.cpu()
+    return torch.tensor([int(torch.multinomial(cpu[i], 1, generator=g)) for i, g in enumerate(gens)],
+                        device=logits.device)
+
+
+def _stop_ids(model, tok) -> set[int]:
+    ids = {tok.eos_token_id}
+    extra = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    return {i for i in ids if i is not None}
+
+
+def _reserved_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class _Reserved(DynamicLayer):
+        """A cache layer whose keys/values sit in a buffer with room for the tokens still to come,
+        so a decode step writes one position instead of copying the whole cache (DynamicLayer
+        concatenates, which costs as much as attention itself on a CPU)."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, reserve: int):
+            super().__init__()
+            self.lazy_initialization(keys, values)
+            b, h, n, d = keys.shape
+            self._k, self._v = keys.new_empty(b, h, n + reserve, d), values.new_empty(b, h, n + reserve, d)
+            self._k[:, :, :n], self._v[:, :, :n] = keys, values
+            self._n = n
+            self._views()
+
+        def _views(self):
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = self._n + key_states.shape[-2]
+            if n > self._k.shape[-2]:  # out of room: grow like DynamicLayer would
+                self._k = torch.cat([self._k[:, :, :self._n], key_states], -2)
+                self._v = torch.cat([self._v[:, :, :self._n], value_states], -2)
+            else:
+                self._k[:, :, self._n:n], self._v[:, :, self._n:n] = key_states, value_states
+            self._n = n
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            self._k, self._v = self._k[indices], self._v[indices]
+            self._views()
+
+    return _Reserved
+
+
+PREFILL_ROWS = 8  # prompts of similar length prefilled together, so little padding is computed
+
+
+def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, dev, reserve: int):
+    """Run prompt tails (sorted by length) after the shared prefix in small groups of similar
+    length, then lay the groups' caches side by side as one batch, each row left-padded between
+    the prefix and its tail. Returns the cache and each row's last logits."""
+    from transformers import DynamicCache
+
+    width = max(len(t) for t in tails)
+    layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    last_logits = []
+    for g in range(0, len(tails), PREFILL_ROWS):
+        group = tails[g:g + PREFILL_ROWS]
+        w = max(len(t) for t in group)
+        ids = torch.tensor([[pad] * (w - len(t)) + t for t in group], device=dev)
+        tail_mask = torch.tensor([[0] * (w - len(t)) + [1] * len(t) for t in group], device=dev)
+        attn = torch.cat([torch.ones(len(group), shared, dtype=torch.long, device=dev), tail_mask], 1)
+        pos = (shared + tail_mask.cumsum(1) - 1).clamp(min=0)
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(group))
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        last_logits.append(out.logits[:, -1])
+        for li, layer in enumerate(out.past_key_values.layers):
+            k, v = layer.keys, layer.values
+            if w < width:  # widen the padding between the prefix and the tails
+                gap = k.new_zeros(k.shape[0], k.shape[1], width - w, k.shape[3])
+                k = torch.cat([k[:, :, :shared], gap, k[:, :, shared:]], 2)
+                v = torch.cat([v[:, :, :shared], gap, v[:, :, shared:]], 2)
+            if g == 0:
+                layers.append([])
+            layers[li].append((k, v))
+    cache = DynamicCache()
+    reserved = _reserved_layer_class()
+    cache.layers = [reserved(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), reserve)
+                    for parts in layers]
+    return cache, torch.cat(last_logits)
+
+
 @torch.inference_mode()
 def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
-             temperature: float, top_p: float, seed: int, desc: str,
-             progress: bool = True) -> tuple[list[str], int]:
-    """Completions in the order of `prompts`, and the number of tokens generated.
-    The seed is reset per batch so a batch's output depends only on its own prompts."""
+             temperature: float, top_p: float, seed: int, desc: str, progress: bool = True) -> Generation:
+    """Completions of `prompts`; prompt i samples with seed `seed + i`."""
     model.eval()
     dev = next(model.parameters()).device
     pad = tok.pad_token_id
+    stop = torch.tensor(sorted(_stop_ids(model, tok)), device=dev)
+    shared = common_prefix(prompts)
+    prefix_cache = None
+    if shared:
+        prefix_cache = model(input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True,
+                             logits_to_keep=1).past_key_values
+
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    texts: list[str | None] = [None] * len(prompts)
+    texts: list[str] = [""] * len(prompts)
+    seeds = [seed + i for i in range(len(prompts))]
     n_tokens = 0
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=dev)
-        attn = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=dev)
-        torch.manual_seed(seed + start)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling)
-        new = out[:, width:]
-        for row, i in enumerate(idx):
-            toks = new[row]
-            ended = (toks == tok.eos_token_id).nonzero()
-            length = int(ended[0]) + 1 if len(ended) else len(toks)
-            n_tokens += length
-            texts[i] = tok.decode(toks[:length], skip_special_tokens=True).strip()
+        tails = [prompts[i][shared:] for i in idx]
+        cache, logits = prefill(model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens)
+        width = max(len(t) for t in tails)
+        # The mask spans the cached prefix too; each row's padding sits between prefix and tail.
+        attn = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=dev)
+        next_pos = torch.tensor([[shared + len(t)] for t in tails], device=dev)
+        gens = [torch.Generator().manual_seed(seeds[i]) for i in idx]
+        live = list(range(len(idx)))          # rows of this batch still in the model's batch
+        ended = torch.zeros(len(idx), dtype=torch.bool, device=dev)   # of those, the finished ones
+        made: list[list[int]] = [[] for _ in idx]
+        for step in range(max_new_tokens):
+            nxt = pick_next(logits, temperature, top_p, [gens[r] for r in live])
+            for j, r in enumerate(live):
+                if not ended[j]:
+                    made[r].append(int(nxt[j]))
+            ended |= torch.isin(nxt, stop)
+            if step == max_new_tokens - 1 or bool(ended.all()):
+                break
+            # Finished rows leave the batch once they are a quarter of it: compacting the cache
+            # costs a copy, so it is not done for every single row.
+            if int(ended.sum()) * 4 >= len(live):
+                keep = (~ended).nonzero().flatten()
+                cache.batch_select_indices(keep)
+                live = [live[int(k)] for k in keep]
+                nxt, attn, next_pos, ended = nxt[keep], attn[keep], next_pos[keep], ended[keep]
+            attn = torch.cat([attn, torch.ones(len(live), 1, dtype=attn.dtype, device=dev)], 1)
+            out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos,
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1]
+        for r, i in enumerate(idx):
+            n_tokens += len(made[r])
+            texts[i] = tok.decode(made[r], skip_special_tokens=True).strip()
         bar.update(len(idx))
         bar.set_postfix(tokens=n_tokens)
     bar.close()
-    return texts, n_tokens
+    return Generation(texts=texts, seeds=seeds, n_tokens=n_tokens)
 
 
-def answer(base_dir, round_dir, prompts: list[dict], **settings) -> tuple[list[str], int]:
+def answer(base_dir, round_dir, prompts: list[dict], **settings) -> Generation:
     """A round's model (base + its adapter) answering prompt conversations; `settings` as generate()."""
     from .chat import prompt_ids
     from .model import load_round, load_tokenizer

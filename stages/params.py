@@ -103,19 +103,47 @@ class SampleParams(Section):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.9, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
+    samples_per_prompt: int = Field(1, ge=1)  # >= 2 lets score pair best vs worst for DPO
+    # hf: transformers generate (CPU or GPU). vllm: vLLM with its LoRA support (GPU, `pip install vllm`).
+    engine: Literal["hf", "vllm"] = "hf"
 
 
 class ScoreWeights(Section):
+    """Weight of each rule in the total score; 0 keeps a rule informative only."""
     question_ratio: float = Field(1.0, ge=0)
     length: float = Field(0.5, ge=0)
     followup_question: float = Field(1.0, ge=0)
+    balance: float = Field(0.0, ge=0)
+    politeness: float = Field(0.0, ge=0)
+    verbosity: float = Field(0.0, ge=0)
+    meta_leakage: float = Field(0.0, ge=0)
+    repetition: float = Field(0.0, ge=0)
+    language: float = Field(0.0, ge=0)
+    banned_words: float = Field(0.0, ge=0)
+    tone: float = Field(0.0, ge=0)
+
+
+class RewardModelParams(Section):
+    # A local transformers sequence-classification model directory (safetensors); null: rules only.
+    path: str | None = None
+    mode: Literal["add", "replace"] = "add"   # add: one more weighted rule; replace: the score is the reward
+    weight: float = Field(1.0, ge=0)
+    batch_size: int = Field(16, ge=1)
 
 
 class ScoreParams(Section):
     weights: ScoreWeights = ScoreWeights()
     length_window: tuple[int, int] = (40, 400)
+    balance_target: float = Field(0.5, ge=0, le=1)      # share of question sentences
+    max_words_per_sentence: int = Field(25, ge=1)
+    repetition_ngram: int = Field(3, ge=1)
+    banned_words: list[str] = Field(default_factory=list)
+    tone_keywords: dict[str, list[str]] = Field(default_factory=dict)  # character -> words its replies use
+    reward_model: RewardModelParams = RewardModelParams()
     weight_floor: float = Field(0.05, ge=0, le=1)
     keep_top_fraction: float = Field(0.5, gt=0, le=1)
+    keep_top_k: int | None = Field(None, ge=1)          # also at most k samples per prompt
+    pair_min_margin: float = Field(0.1, ge=0)           # best - worst score needed for a DPO pair
 
     @field_validator("length_window")
     @classmethod
@@ -134,14 +162,32 @@ class LoraParams(Section):
 
 class TrainParams(Section):
     init: Literal["prev", "fresh"] = "prev"
+    method: Literal["sft", "dpo"] = "sft"
+    dpo_beta: float = Field(0.1, gt=0)
+    token_weighting: Literal["none", "rho1"] = "none"
+    rho1_keep: float = Field(0.6, gt=0, le=1)
+    quantize: Literal["none", "4bit"] = "none"        # 4bit: QLoRA through bitsandbytes (CUDA only)
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    checkpoint_every: int = Field(0, ge=0)            # steps; 0: no checkpoints
+    eval_examples: int = Field(16, ge=0)              # eval-split conversations for the eval loss
+    # Where training runs: here (CPU or one GPU), or `accelerate launch` with a config file.
+    launcher: Literal["local", "accelerate"] = "local"
+    accelerate_config: str = "configs/accelerate/ddp.yaml"
+    num_processes: int = Field(1, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     max_length: int = Field(192, ge=16)
     mix_ratio: float = Field(0.5, gt=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     lora: LoraParams = LoraParams()
+
+    @model_validator(mode="after")
+    def _rho1_is_sft(self):
+        if self.method == "dpo" and self.token_weighting != "none":
+            raise ValueError("token_weighting: rho1 selects tokens of the SFT loss; with method: dpo set it to none")
+        return self
 
 
 class Gate(Section):

@@ -1,6 +1,7 @@
 """The per-round metrics table `make demo` ends with, and the plot files dvc.yaml declares:
-reports/trajectory.csv (every metric against round) and reports/train_loss.csv (loss and
-learning rate of every round's training, one global step axis)."""
+reports/plots/trajectory.csv (every metric against round), train_loss.csv (loss and learning rate
+of every round's training, one global step axis) and eval_loss.csv (the eval-split loss logged
+during training, on the same axis)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from .io import read_json
 from .params import Params
 
 COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
+# Every metric eval writes, for the trajectory plot (the table keeps to the four above).
+TRAJECTORY = COLUMNS + ("followup_rate_deep", "mean_turn_depth", "balance", "politeness", "verbosity",
+                        "language_compliance", "meta_leak_rate", "repetition_rate", "banned_word_rate",
+                        "tone_keyword_rate", "eval_loss", "perplexity")
 
 
 def _evals(params: Params, metrics_dir: Path) -> list[tuple[str, dict]]:
@@ -42,16 +47,21 @@ def write_plots(params: Params, metrics_dir: Path, rounds_dir: Path, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "trajectory.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["round_index", "round", *COLUMNS])
+        w.writerow(["round_index", "round", *TRAJECTORY])
         for i, (rid, m) in enumerate(_evals(params, metrics_dir)):
-            w.writerow([i, rid, *(m.get(c, "") for c in COLUMNS)])
-    with (out_dir / "train_loss.csv").open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+            w.writerow([i, rid, *(m.get(c, "") for c in TRAJECTORY)])
+    with (out_dir / "train_loss.csv").open("w", newline="", encoding="utf-8") as f, \
+            (out_dir / "eval_loss.csv").open("w", newline="", encoding="utf-8") as g:
+        w, we = csv.writer(f), csv.writer(g)
         w.writerow(["step", "round", "loss", "lr"])
+        we.writerow(["step", "round", "eval_loss"])
         offset = 0
         for rid in params.rounds:
-            live = Path(rounds_dir) / rid / "live/plots/metrics/train"
-            loss, lr = _tsv(live / "loss.tsv"), _tsv(live / "lr.tsv")
+            live = Path(rounds_dir) / rid / "live/plots/metrics"
+            loss, lr = _tsv(live / "train/loss.tsv"), _tsv(live / "train/lr.tsv")
             for a, b in zip(loss, lr):
                 w.writerow([offset + int(a["step"]), rid, a["loss"], b["lr"]])
+            if (live / "eval/loss.tsv").is_file():
+                for e in _tsv(live / "eval/loss.tsv"):
+                    we.writerow([offset + int(e["step"]), rid, e["loss"]])
             offset += len(loss)

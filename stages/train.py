@@ -1,8 +1,17 @@
-"""train@rN: LoRA SFT on the round's kept on-policy samples (weighted by score) mixed with the
-train split, loss on assistant tokens only. Reads top to bottom: data, model, loop, save."""
+"""train@rN: LoRA training of the round's adapter. Reads top to bottom: data, losses, model,
+checkpoints, the loop, save.
+
+- method sft: the kept on-policy samples (weighted by score) mixed with the train split, loss on
+  assistant tokens only (end-of-turn included); token_weighting rho1 keeps only the tokens where
+  the model is furthest behind the reference (Rho-1 selective language modelling).
+- method dpo: score's best-vs-worst pairs, with the base (the adapter disabled) as the reference,
+  so no second model is loaded.
+- The same loop runs on CPU, one GPU, or several under `accelerate launch` (train.launcher).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -20,6 +29,8 @@ from .model import device, load_base, load_round, load_tokenizer, round_info
 from .params import Params, TrainParams
 from .prompts import system_prompt_for
 from .version import load_split
+
+# --- data ---------------------------------------------------------------------------------------
 
 
 def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.Random) -> list[dict]:
@@ -39,6 +50,14 @@ def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.
     return onpolicy + anchors
 
 
+def reference_conversations(params: Params, version_dir: Path, split: str, n: int) -> list[dict]:
+    """The first n records of a split (in its stable order), system prompt in front: the fixed set
+    the eval loss is measured on."""
+    return [{"messages": with_system(system_prompt_for(params.system_prompts, r["character_id"]), r["messages"]),
+             "weight": 1.0, "kind": split}
+            for r in load_split(version_dir, split)[:n]]
+
+
 def tokenize(tok, examples: list[dict], max_length: int) -> tuple[list[dict], int]:
     """Tokenized examples, and how many were dropped because max_length cut off every
     assistant token (counted in ROUND.json, so a too-small max_length shows)."""
@@ -49,6 +68,22 @@ def tokenize(tok, examples: list[dict], max_length: int) -> tuple[list[dict], in
             dropped += 1
             continue
         out.append({"ids": enc[0], "mask": enc[1], "weight": ex["weight"], "kind": ex["kind"]})
+    return out, dropped
+
+
+def tokenize_pairs(tok, pairs_file: Path, max_length: int) -> tuple[list[dict], int]:
+    """DPO pairs as (chosen, rejected) tokenized conversations; a pair either side of which
+    max_length empties is dropped and counted."""
+    out, dropped = [], 0
+    for p in read_jsonl(pairs_file):
+        sides = [training_ids(tok, p["messages"] + [{"role": "assistant", "content": p[k]}], max_length)
+                 for k in ("chosen", "rejected")]
+        if None in sides:
+            dropped += 1
+            continue
+        (c_ids, c_mask), (r_ids, r_mask) = sides
+        out.append({"chosen": {"ids": c_ids, "mask": c_mask}, "rejected": {"ids": r_ids, "mask": r_mask},
+                    "ids": c_ids + r_ids, "kind": "pair"})   # ids: only for length grouping
     return out, dropped
 
 
@@ -65,28 +100,90 @@ def batches(examples: list[dict], batch_size: int, rng: random.Random):
             yield from groups
 
 
-def collate(examples: list[dict], idx: list[int], pad_id: int, dev) -> dict:
-    width = max(len(examples[i]["ids"]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.bool)
-    attn = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        n = len(examples[i]["ids"])
-        ids[row, :n] = torch.tensor(examples[i]["ids"])
-        mask[row, :n] = torch.tensor(examples[i]["mask"])
-        attn[row, :n] = 1
-    weight = torch.tensor([examples[i]["weight"] for i in idx], dtype=torch.float32)
+def collate(rows: list[dict], pad_id: int, dev) -> dict:
+    """Right-padded ids, assistant mask, attention mask and weights of tokenized rows."""
+    width = max(len(r["ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["ids"])
+        ids[i, :n] = torch.tensor(r["ids"])
+        mask[i, :n] = torch.tensor(r["mask"])
+        attn[i, :n] = 1
+    weight = torch.tensor([r.get("weight", 1.0) for r in rows], dtype=torch.float32)
     return {"ids": ids.to(dev), "mask": mask.to(dev), "attn": attn.to(dev), "weight": weight.to(dev)}
 
 
-def weighted_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Mean token loss per example over its assistant tokens, then the weight-averaged mean."""
-    targets = batch["ids"][:, 1:]
-    tmask = batch["mask"][:, 1:].float()
-    tok_loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
-    per_example = (tok_loss * tmask).sum(1) / tmask.sum(1).clamp(min=1)
-    w = batch["weight"]
-    return (per_example * w).sum() / w.sum().clamp(min=1e-8)
+def collate_pairs(pairs: list[dict], pad_id: int, dev) -> dict:
+    """Chosen rows first, then rejected, in one batch: one forward pass serves both."""
+    return collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, dev)
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+
+def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy [B, T-1] and the mask of tokens that count (assistant tokens)."""
+    logits = model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits
+    loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["ids"][:, 1:], reduction="none")
+    return loss, batch["mask"][:, 1:]
+
+
+def weighted_loss(tok_loss: torch.Tensor, tmask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean token loss per example over its counted tokens, then the weight-averaged mean."""
+    m = tmask.float()
+    per_example = (tok_loss * m).sum(1) / m.sum(1).clamp(min=1)
+    return (per_example * weight).sum() / weight.sum().clamp(min=1e-8)
+
+
+def rho1_mask(tok_loss: torch.Tensor, ref_loss: torch.Tensor, tmask: torch.Tensor, keep: float) -> torch.Tensor:
+    """Rho-1: of the batch's assistant tokens, the `keep` fraction with the highest excess loss
+    (current model minus reference), i.e. the tokens still worth learning."""
+    excess = (tok_loss.detach() - ref_loss).masked_fill(~tmask, float("-inf")).flatten()
+    k = max(1, math.ceil(keep * int(tmask.sum())))
+    chosen = torch.zeros_like(excess, dtype=torch.bool)
+    chosen[excess.topk(k).indices] = True
+    return chosen.view_as(tmask) & tmask
+
+
+def sequence_logps(tok_loss: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+    return -(tok_loss * tmask.float()).sum(1)
+
+
+def dpo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> tuple[torch.Tensor, float]:
+    """The DPO loss over a batch laid out [chosen..., rejected...], and the share of pairs where
+    the policy already prefers the chosen reply more than the reference does."""
+    n = policy_logps.shape[0] // 2
+    margin = (policy_logps[:n] - ref_logps[:n]) - (policy_logps[n:] - ref_logps[n:])
+    return -F.logsigmoid(beta * margin).mean(), float((margin > 0).float().mean())
+
+
+@torch.no_grad()
+def reference_losses(model, batch: dict) -> torch.Tensor:
+    """Token losses of the base: the same model with its adapter switched off."""
+    with model.disable_adapter():
+        return token_losses(model, batch)[0]
+
+
+@torch.no_grad()
+def split_loss(model, tok, conversations: list[dict], max_length: int, batch_size: int) -> float:
+    """Mean assistant-token loss of the model on fixed conversations (teacher forcing)."""
+    examples, _ = tokenize(tok, conversations, max_length)
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    total, count = 0.0, 0
+    examples = sorted(examples, key=lambda e: len(e["ids"]))
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], tok.pad_token_id, dev)
+        loss, tmask = token_losses(model, batch)
+        total += float((loss * tmask.float()).sum())
+        count += int(tmask.sum())
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 def lr_at(step: int, tp: TrainParams) -> float:
@@ -97,18 +194,47 @@ def lr_at(step: int, tp: TrainParams) -> float:
     return tp.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+# --- model --------------------------------------------------------------------------------------
+
+
+def load_quantized_base(base_dir: Path):
+    """The base in 4-bit NF4 through bitsandbytes (QLoRA). CUDA only."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.quantize: 4bit (QLoRA) needs a CUDA GPU with bitsandbytes; this machine has "
+                           "no CUDA device. Set train.quantize: none to train in full precision here.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError("train.quantize: 4bit needs the bitsandbytes package: pip install bitsandbytes") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from .model import compute_dtype
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute_dtype())
+    model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=config, device_map={"": torch.cuda.current_device()},
+                                                 dtype=compute_dtype(), use_safetensors=True, trust_remote_code=False)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def build_model(params: Params, base_dir: Path, prev_dir: Path):
     """Continue the previous round's adapter (init: prev) or start a fresh LoRA on the base."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
-    if params.train.init == "prev" and round_info(prev_dir)["adapter"] is not None:
-        return load_round(base_dir, prev_dir, trainable=True)
-    lp = params.train.lora
+    tp = params.train
+    base = load_quantized_base(base_dir) if tp.quantize == "4bit" else None
+    info = round_info(prev_dir)
+    if tp.init == "prev" and info["adapter"] is not None:
+        if base is None:
+            return load_round(base_dir, prev_dir, trainable=True)
+        return PeftModel.from_pretrained(base, Path(prev_dir) / info["adapter"], is_trainable=True)
+    lp = tp.lora
     config = LoraConfig(
         r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=lp.target_modules,
         bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(load_base(base_dir), config)
+    return get_peft_model(base if base is not None else load_base(base_dir), config)
 
 
 def stable_adapter_config(path: Path) -> None:
@@ -120,63 +246,213 @@ def stable_adapter_config(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def fingerprint(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_dir: Path,
+                data_files: list[Path]) -> str:
+    """What a checkpoint belongs to: a checkpoint of other inputs or params is never resumed."""
+    manifest = Path(version_dir) / "manifest.json"
+    parts = {
+        "round": round_id, "seed": params.seed, "train": params.train.model_dump(mode="json"),
+        "system_prompts": params.system_prompts,
+        "base": read_json(Path(base_dir) / "base.json")["hash"],
+        "prev": round_info(prev_dir).get("adapter_hash"),
+        "data": [sha256_file(p) for p in data_files],
+        "version": sha256_file(manifest) if manifest.is_file() else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, model, opt, key: str) -> None:
+    """Trainable weights, optimizer moments and the RNG state, as safetensors (no pickles), then
+    state.json last: a checkpoint without it is incomplete and ignored."""
+    from safetensors.torch import save_file
+
+    tmp = ckpt_dir / "next"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+              tmp / "weights.safetensors")
+    moments = {}
+    for i, p in enumerate(p for _, p in model.named_parameters() if p.requires_grad):
+        for k, v in opt.state.get(p, {}).items():
+            moments[f"{i}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    moments["rng"] = torch.get_rng_state()
+    save_file(moments, tmp / "optimizer.safetensors")
+    if (ckpt_dir / "live").is_dir():  # the curves up to this step, for a resumed run to continue
+        shutil.copytree(ckpt_dir / "live", tmp / "live")
+    write_json(tmp / "state.json", {"step": step, "fingerprint": key, "params": names})
+    final = ckpt_dir / "last"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def load_checkpoint(ckpt_dir: Path, model, opt, key: str) -> int:
+    """The step to resume from (0 if there is no usable checkpoint)."""
+    from safetensors.torch import load_file
+
+    last = ckpt_dir / "last"
+    if not (last / "state.json").is_file():
+        return 0
+    state = read_json(last / "state.json")
+    if state["fingerprint"] != key:
+        print(f"checkpoint {last} is for other inputs or params; starting over")
+        return 0
+    weights = load_file(last / "weights.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in state["params"]:
+            params[name].copy_(weights[name])
+    moments = load_file(last / "optimizer.safetensors")
+    trainable = [p for _, p in model.named_parameters() if p.requires_grad]
+    for i, p in enumerate(trainable):
+        st = {k.split(".", 1)[1]: v for k, v in moments.items() if k.split(".", 1)[0] == str(i)}
+        if st:
+            opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in st.items()}
+    torch.set_rng_state(moments["rng"])
+    shutil.rmtree(ckpt_dir / "live", ignore_errors=True)   # drop steps logged after the checkpoint
+    if (last / "live").is_dir():
+        shutil.copytree(last / "live", ckpt_dir / "live")
+    return state["step"]
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_dir: Path,
-        scored_file: Path, out_dir: Path) -> dict:
+        scored_file: Path, out_dir: Path, pairs_file: Path | None, ckpt_dir: Path,
+        stop_after: int | None = None) -> dict:
+    """`ckpt_dir` holds checkpoints and the live logs while training (outside the DVC outputs,
+    which DVC clears before a run); `stop_after`: stop as if killed after that many steps."""
+    from accelerate import Accelerator
+
     tp = params.train
+    acc = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(params.seed)
     rng = random.Random(f"{params.seed}:train:{round_id}")
 
     tok = load_tokenizer(base_dir)
-    examples, truncated_away = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
+    if tp.method == "dpo":
+        if pairs_file is None or not Path(pairs_file).is_file():
+            raise RuntimeError(f"train.method: dpo needs score's pairs file ({pairs_file})")
+        examples, truncated_away = tokenize_pairs(tok, pairs_file, tp.max_length)
+        if not examples:
+            raise RuntimeError(
+                f"train@{round_id}: method dpo but no usable pairs in {pairs_file} ({truncated_away} cut away by "
+                "max_length); set sample.samples_per_prompt >= 2, or lower score.pair_min_margin")
+    else:
+        examples, truncated_away = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
     if not examples:
         raise RuntimeError(
             f"train@{round_id}: no trainable examples ({truncated_away} dropped because train.max_length="
             f"{tp.max_length} leaves no assistant token; empty samples and train split otherwise)"
         )
+    held_out = reference_conversations(params, version_dir, "eval", tp.eval_examples)
     model = build_model(params, base_dir, prev_dir)
     model.train()
-    dev = device()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=0.0)
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    data_files = [Path(scored_file)] + ([Path(pairs_file)] if pairs_file and Path(pairs_file).is_file() else [])
+    key = fingerprint(params, round_id, base_dir, version_dir, prev_dir, data_files)
+    ckpt_dir = Path(ckpt_dir)
+    start = load_checkpoint(ckpt_dir, model, opt, key) if tp.checkpoint_every else 0
+    if start:
+        acc.print(f"train@{round_id}: resuming from the checkpoint at step {start}")
+    elif acc.is_main_process:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    model, opt = acc.prepare(model, opt)
+    core = acc.unwrap_model(model)  # the PeftModel: disable_adapter, save_pretrained
+    checkpoint_every = tp.checkpoint_every
+    if checkpoint_every and acc.distributed_type in ("FSDP", "DEEPSPEED"):
+        acc.print(f"train.checkpoint_every: step checkpoints are saved for single-process and DDP runs only, "
+                  f"not under {acc.distributed_type}; training without them")
+        checkpoint_every = 0
+
     from dvclive import Live
 
-    live = Live(dir=str(out_dir / "live"), dvcyaml=None, save_dvc_exp=False, report=None)
+    # DVCLive writes next to the checkpoint while training, so a resumed run continues its curves;
+    # the finished logs move into the round's directory at the end.
+    live = Live(dir=str(ckpt_dir / "live"), dvcyaml=None, save_dvc_exp=False, report=None, resume=bool(start)) \
+        if acc.is_main_process else None
+    # Every process walks the same batch stream and takes its own share of each step's groups.
     stream = batches(examples, tp.batch_size, rng)
-    n_tokens, t0 = 0, time.perf_counter()
-    bar = tqdm(range(tp.steps), desc=f"train@{round_id}", unit="step")
+    per_step = acc.num_processes * tp.grad_accum
+    for _ in range(start * per_step):
+        next(stream)
+    n_tokens, t0, stats = 0, time.perf_counter(), {}
+    bar = tqdm(range(start, tp.steps), desc=f"train@{round_id}", unit="step", disable=not acc.is_main_process)
     for step in bar:
         lr = lr_at(step, tp)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = collate(examples, next(stream), tok.pad_token_id, dev)
-        logits = model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits
-        loss = weighted_loss(logits, batch)
+        groups = [next(stream) for _ in range(per_step)][acc.process_index::acc.num_processes]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, tp.grad_clip)
+        step_loss = 0.0
+        for idx in groups:
+            if tp.method == "dpo":
+                batch = collate_pairs([examples[i] for i in idx], tok.pad_token_id, acc.device)
+                tok_loss, tmask = token_losses(model, batch)
+                ref = sequence_logps(reference_losses(core, batch), tmask)
+                loss, stats["reward_accuracy"] = dpo_loss(sequence_logps(tok_loss, tmask), ref, tp.dpo_beta)
+            else:
+                batch = collate([examples[i] for i in idx], tok.pad_token_id, acc.device)
+                tok_loss, tmask = token_losses(model, batch)
+                if tp.token_weighting == "rho1":
+                    tmask = rho1_mask(tok_loss, reference_losses(core, batch), tmask, tp.rho1_keep)
+                loss = weighted_loss(tok_loss, tmask, batch["weight"])
+            acc.backward(loss / len(groups))
+            step_loss += loss.item() / len(groups)
+            n_tokens += int(batch["attn"].sum())
+        acc.clip_grad_norm_(trainable, tp.grad_clip)
         opt.step()
-        n_tokens += int(batch["attn"].sum())
-        live.log_metric("train/loss", loss.item())
-        live.log_metric("train/lr", lr)
-        live.next_step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
-    live.end()
+        done = step + 1
+        if live is not None:
+            live.log_metric("train/loss", step_loss)
+            live.log_metric("train/lr", lr)
+            for k, v in stats.items():
+                live.log_metric(f"train/{k}", v)
+        at_checkpoint = checkpoint_every and done % checkpoint_every == 0 and done < tp.steps
+        if held_out and (at_checkpoint or done == tp.steps):
+            eval_loss = split_loss(core, tok, held_out, tp.max_length, tp.batch_size)
+            if live is not None:
+                live.log_metric("eval/loss", eval_loss)
+        if live is not None:
+            live.next_step()
+        if at_checkpoint and acc.is_main_process:
+            save_checkpoint(ckpt_dir, done, core, opt, key)
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+        if stop_after is not None and done >= stop_after:
+            raise KeyboardInterrupt(f"stopped after step {done} (stop_after)")
     seconds = time.perf_counter() - t0
+    acc.wait_for_everyone()
+    state = acc.get_state_dict(model)   # gathered from every process under FSDP / DeepSpeed
+    if not acc.is_main_process:
+        return {}
 
-    model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    live.end()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    shutil.copytree(ckpt_dir / "live", out_dir / "live")
+    core.save_pretrained(out_dir / "adapter", state_dict=state, safe_serialization=True)
     stable_adapter_config(out_dir / "adapter" / "adapter_config.json")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     adapter_hash = sha256_file(out_dir / "adapter" / "adapter_model.safetensors")
     stats = {
+        "method": tp.method,
         "examples": len(examples),
         "onpolicy": sum(e["kind"] == "onpolicy" for e in examples),
         "anchor": sum(e["kind"] == "anchor" for e in examples),
+        "pairs": sum(e["kind"] == "pair" for e in examples),
         "truncated_away": truncated_away,
         "steps": tp.steps,
-        "tokens": n_tokens,
-        "final_loss": loss.item(),
+        "processes": acc.num_processes,
+        "tokens": n_tokens * acc.num_processes,
+        "final_loss": step_loss if tp.steps > start else None,
+        "eval_loss": eval_loss if held_out else None,
     }
     write_json(out_dir / "ROUND.json", {
         "id": round_id,
@@ -187,4 +463,4 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         "init": tp.init,
         "train": stats,
     })
-    return {**stats, "tokens_per_s": n_tokens / seconds if seconds else 0.0}
+    return {**stats, "resumed_from": start, "tokens_per_s": n_tokens * acc.num_processes / seconds if seconds else 0.0}

@@ -24,7 +24,7 @@ def repo(tmp_path_factory):
     def shrink(p):
         p["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
         p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8, gates={})
-        p["train"].update(steps=2, batch_size=2, max_length=160)
+        p["train"].update(steps=2, batch_size=2, max_length=160, eval_examples=2)
 
     return project_repo(tmp_path_factory.mktemp("e2e"), shrink)
 
@@ -62,6 +62,21 @@ def test_adding_a_round_runs_only_that_round(repo):
     edit_params(repo, lambda p: p["rounds"].update(r3={"prev": "r2"}))
     assert repro(repo) == {"sample@r3", "score@r3", "train@r3", "eval@r3", "package", "report"}
     assert (repo / "metrics/eval_r3.json").is_file()
+
+
+def test_dpo_on_sampled_pairs(repo):
+    """Two samples per prompt, best vs worst as pairs, DPO against the adapter-disabled base."""
+    edit_params(repo, lambda p: (p["sample"].update(samples_per_prompt=2),
+                                 p["score"].update(pair_min_margin=0.0),
+                                 p["train"].update(method="dpo", init="fresh")))
+    ran = repro(repo)
+    assert {"sample@r1", "score@r1", "train@r1", "eval@r1", "sample@r3", "train@r3"} <= ran
+    assert not ran & {"collect", "scrub", "version", "base", "eval_base"}
+    pairs = (repo / "data/rounds/r1/pairs.jsonl").read_text().splitlines()
+    info = yaml.safe_load((repo / "models/rounds/r1/ROUND.json").read_text())
+    assert info["train"]["method"] == "dpo" and info["train"]["pairs"] == len(pairs) >= 1
+    m = yaml.safe_load((repo / "metrics/eval_r1.json").read_text())
+    assert {"eval_loss", "perplexity", "meta_leak_rate", "mean_turn_depth", "delta_vs_base"} <= set(m)
 
 
 def test_exp_show_has_per_round_metric_columns(repo):

@@ -20,7 +20,7 @@ def small_params(**train_overrides) -> Params:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8)
     raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
-    raw["train"].update(steps=3, batch_size=2, max_length=128, **train_overrides)
+    raw["train"].update({"steps": 3, "batch_size": 2, "max_length": 128, "eval_examples": 4, **train_overrides})
     return Params.model_validate(raw)
 
 
@@ -33,13 +33,15 @@ def project(tiny_base, demo_version, tmp_path_factory):
     return root
 
 
-def run_round(p: Params, root: Path, rid: str, out_name: str | None = None) -> Path:
+def run_round(p: Params, root: Path, rid: str, out_name: str | None = None, stop_after: int | None = None) -> Path:
     prev = p.round(rid).prev
-    d = root / "rounds" / rid
+    name = out_name or rid
+    d = root / "rounds" / name
     sample.run(p, rid, root / "models/base", root / "version", root / "models/rounds" / prev, d / "samples.jsonl")
-    score.run(p.score, d / "samples.jsonl", d / "scored.jsonl")
-    out = root / "models/rounds" / (out_name or rid)
-    train.run(p, rid, root / "models/base", root / "version", root / "models/rounds" / prev, d / "scored.jsonl", out)
+    score.run(p.score, d / "samples.jsonl", d / "scored.jsonl", d / "pairs.jsonl")
+    out = root / "models/rounds" / name
+    train.run(p, rid, root / "models/base", root / "version", root / "models/rounds" / prev, d / "scored.jsonl", out,
+              d / "pairs.jsonl", root / "checkpoints" / name, stop_after=stop_after)
     return out
 
 
@@ -54,8 +56,55 @@ def test_sample_records_settings_and_is_reproducible(project, tmp_path):
     base_hash = read_json(project / "models/base/base.json")["hash"]
     for r in rows:
         assert r["messages"][0]["role"] == "system" and r["messages"][-1]["role"] == "user"
-        assert (r["seed"], r["temperature"], r["top_p"], r["max_new_tokens"]) == (1234, 0.9, 0.95, 8)
+        assert (r["temperature"], r["top_p"], r["max_new_tokens"], r["engine"]) == (0.9, 0.95, 8, "hf")
         assert r["base_hash"] == base_hash and r["policy"] == "base" and r["adapter_hash"] is None
+    assert sorted(r["seed"] for r in rows) == list(range(1234, 1240))
+
+
+def test_several_samples_per_prompt_give_dpo_pairs(project, tmp_path):
+    p = small_params()
+    p = p.model_copy(update={"sample": p.sample.model_copy(update={"num_prompts": 3, "samples_per_prompt": 3,
+                                                                    "temperature": 1.5, "top_p": 1.0}),
+                             "score": p.score.model_copy(update={"keep_top_k": 1, "keep_top_fraction": 1.0,
+                                                                  "pair_min_margin": 0.0})})
+    stats = sample.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
+                       tmp_path / "samples.jsonl")
+    rows = list(read_jsonl(tmp_path / "samples.jsonl"))
+    assert stats == {**stats, "prompts": 3, "samples": 9}
+    by_prompt = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    assert sorted(len(v) for v in by_prompt.values()) == [3, 3, 3]
+    for group in by_prompt.values():
+        assert sorted(r["sample_index"] for r in group) == [0, 1, 2] and len({r["seed"] for r in group}) == 3
+        assert len({r["response"] for r in group}) > 1   # different seeds, different replies
+    res = score.run(p.score, tmp_path / "samples.jsonl", tmp_path / "scored.jsonl", tmp_path / "pairs.jsonl")
+    scored = list(read_jsonl(tmp_path / "scored.jsonl"))
+    # keep_top_k: 1 keeps exactly each prompt's best.
+    assert res["kept"] == 3
+    for pid, group in by_prompt.items():
+        kept = [r for r in scored if r["prompt_id"] == pid and r["keep"]]
+        assert len(kept) == 1 and kept[0]["score"] == max(r["score"] for r in scored if r["prompt_id"] == pid)
+    pairs = list(read_jsonl(tmp_path / "pairs.jsonl"))
+    assert res["pairs"] == len(pairs) >= 1
+    for pair in pairs:
+        assert pair["chosen_score"] >= pair["rejected_score"]
+        assert pair["chosen"] != pair["rejected"] and pair["messages"][-1]["role"] == "user"
+
+
+def test_vllm_engine_is_optional(project, tmp_path):
+    """engine: vllm imports vLLM only when chosen; without it (or without CUDA) the stage stops
+    with an error that says what to do."""
+    import importlib.util
+
+    p = small_params()
+    p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        pytest.skip("vLLM and CUDA present: the GPU test covers this engine")
+    with pytest.raises(RuntimeError, match="sample.engine: vllm needs"):
+        sample.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
+                   tmp_path / "samples.jsonl")
+    assert not (tmp_path / "samples.jsonl").exists()
 
 
 def test_train_is_deterministic_and_changes_the_adapter(project):
@@ -87,18 +136,52 @@ def test_init_prev_continues_and_fresh_restarts(project):
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits are given: the losses are checked on known numbers."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.logits[: input_ids.shape[0]]})
+
+
 def test_weighted_loss_ignores_zero_weight_examples():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 11)
     ids = torch.randint(0, 11, (2, 5))
     mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.bool)
-    both = {"ids": ids, "mask": mask, "weight": torch.tensor([1.0, 0.0])}
-    first = {"ids": ids[:1], "mask": mask[:1], "weight": torch.tensor([1.0])}
-    assert torch.allclose(train.weighted_loss(logits, both), train.weighted_loss(logits[:1], first))
+
+    def loss(batch_ids, batch_mask, weight):
+        tok_loss, tmask = train.token_losses(FixedLogits(logits), {"ids": batch_ids, "mask": batch_mask, "attn": None})
+        return train.weighted_loss(tok_loss, tmask, torch.tensor(weight))
+
+    assert torch.allclose(loss(ids, mask, [1.0, 0.0]), loss(ids[:1], mask[:1], [1.0]))
     # Only assistant positions count: changing a prompt-position target changes nothing.
     ids2 = ids.clone()
     ids2[0, 1] = (ids2[0, 1] + 1) % 11
-    assert torch.allclose(train.weighted_loss(logits[:1], first), train.weighted_loss(logits[:1], {**first, "ids": ids2[:1]}))
+    assert torch.allclose(loss(ids[:1], mask[:1], [1.0]), loss(ids2[:1], mask[:1], [1.0]))
+
+
+def test_rho1_keeps_the_tokens_with_most_excess_loss():
+    tok_loss = torch.tensor([[0.0, 5.0, 1.0, 3.0], [2.0, 9.0, 4.0, 0.5]])
+    ref_loss = torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.5]])
+    tmask = torch.tensor([[False, True, True, True], [True, False, True, True]])
+    # Excess on counted tokens: 4, 0, 2 | 1, 3, 0 -> keep 60% of 6 = 4 tokens: 4, 3, 2, 1.
+    kept = train.rho1_mask(tok_loss, ref_loss, tmask, 0.6)
+    assert kept.tolist() == [[False, True, False, True], [True, False, True, False]]
+    # A masked-out token (prompt) is never kept, however large its excess (9 - 0 above).
+    assert not kept[1, 1]
+
+
+def test_dpo_loss_prefers_the_chosen_reply():
+    ref = torch.tensor([-10.0, -10.0, -10.0, -10.0])          # chosen 1, 2 | rejected 1, 2
+    neutral, acc = train.dpo_loss(ref.clone(), ref, beta=0.1)
+    assert neutral.item() == pytest.approx(0.6931, abs=1e-4) and acc == 0.0   # log 2: no preference yet
+    better, acc = train.dpo_loss(torch.tensor([-8.0, -9.0, -12.0, -10.0]), ref, beta=0.1)
+    worse, _ = train.dpo_loss(torch.tensor([-12.0, -10.0, -8.0, -10.0]), ref, beta=0.1)
+    assert better < neutral < worse and acc == 1.0
 
 
 def test_eval_and_package(project, tmp_path):
@@ -186,3 +269,114 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, tmp_pat
         cwd=project, input="hello there\nand then?\n\n", capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("tutor> ") == 2
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(project):
+    p = small_params(steps=5, checkpoint_every=2, grad_accum=2)
+    whole = run_round(p, project, "r1", out_name="r1_whole")
+    ckpt = project / "checkpoints" / "r1_cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_round(p, project, "r1", out_name="r1_cut", stop_after=3)
+    assert read_json(ckpt / "last/state.json")["step"] == 2 and not (project / "models/rounds/r1_cut").exists()
+    cut = run_round(p, project, "r1", out_name="r1_cut")
+    assert (cut / "adapter/adapter_model.safetensors").read_bytes() == \
+        (whole / "adapter/adapter_model.safetensors").read_bytes()
+    assert (cut / "ROUND.json").read_bytes() == (whole / "ROUND.json").read_bytes().replace(b"r1_whole", b"r1_cut") \
+        or read_json(cut / "ROUND.json")["adapter_hash"] == read_json(whole / "ROUND.json")["adapter_hash"]
+    assert not ckpt.exists()   # a finished run leaves no checkpoint behind
+    # The resumed run's curves hold every step, before and after the interruption.
+    loss = (cut / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in loss[1:]] == ["0", "1", "2", "3", "4"]
+    assert (cut / "live/plots/metrics/eval/loss.tsv").is_file()
+
+
+def test_a_checkpoint_of_other_params_is_not_resumed(project):
+    p = small_params(steps=4, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_round(p, project, "r1", out_name="r1_other", stop_after=2)
+    changed = small_params(steps=4, checkpoint_every=2, lr=0.001)
+    out = run_round(changed, project, "r1", out_name="r1_other")
+    assert read_json(out / "ROUND.json")["train"]["steps"] == 4
+    fresh = run_round(changed, project, "r1", out_name="r1_other_fresh")
+    assert (out / "adapter/adapter_model.safetensors").read_bytes() == \
+        (fresh / "adapter/adapter_model.safetensors").read_bytes()
+
+
+def test_rho1_and_dpo_train(project):
+    rho1 = run_round(small_params(token_weighting="rho1", init="fresh"), project, "r1", out_name="r1_rho1")
+    plain = project / "models/rounds/r1_plain"
+    if not plain.exists():
+        plain = run_round(small_params(init="fresh"), project, "r1", out_name="r1_plain")
+    a = load_file(rho1 / "adapter/adapter_model.safetensors")
+    b = load_file(plain / "adapter/adapter_model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)   # token selection changed what was learned
+
+    p = small_params(method="dpo", init="fresh", lr=0.01)
+    p = p.model_copy(update={"sample": p.sample.model_copy(update={"num_prompts": 4, "samples_per_prompt": 4,
+                                                                    "temperature": 1.5, "top_p": 1.0}),
+                             "score": p.score.model_copy(update={"pair_min_margin": 0.0})})
+    dpo = run_round(p, project, "r1", out_name="r1_dpo")
+    info = read_json(dpo / "ROUND.json")["train"]
+    assert info["method"] == "dpo" and info["pairs"] >= 1 and info["onpolicy"] == 0
+    acc = (dpo / "live/plots/metrics/train/reward_accuracy.tsv").read_text().splitlines()
+    assert len(acc) == 1 + p.train.steps
+    losses = [float(x.split("\t")[1]) for x in (dpo / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    # A fresh adapter is the reference at step 0: the DPO loss starts at log 2.
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)
+
+
+def test_dpo_without_pairs_says_what_to_do(project, tmp_path):
+    p = small_params(method="dpo")
+    d = project / "rounds" / "r1"
+    if not (d / "scored.jsonl").exists():
+        run_round(small_params(), project, "r1")
+    (tmp_path / "pairs.jsonl").write_text("")
+    with pytest.raises(RuntimeError, match="samples_per_prompt >= 2"):
+        train.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
+                  d / "scored.jsonl", tmp_path / "out", tmp_path / "pairs.jsonl", tmp_path / "ckpt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error path; CUDA machines run QLoRA for real")
+def test_qlora_on_cpu_is_a_clear_error(project, tmp_path):
+    p = small_params(quantize="4bit")
+    d = project / "rounds" / "r1"
+    if not (d / "scored.jsonl").exists():
+        run_round(small_params(), project, "r1")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        train.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
+                  d / "scored.jsonl", tmp_path / "out", d / "pairs.jsonl", tmp_path / "ckpt")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and bitsandbytes")
+def test_qlora_trains_on_cuda(project):
+    pytest.importorskip("bitsandbytes")
+    out = run_round(small_params(quantize="4bit", init="fresh"), project, "r1", out_name="r1_qlora")
+    assert (out / "adapter/adapter_model.safetensors").is_file()
+
+
+def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path):
+    """train.launcher: accelerate re-runs the stage under `accelerate launch`; the shipped DDP
+    config on a machine without a GPU gives two gloo CPU processes sharing the steps, one adapter."""
+    import subprocess
+    import sys
+
+    d = project / "rounds" / "r1"
+    if not (d / "scored.jsonl").exists():
+        run_round(small_params(), project, "r1")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"].update(steps=2, batch_size=2, max_length=128, launcher="accelerate", num_processes=2,
+                        accelerate_config=str(ROOT / "configs/accelerate/ddp.yaml"), eval_examples=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    shutil.copytree(project / "models/rounds/base", tmp_path / "rounds/base")
+    res = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "--params", str(tmp_path / "params.yaml"), "train", "--round", "r1",
+         "--base", str(project / "models/base"), "--data", str(project / "version"),
+         "--rounds-dir", str(tmp_path / "rounds"), "--scored", str(d / "scored.jsonl"),
+         "--pairs", str(d / "pairs.jsonl"), "--checkpoints", str(tmp_path / "ckpt")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "accelerate.commands.launch" in res.stderr
+    info = read_json(tmp_path / "rounds/r1/ROUND.json")
+    assert info["train"]["steps"] == 2 and info["train"]["processes"] == 2 and (tmp_path / "rounds/r1/adapter/adapter_model.safetensors").is_file()

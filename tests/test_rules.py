@@ -33,9 +33,90 @@ def test_score_stage_weights_and_keep(tmp_path):
     rows = [{"prompt_id": f"p{i}", "response": text} for i, text in enumerate(
         ["The answer is 4.", "What is 2 plus 2? Count it out loud, what do you get?", "Hmm.", "What do you think comes next?"])]
     src = write_lines(tmp_path / "samples.jsonl", rows)
-    stats = score.run(ScoreParams(keep_top_fraction=0.5, weight_floor=0.1), src, tmp_path / "scored.jsonl")
+    for r in rows:
+        r["messages"] = [{"role": "user", "content": "what is 2 plus 2"}]
+    src = write_lines(tmp_path / "samples.jsonl", rows)
+    stats = score.run(ScoreParams(keep_top_fraction=0.5, weight_floor=0.1), src, tmp_path / "scored.jsonl",
+                      tmp_path / "pairs.jsonl")
     out = list(read_jsonl(tmp_path / "scored.jsonl"))
-    assert stats["kept"] == 2
+    assert stats["kept"] == 2 and stats["pairs"] == 0   # one sample per prompt: nothing to pair
     assert [r["keep"] for r in out] == [False, True, False, True]
     assert all(r["weight"] >= 0.1 for r in out)
-    assert set(out[1]["scores"]) == {"question_ratio", "length", "followup_question"}
+    # Every rule is written per sample, weighted or not (tone: no keywords for this character).
+    assert set(out[1]["scores"]) == set(rules.RULES) - {"tone"}
+
+
+def test_each_rule_tells_good_from_bad():
+    assert rules.balance("Add the tops. What do you get?", 0.5) == 1.0
+    assert rules.balance("What? Why? How?", 0.5) == 0.0
+    assert rules.politeness("Good question! What comes next?") == 1.0
+    assert rules.politeness("That is stupid.") == 0.0
+    assert rules.politeness("Next step.") == 0.5
+    assert rules.politeness("좋아요, 같이 해 봐요.") == 1.0
+    assert rules.verbosity("Short one. Another short one.", 25) == 1.0
+    assert rules.verbosity(" ".join(["word"] * 50) + ".", 25) == 0.0
+    assert rules.meta_leakage("As an AI language model, I cannot.") == 0.0
+    assert rules.meta_leakage("user: hi\nassistant: hello") == 0.0
+    assert rules.meta_leakage("저는 AI라서 잘 몰라요.") == 0.0
+    assert rules.meta_leakage("What do you think the next step is?") == 1.0
+    assert rules.repetition("the cat sat on the mat", 3) == 1.0
+    assert rules.repetition("go on go on go on go on", 3) == pytest.approx(2 / 6)
+    assert rules.language("What do you think?", "what is a fraction") == 1.0
+    assert rules.language("What do you think?", "분수가 뭐예요?") == 0.0
+    assert rules.language("분수는 무엇일까요?", "분수가 뭐예요?") == 1.0
+    assert rules.language("anything", "12 + 5 = ?") == 1.0        # no letters: nothing to comply with
+    assert rules.banned_words("The answer is 4.", ["the answer is"]) == 0.0
+    assert rules.banned_words("What is 2+2?", ["the answer is"]) == 1.0
+    assert rules.tone("Let's think it through.", ["let's"]) == 1.0
+    assert rules.tone("Do it.", ["let's"]) == 0.0
+
+
+def test_weights_pick_what_the_score_rewards():
+    text, msgs = "The answer is 4.", [{"role": "user", "content": "what is 2+2"}]
+    only_banned = ScoreParams(weights={k: 0.0 for k in rules.RULES} | {"banned_words": 1.0}, banned_words=["answer"])
+    assert rules.score_text(text, only_banned, msgs)[1] == 0.0
+    only_length = ScoreParams(weights={k: 0.0 for k in rules.RULES} | {"length": 1.0}, length_window=(1, 100))
+    assert rules.score_text(text, only_length, msgs)[1] == 1.0
+    # Tone counts only for characters that have keywords.
+    p = ScoreParams(weights={k: 0.0 for k in rules.RULES} | {"tone": 1.0, "length": 1.0}, length_window=(1, 100),
+                    tone_keywords={"tutor": ["let's"]})
+    assert rules.score_text(text, p, msgs, "tutor")[1] == 0.5 and rules.score_text(text, p, msgs, "pirate")[1] == 1.0
+
+
+def test_keep_top_k_and_pairs_per_prompt():
+    rows = [{"prompt_id": pid, "sample_index": i, "response": f"{pid}{i}", "score": s, "messages": []}
+            for pid, scores in (("a", [0.9, 0.2, 0.5]), ("b", [0.3, 0.35])) for i, s in enumerate(scores)]
+    kept = score.mark_kept(rows, ScoreParams(keep_top_k=1, keep_top_fraction=1.0))
+    assert kept == 2 and [r["response"] for r in rows if r["keep"]] == ["a0", "b1"]
+    pairs = score.dpo_pairs(rows, min_margin=0.1)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a0", "a1")]   # b: 0.05 apart, below the margin
+    assert len(score.dpo_pairs(rows, min_margin=0.0)) == 2
+
+
+def test_reward_model_adds_or_replaces(tiny_model_dir, tmp_path):
+    """A local sequence-classification model (random, tiny) as the reward: its value is written
+    per sample; `replace` makes it the score, `add` weighs it in with the rules."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    rm_dir = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm_dir)
+    rows = [{"prompt_id": f"p{i}", "response": t, "messages": [{"role": "user", "content": "hi"}]}
+            for i, t in enumerate(["What do you think?", "The answer is 4."])]
+    src = write_lines(tmp_path / "samples.jsonl", rows)
+    for mode in ("replace", "add"):
+        p = ScoreParams(reward_model={"path": str(rm_dir), "mode": mode, "weight": 1.0})
+        score.run(p, src, tmp_path / f"{mode}.jsonl", tmp_path / "pairs.jsonl")
+    replaced = list(read_jsonl(tmp_path / "replace.jsonl"))
+    added = list(read_jsonl(tmp_path / "add.jsonl"))
+    for r, a in zip(replaced, added):
+        assert 0.0 < r["scores"]["reward_model"] < 1.0 and r["score"] == r["scores"]["reward_model"]
+        rule_only = rules.score_text(a["response"], ScoreParams(), a["messages"])[1]
+        assert a["score"] != rule_only and a["scores"]["reward_model"] == pytest.approx(r["scores"]["reward_model"])
+    with pytest.raises(FileNotFoundError, match="score.reward_model.path"):
+        score.run(ScoreParams(reward_model={"path": str(tmp_path / "nope")}), src, tmp_path / "x.jsonl",
+                  tmp_path / "y.jsonl")
