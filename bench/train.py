@@ -72,12 +72,14 @@ def side_trl(args) -> dict:
     rng = random.Random(f"{params.seed}:train:r1")
     examples, _ = train.tokenize(tok, train.build_mix(params, ROOT / "data/rounds/r1/scored.jsonl",
                                                       ROOT / "data/version", rng), tp.max_length)
-    data = Dataset.from_list([{"input_ids": e["ids"], "assistant_masks": [int(m) for m in e["mask"]]} for e in examples])
+    # Pre-tokenized, with our assistant-token mask as TRL's completion mask: both sides learn the same tokens.
+    data = Dataset.from_list([{"input_ids": e["ids"], "completion_mask": [int(m) for m in e["mask"]]} for e in examples])
     lp = tp.lora
     config = SFTConfig(
         output_dir=str(ROOT / "bench/.trl_out"), max_steps=tp.steps, per_device_train_batch_size=tp.batch_size,
         learning_rate=tp.lr, lr_scheduler_type="cosine", warmup_steps=max(1, int(tp.steps * tp.warmup_fraction)),
-        max_grad_norm=tp.grad_clip, weight_decay=0.0, max_length=tp.max_length, assistant_only_loss=True,
+        max_grad_norm=tp.grad_clip, weight_decay=0.0, max_length=tp.max_length, completion_only_loss=True,
+        gradient_checkpointing=False,   # ours does not recompute activations either
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(), seed=params.seed, dataset_num_proc=None, disable_tqdm=False,
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 from . import ab
 from .chat import prompt_ids
 from .generate import generate
-from .model import load_round, load_tokenizer
 from .io import read_json, write_json, write_jsonl
+from .model import load_round, load_tokenizer
 from .params import Params
 from .prompts import prompts_from_split
 from .rules import score_text

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .chat import training_ids, with_system
 from .io import read_json, read_jsonl, sha256_file, write_json
-from .model import device, load_base, load_round, load_tokenizer, round_info
+from .model import load_base, load_round, load_tokenizer, round_info
 from .params import Params, TrainParams
 from .prompts import system_prompt_for
 from .version import load_split
@@ -213,8 +213,9 @@ def load_quantized_base(base_dir: Path):
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=compute_dtype())
-    model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=config, device_map={"": torch.cuda.current_device()},
-                                                 dtype=compute_dtype(), use_safetensors=True, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=config, device_map={"": torch.cuda.current_device()}, dtype=compute_dtype(),
+        use_safetensors=True, trust_remote_code=False)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
@@ -264,7 +265,7 @@ def fingerprint(params: Params, round_id: str, base_dir: Path, version_dir: Path
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, opt, key: str) -> None:
+def save_checkpoint(ckpt_dir: Path, step: int, tokens: int, model, opt, key: str) -> None:
     """Trainable weights, optimizer moments and the RNG state, as safetensors (no pickles), then
     state.json last: a checkpoint without it is incomplete and ignored."""
     from safetensors.torch import save_file
@@ -283,23 +284,23 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, opt, key: str) -> None:
     save_file(moments, tmp / "optimizer.safetensors")
     if (ckpt_dir / "live").is_dir():  # the curves up to this step, for a resumed run to continue
         shutil.copytree(ckpt_dir / "live", tmp / "live")
-    write_json(tmp / "state.json", {"step": step, "fingerprint": key, "params": names})
+    write_json(tmp / "state.json", {"step": step, "tokens": tokens, "fingerprint": key, "params": names})
     final = ckpt_dir / "last"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 
 
-def load_checkpoint(ckpt_dir: Path, model, opt, key: str) -> int:
-    """The step to resume from (0 if there is no usable checkpoint)."""
+def load_checkpoint(ckpt_dir: Path, model, opt, key: str) -> tuple[int, int]:
+    """The step to resume from and the tokens trained so far ((0, 0) without a usable checkpoint)."""
     from safetensors.torch import load_file
 
     last = ckpt_dir / "last"
     if not (last / "state.json").is_file():
-        return 0
+        return 0, 0
     state = read_json(last / "state.json")
     if state["fingerprint"] != key:
         print(f"checkpoint {last} is for other inputs or params; starting over")
-        return 0
+        return 0, 0
     weights = load_file(last / "weights.safetensors")
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -315,7 +316,7 @@ def load_checkpoint(ckpt_dir: Path, model, opt, key: str) -> int:
     shutil.rmtree(ckpt_dir / "live", ignore_errors=True)   # drop steps logged after the checkpoint
     if (last / "live").is_dir():
         shutil.copytree(last / "live", ckpt_dir / "live")
-    return state["step"]
+    return state["step"], state["tokens"]
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -358,7 +359,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
     data_files = [Path(scored_file)] + ([Path(pairs_file)] if pairs_file and Path(pairs_file).is_file() else [])
     key = fingerprint(params, round_id, base_dir, version_dir, prev_dir, data_files)
     ckpt_dir = Path(ckpt_dir)
-    start = load_checkpoint(ckpt_dir, model, opt, key) if tp.checkpoint_every else 0
+    start, tokens_before = load_checkpoint(ckpt_dir, model, opt, key) if tp.checkpoint_every else (0, 0)
     if start:
         acc.print(f"train@{round_id}: resuming from the checkpoint at step {start}")
     elif acc.is_main_process:
@@ -422,7 +423,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         if live is not None:
             live.next_step()
         if at_checkpoint and acc.is_main_process:
-            save_checkpoint(ckpt_dir, done, core, opt, key)
+            save_checkpoint(ckpt_dir, done, tokens_before + n_tokens, core, opt, key)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after step {done} (stop_after)")
@@ -450,7 +451,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         "truncated_away": truncated_away,
         "steps": tp.steps,
         "processes": acc.num_processes,
-        "tokens": n_tokens * acc.num_processes,
+        "tokens": (tokens_before + n_tokens) * acc.num_processes,
         "final_loss": step_loss if tp.steps > start else None,
         "eval_loss": eval_loss if held_out else None,
     }

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import conversation, write_lines
 
 from stages import collect

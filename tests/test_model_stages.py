@@ -281,8 +281,7 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(project
     cut = run_round(p, project, "r1", out_name="r1_cut")
     assert (cut / "adapter/adapter_model.safetensors").read_bytes() == \
         (whole / "adapter/adapter_model.safetensors").read_bytes()
-    assert (cut / "ROUND.json").read_bytes() == (whole / "ROUND.json").read_bytes().replace(b"r1_whole", b"r1_cut") \
-        or read_json(cut / "ROUND.json")["adapter_hash"] == read_json(whole / "ROUND.json")["adapter_hash"]
+    assert (cut / "ROUND.json").read_bytes() == (whole / "ROUND.json").read_bytes()
     assert not ckpt.exists()   # a finished run leaves no checkpoint behind
     # The resumed run's curves hold every step, before and after the interruption.
     loss = (cut / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
@@ -379,4 +378,5 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "accelerate.commands.launch" in res.stderr
     info = read_json(tmp_path / "rounds/r1/ROUND.json")
-    assert info["train"]["steps"] == 2 and info["train"]["processes"] == 2 and (tmp_path / "rounds/r1/adapter/adapter_model.safetensors").is_file()
+    assert info["train"]["steps"] == 2 and info["train"]["processes"] == 2
+    assert (tmp_path / "rounds/r1/adapter/adapter_model.safetensors").is_file()

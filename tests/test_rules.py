@@ -1,5 +1,4 @@
 import pytest
-
 from conftest import write_lines
 
 from stages import rules, score
