@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -63,17 +62,15 @@ def _reserved_layer_class():
     from transformers.cache_utils import DynamicLayer
 
     class _Reserved(DynamicLayer):
-        """A cache layer whose keys/values sit in a buffer with room for the tokens still to come,
-        so a decode step writes one position instead of copying the whole cache (DynamicLayer
-        concatenates, which costs as much as attention itself on a CPU)."""
+        """A cache layer over a preallocated buffer: the first `n` positions are filled, the rest is
+        room for what comes. A step writes its positions in place instead of copying the whole
+        cache (DynamicLayer concatenates, which on a CPU costs as much as attention itself), and a
+        buffer can be a slice of a bigger one, so a prefill group writes straight into the batch."""
 
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, reserve: int):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int):
             super().__init__()
             self.lazy_initialization(keys, values)
-            b, h, n, d = keys.shape
-            self._k, self._v = keys.new_empty(b, h, n + reserve, d), values.new_empty(b, h, n + reserve, d)
-            self._k[:, :, :n], self._v[:, :, :n] = keys, values
-            self._n = n
+            self._k, self._v, self._n = keys, values, n
             self._views()
 
         def _views(self):
@@ -81,11 +78,9 @@ def _reserved_layer_class():
 
         def update(self, key_states, value_states, *args, **kwargs):
             n = self._n + key_states.shape[-2]
-            if n > self._k.shape[-2]:  # out of room: grow like DynamicLayer would
-                self._k = torch.cat([self._k[:, :, :self._n], key_states], -2)
-                self._v = torch.cat([self._v[:, :, :self._n], value_states], -2)
-            else:
-                self._k[:, :, self._n:n], self._v[:, :, self._n:n] = key_states, value_states
+            if n > self._k.shape[-2]:
+                raise RuntimeError(f"generation cache overflow: {n} positions, room for {self._k.shape[-2]}")
+            self._k[:, :, self._n:n], self._v[:, :, self._n:n] = key_states, value_states
             self._n = n
             self._views()
             return self.keys, self.values
@@ -100,43 +95,47 @@ def _reserved_layer_class():
 PREFILL_ROWS = 8  # prompts of similar length prefilled together, so little padding is computed
 
 
-def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, dev, reserve: int):
-    """Run prompt tails (sorted by length) after the shared prefix in small groups of similar
-    length, then lay the groups' caches side by side as one batch, each row left-padded between
-    the prefix and its tail. Returns the cache and each row's last logits."""
+def _cache(layer_class, buffers: list[tuple[torch.Tensor, torch.Tensor]], n: int):
     from transformers import DynamicCache
 
+    cache = DynamicCache()
+    cache.layers = [layer_class(k, v, n) for k, v in buffers]
+    return cache
+
+
+def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, dev, reserve: int):
+    """Run prompt tails (sorted by length) after the shared prefix, in small groups of similar
+    length, each writing its keys/values straight into one batch-wide cache laid out as
+    [prefix][padding][tail][room for `reserve` new tokens]. Returns the cache and each row's last
+    logits."""
+    cfg = model.config
+    kv_heads = cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    dtype = next(model.parameters()).dtype
     width = max(len(t) for t in tails)
-    layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    size = (len(tails), kv_heads, shared + width + reserve, head_dim)
+    # Zeros, not empty: padded positions are masked, but garbage there could be NaN, and NaN
+    # survives the mask.
+    buffers = [(torch.zeros(size, dtype=dtype, device=dev), torch.zeros(size, dtype=dtype, device=dev))
+               for _ in range(cfg.num_hidden_layers)]
+    if prefix_cache is not None:
+        for (k, v), layer in zip(buffers, prefix_cache.layers):
+            k[:, :, :shared], v[:, :, :shared] = layer.keys, layer.values
+    layer_class = _reserved_layer_class()
     last_logits = []
     for g in range(0, len(tails), PREFILL_ROWS):
         group = tails[g:g + PREFILL_ROWS]
         w = max(len(t) for t in group)
         ids = torch.tensor([[pad] * (w - len(t)) + t for t in group], device=dev)
         tail_mask = torch.tensor([[0] * (w - len(t)) + [1] * len(t) for t in group], device=dev)
-        attn = torch.cat([torch.ones(len(group), shared, dtype=torch.long, device=dev), tail_mask], 1)
+        attn = torch.cat([torch.ones(len(group), shared, dtype=torch.long, device=dev),
+                          torch.zeros(len(group), width - w, dtype=torch.long, device=dev), tail_mask], 1)
         pos = (shared + tail_mask.cumsum(1) - 1).clamp(min=0)
-        cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(group))
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)
+        rows = [(k[g:g + len(group)], v[g:g + len(group)]) for k, v in buffers]   # views: writes land in place
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
+                    past_key_values=_cache(layer_class, rows, shared + width - w))
         last_logits.append(out.logits[:, -1])
-        for li, layer in enumerate(out.past_key_values.layers):
-            k, v = layer.keys, layer.values
-            if w < width:  # widen the padding between the prefix and the tails
-                gap = k.new_zeros(k.shape[0], k.shape[1], width - w, k.shape[3])
-                k = torch.cat([k[:, :, :shared], gap, k[:, :, shared:]], 2)
-                v = torch.cat([v[:, :, :shared], gap, v[:, :, shared:]], 2)
-            if g == 0:
-                layers.append([])
-            layers[li].append((k, v))
-    cache = DynamicCache()
-    reserved = _reserved_layer_class()
-    cache.layers = [reserved(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), reserve)
-                    for parts in layers]
-    return cache, torch.cat(last_logits)
+    return _cache(layer_class, buffers, shared + width), torch.cat(last_logits)
 
 
 @torch.inference_mode()
@@ -172,9 +171,9 @@ def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_t
         made: list[list[int]] = [[] for _ in idx]
         for step in range(max_new_tokens):
             nxt = pick_next(logits, temperature, top_p, [gens[r] for r in live])
-            for j, r in enumerate(live):
-                if not ended[j]:
-                    made[r].append(int(nxt[j]))
+            for r, token, was_done in zip(live, nxt.tolist(), ended.tolist()):
+                if not was_done:
+                    made[r].append(token)
             ended |= torch.isin(nxt, stop)
             if step == max_new_tokens - 1 or bool(ended.all()):
                 break
