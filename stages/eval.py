@@ -3,6 +3,8 @@ with deltas against the previous round and the base."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -56,6 +58,18 @@ def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
     }
 
 
+def eval_config(params: Params) -> str:
+    """A short hash of everything that defines the metrics' scale: rules, prompts, decoding. Package
+    compares a round with the current release only when both were measured under the same one."""
+    sp = params.score.model_dump(mode="json")
+    rules = {k: sp[k] for k in ("weights", "length_window", "balance_target", "max_words_per_sentence",
+                                "repetition_ngram", "banned_words", "tone_keywords")}
+    ep = params.eval.model_dump(mode="json", exclude={"gates", "ab_prompts", "batch_size"})
+    parts = {"rules": rules, "eval": ep, "seed": params.seed, "system_prompts": params.system_prompts,
+             "max_length": params.train.max_length}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def check_gates(metrics: dict, gates: dict) -> list[dict]:
     """The gates a round fails, each with the value and its bounds."""
     failed = []
@@ -98,7 +112,8 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_
     metrics["eval_loss"] = split_loss(model, tok, held_out, params.train.max_length, ep.batch_size)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
     failed = check_gates(metrics, ep.gates)
-    result = {"round": round_id, **metrics, "passed": not failed, "failed_gates": failed}
+    result = {"round": round_id, **metrics, "passed": not failed, "failed_gates": failed,
+              "eval_config": eval_config(params)}
     if prev_metrics is not None:
         result["delta_vs_prev"] = deltas(metrics, read_json(prev_metrics))
     if base_metrics is not None:

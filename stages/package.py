@@ -19,7 +19,8 @@ from .params import Params
 def choose(params: Params, evals: dict[str, dict], adapters: dict[str, str], cur: dict | None) -> tuple[str | None, str]:
     """The round to release and why, or None and why not. `adapters`: round id -> adapter hash."""
     metric = params.package.primary_metric
-    cur_value = cur["evaluation"][cur["round"]][metric] if cur else None
+    cur_eval = cur["evaluation"][cur["round"]] if cur else None
+    cur_value = cur_eval[metric] if cur else None
     why_not = []
     for rid in reversed(list(params.rounds)):
         ev = evals[rid]
@@ -32,10 +33,18 @@ def choose(params: Params, evals: dict[str, dict], adapters: dict[str, str], cur
         if cur is not None and adapters[rid] == cur["adapter_sha256"]:
             why_not.append(f"{rid} is already released as {cur['version']}")
             continue
-        if cur is not None and ev[metric] <= cur_value:
+        # Scores measured under other rules, prompts or decoding do not compare: then the gates decide.
+        comparable = cur is not None and cur_eval.get("eval_config") == ev.get("eval_config")
+        if comparable and ev[metric] <= cur_value:
             why_not.append(f"{rid} {metric}={ev[metric]:.4f} does not beat {cur['version']} ({cur_value:.4f})")
             continue
-        beats = f"beats {cur['version']} ({cur_value:.4f})" if cur else "first release"
+        if cur is None:
+            beats = "first release"
+        elif comparable:
+            beats = f"beats {cur['version']} ({cur_value:.4f})"
+        else:
+            beats = (f"{cur['version']} ({metric}={cur_value:.4f}) was measured under another eval config "
+                     f"(score rules, prompts or decoding), so the values do not compare")
         return rid, f"{rid} passed its gates, {metric}={ev[metric]:.4f}, {beats}"
     return None, "; ".join(why_not) or "no rounds"
 
@@ -66,7 +75,7 @@ def build_metadata(params: Params, version: str, rid: str, base_dir: Path, round
         "base_model": {k: v for k, v in base.items() if k != "files"},
         "tokenizer_sha256": tokenizer_hash,
         "adapter_sha256": info["adapter_hash"],
-        "training": {"method": "sft", "init": info["init"], "params": params.train.model_dump(), "stats": info["train"]},
+        "training": {"method": info["train"].get("method", "sft"), "init": info["init"], "params": params.train.model_dump(), "stats": info["train"]},
         "data": {
             "manifest_sha256": manifest_sha256,
             "counts": manifest["counts"],
