@@ -75,7 +75,8 @@ def build_metadata(params: Params, version: str, rid: str, base_dir: Path, round
         "base_model": {k: v for k, v in base.items() if k != "files"},
         "tokenizer_sha256": tokenizer_hash,
         "adapter_sha256": info["adapter_hash"],
-        "training": {"method": info["train"].get("method", "sft"), "init": info["init"], "params": params.train.model_dump(), "stats": info["train"]},
+        "training": {"method": info["train"].get("method", "sft"), "init": info["init"],
+                     "params": params.train.model_dump(), "stats": info["train"]},
         "data": {
             "manifest_sha256": manifest_sha256,
             "counts": manifest["counts"],

@@ -18,7 +18,8 @@ _WORD = re.compile(r"\w+")
 _ROLE_LEAK = re.compile(r"<\|im_(?:start|end)\|>|^\s*(?:system|user|assistant)\s*:", re.IGNORECASE | re.MULTILINE)
 _RUDE = re.compile(r"\b(?:stupid|dumb|idiot|lazy|shut up|obviously you|how do you not know)\b|바보|멍청|한심", re.IGNORECASE)
 _POLITE = re.compile(
-    r"\b(?:please|thank|thanks|great|good (?:question|job|start|try|thinking)|well done|nice|let'?s|you'?re (?:close|right|on the right track))\b"
+    r"\b(?:please|thank|thanks|great|good (?:question|job|start|try|thinking)|well done|nice|let'?s"
+    r"|you'?re (?:close|right|on the right track))\b"
     r"|좋아요|좋은 질문|잘했|훌륭|고마워|감사|함께|같이",
     re.IGNORECASE,
 )
