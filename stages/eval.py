@@ -12,6 +12,7 @@ from . import ab
 from .chat import prompt_ids
 from .generate import generate
 from .io import read_json, write_json, write_jsonl
+from .metrics import deltas
 from .model import load_round, load_tokenizer
 from .params import Params
 from .prompts import prompts_from_split
@@ -80,10 +81,6 @@ def check_gates(metrics: dict, gates: dict) -> list[dict]:
         if (gate.min is not None and value < gate.min) or (gate.max is not None and value > gate.max):
             failed.append({"metric": name, "value": value, "min": gate.min, "max": gate.max})
     return failed
-
-
-def deltas(now: dict, then: dict) -> dict:
-    return {k: now[k] - then[k] for k in now if k != "n" and k in then and isinstance(now[k], float)}
 
 
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_dir: Path,

@@ -13,6 +13,7 @@ import yaml
 
 from . import release
 from .io import read_json, sha256_file, sha256_tree, write_json
+from .metrics import deltas
 from .params import Params
 
 
@@ -63,7 +64,7 @@ def build_metadata(params: Params, version: str, rid: str, base_dir: Path, round
         changes = {
             "from_version": cur["version"],
             "data_changed": cur["data"]["manifest_sha256"] != manifest_sha256,
-            "metric_deltas": {k: ev[k] - old[k] for k in ev if isinstance(ev[k], float) and k in old},
+            "metric_deltas": deltas(ev, old),
         }
     return {
         "name": params.package.name,
