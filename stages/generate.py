@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,7 @@ def _stop_ids(model, tok) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+@functools.cache
 def _reserved_layer_class():
     from transformers.cache_utils import DynamicLayer
 

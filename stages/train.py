@@ -265,6 +265,11 @@ def fingerprint(params: Params, round_id: str, base_dir: Path, version_dir: Path
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """The trained parameters in model order: their index names their optimizer moments."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, tokens: int, model, opt, key: str) -> None:
     """Trainable weights, optimizer moments and the RNG state, as safetensors (no pickles), then
     state.json last: a checkpoint without it is incomplete and ignored."""
@@ -273,18 +278,16 @@ def save_checkpoint(ckpt_dir: Path, step: int, tokens: int, model, opt, key: str
     tmp = ckpt_dir / "next"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-              tmp / "weights.safetensors")
-    moments = {}
-    for i, p in enumerate(p for _, p in model.named_parameters() if p.requires_grad):
-        for k, v in opt.state.get(p, {}).items():
-            moments[f"{i}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    trainable = _trainable(model)
+    save_file({n: p.detach().cpu().contiguous() for n, p in trainable}, tmp / "weights.safetensors")
+    moments = {f"{i}.{k}": v.detach().cpu().contiguous()
+               for i, (_, p) in enumerate(trainable) for k, v in opt.state.get(p, {}).items()}
     moments["rng"] = torch.get_rng_state()
     save_file(moments, tmp / "optimizer.safetensors")
     if (ckpt_dir / "live").is_dir():  # the curves up to this step, for a resumed run to continue
         shutil.copytree(ckpt_dir / "live", tmp / "live")
-    write_json(tmp / "state.json", {"step": step, "tokens": tokens, "fingerprint": key, "params": names})
+    write_json(tmp / "state.json", {"step": step, "tokens": tokens, "fingerprint": key,
+                                    "params": [n for n, _ in trainable]})
     final = ckpt_dir / "last"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -302,16 +305,19 @@ def load_checkpoint(ckpt_dir: Path, model, opt, key: str) -> tuple[int, int]:
         print(f"checkpoint {last} is for other inputs or params; starting over")
         return 0, 0
     weights = load_file(last / "weights.safetensors")
-    params = dict(model.named_parameters())
+    trainable = _trainable(model)
     with torch.no_grad():
-        for name in state["params"]:
-            params[name].copy_(weights[name])
+        for name, p in trainable:
+            p.copy_(weights[name])
     moments = load_file(last / "optimizer.safetensors")
-    trainable = [p for _, p in model.named_parameters() if p.requires_grad]
-    for i, p in enumerate(trainable):
-        st = {k.split(".", 1)[1]: v for k, v in moments.items() if k.split(".", 1)[0] == str(i)}
-        if st:
-            opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in st.items()}
+    per_param: dict[str, dict] = {}
+    for key_name, v in moments.items():
+        if key_name != "rng":
+            i, k = key_name.split(".", 1)
+            per_param.setdefault(i, {})[k] = v
+    for i, (_, p) in enumerate(trainable):
+        if str(i) in per_param:
+            opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in per_param[str(i)].items()}
     torch.set_rng_state(moments["rng"])
     shutil.rmtree(ckpt_dir / "live", ignore_errors=True)   # drop steps logged after the checkpoint
     if (last / "live").is_dir():
@@ -345,11 +351,11 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
                 "max_length); set sample.samples_per_prompt >= 2, or lower score.pair_min_margin")
     else:
         examples, truncated_away = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
-    if not examples:
-        raise RuntimeError(
-            f"train@{round_id}: no trainable examples ({truncated_away} dropped because train.max_length="
-            f"{tp.max_length} leaves no assistant token; empty samples and train split otherwise)"
-        )
+        if not examples:
+            raise RuntimeError(
+                f"train@{round_id}: no trainable examples ({truncated_away} dropped because train.max_length="
+                f"{tp.max_length} leaves no assistant token; empty samples and train split otherwise)"
+            )
     held_out = reference_conversations(params, version_dir, "eval", tp.eval_examples)
     model = build_model(params, base_dir, prev_dir)
     model.train()
@@ -383,7 +389,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
     per_step = acc.num_processes * tp.grad_accum
     for _ in range(start * per_step):
         next(stream)
-    n_tokens, t0, stats = 0, time.perf_counter(), {}
+    n_tokens, t0, extra = 0, time.perf_counter(), {}   # extra: method-specific values to log
     bar = tqdm(range(start, tp.steps), desc=f"train@{round_id}", unit="step", disable=not acc.is_main_process)
     for step in bar:
         lr = lr_at(step, tp)
@@ -397,7 +403,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
                 batch = collate_pairs([examples[i] for i in idx], tok.pad_token_id, acc.device)
                 tok_loss, tmask = token_losses(model, batch)
                 ref = sequence_logps(reference_losses(core, batch), tmask)
-                loss, stats["reward_accuracy"] = dpo_loss(sequence_logps(tok_loss, tmask), ref, tp.dpo_beta)
+                loss, extra["reward_accuracy"] = dpo_loss(sequence_logps(tok_loss, tmask), ref, tp.dpo_beta)
             else:
                 batch = collate([examples[i] for i in idx], tok.pad_token_id, acc.device)
                 tok_loss, tmask = token_losses(model, batch)
@@ -413,7 +419,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         if live is not None:
             live.log_metric("train/loss", step_loss)
             live.log_metric("train/lr", lr)
-            for k, v in stats.items():
+            for k, v in extra.items():
                 live.log_metric(f"train/{k}", v)
         at_checkpoint = checkpoint_every and done % checkpoint_every == 0 and done < tp.steps
         if held_out and (at_checkpoint or done == tp.steps):
