@@ -2,11 +2,18 @@
 
 - the prefix every prompt shares (the system prompt) is run through the model once, and its
   key/value cache is copied into each batch instead of being recomputed per prompt;
-- prompts are sorted by length and left-padded, so a batch pads little;
-- rows that have finished (end-of-turn) leave the batch, so later steps compute mostly live rows;
+- prompts are sorted by length and prefilled in groups of similar length, chosen to pad little
+  without many small passes;
+- in decode each group attends only over the cache columns its rows use (a batch's cache is as
+  wide as its longest prompt, and masked columns still cost their reads);
+- rows that have finished (end-of-turn) leave the batch, moving few cache rows, so later steps
+  compute mostly live rows;
 - the key/value cache has room reserved for the new tokens, so a step writes instead of copying;
 - each row samples with its own seeded generator, so a sample depends on its seed, not on which
   other prompts shared its batch.
+
+Greedy output is the same as transformers' `generate` one prompt at a time (tests/test_generate.py,
+bench/sample.py).
 """
 
 from __future__ import annotations
@@ -66,8 +73,7 @@ def _reserved_layer_class():
     class _Reserved(DynamicLayer):
         """A cache layer over a preallocated buffer: the first `n` positions are filled, the rest is
         room for what comes. A step writes its positions in place instead of copying the whole
-        cache (DynamicLayer concatenates, which on a CPU costs as much as attention itself), and a
-        buffer can be a slice of a bigger one, so a prefill group writes straight into the batch."""
+        cache (DynamicLayer concatenates, which on a CPU costs as much as attention itself)."""
 
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int):
             super().__init__()
@@ -87,14 +93,76 @@ def _reserved_layer_class():
             self._views()
             return self.keys, self.values
 
-        def batch_select_indices(self, indices):
-            self._k, self._v = self._k[indices], self._v[indices]
+        def keep_rows(self, order: list[int], firsts: list[int]):
+            """Row i becomes row order[i], moved in place (see compaction_order: a row is never
+            overwritten before it has moved); row i is read from column firsts[i] on, so only
+            that part moves. In place, because on a CPU first touching fresh memory costs more
+            than the copy."""
+            n = self._n
+            for i, (r, f) in enumerate(zip(order, firsts)):
+                if i != r:
+                    self._k[i, :, f:n], self._v[i, :, f:n] = self._k[r, :, f:n], self._v[r, :, f:n]
+            self._k, self._v = self._k[:len(order)], self._v[:len(order)]
             self._views()
 
     return _Reserved
 
 
-PREFILL_ROWS = 8  # prompts of similar length prefilled together, so little padding is computed
+RAGGED = "loraloop_ragged"
+
+
+@functools.cache
+def _register_ragged_attention() -> str:
+    """Register an attention for decode steps over a batch cache whose rows come in groups
+    (see prefill): each group attends only from the first cache column it uses, with an additive
+    mask made once per step. Masked columns still cost their reads, and a decode step's attention
+    is all reads. Without `ragged_spans` (prefill) it is transformers' SDPA."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def ragged_sdpa(module, query, key, value, attention_mask, ragged_spans=None, **kwargs):
+        if ragged_spans is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        rows, heads, _, dim = query.shape    # one query token per row
+        kv_heads = key.shape[1]
+        outs = []
+        for a, b, first, mask in ragged_spans:
+            # The query heads sharing a key/value head are that head's queries: no repeated keys.
+            q = query[a:b].reshape(b - a, kv_heads, heads // kv_heads, dim)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, key[a:b, :, first:], value[a:b, :, first:], attn_mask=mask, scale=kwargs.get("scaling"))
+            outs.append(out.reshape(b - a, heads, 1, dim))
+        return torch.cat(outs).transpose(1, 2), None
+
+    AttentionInterface.register(RAGGED, ragged_sdpa)
+    AttentionMaskInterface.register(RAGGED, sdpa_mask)
+    return RAGGED
+
+
+PREFILL_GROUP_COST = 64   # a prefill pass more (weights read again, per-call overhead) costs about as much as this many prompt tokens
+PREFILL_TOKENS = 2048     # most prompt tokens, padding included, run through the model at once
+
+
+def split_rows(sizes: list[int], group_cost: int, cap: int | None = None) -> list[tuple[int, int]]:
+    """Split rows of ascending size into runs (first, end) that minimize the padded size (each
+    run costs its rows x its largest size) plus `group_cost` per run; a run stays within `cap`
+    unless a single row is larger."""
+    n = len(sizes)
+    best, cut = [0] + [None] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):
+            padded = (j - i) * sizes[j - 1]
+            if cap is not None and padded > cap and i < j - 1:
+                break
+            cost = best[i] + padded + group_cost
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], n
+    while j:
+        runs.append((cut[j], j))
+        j = cut[j]
+    return runs[::-1]
 
 
 def _cache(layer_class, buffers: list[tuple[torch.Tensor, torch.Tensor]], n: int):
@@ -106,38 +174,106 @@ def _cache(layer_class, buffers: list[tuple[torch.Tensor, torch.Tensor]], n: int
 
 
 def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, dev, reserve: int):
-    """Run prompt tails (sorted by length) after the shared prefix, in small groups of similar
-    length, each writing its keys/values straight into one batch-wide cache laid out as
-    [prefix][padding][tail][room for `reserve` new tokens]. Returns the cache and each row's last
-    logits."""
+    """Run prompt tails (sorted by length) after the shared prefix, in groups of similar length,
+    into one batch-wide cache where every prompt ends at the same column and each group starts
+    where its longest prompt needs: a row of group g is [unused][prefix][padding][tail][room for
+    `reserve` new tokens], with the unused columns the same for the whole group. Returns the cache,
+    the groups as (first row, end row, first used column) and each row's last logits."""
     cfg = model.config
     kv_heads = cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     dtype = next(model.parameters()).dtype
-    width = max(len(t) for t in tails)
-    size = (len(tails), kv_heads, shared + width + reserve, head_dim)
-    # Zeros, not empty: padded positions are masked, but garbage there could be NaN, and NaN
-    # survives the mask.
-    buffers = [(torch.zeros(size, dtype=dtype, device=dev), torch.zeros(size, dtype=dtype, device=dev))
+    end = shared + max(len(t) for t in tails)
+    size = (len(tails), kv_heads, end + reserve, head_dim)
+    # Empty, not zeros: each group only ever reads the columns it wrote (see ragged attention),
+    # so the unused columns are never touched, and on a CPU first touching memory is costly.
+    buffers = [(torch.empty(size, dtype=dtype, device=dev), torch.empty(size, dtype=dtype, device=dev))
                for _ in range(cfg.num_hidden_layers)]
-    if prefix_cache is not None:
-        for (k, v), layer in zip(buffers, prefix_cache.layers):
-            k[:, :, :shared], v[:, :, :shared] = layer.keys, layer.values
     layer_class = _reserved_layer_class()
-    last_logits = []
-    for g in range(0, len(tails), PREFILL_ROWS):
-        group = tails[g:g + PREFILL_ROWS]
-        w = max(len(t) for t in group)
+    groups, last_logits = [], []
+    for a, b in split_rows([len(t) for t in tails], PREFILL_GROUP_COST, PREFILL_TOKENS):
+        group = tails[a:b]
+        w = len(group[-1])
+        first = end - shared - w
+        rows = [(k[a:b, :, first:], v[a:b, :, first:]) for k, v in buffers]   # views: writes land in the batch cache
+        if prefix_cache is not None:
+            for (k, v), layer in zip(rows, prefix_cache.layers):
+                k[:, :, :shared], v[:, :, :shared] = layer.keys, layer.values
         ids = torch.tensor([[pad] * (w - len(t)) + t for t in group], device=dev)
         tail_mask = torch.tensor([[0] * (w - len(t)) + [1] * len(t) for t in group], device=dev)
-        attn = torch.cat([torch.ones(len(group), shared, dtype=torch.long, device=dev),
-                          torch.zeros(len(group), width - w, dtype=torch.long, device=dev), tail_mask], 1)
+        attn = torch.cat([torch.ones(len(group), shared, dtype=torch.long, device=dev), tail_mask], 1)
         pos = (shared + tail_mask.cumsum(1) - 1).clamp(min=0)
-        rows = [(k[g:g + len(group)], v[g:g + len(group)]) for k, v in buffers]   # views: writes land in place
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                    past_key_values=_cache(layer_class, rows, shared + width - w))
+                    past_key_values=_cache(layer_class, rows, shared))
         last_logits.append(out.logits[:, -1])
-    return _cache(layer_class, buffers, shared + width), torch.cat(last_logits)
+        groups.append((a, b, first))
+    return _cache(layer_class, buffers, end), groups, torch.cat(last_logits)
+
+
+def _decode_mask(tails: list[list[int]], groups, shared: int, end: int, reserve: int, dev) -> torch.Tensor:
+    """An additive mask over the cache columns, one row per prompt: 0 on its prefix, its tail and the
+    room for new tokens, -inf elsewhere."""
+    col = torch.arange(end + reserve, device=dev)[None]
+    first = torch.tensor([f for a, b, f in groups for _ in range(a, b)], device=dev)[:, None]
+    tail_from = torch.tensor([end - len(t) for t in tails], device=dev)[:, None]
+    seen = (col >= first) & ((col < first + shared) | (col >= tail_from))
+    return torch.zeros(seen.shape, device=dev).masked_fill(~seen, float("-inf"))[:, None, None]
+
+
+def compaction_order(groups, keep: list[int]):
+    """Where the rows `keep` go when the others leave the batch: `order[i]` is the row that ends up
+    at row i, and the groups after. A group must stay a run of rows, but its rows' order does not
+    matter, so rows that can stay put do, and each group fills its gaps from its own far end:
+    leaving costs a few row moves rather than shifting every row behind."""
+    kept = set(keep)
+    order, out = [], []
+    for a, b, first in groups:
+        mine = [r for r in range(a, b) if r in kept]
+        lo, hi = len(order), len(order) + len(mine)
+        stay = {r for r in mine if lo <= r < hi}
+        movers = iter(r for r in mine if r not in stay)
+        order += [i if i in stay else next(movers) for i in range(lo, hi)]
+        if mine:
+            out.append((lo, hi, first))
+    return order, out
+
+
+def _decode(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, stop: torch.Tensor,
+            gens: list[torch.Generator], *, max_new_tokens: int, temperature: float, top_p: float) -> list[list[int]]:
+    """New tokens for one batch of prompt tails (sorted by length), end-of-turn included."""
+    dev = stop.device
+    cache, groups, logits = prefill(model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens)
+    end = shared + max(len(t) for t in tails)
+    mask = _decode_mask(tails, groups, shared, end, max_new_tokens, dev).to(cache.layers[0].keys.dtype)
+    next_pos = torch.tensor([[shared + len(t)] for t in tails], device=dev)
+    live = list(range(len(tails)))        # rows of this batch still in the model's batch
+    ended = torch.zeros(len(tails), dtype=torch.bool, device=dev)   # of those, the finished ones
+    made: list[list[int]] = [[] for _ in tails]
+    for step in range(max_new_tokens):
+        nxt = pick_next(logits, temperature, top_p, [gens[r] for r in live])
+        for r, token, was_done in zip(live, nxt.tolist(), ended.tolist()):
+            if not was_done:
+                made[r].append(token)
+        ended |= torch.isin(nxt, stop)
+        if step == max_new_tokens - 1 or bool(ended.all()):
+            break
+        # Finished rows leave the batch once they are a sixteenth of it: leaving moves cache rows,
+        # so it is not done for every single row.
+        if int(ended.sum()) * 16 >= len(live):
+            order, groups = compaction_order(groups, (~ended).nonzero().flatten().tolist())
+            firsts = [first for a, b, first in groups for _ in range(a, b)]
+            for layer in cache.layers:
+                layer.keep_rows(order, firsts)
+            live = [live[r] for r in order]
+            keep = torch.tensor(order, device=dev)
+            nxt, mask, next_pos, ended = nxt[keep], mask[keep], next_pos[keep], ended[keep]
+        n = end + step + 1        # cache columns once this step's token is in
+        spans = [(a, b, first, mask[a:b, ..., first:n]) for a, b, first in groups]
+        # No attention_mask: the spans carry the masks, so transformers builds none.
+        out = model(input_ids=nxt[:, None], position_ids=next_pos, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1, ragged_spans=spans)
+        cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1]
+    return made
 
 
 @torch.inference_mode()
@@ -158,44 +294,23 @@ def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_t
     texts: list[str] = [""] * len(prompts)
     seeds = [seed + i for i in range(len(prompts))]
     n_tokens = 0
+    attn_before = model.config._attn_implementation
+    model.set_attn_implementation(_register_ragged_attention())
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        tails = [prompts[i][shared:] for i in idx]
-        cache, logits = prefill(model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens)
-        width = max(len(t) for t in tails)
-        # The mask spans the cached prefix too; each row's padding sits between prefix and tail.
-        attn = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=dev)
-        next_pos = torch.tensor([[shared + len(t)] for t in tails], device=dev)
-        gens = [torch.Generator().manual_seed(seeds[i]) for i in idx]
-        live = list(range(len(idx)))          # rows of this batch still in the model's batch
-        ended = torch.zeros(len(idx), dtype=torch.bool, device=dev)   # of those, the finished ones
-        made: list[list[int]] = [[] for _ in idx]
-        for step in range(max_new_tokens):
-            nxt = pick_next(logits, temperature, top_p, [gens[r] for r in live])
-            for r, token, was_done in zip(live, nxt.tolist(), ended.tolist()):
-                if not was_done:
-                    made[r].append(token)
-            ended |= torch.isin(nxt, stop)
-            if step == max_new_tokens - 1 or bool(ended.all()):
-                break
-            # Finished rows leave the batch once they are a quarter of it: compacting the cache
-            # costs a copy, so it is not done for every single row.
-            if int(ended.sum()) * 4 >= len(live):
-                keep = (~ended).nonzero().flatten()
-                cache.batch_select_indices(keep)
-                live = [live[int(k)] for k in keep]
-                nxt, attn, next_pos, ended = nxt[keep], attn[keep], next_pos[keep], ended[keep]
-            attn = torch.cat([attn, torch.ones(len(live), 1, dtype=attn.dtype, device=dev)], 1)
-            out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos,
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1]
-        for r, i in enumerate(idx):
-            n_tokens += len(made[r])
-            texts[i] = tok.decode(made[r], skip_special_tokens=True).strip()
-        bar.update(len(idx))
-        bar.set_postfix(tokens=n_tokens)
-    bar.close()
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            made = _decode(model, [prompts[i][shared:] for i in idx], shared, prefix_cache, pad, stop,
+                           [torch.Generator().manual_seed(seeds[i]) for i in idx],
+                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+            for i, ids in zip(idx, made):
+                n_tokens += len(ids)
+                texts[i] = tok.decode(ids, skip_special_tokens=True).strip()
+            bar.update(len(idx))
+            bar.set_postfix(tokens=n_tokens)
+    finally:
+        model.set_attn_implementation(attn_before)
+        bar.close()
     return Generation(texts=texts, seeds=seeds, n_tokens=n_tokens)
 
 

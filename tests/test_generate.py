@@ -14,6 +14,13 @@ QUESTIONS = ["What is 3/4 + 1/8?", "hi", "Why is the sky blue? Explain it like I
 def setup(tiny_base):
     tok = load_tokenizer(tiny_base / "base")
     model = load_base(tiny_base / "base")
+    # At its init scale (std 0.02) the tiny model answers every prompt with newlines, so comparing
+    # texts would prove little; larger random weights make every prompt's answer its own.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
     prompts = [prompt_ids(tok, with_system(SYSTEM, [{"role": "user", "content": q}])) for q in QUESTIONS]
     return tok, model, prompts
 
@@ -53,3 +60,58 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     picks = {int(gen.pick_next(logits, 1.0, 0.7, [torch.Generator().manual_seed(s)])[0]) for s in range(200)}
     assert picks == {0, 1}
+
+
+def greedy_one_at_a_time(model, tok, prompts, max_new_tokens, eos):
+    outs = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        outs.append(model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos)[0, len(p):].tolist())
+    return outs
+
+
+def test_rows_that_stop_early_leave_the_batch_and_the_others_go_on(tiny_base, monkeypatch):
+    tok, model, prompts = setup(tiny_base)
+    refs = greedy_one_at_a_time(model, tok, prompts, 16, tok.eos_token_id)
+    assert len({tuple(r) for r in refs}) == len(refs)
+    # Stop tokens that three prompts emit at different steps: those rows end early, the rest go on,
+    # and the finished ones leave the batch mid-generation.
+    stops = [tok.eos_token_id, refs[0][3], refs[2][6], refs[4][1]]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", stops)
+    compactions = []
+    real = gen.compaction_order
+    monkeypatch.setattr(gen, "compaction_order", lambda *a: compactions.append(a) or real(*a))
+    out = gen.generate(model, tok, prompts, batch_size=7, max_new_tokens=16, temperature=0.0, top_p=1.0,
+                       seed=0, desc="", progress=False)
+    refs = greedy_one_at_a_time(model, tok, prompts, 16, stops)
+    assert len({len(r) for r in refs}) > 2 and max(map(len, refs)) == 16
+    assert compactions
+    assert out.texts == [tok.decode(r, skip_special_tokens=True).strip() for r in refs]
+    assert out.n_tokens == sum(map(len, refs))
+
+
+def test_rows_are_grouped_by_length_within_the_cap():
+    sizes = [3, 4, 4, 5, 20, 21, 22, 90]
+    runs = gen.split_rows(sizes, group_cost=8, cap=80)
+    assert [r for a, b in runs for r in range(a, b)] == list(range(len(sizes)))   # every row once, in order
+    assert runs == [(0, 4), (4, 7), (7, 8)]   # the short, the middling and the long one
+    assert gen.split_rows(sizes, group_cost=8, cap=64)[1] == (4, 6)   # 3 x 22 would pass the cap
+    assert gen.split_rows(sizes, group_cost=10_000) == [(0, 8)]       # calls so dear that one group is best
+    assert gen.split_rows([5] * 6, group_cost=1, cap=10) == [(0, 2), (2, 4), (4, 6)]
+
+
+def test_compaction_keeps_groups_contiguous_and_never_overwrites_a_row_before_it_moves():
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        cuts = sorted(torch.randperm(19, generator=rng)[:4].add(1).tolist())
+        bounds = [0, *cuts, 20]
+        groups = [(a, b, 100 - a) for a, b in zip(bounds, bounds[1:])]
+        keep = sorted(torch.randperm(20, generator=rng)[:int(torch.randint(1, 20, (1,), generator=rng))].tolist())
+        order, after = gen.compaction_order(groups, keep)
+        assert sorted(order) == keep
+        assert all(r >= i for i, r in enumerate(order))    # moves go down, so ascending copies are safe
+        for a, b, first in after:                           # each new group holds only its old group's rows
+            old = next(g for g in groups if g[2] == first)
+            assert all(old[0] <= order[i] < old[1] for i in range(a, b))
+        assert [r for a, b, _ in after for r in range(a, b)] == list(range(len(keep)))
