@@ -5,7 +5,8 @@
 Needs a materialized base and data version (`make demo`). Both sides decode greedily with the same
 max_new_tokens from the same prompts (train split, the tutor system prompt, cut at a random
 assistant turn as sample@rN cuts them), and the greedy texts are compared, so the speed is not
-bought with different output; the ratio is tokens/s batched over tokens/s one at a time.
+bought with different output; the ratio is tokens/s batched over tokens/s one at a time. Both
+sides get a short warm-up first, so neither pays the process's one-time costs in its timing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from stages.prompts import prompts_from_split  # noqa: E402
 def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
     texts, n = [], 0
     with torch.inference_mode():
-        for p in tqdm(prompts, desc="one at a time", unit="prompt"):
+        for p in tqdm(prompts, desc="one at a time", unit="prompt", disable=len(prompts) < 8):
             ids = torch.tensor([p], device=model.device)
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
@@ -54,6 +55,12 @@ def main() -> None:
     tok = load_tokenizer(args.base)
     model = load_base(args.base)
     prompts = [prompt_ids(tok, c["messages"]) for c in convs]
+
+    # Warm both sides up first (thread pools, kernels, first touches of the weights), so neither
+    # pays the process's one-time costs inside its timing.
+    generate(model, tok, prompts[:8], batch_size=8, max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0,
+             desc="warm-up", progress=False)
+    one_at_a_time(model, tok, prompts[:2], 8)
 
     t0 = time.perf_counter()
     gen = generate(model, tok, prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
