@@ -306,8 +306,8 @@ def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_t
             for i, ids in zip(idx, made):
                 n_tokens += len(ids)
                 texts[i] = tok.decode(ids, skip_special_tokens=True).strip()
+            bar.set_postfix(tokens=n_tokens, refresh=False)
             bar.update(len(idx))
-            bar.set_postfix(tokens=n_tokens)
     finally:
         model.set_attn_implementation(attn_before)
         bar.close()
