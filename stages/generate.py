@@ -278,10 +278,23 @@ def _decode(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, 
     return made
 
 
+def _check_full_attention(cfg, context: int) -> None:
+    """The decode attention here is full causal attention: refuse models whose layers would attend
+    differently within `context` tokens, rather than sample from them wrongly."""
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and window < context:
+        raise ValueError(f"{cfg.model_type}: sliding-window attention ({window} tokens) is not supported by the "
+                         f"hf sampler at {context} tokens of context; use sample.engine: vllm")
+    if getattr(cfg, "attn_logit_softcapping", None):
+        raise ValueError(f"{cfg.model_type}: attention logit soft-capping is not supported by the hf sampler; "
+                         "use sample.engine: vllm")
+
+
 @torch.inference_mode()
 def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
              temperature: float, top_p: float, seed: int, desc: str, progress: bool = True) -> Generation:
     """Completions of `prompts`; prompt i samples with seed `seed + i`."""
+    _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
     model.eval()
     dev = next(model.parameters()).device
     pad = tok.pad_token_id

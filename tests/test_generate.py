@@ -1,5 +1,6 @@
 """The batched sampler against plain one-prompt-at-a-time `generate` on the tiny model."""
 
+import pytest
 import torch
 
 from stages import generate as gen
@@ -115,3 +116,14 @@ def test_compaction_keeps_groups_contiguous_and_never_overwrites_a_row_before_it
             old = next(g for g in groups if g[2] == first)
             assert all(old[0] <= order[i] < old[1] for i in range(a, b))
         assert [r for a, b, _ in after for r in range(a, b)] == list(range(len(keep)))
+
+
+def test_models_with_sliding_window_attention_are_refused_not_sampled_wrongly(tiny_base, monkeypatch):
+    tok, model, prompts = setup(tiny_base)
+    monkeypatch.setattr(model.config, "sliding_window", 8, raising=False)
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        gen.generate(model, tok, prompts, batch_size=4, max_new_tokens=4, temperature=0.0, top_p=1.0, seed=0,
+                     desc="", progress=False)
+    monkeypatch.setattr(model.config, "sliding_window", 4096, raising=False)   # wider than the context: fine
+    assert len(gen.generate(model, tok, prompts, batch_size=4, max_new_tokens=4, temperature=0.0, top_p=1.0,
+                            seed=0, desc="", progress=False).texts) == len(prompts)
