@@ -17,7 +17,7 @@ from .model import load_round, load_tokenizer
 from .params import Params
 from .prompts import prompts_from_split
 from .rules import score_text
-from .train import reference_conversations, split_loss
+from .train import CountedTokenLoss, reference_conversations, split_loss
 
 
 def _mean(xs: list[float]) -> float:
@@ -106,7 +106,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_
     # Teacher-forced loss on the eval split's own assistant turns: how far the round drifted
     # from the data, next to how it behaves.
     held_out = reference_conversations(params, version_dir, "eval", ep.num_prompts)
-    metrics["eval_loss"] = split_loss(model, tok, held_out, params.train.max_length, ep.batch_size)
+    metrics["eval_loss"] = split_loss(CountedTokenLoss(model), tok, held_out, params.train.max_length, ep.batch_size)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
     failed = check_gates(metrics, ep.gates)
     result = {"round": round_id, **metrics, "passed": not failed, "failed_gates": failed,

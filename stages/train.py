@@ -4,8 +4,8 @@ checkpoints, the loop, save.
 - method sft: the kept on-policy samples (weighted by score) mixed with the train split, loss on
   assistant tokens only (end-of-turn included); token_weighting rho1 keeps only the tokens where
   the model is furthest behind the reference (Rho-1 selective language modelling).
-- method dpo: score's best-vs-worst pairs, with the base (the adapter disabled) as the reference,
-  so no second model is loaded.
+- method dpo: score's best-vs-worst pairs and the users' feedback pairs (bad reply vs correction),
+  with the base (the adapter disabled) as the reference, so no second model is loaded.
 - The same loop runs on CPU, one GPU, or several under `accelerate launch` (train.launcher).
 """
 
@@ -71,11 +71,22 @@ def tokenize(tok, examples: list[dict], max_length: int) -> tuple[list[dict], in
     return out, dropped
 
 
-def tokenize_pairs(tok, pairs_file: Path, max_length: int) -> tuple[list[dict], int]:
+def build_pairs(params: Params, pairs_file: Path | None, version_dir: Path) -> list[dict]:
+    """score's on-policy pairs (best vs worst reply of a prompt) and, with train.feedback_pairs,
+    the version's feedback pairs (a reply users marked bad and its correction), system prompt in front."""
+    pairs = [{**p, "kind": "pair"} for p in read_jsonl(pairs_file)] if pairs_file and Path(pairs_file).is_file() else []
+    if params.train.feedback_pairs:
+        pairs += [{"messages": with_system(system_prompt_for(params.system_prompts, r["character_id"]), r["prompt"]),
+                   "chosen": r["chosen"], "rejected": r["rejected"], "kind": "feedback_pair"}
+                  for r in load_split(version_dir, "dpo")]
+    return pairs
+
+
+def tokenize_pairs(tok, pairs: list[dict], max_length: int) -> tuple[list[dict], int]:
     """DPO pairs as (chosen, rejected) tokenized conversations; a pair either side of which
     max_length empties is dropped and counted."""
     out, dropped = [], 0
-    for p in read_jsonl(pairs_file):
+    for p in pairs:
         sides = [training_ids(tok, p["messages"] + [{"role": "assistant", "content": p[k]}], max_length)
                  for k in ("chosen", "rejected")]
         if None in sides:
@@ -83,7 +94,7 @@ def tokenize_pairs(tok, pairs_file: Path, max_length: int) -> tuple[list[dict], 
             continue
         (c_ids, c_mask), (r_ids, r_mask) = sides
         out.append({"chosen": {"ids": c_ids, "mask": c_mask}, "rejected": {"ids": r_ids, "mask": r_mask},
-                    "ids": c_ids + r_ids, "kind": "pair"})   # ids: only for length grouping
+                    "ids": c_ids + r_ids, "kind": p["kind"]})   # ids: only for length grouping
     return out, dropped
 
 
@@ -123,11 +134,60 @@ def collate_pairs(pairs: list[dict], pad_id: int, dev) -> dict:
 # --- losses -------------------------------------------------------------------------------------
 
 
-def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _causal_lm(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.no_grad()
+def _head_splits(model) -> bool:
+    """Whether running the decoder, then the output layer on chosen positions, gives the model's
+    own logits. Models that change logits after the output layer (soft-capping, scaling) fail the
+    check and keep the full forward."""
+    lm = _causal_lm(model)
+    if not (hasattr(lm, "get_decoder") and hasattr(lm, "get_output_embeddings")) or lm.get_output_embeddings() is None:
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.arange(1, 9, device=next(model.parameters()).device)[None]
+        full = model(input_ids=ids).logits.float()
+        split = lm.get_output_embeddings()(lm.get_decoder()(input_ids=ids).last_hidden_state).float()
+        return full.shape == split.shape and torch.allclose(full, split, rtol=1e-2, atol=1e-2)
+    finally:
+        model.train(was_training)
+
+
+class CountedTokenLoss(torch.nn.Module):
+    """Next-token cross-entropy of a causal LM at the positions that count (assistant tokens).
+
+    The output layer is as wide as the vocabulary (49k columns for SmolLM2, 150k for Qwen), so on
+    every position of a padded batch it costs about as much as the whole decoder of a small model;
+    here it runs only where a loss is taken. A module, so that DDP/FSDP wrap the whole forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.split = _head_splits(model)
+        # FSDP's transformer auto-wrap looks for the layer classes on the module it is given.
+        self._no_split_modules = getattr(_causal_lm(model), "_no_split_modules", None)
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T-1]: the loss of predicting token t+1 at position t, 0 where t+1 does not count."""
+        counted = mask[:, 1:]
+        if self.split:
+            lm = _causal_lm(self.model)
+            hidden = lm.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+            logits = lm.get_output_embeddings()(hidden[:, :-1][counted])
+        else:
+            logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1][counted]
+        loss = F.cross_entropy(logits.float(), ids[:, 1:][counted], reduction="none")
+        return torch.zeros(counted.shape, dtype=loss.dtype, device=loss.device).masked_scatter(counted, loss)
+
+
+def token_losses(net: CountedTokenLoss, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy [B, T-1] and the mask of tokens that count (assistant tokens)."""
-    logits = model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits
-    loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["ids"][:, 1:], reduction="none")
-    return loss, batch["mask"][:, 1:]
+    return net(batch["ids"], batch["attn"], batch["mask"]), batch["mask"][:, 1:]
 
 
 def weighted_loss(tok_loss: torch.Tensor, tmask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -160,29 +220,29 @@ def dpo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -
 
 
 @torch.no_grad()
-def reference_losses(model, batch: dict) -> torch.Tensor:
+def reference_losses(net, peft_model, batch: dict) -> torch.Tensor:
     """Token losses of the base: the same model with its adapter switched off."""
-    with model.disable_adapter():
-        return token_losses(model, batch)[0]
+    with peft_model.disable_adapter():
+        return token_losses(net, batch)[0]
 
 
 @torch.no_grad()
-def split_loss(model, tok, conversations: list[dict], max_length: int, batch_size: int) -> float:
-    """Mean assistant-token loss of the model on fixed conversations (teacher forcing)."""
+def split_loss(net: CountedTokenLoss, tok, conversations: list[dict], max_length: int, batch_size: int) -> float:
+    """Mean assistant-token loss of a model on fixed conversations (teacher forcing)."""
     examples, _ = tokenize(tok, conversations, max_length)
     if not examples:
         return float("nan")
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
+    was_training = net.training
+    net.eval()
+    dev = next(net.parameters()).device
     total, count = 0.0, 0
     examples = sorted(examples, key=lambda e: len(e["ids"]))
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], tok.pad_token_id, dev)
-        loss, tmask = token_losses(model, batch)
-        total += float((loss * tmask.float()).sum())
+        loss, tmask = token_losses(net, batch)
+        total += float(loss.sum())
         count += int(tmask.sum())
-    model.train(was_training)
+    net.train(was_training)
     return total / max(count, 1)
 
 
@@ -342,13 +402,13 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
 
     tok = load_tokenizer(base_dir)
     if tp.method == "dpo":
-        if pairs_file is None or not Path(pairs_file).is_file():
-            raise RuntimeError(f"train.method: dpo needs score's pairs file ({pairs_file})")
-        examples, truncated_away = tokenize_pairs(tok, pairs_file, tp.max_length)
+        examples, truncated_away = tokenize_pairs(tok, build_pairs(params, pairs_file, version_dir), tp.max_length)
         if not examples:
+            feedback = "feedback pairs on" if tp.feedback_pairs else "train.feedback_pairs off"
             raise RuntimeError(
-                f"train@{round_id}: method dpo but no usable pairs in {pairs_file} ({truncated_away} cut away by "
-                "max_length); set sample.samples_per_prompt >= 2, or lower score.pair_min_margin")
+                f"train@{round_id}: method dpo but no usable pairs (score's {pairs_file}, {feedback}, "
+                f"{truncated_away} cut away by max_length); for on-policy pairs set sample.samples_per_prompt >= 2 "
+                "or lower score.pair_min_margin, or add feedback data")
     else:
         examples, truncated_away = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
         if not examples:
@@ -370,8 +430,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         acc.print(f"train@{round_id}: resuming from the checkpoint at step {start}")
     elif acc.is_main_process:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    model, opt = acc.prepare(model, opt)
-    core = acc.unwrap_model(model)  # the PeftModel: disable_adapter, save_pretrained
+    net, opt = acc.prepare(CountedTokenLoss(model), opt)   # every forward goes through net (DDP/FSDP see it)
     checkpoint_every = tp.checkpoint_every
     if checkpoint_every and acc.distributed_type in ("FSDP", "DEEPSPEED"):
         acc.print(f"train.checkpoint_every: step checkpoints are saved for single-process and DDP runs only, "
@@ -401,14 +460,14 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         for idx in groups:
             if tp.method == "dpo":
                 batch = collate_pairs([examples[i] for i in idx], tok.pad_token_id, acc.device)
-                tok_loss, tmask = token_losses(model, batch)
-                ref = sequence_logps(reference_losses(core, batch), tmask)
+                tok_loss, tmask = token_losses(net, batch)
+                ref = sequence_logps(reference_losses(net, model, batch), tmask)
                 loss, extra["reward_accuracy"] = dpo_loss(sequence_logps(tok_loss, tmask), ref, tp.dpo_beta)
             else:
                 batch = collate([examples[i] for i in idx], tok.pad_token_id, acc.device)
-                tok_loss, tmask = token_losses(model, batch)
+                tok_loss, tmask = token_losses(net, batch)
                 if tp.token_weighting == "rho1":
-                    tmask = rho1_mask(tok_loss, reference_losses(core, batch), tmask, tp.rho1_keep)
+                    tmask = rho1_mask(tok_loss, reference_losses(net, model, batch), tmask, tp.rho1_keep)
                 loss = weighted_loss(tok_loss, tmask, batch["weight"])
             acc.backward(loss / len(groups))
             step_loss += loss.item() / len(groups)
@@ -423,19 +482,20 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
                 live.log_metric(f"train/{k}", v)
         at_checkpoint = checkpoint_every and done % checkpoint_every == 0 and done < tp.steps
         if held_out and (at_checkpoint or done == tp.steps):
-            eval_loss = split_loss(core, tok, held_out, tp.max_length, tp.batch_size)
+            eval_loss = split_loss(net, tok, held_out, tp.max_length, tp.batch_size)
             if live is not None:
                 live.log_metric("eval/loss", eval_loss)
         if live is not None:
             live.next_step()
         if at_checkpoint and acc.is_main_process:
-            save_checkpoint(ckpt_dir, done, tokens_before + n_tokens, core, opt, key)
+            save_checkpoint(ckpt_dir, done, tokens_before + n_tokens, model, opt, key)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after step {done} (stop_after)")
     seconds = time.perf_counter() - t0
     acc.wait_for_everyone()
-    state = acc.get_state_dict(model)   # gathered from every process under FSDP / DeepSpeed
+    # Gathered from every process under FSDP / DeepSpeed; named as the PeftModel names them.
+    state = {k.removeprefix("model."): v for k, v in acc.get_state_dict(net).items()}
     if not acc.is_main_process:
         return {}
 
@@ -444,7 +504,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     shutil.copytree(ckpt_dir / "live", out_dir / "live")
-    core.save_pretrained(out_dir / "adapter", state_dict=state, safe_serialization=True)
+    model.save_pretrained(out_dir / "adapter", state_dict=state, safe_serialization=True)
     stable_adapter_config(out_dir / "adapter" / "adapter_config.json")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     adapter_hash = sha256_file(out_dir / "adapter" / "adapter_model.safetensors")
@@ -454,6 +514,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
         "onpolicy": sum(e["kind"] == "onpolicy" for e in examples),
         "anchor": sum(e["kind"] == "anchor" for e in examples),
         "pairs": sum(e["kind"] == "pair" for e in examples),
+        "feedback_pairs": sum(e["kind"] == "feedback_pair" for e in examples),
         "truncated_away": truncated_away,
         "steps": tp.steps,
         "processes": acc.num_processes,

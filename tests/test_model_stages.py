@@ -125,6 +125,18 @@ def test_train_is_deterministic_and_changes_the_adapter(project):
     assert (a / "live/plots/metrics/train/loss.tsv").is_file()
 
 
+def test_all_linear_targets_every_linear_layer_but_the_output_layer(project):
+    p = small_params(init="fresh", lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"})
+    out = run_round(p, project, "r1", out_name="r1_all_linear")
+    config = read_json(out / "adapter/adapter_config.json")
+    # PEFT resolves all-linear into the module names it found (full paths, in this PEFT version).
+    assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert config["r"] == 4 and config["lora_dropout"] == 0.1
+    weights = load_file(out / "adapter/adapter_model.safetensors")
+    assert not any("lm_head" in k for k in weights)
+
+
 def test_init_prev_continues_and_fresh_restarts(project):
     p = small_params()
     r2_prev = run_round(p, project, "r2", out_name="r2_prev")
@@ -154,7 +166,8 @@ def test_weighted_loss_ignores_zero_weight_examples():
     mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.bool)
 
     def loss(batch_ids, batch_mask, weight):
-        tok_loss, tmask = train.token_losses(FixedLogits(logits), {"ids": batch_ids, "mask": batch_mask, "attn": None})
+        net = train.CountedTokenLoss(FixedLogits(logits))
+        tok_loss, tmask = train.token_losses(net, {"ids": batch_ids, "mask": batch_mask, "attn": None})
         return train.weighted_loss(tok_loss, tmask, torch.tensor(weight))
 
     assert torch.allclose(loss(ids, mask, [1.0, 0.0]), loss(ids[:1], mask[:1], [1.0]))
@@ -162,6 +175,61 @@ def test_weighted_loss_ignores_zero_weight_examples():
     ids2 = ids.clone()
     ids2[0, 1] = (ids2[0, 1] + 1) % 11
     assert torch.allclose(loss(ids[:1], mask[:1], [1.0]), loss(ids2[:1], mask[:1], [1.0]))
+
+
+def _full_forward_losses(model, ids, mask):
+    logits = model(input_ids=ids).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    return loss * mask[:, 1:]
+
+
+def test_output_layer_runs_only_where_the_loss_counts_and_gives_the_same_loss_and_gradients(project):
+    from peft import LoraConfig, get_peft_model
+
+    from stages.model import load_base
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_base(project / "models/base"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    net = train.CountedTokenLoss(model)
+    assert net.split
+    ids = torch.randint(0, 1000, (3, 12))
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, 4:], mask[1, 9:], mask[2, 1:6] = True, True, True
+    ours = net(ids, None, mask)
+    ours.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    full = _full_forward_losses(model, ids, mask)
+    full.sum().backward()
+    assert torch.allclose(ours, full, atol=1e-5)
+    assert all(torch.allclose(grads[n], p.grad, atol=1e-6) for n, p in model.named_parameters() if p.requires_grad)
+    # The output layer saw only the counted positions (the vocabulary-wide matmul is the saving).
+    seen = []
+    hook = model.get_base_model().get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    net(ids, None, mask)
+    hook.remove()
+    assert seen == [torch.Size([int(mask[:, 1:].sum()), model.config.vocab_size])]
+
+
+def test_models_that_change_logits_after_the_output_layer_keep_the_full_forward(project):
+    from stages.model import load_base
+
+    model = load_base(project / "models/base")
+    lm_forward = type(model).forward
+
+    def capped(self, *args, **kwargs):   # soft-capping as Gemma 2 does it, after lm_head
+        out = lm_forward(self, *args, **kwargs)
+        out.logits = 2.0 * torch.tanh(out.logits / 2.0)
+        return out
+
+    model.forward = capped.__get__(model)
+    net = train.CountedTokenLoss(model)
+    assert not net.split
+    ids = torch.randint(0, 1000, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(net(ids, None, mask), _full_forward_losses(model, ids, mask), atol=1e-5)
 
 
 def test_rho1_keeps_the_tokens_with_most_excess_loss():
@@ -324,8 +392,24 @@ def test_rho1_and_dpo_train(project):
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)
 
 
+def test_dpo_trains_on_feedback_pairs_alone(project, tmp_path):
+    """Users' corrections (the version's dpo split) are DPO pairs too, with no on-policy pairs."""
+    d = project / "rounds" / "r1"
+    if not (d / "scored.jsonl").exists():
+        run_round(small_params(), project, "r1")
+    (tmp_path / "pairs.jsonl").write_text("")
+    p = small_params(method="dpo", init="fresh")
+    out = tmp_path / "out"
+    train.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
+              d / "scored.jsonl", out, tmp_path / "pairs.jsonl", tmp_path / "ckpt")
+    info = read_json(out / "ROUND.json")["train"]
+    n_feedback = len(list(read_jsonl(next((project / "version/splits").glob("*/dpo.jsonl")))))
+    assert n_feedback > 0 and info["pairs"] == 0
+    assert info["feedback_pairs"] + info["truncated_away"] == n_feedback and info["feedback_pairs"] > 0
+
+
 def test_dpo_without_pairs_says_what_to_do(project, tmp_path):
-    p = small_params(method="dpo")
+    p = small_params(method="dpo", feedback_pairs=False)
     d = project / "rounds" / "r1"
     if not (d / "scored.jsonl").exists():
         run_round(small_params(), project, "r1")
@@ -364,8 +448,12 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path):
     if not (d / "scored.jsonl").exists():
         run_round(small_params(), project, "r1")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # The shipped config, in float32: it asks for bf16 autocast, which accelerate applies on a CPU
+    # too, and the in-process run below compares in float32.
+    config = yaml.safe_load((ROOT / "configs/accelerate/ddp.yaml").read_text())
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump({**config, "mixed_precision": "no"}))
     raw["train"].update(steps=2, batch_size=2, max_length=128, launcher="accelerate", num_processes=2,
-                        accelerate_config=str(ROOT / "configs/accelerate/ddp.yaml"), eval_examples=2)
+                        accelerate_config=str(tmp_path / "ddp.yaml"), eval_examples=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     shutil.copytree(project / "models/rounds/base", tmp_path / "rounds/base")
     res = subprocess.run(
@@ -379,4 +467,14 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path):
     assert "accelerate.commands.launch" in res.stderr
     info = read_json(tmp_path / "rounds/r1/ROUND.json")
     assert info["train"]["steps"] == 2 and info["train"]["processes"] == 2
-    assert (tmp_path / "rounds/r1/adapter/adapter_model.safetensors").is_file()
+    # Two processes with a micro-batch each, gradients averaged, is one process accumulating both
+    # micro-batches: the same adapter up to float summation order, if DDP really synced gradients.
+    raw["train"].update(launcher="local", num_processes=1, grad_accum=2)
+    train.run(Params.model_validate(raw), "r1", project / "models/base", project / "version",
+              project / "models/rounds/base", d / "scored.jsonl", tmp_path / "single", d / "pairs.jsonl",
+              tmp_path / "ckpt_single")
+    ddp = load_file(tmp_path / "rounds/r1/adapter/adapter_model.safetensors")
+    single = load_file(tmp_path / "single/adapter/adapter_model.safetensors")
+    assert ddp.keys() == single.keys()
+    assert all(torch.allclose(ddp[k], single[k], atol=1e-6) for k in ddp)
+    assert any(v.abs().sum() > 0 for k, v in ddp.items() if "lora_B" in k)
