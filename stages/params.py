@@ -164,6 +164,7 @@ class TrainParams(Section):
     init: Literal["prev", "fresh"] = "prev"
     method: Literal["sft", "dpo"] = "sft"
     dpo_beta: float = Field(0.1, gt=0)
+    feedback_pairs: bool = True                       # dpo: also the version's feedback pairs (bad vs corrected)
     token_weighting: Literal["none", "rho1"] = "none"
     rho1_keep: float = Field(0.6, gt=0, le=1)
     quantize: Literal["none", "4bit"] = "none"        # 4bit: QLoRA through bitsandbytes (CUDA only)
