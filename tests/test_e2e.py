@@ -52,7 +52,7 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_score_param_edit_reruns_only_what_it_touches(repo):
-    edit_params(repo, lambda p: p["score"].update(keep_top_fraction=0.75))
+    edit_params(repo, lambda p: p["score"].update(keep_top_fraction=0.25))
     ran = repro(repo)
     assert {"score@r1", "train@r1", "eval@r1", "score@r2", "train@r2", "eval@r2", "package", "report"} <= ran
     assert not ran & {"collect", "scrub", "version", "base", "eval_base", "sample@r1"}
@@ -65,8 +65,9 @@ def test_adding_a_round_runs_only_that_round(repo):
 
 
 def test_dpo_on_sampled_pairs(repo):
-    """Two samples per prompt, best vs worst as pairs, DPO against the adapter-disabled base."""
-    edit_params(repo, lambda p: (p["sample"].update(samples_per_prompt=2),
+    """Three samples per prompt, best vs worst as pairs (and the users' feedback pairs), DPO against
+    the adapter-disabled base."""
+    edit_params(repo, lambda p: (p["sample"].update(samples_per_prompt=3),
                                  p["score"].update(pair_min_margin=0.0),
                                  p["train"].update(method="dpo", init="fresh")))
     ran = repro(repo)
@@ -75,6 +76,7 @@ def test_dpo_on_sampled_pairs(repo):
     pairs = (repo / "data/rounds/r1/pairs.jsonl").read_text().splitlines()
     info = yaml.safe_load((repo / "models/rounds/r1/ROUND.json").read_text())
     assert info["train"]["method"] == "dpo" and info["train"]["pairs"] == len(pairs) >= 1
+    assert info["train"]["feedback_pairs"] >= 1
     m = yaml.safe_load((repo / "metrics/eval_r1.json").read_text())
     assert {"eval_loss", "perplexity", "meta_leak_rate", "mean_turn_depth", "delta_vs_base"} <= set(m)
 

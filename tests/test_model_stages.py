@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def small_params(**train_overrides) -> Params:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8)
+    raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1)
+    raw["score"].update(keep_top_k=None)
     raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
     raw["train"].update({"steps": 3, "batch_size": 2, "max_length": 128, "eval_examples": 4, **train_overrides})
     return Params.model_validate(raw)
