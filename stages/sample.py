@@ -19,6 +19,12 @@ def generate_hf(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleP
                   temperature=sp.temperature, top_p=sp.top_p, seed=seed, desc=desc)
 
 
+def vllm_lora_rank(r: int) -> int:
+    """vLLM accepts max_lora_rank from a fixed set (8, 16, 32, ... powers of two): the smallest that
+    holds rank r."""
+    return max(8, 1 << (r - 1).bit_length())
+
+
 def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
     """vLLM with the round's adapter as a LoRA request. Imported only here: the package is
     optional and GPU-only."""
@@ -44,7 +50,7 @@ def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: Sampl
     if info["adapter"] is not None:
         adapter_dir = Path(prev_dir) / info["adapter"]
         rank = read_json(adapter_dir / "adapter_config.json")["r"]
-        llm_args.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+        llm_args.update(enable_lora=True, max_lora_rank=vllm_lora_rank(rank), max_loras=1)
         lora = LoRARequest(info["id"], 1, str(adapter_dir))
     llm = LLM(**llm_args)
     seeds = [seed + i for i in range(len(prompts))]

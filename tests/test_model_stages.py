@@ -101,11 +101,34 @@ def test_vllm_engine_is_optional(project, tmp_path):
     p = small_params()
     p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
-        pytest.skip("vLLM and CUDA present: the GPU test covers this engine")
+        pytest.skip("vLLM and CUDA present: test_vllm_engine_samples_with_the_round_adapter runs it")
     with pytest.raises(RuntimeError, match="sample.engine: vllm needs"):
         sample.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
                    tmp_path / "samples.jsonl")
     assert not (tmp_path / "samples.jsonl").exists()
+
+
+def test_vllm_lora_rank_is_one_vllm_accepts():
+    assert [sample.vllm_lora_rank(r) for r in (1, 4, 8, 12, 16, 17, 64, 100)] == [8, 8, 8, 16, 16, 32, 64, 128]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None or not torch.cuda.is_available(),
+                    reason="needs CUDA and vLLM")
+def test_vllm_engine_samples_with_the_round_adapter(project, tmp_path):
+    """vLLM serves the base with the previous round's adapter as a LoRA request; seeded sampling
+    gives the same file twice. (Written without a GPU at hand: no session has had one yet.)"""
+    p = small_params()
+    if not (project / "models/rounds/r1/ROUND.json").exists():
+        run_round(p, project, "r1")
+    p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
+    args = (p, "r2", project / "models/base", project / "version", project / "models/rounds/r1")
+    stats = sample.run(*args, tmp_path / "a.jsonl")
+    sample.run(*args, tmp_path / "b.jsonl")
+    rows = list(read_jsonl(tmp_path / "a.jsonl"))
+    adapter_hash = read_json(project / "models/rounds/r1/ROUND.json")["adapter_hash"]
+    assert len(rows) == 6 and stats["tokens"] > 0
+    assert all(r["engine"] == "vllm" and r["policy"] == "r1" and r["adapter_hash"] == adapter_hash for r in rows)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
 def test_train_is_deterministic_and_changes_the_adapter(project):
