@@ -462,9 +462,11 @@ def test_qlora_trains_on_cuda(project):
     assert (out / "adapter/adapter_model.safetensors").is_file()
 
 
-def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path):
+@pytest.mark.parametrize("weighting", ["none", "rho1"])
+def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path, weighting):
     """train.launcher: accelerate re-runs the stage under `accelerate launch`; the shipped DDP
-    config on a machine without a GPU gives two gloo CPU processes sharing the steps, one adapter."""
+    config on a machine without a GPU gives two gloo CPU processes sharing the steps, one adapter.
+    With rho1, the reference (adapter disabled) forward goes through the DDP wrapper too."""
     import subprocess
     import sys
 
@@ -477,7 +479,7 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path):
     config = yaml.safe_load((ROOT / "configs/accelerate/ddp.yaml").read_text())
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump({**config, "mixed_precision": "no"}))
     raw["train"].update(steps=2, batch_size=2, max_length=128, launcher="accelerate", num_processes=2,
-                        accelerate_config=str(tmp_path / "ddp.yaml"), eval_examples=2)
+                        accelerate_config=str(tmp_path / "ddp.yaml"), eval_examples=2, token_weighting=weighting)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     shutil.copytree(project / "models/rounds/base", tmp_path / "rounds/base")
     res = subprocess.run(
