@@ -1,5 +1,6 @@
 """sample → score → train → eval → package on the tiny model, in-process."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from stages.io import read_json, read_jsonl, write_json
 from stages.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
+VLLM_ON_CUDA = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
 def small_params(**train_overrides) -> Params:
@@ -96,11 +98,9 @@ def test_several_samples_per_prompt_give_dpo_pairs(project, tmp_path):
 def test_vllm_engine_is_optional(project, tmp_path):
     """engine: vllm imports vLLM only when chosen; without it (or without CUDA) the stage stops
     with an error that says what to do."""
-    import importlib.util
-
     p = small_params()
     p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
-    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+    if VLLM_ON_CUDA:
         pytest.skip("vLLM and CUDA present: test_vllm_engine_samples_with_the_round_adapter runs it")
     with pytest.raises(RuntimeError, match="sample.engine: vllm needs"):
         sample.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
@@ -112,8 +112,7 @@ def test_vllm_lora_rank_is_one_vllm_accepts():
     assert [sample.vllm_lora_rank(r) for r in (1, 4, 8, 12, 16, 17, 64, 100)] == [8, 8, 8, 16, 16, 32, 64, 128]
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None or not torch.cuda.is_available(),
-                    reason="needs CUDA and vLLM")
+@pytest.mark.skipif(not VLLM_ON_CUDA, reason="needs CUDA and vLLM")
 def test_vllm_engine_samples_with_the_round_adapter(project, tmp_path):
     """vLLM serves the base with the previous round's adapter as a LoRA request; seeded sampling
     gives the same file twice. (Written without a GPU at hand: no session has had one yet.)"""
