@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-fast data clean s3-local s3-local-stop bench-data
+.PHONY: install demo test test-fast lint data clean s3-local s3-local-stop bench-data
 
 install: $(STAMP)
 
@@ -25,8 +25,13 @@ demo: install
 	@echo
 	$(BIN)/loraloop report
 
-test: install
+test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+# ruff's lint rules and formatting (line length 120, pyproject.toml); `ruff format .` fixes the latter.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not e2e"

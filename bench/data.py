@@ -35,8 +35,11 @@ def planted(rng: random.Random, korean: bool) -> tuple[str, str, str]:
     if kind == "EMAIL":
         value = fake_email(rng)
     elif kind == "PHONE":
-        value = (f"010-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}" if korean
-                 else f"+1 415-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}")
+        value = (
+            f"010-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
+            if korean
+            else f"+1 415-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}"
+        )
     else:
         value = rng.choice(CARDS)
     return kind, value, (f" 제 정보는 {value}예요." if korean else f" My details: {value}.")
@@ -75,8 +78,13 @@ print(json.dumps({"read": c["read"], "kept": s["kept"], "collect_s": t1 - t0, "s
 
 
 def run_pipeline(raw: Path, out: Path) -> dict:
-    res = subprocess.run([sys.executable, "-c", CHILD, str(raw), str(out), str(ROOT / "params.yaml")],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, str(raw), str(out), str(ROOT / "params.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stats = json.loads(res.stdout.strip().splitlines()[-1])
     stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return stats
@@ -108,21 +116,29 @@ def main() -> None:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         truth = write_corpus(tmp / "raw.jsonl", args.n)
-        print(f"corpus: {args.n} conversations, {len(truth)} with planted PII ({time.perf_counter() - t0:.1f} s to write)")
+        print(
+            f"corpus: {args.n} conversations, {len(truth)} with planted PII ({time.perf_counter() - t0:.1f} s to write)"
+        )
         stats = run_pipeline(tmp / "raw.jsonl", tmp / "out")
     seconds = stats["collect_s"] + stats["scrub_s"]
     conv_s = stats["read"] / seconds
-    print(f"loraloop collect+scrub: {conv_s:,.0f} conversations/s ({seconds:.1f} s; collect {stats['collect_s']:.1f} s, "
-          f"scrub {stats['scrub_s']:.1f} s), kept {stats['kept']:,}, peak RSS {stats['peak_rss_mb']:,.0f} MB")
+    print(
+        f"loraloop collect+scrub: {conv_s:,.0f} conversations/s ({seconds:.1f} s; collect {stats['collect_s']:.1f} s, "
+        f"scrub {stats['scrub_s']:.1f} s), kept {stats['kept']:,}, peak RSS {stats['peak_rss_mb']:,.0f} MB"
+    )
 
     sample = truth[: args.peer_sample]
     ours_recall, ours_rate = recall_and_rate(lambda t: mask(t)[0], sample)
     peer = scrubadub.Scrubber()
     peer_recall, peer_rate = recall_and_rate(peer.clean, sample)
-    print(f"PII pass on {len(sample):,} texts: loraloop {ours_rate:,.0f} texts/s, scrubadub {peer_rate:,.0f} texts/s "
-          f"-> ratio {ours_rate / peer_rate:.1f}x")
-    print(f"whole collect+scrub (conversations/s) vs scrubadub's PII pass alone (texts/s): "
-          f"ratio {conv_s / peer_rate:.1f}x")
+    print(
+        f"PII pass on {len(sample):,} texts: loraloop {ours_rate:,.0f} texts/s, scrubadub {peer_rate:,.0f} texts/s "
+        f"-> ratio {ours_rate / peer_rate:.1f}x"
+    )
+    print(
+        f"whole collect+scrub (conversations/s) vs scrubadub's PII pass alone (texts/s): "
+        f"ratio {conv_s / peer_rate:.1f}x"
+    )
     for kind in ours_recall:
         print(f"recall {kind:5s}: loraloop {ours_recall[kind]:.3f}  scrubadub {peer_recall.get(kind, 0):.3f}")
 

@@ -34,9 +34,15 @@ def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> 
     with torch.inference_mode():
         for p in tqdm(prompts, desc="one at a time", unit="prompt", disable=len(prompts) < 8):
             ids = torch.tensor([p], device=model.device)
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            new = out[0, ids.shape[1]:]
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            new = out[0, ids.shape[1] :]
             n += len(new)
             texts.append(tok.decode(new, skip_special_tokens=True).strip())
     return texts, n
@@ -58,21 +64,42 @@ def main() -> None:
 
     # Warm both sides up first (thread pools, kernels, first touches of the weights), so neither
     # pays the process's one-time costs inside its timing.
-    generate(model, tok, prompts[:8], batch_size=8, max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0,
-             desc="warm-up", progress=False)
+    generate(
+        model,
+        tok,
+        prompts[:8],
+        batch_size=8,
+        max_new_tokens=8,
+        temperature=0.0,
+        top_p=1.0,
+        seed=0,
+        desc="warm-up",
+        progress=False,
+    )
     one_at_a_time(model, tok, prompts[:2], 8)
 
     t0 = time.perf_counter()
-    gen = generate(model, tok, prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                   temperature=0.0, top_p=1.0, seed=0, desc="batched")
+    gen = generate(
+        model,
+        tok,
+        prompts,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.0,
+        top_p=1.0,
+        seed=0,
+        desc="batched",
+    )
     n_batched = gen.n_tokens
     batched = n_batched / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     texts, n_single = one_at_a_time(model, tok, prompts, args.max_new_tokens)
     single = n_single / (time.perf_counter() - t0)
     same = sum(a == b for a, b in zip(gen.texts, texts))
-    print(f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}, "
-          f"device={model.device}, threads={torch.get_num_threads()}")
+    print(
+        f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}, "
+        f"device={model.device}, threads={torch.get_num_threads()}"
+    )
     print(f"same greedy text batched and one at a time: {same}/{len(prompts)}")
     print(f"loraloop batched sampler: {batched:,.1f} tokens/s ({n_batched} tokens)")
     print(f"one prompt at a time:     {single:,.1f} tokens/s ({n_single} tokens)")

@@ -29,8 +29,15 @@ def bench_params(args):
     from stages.params import Params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["train"].update(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, init="fresh",
-                        checkpoint_every=0, eval_examples=0, grad_accum=1)
+    raw["train"].update(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        init="fresh",
+        checkpoint_every=0,
+        eval_examples=0,
+        grad_accum=1,
+    )
     return Params.model_validate(raw)
 
 
@@ -49,8 +56,17 @@ def side_ours(args) -> dict:
 
     params = bench_params(args)
     with tempfile.TemporaryDirectory() as tmp:
-        res = train.run(params, "r1", ROOT / "models/base", ROOT / "data/version", ROOT / "models/rounds/base",
-                        ROOT / "data/rounds/r1/scored.jsonl", Path(tmp) / "out", None, Path(tmp) / "ckpt")
+        res = train.run(
+            params,
+            "r1",
+            ROOT / "models/base",
+            ROOT / "data/version",
+            ROOT / "models/rounds/base",
+            ROOT / "data/rounds/r1/scored.jsonl",
+            Path(tmp) / "out",
+            None,
+            Path(tmp) / "ckpt",
+        )
     return {"tokens": res["tokens"], "tokens_per_s": res["tokens_per_s"], "peak_mb": peak_memory_mb()}
 
 
@@ -62,7 +78,7 @@ def side_trl(args) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from stages import train
+    from stages import lm_loss, train
     from stages.model import load_base, load_tokenizer
 
     params = bench_params(args)
@@ -70,33 +86,60 @@ def side_trl(args) -> dict:
     torch.manual_seed(params.seed)
     tok = load_tokenizer(ROOT / "models/base")
     rng = random.Random(f"{params.seed}:train:r1")
-    examples, _ = train.tokenize(tok, train.build_mix(params, ROOT / "data/rounds/r1/scored.jsonl",
-                                                      ROOT / "data/version", rng), tp.max_length)
+    examples, _ = lm_loss.tokenize(
+        tok, train.build_mix(params, ROOT / "data/rounds/r1/scored.jsonl", ROOT / "data/version", rng), tp.max_length
+    )
     # Pre-tokenized, with our assistant-token mask as TRL's completion mask: both sides learn the same tokens.
-    data = Dataset.from_list([{"input_ids": e["ids"], "completion_mask": [int(m) for m in e["mask"]]} for e in examples])
+    data = Dataset.from_list(
+        [{"input_ids": e["ids"], "completion_mask": [int(m) for m in e["mask"]]} for e in examples]
+    )
     lp = tp.lora
     config = SFTConfig(
-        output_dir=str(ROOT / "bench/.trl_out"), max_steps=tp.steps, per_device_train_batch_size=tp.batch_size,
-        learning_rate=tp.lr, lr_scheduler_type="cosine", warmup_steps=max(1, int(tp.steps * tp.warmup_fraction)),
-        max_grad_norm=tp.grad_clip, weight_decay=0.0, max_length=tp.max_length, completion_only_loss=True,
-        gradient_checkpointing=False,   # ours does not recompute activations either
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), seed=params.seed, dataset_num_proc=None, disable_tqdm=False,
+        output_dir=str(ROOT / "bench/.trl_out"),
+        max_steps=tp.steps,
+        per_device_train_batch_size=tp.batch_size,
+        learning_rate=tp.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, int(tp.steps * tp.warmup_fraction)),
+        max_grad_norm=tp.grad_clip,
+        weight_decay=0.0,
+        max_length=tp.max_length,
+        completion_only_loss=True,
+        gradient_checkpointing=False,  # ours does not recompute activations either
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        seed=params.seed,
+        dataset_num_proc=None,
+        disable_tqdm=False,
     )
     trainer = SFTTrainer(
-        model=load_base(ROOT / "models/base"), args=config, train_dataset=data, processing_class=tok,
-        peft_config=LoraConfig(r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=lp.target_modules,
-                               bias="none", task_type="CAUSAL_LM"),
+        model=load_base(ROOT / "models/base"),
+        args=config,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=LoraConfig(
+            r=lp.r,
+            lora_alpha=lp.alpha,
+            lora_dropout=lp.dropout,
+            target_modules=lp.target_modules,
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
     )
     counted = {"tokens": 0}
     collate = trainer.data_collator
 
     def counting(batch):
         out = collate(batch)
-        counted["tokens"] += int(out["attention_mask"].sum()) if "attention_mask" in out else int(out["input_ids"].numel())
+        counted["tokens"] += (
+            int(out["attention_mask"].sum()) if "attention_mask" in out else int(out["input_ids"].numel())
+        )
         return out
 
-    trainer.data_collator = counting   # train() builds its dataloader from this attribute
+    trainer.data_collator = counting  # train() builds its dataloader from this attribute
     t0 = time.perf_counter()
     metrics = trainer.train().metrics
     seconds = metrics.get("train_runtime", time.perf_counter() - t0)
@@ -116,21 +159,37 @@ def main() -> None:
         return
     results = {}
     for side in ("ours", "trl"):
-        cmd = [sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-               "--max-length", str(args.max_length)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--side",
+            side,
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
         results[side] = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
     import torch
 
-    print(f"steps={args.steps} batch_size={args.batch_size} max_length={args.max_length} "
-          f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()}")
+    print(
+        f"steps={args.steps} batch_size={args.batch_size} max_length={args.max_length} "
+        f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()}"
+    )
     for side, name in (("ours", "loraloop train"), ("trl", "TRL SFTTrainer")):
         r = results[side]
-        print(f"{name:15s} {r['tokens_per_s']:8.1f} tokens/s ({r['tokens']} tokens)  peak memory {r['peak_mb']:,.0f} MB")
-    print(f"speed ratio: {results['ours']['tokens_per_s'] / results['trl']['tokens_per_s']:.2f}x   "
-          f"memory ratio (trl / ours): {results['trl']['peak_mb'] / results['ours']['peak_mb']:.2f}x")
+        print(
+            f"{name:15s} {r['tokens_per_s']:8.1f} tokens/s ({r['tokens']} tokens)  peak memory {r['peak_mb']:,.0f} MB"
+        )
+    print(
+        f"speed ratio: {results['ours']['tokens_per_s'] / results['trl']['tokens_per_s']:.2f}x   "
+        f"memory ratio (trl / ours): {results['trl']['peak_mb'] / results['ours']['peak_mb']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -16,65 +16,140 @@ import random
 from pathlib import Path
 
 EN_TOPICS = [
-    ("fractions", "How do I add 1/3 and 1/4?", "7/12",
-     "What do the two fractions need to have in common before you can add them?",
-     "Good. What is the smallest number that both 3 and 4 divide into?"),
-    ("multiplication", "What is 7 times 8?", "56",
-     "What is 7 times 4? And how could you use it to get 7 times 8?",
-     "Nice. If 7 times 4 is 28, what happens when you double it?"),
-    ("linear equations", "How do I solve 2x + 3 = 11?", "x = 4",
-     "What could you do to both sides to get 2x by itself?",
-     "Right, so 2x = 8. What number times 2 gives 8?"),
-    ("photosynthesis", "Why do plants need sunlight?", "for photosynthesis",
-     "What do you think plants make out of air and water? What would they need to power that?",
-     "Exactly. So where does the energy for making sugar come from?"),
-    ("gravity", "Why do things fall down?", "gravity",
-     "What happens when you drop a ball and a feather in a room with no air?",
-     "Good thinking. So what pulls both of them toward the ground?"),
-    ("past tense", "What is the past tense of 'go'?", "went",
-     "Can you think of a sentence about yesterday that uses 'go'? How would you say it?",
-     "Close! Is 'goed' a word you have heard people say? What word do they use instead?"),
-    ("area", "How do I find the area of a rectangle that is 3 by 5?", "15",
-     "If you drew the rectangle on grid paper, how many squares would fit in one row?",
-     "Yes, 5 in a row. How many rows are there?"),
-    ("percentages", "What is 20% of 50?", "10",
-     "What is 10% of 50? How could that help you find 20%?",
-     "Great, 10% is 5. What do you get if you take that twice?"),
-    ("loops", "How does a for loop work in Python?", "it repeats a block for each item",
-     "What do you think happens if you write `for x in [1, 2, 3]: print(x)`?",
-     "Yes, it prints each number. What changes each time the loop runs?"),
-    ("water cycle", "Where does rain come from?", "clouds formed by evaporated water",
-     "What happens to a puddle on a sunny day? Where does the water go?",
-     "Right, it evaporates. What happens to that vapor when it cools high in the sky?"),
+    (
+        "fractions",
+        "How do I add 1/3 and 1/4?",
+        "7/12",
+        "What do the two fractions need to have in common before you can add them?",
+        "Good. What is the smallest number that both 3 and 4 divide into?",
+    ),
+    (
+        "multiplication",
+        "What is 7 times 8?",
+        "56",
+        "What is 7 times 4? And how could you use it to get 7 times 8?",
+        "Nice. If 7 times 4 is 28, what happens when you double it?",
+    ),
+    (
+        "linear equations",
+        "How do I solve 2x + 3 = 11?",
+        "x = 4",
+        "What could you do to both sides to get 2x by itself?",
+        "Right, so 2x = 8. What number times 2 gives 8?",
+    ),
+    (
+        "photosynthesis",
+        "Why do plants need sunlight?",
+        "for photosynthesis",
+        "What do you think plants make out of air and water? What would they need to power that?",
+        "Exactly. So where does the energy for making sugar come from?",
+    ),
+    (
+        "gravity",
+        "Why do things fall down?",
+        "gravity",
+        "What happens when you drop a ball and a feather in a room with no air?",
+        "Good thinking. So what pulls both of them toward the ground?",
+    ),
+    (
+        "past tense",
+        "What is the past tense of 'go'?",
+        "went",
+        "Can you think of a sentence about yesterday that uses 'go'? How would you say it?",
+        "Close! Is 'goed' a word you have heard people say? What word do they use instead?",
+    ),
+    (
+        "area",
+        "How do I find the area of a rectangle that is 3 by 5?",
+        "15",
+        "If you drew the rectangle on grid paper, how many squares would fit in one row?",
+        "Yes, 5 in a row. How many rows are there?",
+    ),
+    (
+        "percentages",
+        "What is 20% of 50?",
+        "10",
+        "What is 10% of 50? How could that help you find 20%?",
+        "Great, 10% is 5. What do you get if you take that twice?",
+    ),
+    (
+        "loops",
+        "How does a for loop work in Python?",
+        "it repeats a block for each item",
+        "What do you think happens if you write `for x in [1, 2, 3]: print(x)`?",
+        "Yes, it prints each number. What changes each time the loop runs?",
+    ),
+    (
+        "water cycle",
+        "Where does rain come from?",
+        "clouds formed by evaporated water",
+        "What happens to a puddle on a sunny day? Where does the water go?",
+        "Right, it evaporates. What happens to that vapor when it cools high in the sky?",
+    ),
 ]
 
 KO_TOPICS = [
-    ("분수", "1/2 더하기 1/3은 어떻게 계산해요?", "5/6",
-     "두 분수를 더하려면 먼저 무엇이 같아야 할까요?",
-     "좋아요. 2와 3이 모두 나누어떨어지는 가장 작은 수는 무엇일까요?"),
-    ("곱셈", "6 곱하기 7은 얼마예요?", "42",
-     "6 곱하기 5는 얼마인지 알고 있나요? 거기서 어떻게 더 나아갈 수 있을까요?",
-     "맞아요, 30이에요. 6을 두 번 더 더하면 얼마가 될까요?"),
-    ("광합성", "식물은 왜 햇빛이 필요해요?", "광합성",
-     "식물이 물과 공기로 무엇을 만든다고 생각하나요? 그걸 만들려면 무엇이 필요할까요?",
-     "좋은 생각이에요. 그렇다면 그 에너지는 어디에서 올까요?"),
-    ("방정식", "3x - 2 = 10을 어떻게 풀어요?", "x = 4",
-     "양변에 같은 수를 더하면 어떻게 될까요? 무엇을 더하면 좋을까요?",
-     "맞아요, 3x = 12가 돼요. 이제 x를 구하려면 무엇을 해야 할까요?"),
-    ("넓이", "가로 4, 세로 6인 직사각형의 넓이는요?", "24",
-     "모눈종이에 그린다면 한 줄에 몇 칸이 들어갈까요?",
-     "네, 한 줄에 4칸이에요. 그런 줄이 몇 개 있을까요?"),
-    ("물의 순환", "비는 어디에서 와요?", "구름",
-     "햇볕이 쨍쨍한 날 물웅덩이는 어떻게 될까요? 물은 어디로 갈까요?",
-     "맞아요, 증발해요. 그 수증기가 하늘 높이 올라가 식으면 어떻게 될까요?"),
+    (
+        "분수",
+        "1/2 더하기 1/3은 어떻게 계산해요?",
+        "5/6",
+        "두 분수를 더하려면 먼저 무엇이 같아야 할까요?",
+        "좋아요. 2와 3이 모두 나누어떨어지는 가장 작은 수는 무엇일까요?",
+    ),
+    (
+        "곱셈",
+        "6 곱하기 7은 얼마예요?",
+        "42",
+        "6 곱하기 5는 얼마인지 알고 있나요? 거기서 어떻게 더 나아갈 수 있을까요?",
+        "맞아요, 30이에요. 6을 두 번 더 더하면 얼마가 될까요?",
+    ),
+    (
+        "광합성",
+        "식물은 왜 햇빛이 필요해요?",
+        "광합성",
+        "식물이 물과 공기로 무엇을 만든다고 생각하나요? 그걸 만들려면 무엇이 필요할까요?",
+        "좋은 생각이에요. 그렇다면 그 에너지는 어디에서 올까요?",
+    ),
+    (
+        "방정식",
+        "3x - 2 = 10을 어떻게 풀어요?",
+        "x = 4",
+        "양변에 같은 수를 더하면 어떻게 될까요? 무엇을 더하면 좋을까요?",
+        "맞아요, 3x = 12가 돼요. 이제 x를 구하려면 무엇을 해야 할까요?",
+    ),
+    (
+        "넓이",
+        "가로 4, 세로 6인 직사각형의 넓이는요?",
+        "24",
+        "모눈종이에 그린다면 한 줄에 몇 칸이 들어갈까요?",
+        "네, 한 줄에 4칸이에요. 그런 줄이 몇 개 있을까요?",
+    ),
+    (
+        "물의 순환",
+        "비는 어디에서 와요?",
+        "구름",
+        "햇볕이 쨍쨍한 날 물웅덩이는 어떻게 될까요? 물은 어디로 갈까요?",
+        "맞아요, 증발해요. 그 수증기가 하늘 높이 올라가 식으면 어떻게 될까요?",
+    ),
 ]
 
 EN_OPENERS = ["", "Hi! ", "Quick question. ", "I'm stuck. ", "Can you help? ", "My teacher asked this: "]
 KO_OPENERS = ["", "안녕하세요! ", "질문이 있어요. ", "잘 모르겠어요. ", "도와주세요. "]
-EN_FOLLOWUPS = ["I'm not sure.", "Maybe the same bottom number?", "I think I get it, but can you check?", "Hmm, is it bigger?"]
+EN_FOLLOWUPS = [
+    "I'm not sure.",
+    "Maybe the same bottom number?",
+    "I think I get it, but can you check?",
+    "Hmm, is it bigger?",
+]
 KO_FOLLOWUPS = ["잘 모르겠어요.", "아래 숫자가 같아야 하나요?", "조금 알 것 같아요.", "더 커지나요?"]
-EN_LECTURE = "The answer is {answer}. This is a standard result: you apply the rule and you get {answer}. Memorize this method and use it on every similar problem in the future."
-KO_LECTURE = "정답은 {answer}입니다. 이것은 기본 공식이며 규칙을 적용하면 {answer}이 나옵니다. 이 방법을 외워서 비슷한 문제에 모두 사용하세요."
+EN_LECTURE = (
+    "The answer is {answer}. This is a standard result: you apply the rule and you get {answer}. "
+    "Memorize this method and use it on every similar problem in the future."
+)
+KO_LECTURE = (
+    "정답은 {answer}입니다. 이것은 기본 공식이며 규칙을 적용하면 {answer}이 나옵니다. "
+    "이 방법을 외워서 비슷한 문제에 모두 사용하세요."
+)
 
 NAMES = ["minji", "jisoo", "alex", "sam", "hyun", "taylor", "jordan", "yuna"]
 
@@ -85,30 +160,62 @@ def numeric_topic(rng: random.Random, korean: bool):
     if kind == "mul":
         a, b = rng.randint(3, 12), rng.randint(3, 12)
         if korean:
-            return (f"{a} 곱하기 {b}는 얼마예요?", str(a * b), f"{a} 곱하기 {b - 1}은 알고 있나요? 거기서 어떻게 한 걸음 더 갈 수 있을까요?",
-                    f"좋아요. 거기에 {a}를 한 번 더 더하면 얼마가 될까요?")
-        return (f"What is {a} times {b}?", str(a * b), f"Do you know {a} times {b - 1}? How could you get from there to {a} times {b}?",
-                f"Nice. What do you get if you add one more {a}?")
+            return (
+                f"{a} 곱하기 {b}는 얼마예요?",
+                str(a * b),
+                f"{a} 곱하기 {b - 1}은 알고 있나요? 거기서 어떻게 한 걸음 더 갈 수 있을까요?",
+                f"좋아요. 거기에 {a}를 한 번 더 더하면 얼마가 될까요?",
+            )
+        return (
+            f"What is {a} times {b}?",
+            str(a * b),
+            f"Do you know {a} times {b - 1}? How could you get from there to {a} times {b}?",
+            f"Nice. What do you get if you add one more {a}?",
+        )
     if kind == "eq":
         x, a, c = rng.randint(1, 9), rng.randint(2, 5), rng.randint(1, 9)
         if korean:
-            return (f"{a}x + {c} = {a * x + c}을 어떻게 풀어요?", f"x = {x}", f"양변에서 {c}를 빼면 어떻게 될까요?",
-                    f"맞아요, {a}x = {a * x}예요. 이제 x를 구하려면 무엇으로 나누면 될까요?")
-        return (f"How do I solve {a}x + {c} = {a * x + c}?", f"x = {x}", f"What happens if you subtract {c} from both sides?",
-                f"Right, so {a}x = {a * x}. What should you divide both sides by?")
+            return (
+                f"{a}x + {c} = {a * x + c}을 어떻게 풀어요?",
+                f"x = {x}",
+                f"양변에서 {c}를 빼면 어떻게 될까요?",
+                f"맞아요, {a}x = {a * x}예요. 이제 x를 구하려면 무엇으로 나누면 될까요?",
+            )
+        return (
+            f"How do I solve {a}x + {c} = {a * x + c}?",
+            f"x = {x}",
+            f"What happens if you subtract {c} from both sides?",
+            f"Right, so {a}x = {a * x}. What should you divide both sides by?",
+        )
     if kind == "area":
         w, h = rng.randint(2, 15), rng.randint(2, 15)
         if korean:
-            return (f"가로 {w}, 세로 {h}인 직사각형의 넓이는요?", str(w * h), "모눈종이에 그린다면 한 줄에 몇 칸이 들어갈까요?",
-                    f"네, 한 줄에 {w}칸이에요. 그런 줄이 몇 개 있을까요?")
-        return (f"How do I find the area of a {w} by {h} rectangle?", str(w * h),
-                "If you drew it on grid paper, how many squares would fit in one row?", f"Yes, {w} in a row. How many rows are there?")
+            return (
+                f"가로 {w}, 세로 {h}인 직사각형의 넓이는요?",
+                str(w * h),
+                "모눈종이에 그린다면 한 줄에 몇 칸이 들어갈까요?",
+                f"네, 한 줄에 {w}칸이에요. 그런 줄이 몇 개 있을까요?",
+            )
+        return (
+            f"How do I find the area of a {w} by {h} rectangle?",
+            str(w * h),
+            "If you drew it on grid paper, how many squares would fit in one row?",
+            f"Yes, {w} in a row. How many rows are there?",
+        )
     p, n = rng.choice([10, 20, 25, 50]), rng.choice([40, 60, 80, 120, 200])
     if korean:
-        return (f"{n}의 {p}%는 얼마예요?", str(n * p // 100), f"{n}의 10%는 얼마일까요? 그걸로 {p}%를 어떻게 구할 수 있을까요?",
-                f"좋아요, 10%는 {n // 10}이에요. {p}%는 10%의 몇 배일까요?")
-    return (f"What is {p}% of {n}?", str(n * p // 100), f"What is 10% of {n}? How could that help you find {p}%?",
-            f"Great, 10% is {n // 10}. How many times 10% is {p}%?")
+        return (
+            f"{n}의 {p}%는 얼마예요?",
+            str(n * p // 100),
+            f"{n}의 10%는 얼마일까요? 그걸로 {p}%를 어떻게 구할 수 있을까요?",
+            f"좋아요, 10%는 {n // 10}이에요. {p}%는 10%의 몇 배일까요?",
+        )
+    return (
+        f"What is {p}% of {n}?",
+        str(n * p // 100),
+        f"What is 10% of {n}? How could that help you find {p}%?",
+        f"Great, 10% is {n // 10}. How many times 10% is {p}%?",
+    )
 
 
 def fake_email(rng):
@@ -117,30 +224,43 @@ def fake_email(rng):
 
 def fake_phone(rng, korean):
     if korean:
-        return rng.choice(["010-{}-{}", "010{}{}", "+82 10-{}-{}"]).format(rng.randint(1000, 9999), rng.randint(1000, 9999))
+        return rng.choice(["010-{}-{}", "010{}{}", "+82 10-{}-{}"]).format(
+            rng.randint(1000, 9999), rng.randint(1000, 9999)
+        )
     return "+1 415-{}-{}".format(rng.randint(200, 999), rng.randint(1000, 9999))
 
 
 def fake_rrn(rng):
-    return f"{rng.randint(0, 99):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}-{rng.randint(1, 4)}{rng.randint(0, 999999):06d}"
+    date = f"{rng.randint(0, 99):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+    return f"{date}-{rng.randint(1, 4)}{rng.randint(0, 999999):06d}"
 
 
 def pii_sentence(rng, korean):
     kind = rng.choice(["email", "phone", "rrn", "email", "phone", "card", "address"])
     card = "4111 1111 1111 1111" if rng.random() < 0.5 else "5500-0000-0000-0004"
     if korean:
-        return {"email": f" 제 이메일은 {fake_email(rng)}이에요.", "phone": f" 제 번호는 {fake_phone(rng, True)}예요.",
-                "rrn": f" 주민번호는 {fake_rrn(rng)}인데 필요해요?", "card": f" 수강료는 카드 {card}로 냈어요.",
-                "address": f" 집은 서울특별시 강남구 테헤란로 {rng.randint(1, 400)}이에요."}[kind]
-    return {"email": f" You can email me at {fake_email(rng)}.", "phone": f" My number is {fake_phone(rng, False)}.",
-            "rrn": f" My ID is {fake_rrn(rng)} if you need it.", "card": f" I paid with card {card}.",
-            "address": f" I live at {rng.randint(1, 999)} Maple Street."}[kind]
+        return {
+            "email": f" 제 이메일은 {fake_email(rng)}이에요.",
+            "phone": f" 제 번호는 {fake_phone(rng, True)}예요.",
+            "rrn": f" 주민번호는 {fake_rrn(rng)}인데 필요해요?",
+            "card": f" 수강료는 카드 {card}로 냈어요.",
+            "address": f" 집은 서울특별시 강남구 테헤란로 {rng.randint(1, 400)}이에요.",
+        }[kind]
+    return {
+        "email": f" You can email me at {fake_email(rng)}.",
+        "phone": f" My number is {fake_phone(rng, False)}.",
+        "rrn": f" My ID is {fake_rrn(rng)} if you need it.",
+        "card": f" I paid with card {card}.",
+        "address": f" I live at {rng.randint(1, 999)} Maple Street.",
+    }[kind]
 
 
 def conversation(rng: random.Random, i: int) -> dict:
     korean = rng.random() < 0.35
     topics, openers, followups, lecture = (
-        (KO_TOPICS, KO_OPENERS, KO_FOLLOWUPS, KO_LECTURE) if korean else (EN_TOPICS, EN_OPENERS, EN_FOLLOWUPS, EN_LECTURE)
+        (KO_TOPICS, KO_OPENERS, KO_FOLLOWUPS, KO_LECTURE)
+        if korean
+        else (EN_TOPICS, EN_OPENERS, EN_FOLLOWUPS, EN_LECTURE)
     )
     if rng.random() < 0.6:
         question, answer, hint1, hint2 = numeric_topic(rng, korean)
@@ -152,11 +272,15 @@ def conversation(rng: random.Random, i: int) -> dict:
     if rng.random() < 0.05:  # users sign with their nickname; scrub masks it from the metadata
         user1 += f" - {NAMES[0]}"
     lecturing = rng.random() < 0.25
-    messages = [{"role": "user", "content": user1},
-                {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint1}]
+    messages = [
+        {"role": "user", "content": user1},
+        {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint1},
+    ]
     if rng.random() < 0.6:
-        messages += [{"role": "user", "content": rng.choice(followups)},
-                     {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint2}]
+        messages += [
+            {"role": "user", "content": rng.choice(followups)},
+            {"role": "assistant", "content": lecture.format(answer=answer) if lecturing else hint2},
+        ]
     user = rng.randrange(60)
     return {
         "character_id": "tutor",
@@ -191,20 +315,38 @@ def main() -> None:
             lines.append(json.dumps(conv, ensure_ascii=False))
     # Malformed lines a real log export contains.
     lines[10:10] = ['{"character_id": "tutor", "messages": [', ""]
-    lines[50:50] = [json.dumps({"character_id": "tutor", "opt_in": True, "messages": [{"role": "narrator", "content": "hi"}]})]
-    lines[90:90] = [json.dumps({"character_id": "tutor", "opt_in": True, "messages": [{"role": "user", "content": "hello?"}]})]
+    lines[50:50] = [
+        json.dumps({"character_id": "tutor", "opt_in": True, "messages": [{"role": "narrator", "content": "hi"}]})
+    ]
+    lines[90:90] = [
+        json.dumps({"character_id": "tutor", "opt_in": True, "messages": [{"role": "user", "content": "hello?"}]})
+    ]
     lines[120:120] = [json.dumps(["not", "an", "object"])]
     (args.out / "app_logs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     gold = []
     for topics in (EN_TOPICS, KO_TOPICS):
         for _, question, _, hint1, hint2 in topics:
-            gold.append(json.dumps({
-                "character_id": "tutor", "opt_in": True, "style_tags": ["gold"], "weight": 2.0,
-                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": hint1},
-                             {"role": "user", "content": "I think so. What next?" if topics is EN_TOPICS else "그 다음은요?"},
-                             {"role": "assistant", "content": hint2}],
-            }, ensure_ascii=False))
+            gold.append(
+                json.dumps(
+                    {
+                        "character_id": "tutor",
+                        "opt_in": True,
+                        "style_tags": ["gold"],
+                        "weight": 2.0,
+                        "messages": [
+                            {"role": "user", "content": question},
+                            {"role": "assistant", "content": hint1},
+                            {
+                                "role": "user",
+                                "content": "I think so. What next?" if topics is EN_TOPICS else "그 다음은요?",
+                            },
+                            {"role": "assistant", "content": hint2},
+                        ],
+                    },
+                    ensure_ascii=False,
+                )
+            )
     (args.out / "gold.jsonl").write_text("\n".join(gold) + "\n", encoding="utf-8")
 
     # Feedback on logged answers: good ones become SFT records, bad ones with a correction become
@@ -215,9 +357,14 @@ def main() -> None:
         question, answer, hint1, _ = numeric_topic(rng, korean)
         lecture = (KO_LECTURE if korean else EN_LECTURE).format(answer=answer)
         verdict = "good" if i % 4 == 0 else "bad"
-        row = {"character_id": "tutor", "opt_in": True, "user_id": f"user_{rng.randrange(60):04d}",
-               "messages": [{"role": "user", "content": question}], "feedback": verdict,
-               "response": hint1 if verdict == "good" else lecture}
+        row = {
+            "character_id": "tutor",
+            "opt_in": True,
+            "user_id": f"user_{rng.randrange(60):04d}",
+            "messages": [{"role": "user", "content": question}],
+            "feedback": verdict,
+            "response": hint1 if verdict == "good" else lecture,
+        }
         if verdict == "bad" and i % 8 != 1:  # a few bad answers nobody corrected: rejected, counted
             row["corrected"] = hint1
         feedback.append(json.dumps(row, ensure_ascii=False))
@@ -225,21 +372,32 @@ def main() -> None:
 
     # General chat "anchor" data in the Magpie shape, so the tutor keeps ordinary manners.
     anchor = [
-        ("Can you suggest a name for a study group?", "How about \"The Curious Minds\"? What subject will the group study?"),
+        (
+            "Can you suggest a name for a study group?",
+            'How about "The Curious Minds"? What subject will the group study?',
+        ),
         ("Thank you for helping me today.", "You're welcome! What would you like to work on next time?"),
         ("오늘 공부 너무 힘들었어요.", "수고 많았어요. 오늘 가장 어려웠던 부분은 무엇이었나요?"),
         ("How do I stay focused while studying?", "Short breaks help many people. When do you usually lose focus?"),
         ("숙제를 언제 하는 게 좋을까요?", "집중이 잘 되는 시간이 언제인가요? 그 시간에 맞춰 계획해 볼까요?"),
-        ("What is a good way to review for a test?", "Try explaining the ideas out loud. Which topic feels weakest to you?"),
+        (
+            "What is a good way to review for a test?",
+            "Try explaining the ideas out loud. Which topic feels weakest to you?",
+        ),
     ]
     (args.out / "anchor_magpie.jsonl").write_text(
-        "".join(json.dumps({"instruction": q, "response": a}, ensure_ascii=False) + "\n" for q, a in anchor), encoding="utf-8")
+        "".join(json.dumps({"instruction": q, "response": a}, ensure_ascii=False) + "\n" for q, a in anchor),
+        encoding="utf-8",
+    )
 
     # Two users asked for their data to be deleted.
-    (args.out / "deletions.txt").write_text("# deletion requests: user ids or record ids, one per line\nuser_0007\nuser_0042\n",
-                                            encoding="utf-8")
-    print(f"wrote {len(lines)} log lines, {len(gold)} gold dialogues, {len(feedback)} feedback rows, "
-          f"{len(anchor)} anchor dialogues and a deletion list to {args.out}")
+    (args.out / "deletions.txt").write_text(
+        "# deletion requests: user ids or record ids, one per line\nuser_0007\nuser_0042\n", encoding="utf-8"
+    )
+    print(
+        f"wrote {len(lines)} log lines, {len(gold)} gold dialogues, {len(feedback)} feedback rows, "
+        f"{len(anchor)} anchor dialogues and a deletion list to {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,16 @@ def render_context(messages: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system")
 
 
-def make(this_round: str, this_samples: Path, prev_round: str, prev_samples: Path, out_csv: Path,
-         key_file: Path, n: int, seed: int) -> int:
+def make(
+    this_round: str,
+    this_samples: Path,
+    prev_round: str,
+    prev_samples: Path,
+    out_csv: Path,
+    key_file: Path,
+    n: int,
+    seed: int,
+) -> int:
     """Write up to n blinded pairs; returns how many."""
     prev = {r["prompt_id"]: r for r in read_jsonl(prev_samples)}
     pairs = [(r, prev[r["prompt_id"]]) for r in read_jsonl(this_samples) if r["prompt_id"] in prev]
@@ -72,6 +80,13 @@ def score(csv_file: Path, key_file: Path) -> dict:
             else:
                 raise LabelError(f"{csv_file}:{line}: field preferred: {row['preferred']!r} is not A, B, tie or blank")
     labeled = wins + losses + ties
-    return {"round": key["round"], "vs": key["vs"], "labeled": labeled, "unlabeled": unlabeled,
-            "wins": wins, "losses": losses, "ties": ties,
-            "win_rate": (wins + ties / 2) / labeled if labeled else None}
+    return {
+        "round": key["round"],
+        "vs": key["vs"],
+        "labeled": labeled,
+        "unlabeled": unlabeled,
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "win_rate": (wins + ties / 2) / labeled if labeled else None,
+    }

@@ -10,6 +10,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import click
+
+from .cli import PATH, params_of, say
 from .io import sha256_tree, write_json
 from .params import BaseParams
 
@@ -97,3 +100,13 @@ def run(params: BaseParams, out_dir: Path, rounds_dir: Path) -> dict:
     write_json(out_dir / "base.json", info)
     write_json(rounds_dir / "base" / "ROUND.json", {"id": "base", "adapter": None, "base_hash": digest})
     return info
+
+
+@click.command()
+@click.option("--out", type=PATH, default=Path("models/base"), show_default=True)
+@click.option("--rounds-dir", type=PATH, default=Path("models/rounds"), show_default=True)
+@click.pass_context
+def cli(ctx, out, rounds_dir):
+    """Materialize the base model as safetensors, pinned by content hash."""
+    info = run(params_of(ctx).base, out, rounds_dir)
+    say({k: v for k, v in info.items() if k != "files"})

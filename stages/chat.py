@@ -28,11 +28,11 @@ def training_ids(tok, messages: list[dict], max_length: int) -> tuple[list[int],
         if m["role"] == "assistant":
             head = render(tok, messages[:i], add_generation_prompt=True)
             _check_prefix(done, head)
-            pieces.append((head[len(done):], False))
+            pieces.append((head[len(done) :], False))
             done = head
         full = render(tok, messages[: i + 1], add_generation_prompt=False)
         _check_prefix(done, full)
-        pieces.append((full[len(done):], m["role"] == "assistant"))
+        pieces.append((full[len(done) :], m["role"] == "assistant"))
         done = full
     ids: list[int] = []
     mask: list[bool] = []
@@ -60,7 +60,9 @@ def with_system(system_prompt: str | None, messages: list[dict]) -> list[dict]:
 def cut_for_prompt(messages: list[dict], rng: random.Random) -> list[dict]:
     """A real conversation cut just before one of its assistant turns, chosen at random, so the
     model continues conversations at every depth, not only the opening."""
-    cuts = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0 and messages[i - 1]["role"] == "user"]
+    cuts = [
+        i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0 and messages[i - 1]["role"] == "user"
+    ]
     if not cuts:
         raise ValueError("conversation has no assistant turn that follows a user turn")
     return messages[: rng.choice(cuts)]

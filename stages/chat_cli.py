@@ -7,10 +7,12 @@ from pathlib import Path
 
 import click
 
-from .chat import prompt_ids, with_system
+from .chat import prompt_ids
+from .cli import PATH, params_of
 from .generate import generate
 from .params import Params
-from .prompts import system_prompt_for
+from .paths import MODELS
+from .prompts import in_character
 from .release import current
 
 
@@ -25,10 +27,9 @@ def _load(params: Params, base_dir: Path, release_name: str | None, round_id: st
         from peft import PeftModel
 
         return PeftModel.from_pretrained(load_base(base_dir), rel / "adapter"), meta["characters"], meta["version"]
-    rounds_dir = Path("models/rounds")
     if round_id != "base":
         params.round(round_id)
-    return load_round(base_dir, rounds_dir / round_id), sorted(params.system_prompts), round_id
+    return load_round(base_dir, MODELS / round_id), sorted(params.system_prompts), round_id
 
 
 def run(params: Params, base_dir: Path, release_name, round_id, character, max_new_tokens, temperature) -> None:
@@ -36,7 +37,6 @@ def run(params: Params, base_dir: Path, release_name, round_id, character, max_n
 
     model, characters, label = _load(params, base_dir, release_name, round_id)
     character = character or (characters[0] if characters else None)
-    system = system_prompt_for(params.system_prompts, character) if character else None
     tok = load_tokenizer(base_dir)
     interactive = sys.stdin.isatty()
     click.echo(f"chatting with {label} as {character!r}; an empty line or Ctrl-D ends", err=True)
@@ -49,9 +49,34 @@ def run(params: Params, base_dir: Path, release_name, round_id, character, max_n
         if not line or not line.strip():
             break
         history.append({"role": "user", "content": line.strip()})
-        (reply,) = generate(model, tok, [prompt_ids(tok, with_system(system, history))], batch_size=1,
-                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=0.95,
-                            seed=params.seed + turn, desc="", progress=False).texts
+        messages = in_character(params.system_prompts, character, history) if character else history
+        (reply,) = generate(
+            model,
+            tok,
+            [prompt_ids(tok, messages)],
+            batch_size=1,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=0.95,
+            seed=params.seed + turn,
+            desc="",
+            progress=False,
+        ).texts
         history.append({"role": "assistant", "content": reply})
         click.echo(f"{character or 'assistant'}> {reply}")
         turn += 1
+
+
+@click.command()
+@click.option("--release", "release_name", default=None, help="Chat with a release (models/release/NAME).")
+@click.option("--round", "round_id", default=None, help="Chat with a round's adapter (or `base`).")
+@click.option("--character", default=None, help="Character whose system prompt to use (default: the release's first).")
+@click.option("--base", "base_dir", type=PATH, default=Path("models/base"), show_default=True)
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.7, show_default=True)
+@click.pass_context
+def cli(ctx, release_name, round_id, character, base_dir, max_new_tokens, temperature):
+    """Talk to base + adapter in the terminal (empty line or Ctrl-D ends)."""
+    if (release_name is None) == (round_id is None):
+        raise click.UsageError("give exactly one of --release NAME or --round rN")
+    run(params_of(ctx), base_dir, release_name, round_id, character, max_new_tokens, temperature)

@@ -11,6 +11,9 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
+import click
+
+from .cli import PATH, params_of, say
 from .io import dumps, write_json
 from .params import CollectParams, SourceParams
 from .sources import MAPPINGS, Reject, decode, read_hub, read_source, unwrap_mongo
@@ -153,8 +156,9 @@ def collect_source(src: SourceParams, params: CollectParams, deletions: set[str]
             if deleted(unwrap_mongo(obj) if isinstance(obj, dict) else obj, record, deletions):
                 counts["rejected"] += 1
                 counts["rejected.deleted_on_request"] += 1
-                rejects_f.write(dumps({"reason": "deleted_on_request", "id": record["id"], "source": where,
-                                       "line": line}) + "\n")
+                rejects_f.write(
+                    dumps({"reason": "deleted_on_request", "id": record["id"], "source": where, "line": line}) + "\n"
+                )
                 continue
         except Reject as rej:
             counts["rejected"] += 1
@@ -182,8 +186,10 @@ def run(params: CollectParams, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     totals: Counter = Counter()
     per_source = {}
-    with (out_dir / "records.jsonl").open("w", encoding="utf-8") as kept_f, \
-            (out_dir / "rejects.jsonl").open("w", encoding="utf-8") as rejects_f:
+    with (
+        (out_dir / "records.jsonl").open("w", encoding="utf-8") as kept_f,
+        (out_dir / "rejects.jsonl").open("w", encoding="utf-8") as rejects_f,
+    ):
         for src in params.sources:
             c = collect_source(src, params, deletions, kept_f, rejects_f)
             per_source[src.path or src.hub] = dict(sorted(c.items()))
@@ -191,3 +197,42 @@ def run(params: CollectParams, out_dir: Path) -> dict:
     counts = summarize(totals, per_source)
     write_json(out_dir / "counts.json", counts)
     return counts
+
+
+@click.command()
+@click.option("--out", type=PATH, default=Path("data/collected"), show_default=True)
+@click.option(
+    "--source",
+    type=PATH,
+    default=None,
+    help="Ingest this one file (or datasets directory) instead of params.yaml's sources; needs no params.yaml.",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["conversations", "feedback", "gold", "anchor"]),
+    default="conversations",
+    show_default=True,
+    help="With --source: what the file holds.",
+)
+@click.option("--character-id", default=None, help="With --source: character for records that name none.")
+@click.option("--no-opt-in-required", is_flag=True, help="With --source: accept records without opt_in: true.")
+@click.pass_context
+def cli(ctx, out, source, kind, character_id, no_opt_in_required):
+    """Normalize raw records; reject malformed ones with a reason, file and line.
+
+    Exits 0 whenever it ran, whatever it rejected: see OUT/counts.json and OUT/rejects.jsonl."""
+    if source is not None:
+        params = CollectParams(
+            sources=[
+                SourceParams(
+                    path=str(source), kind=kind, character_id=character_id, require_opt_in=not no_opt_in_required
+                )
+            ]
+        )
+    else:
+        params = params_of(ctx).collect
+    try:
+        counts = run(params, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    say({k: counts[k] for k in ("read", "kept", "rejected", "reasons")})

@@ -58,7 +58,7 @@ class NearDupIndex:
     def add(self, text: str) -> bool:
         """Index the text unless it near-duplicates one already indexed; True if it does."""
         sig = self.signature(text)
-        keys = [hash((i, sig[i * self.rows:(i + 1) * self.rows].tobytes())) for i in range(self.bands)]
+        keys = [hash((i, sig[i * self.rows : (i + 1) * self.rows].tobytes())) for i in range(self.bands)]
         for key in keys:
             j = self.buckets.get(key)
             if j is not None:

@@ -8,16 +8,20 @@ import json
 import math
 from pathlib import Path
 
+import click
+
 from . import ab
 from .chat import prompt_ids
+from .cli import PATH, params_of, round_options, say
 from .generate import generate
 from .io import read_json, write_json, write_jsonl
+from .lm_loss import CountedTokenLoss, split_loss
 from .metrics import deltas
 from .model import load_round, load_tokenizer
 from .params import Params
-from .prompts import prompts_from_split
+from .paths import METRICS, round_paths
+from .prompts import prompts_from_split, reference_conversations
 from .rules import score_text
-from .train import CountedTokenLoss, reference_conversations, split_loss
 
 
 def _mean(xs: list[float]) -> float:
@@ -35,7 +39,7 @@ def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
     n = len(texts)
     if n == 0:
         return {"n": 0}
-    scored = [score_text(t, params.score, p["messages"], p["character_id"]) for p, t in zip(prompts, texts)]
+    scored = [score_text(t, params.score.rules, p["messages"], p["character_id"]) for p, t in zip(prompts, texts)]
     values = [v for v, _ in scored]
     col = lambda rule: [v[rule] for v in values if rule in v]  # noqa: E731
     depths = [turn_depth(p["messages"]) for p in prompts]
@@ -46,7 +50,7 @@ def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
         "followup_rate": _mean(col("followup_question")),
         "mean_response_chars": _mean([len(t) for t in texts]),
         "mean_turn_depth": _mean(depths),
-        "followup_rate_deep": _mean(deep),             # follow-ups at student turn 2 and later
+        "followup_rate_deep": _mean(deep),  # follow-ups at student turn 2 and later
         "balance": _mean(col("balance")),
         "politeness": _mean(col("politeness")),
         "verbosity": _mean(col("verbosity")),
@@ -62,12 +66,15 @@ def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
 def eval_config(params: Params) -> str:
     """A short hash of everything that defines the metrics' scale: rules, prompts, decoding. Package
     compares a round with the current release only when both were measured under the same one."""
-    sp = params.score.model_dump(mode="json")
-    rules = {k: sp[k] for k in ("weights", "length_window", "balance_target", "max_words_per_sentence",
-                                "repetition_ngram", "banned_words", "tone_keywords")}
+    rules = params.score.rules.model_dump(mode="json")
     ep = params.eval.model_dump(mode="json", exclude={"gates", "ab_prompts", "batch_size"})
-    parts = {"rules": rules, "eval": ep, "seed": params.seed, "system_prompts": params.system_prompts,
-             "max_length": params.train.max_length}
+    parts = {
+        "rules": rules,
+        "eval": ep,
+        "seed": params.seed,
+        "system_prompts": params.system_prompts,
+        "max_length": params.train.max_length,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -83,9 +90,18 @@ def check_gates(metrics: dict, gates: dict) -> list[dict]:
     return failed
 
 
-def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_dir: Path,
-        prev_metrics: Path | None, base_metrics: Path | None, out_file: Path, samples_file: Path,
-        prev_samples: Path | None = None) -> dict:
+def run(
+    params: Params,
+    round_id: str,
+    base_dir: Path,
+    version_dir: Path,
+    round_dir: Path,
+    prev_metrics: Path | None,
+    base_metrics: Path | None,
+    out_file: Path,
+    samples_file: Path,
+    prev_samples: Path | None = None,
+) -> dict:
     """`prev_samples`: the previous round's eval answers; with them, write the blinded A/B set
     (ab.csv, ab_key.json) next to this round's samples."""
     ep = params.eval
@@ -94,26 +110,69 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, round_
     tok = load_tokenizer(base_dir)
     model = load_round(base_dir, round_dir)
     texts = generate(
-        model, tok, [prompt_ids(tok, p["messages"]) for p in prompts], batch_size=ep.batch_size,
-        max_new_tokens=ep.max_new_tokens, temperature=ep.temperature, top_p=1.0, seed=params.seed,
+        model,
+        tok,
+        [prompt_ids(tok, p["messages"]) for p in prompts],
+        batch_size=ep.batch_size,
+        max_new_tokens=ep.max_new_tokens,
+        temperature=ep.temperature,
+        top_p=1.0,
+        seed=params.seed,
         desc=f"eval@{round_id}",
     ).texts
     write_jsonl(samples_file, ({**p, "response": t} for p, t in zip(prompts, texts)))
     if prev_samples is not None:
-        ab.make(round_id, samples_file, read_json(prev_metrics)["round"], prev_samples,
-                samples_file.parent / "ab.csv", samples_file.parent / "ab_key.json", ep.ab_prompts, params.seed)
+        ab.make(
+            round_id,
+            samples_file,
+            read_json(prev_metrics)["round"],
+            prev_samples,
+            samples_file.parent / "ab.csv",
+            samples_file.parent / "ab_key.json",
+            ep.ab_prompts,
+            params.seed,
+        )
     metrics = metrics_of(prompts, texts, params)
     # Teacher-forced loss on the eval split's own assistant turns: how far the round drifted
     # from the data, next to how it behaves.
-    held_out = reference_conversations(params, version_dir, "eval", ep.num_prompts)
+    held_out = reference_conversations(params.system_prompts, version_dir, "eval", ep.num_prompts)
     metrics["eval_loss"] = split_loss(CountedTokenLoss(model), tok, held_out, params.train.max_length, ep.batch_size)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
     failed = check_gates(metrics, ep.gates)
-    result = {"round": round_id, **metrics, "passed": not failed, "failed_gates": failed,
-              "eval_config": eval_config(params)}
+    result = {
+        "round": round_id,
+        **metrics,
+        "passed": not failed,
+        "failed_gates": failed,
+        "eval_config": eval_config(params),
+    }
     if prev_metrics is not None:
         result["delta_vs_prev"] = deltas(metrics, read_json(prev_metrics))
     if base_metrics is not None:
         result["delta_vs_base"] = deltas(metrics, read_json(base_metrics))
     write_json(out_file, result)
     return result
+
+
+@click.command()
+@round_options
+@click.option("--metrics-dir", type=PATH, default=METRICS, show_default=True)
+@click.pass_context
+def cli(ctx, round_id, rounds_data, rounds_dir, version_dir, base_dir, metrics_dir):
+    """Evaluate a round (or `--round base`) on the eval split."""
+    p = params_of(ctx)
+    here = round_paths(round_id, rounds_data, rounds_dir, metrics_dir)
+    prev = None if round_id == "base" else round_paths(p.round(round_id).prev, rounds_data, rounds_dir, metrics_dir)
+    result = run(
+        p,
+        round_id,
+        base_dir,
+        version_dir,
+        here.model,
+        prev_metrics=prev.metrics if prev else None,
+        base_metrics=round_paths("base", rounds_data, rounds_dir, metrics_dir).metrics if prev else None,
+        out_file=here.metrics,
+        samples_file=here.eval_samples,
+        prev_samples=prev.eval_samples if prev else None,
+    )
+    say(result)

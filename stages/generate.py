@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 @dataclass
 class Generation:
-    texts: list[str]     # in the order of the prompts
-    seeds: list[int]     # the sampling seed of each
-    n_tokens: int        # tokens generated, end-of-turn included
+    texts: list[str]  # in the order of the prompts
+    seeds: list[int]  # the sampling seed of each
+    n_tokens: int  # tokens generated, end-of-turn included
 
 
 def common_prefix(prompts: list[list[int]]) -> int:
@@ -51,12 +51,13 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float, gens: list
     probs = torch.softmax(logits.float() / temperature, -1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p   # keep the smallest set reaching top_p
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     cpu = probs.cpu()
-    return torch.tensor([int(torch.multinomial(cpu[i], 1, generator=g)) for i, g in enumerate(gens)],
-                        device=logits.device)
+    return torch.tensor(
+        [int(torch.multinomial(cpu[i], 1, generator=g)) for i, g in enumerate(gens)], device=logits.device
+    )
 
 
 def _stop_ids(model, tok) -> set[int]:
@@ -82,13 +83,13 @@ def _reserved_layer_class():
             self._views()
 
         def _views(self):
-            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+            self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
 
         def update(self, key_states, value_states, *args, **kwargs):
             n = self._n + key_states.shape[-2]
             if n > self._k.shape[-2]:
                 raise RuntimeError(f"generation cache overflow: {n} positions, room for {self._k.shape[-2]}")
-            self._k[:, :, self._n:n], self._v[:, :, self._n:n] = key_states, value_states
+            self._k[:, :, self._n : n], self._v[:, :, self._n : n] = key_states, value_states
             self._n = n
             self._views()
             return self.keys, self.values
@@ -102,7 +103,7 @@ def _reserved_layer_class():
             for i, (r, f) in enumerate(zip(order, firsts)):
                 if i != r:
                     self._k[i, :, f:n], self._v[i, :, f:n] = self._k[r, :, f:n], self._v[r, :, f:n]
-            self._k, self._v = self._k[:len(order)], self._v[:len(order)]
+            self._k, self._v = self._k[: len(order)], self._v[: len(order)]
             self._views()
 
     return _Reserved
@@ -124,14 +125,15 @@ def _register_ragged_attention() -> str:
     def ragged_sdpa(module, query, key, value, attention_mask, ragged_spans=None, **kwargs):
         if ragged_spans is None:
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        rows, heads, _, dim = query.shape    # one query token per row
+        rows, heads, _, dim = query.shape  # one query token per row
         kv_heads = key.shape[1]
         outs = []
         for a, b, first, mask in ragged_spans:
             # The query heads sharing a key/value head are that head's queries: no repeated keys.
             q = query[a:b].reshape(b - a, kv_heads, heads // kv_heads, dim)
             out = torch.nn.functional.scaled_dot_product_attention(
-                q, key[a:b, :, first:], value[a:b, :, first:], attn_mask=mask, scale=kwargs.get("scaling"))
+                q, key[a:b, :, first:], value[a:b, :, first:], attn_mask=mask, scale=kwargs.get("scaling")
+            )
             outs.append(out.reshape(b - a, heads, 1, dim))
         return torch.cat(outs).transpose(1, 2), None
 
@@ -143,7 +145,7 @@ def _register_ragged_attention() -> str:
 # One prefill pass more (the weights read again, per-call overhead) costs about as much as
 # computing this many more prompt tokens (measured on this CPU: 32..128 are alike).
 PREFILL_GROUP_COST = 64
-PREFILL_TOKENS = 2048     # most prompt tokens, padding included, run through the model at once
+PREFILL_TOKENS = 2048  # most prompt tokens, padding included, run through the model at once
 
 
 def split_rows(sizes: list[int], group_cost: int, cap: int | None = None) -> list[tuple[int, int]]:
@@ -189,15 +191,17 @@ def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, 
     size = (len(tails), kv_heads, end + reserve, head_dim)
     # Empty, not zeros: each group only ever reads the columns it wrote (see ragged attention),
     # so the unused columns are never touched, and on a CPU first touching memory is costly.
-    buffers = [(torch.empty(size, dtype=dtype, device=dev), torch.empty(size, dtype=dtype, device=dev))
-               for _ in range(cfg.num_hidden_layers)]
+    buffers = [
+        (torch.empty(size, dtype=dtype, device=dev), torch.empty(size, dtype=dtype, device=dev))
+        for _ in range(cfg.num_hidden_layers)
+    ]
     layer_class = _reserved_layer_class()
     groups, last_logits = [], []
     for a, b in split_rows([len(t) for t in tails], PREFILL_GROUP_COST, PREFILL_TOKENS):
         group = tails[a:b]
         w = len(group[-1])
         first = end - shared - w
-        rows = [(k[a:b, :, first:], v[a:b, :, first:]) for k, v in buffers]   # views: writes land in the batch cache
+        rows = [(k[a:b, :, first:], v[a:b, :, first:]) for k, v in buffers]  # views: writes land in the batch cache
         if prefix_cache is not None:
             for (k, v), layer in zip(rows, prefix_cache.layers):
                 k[:, :, :shared], v[:, :, :shared] = layer.keys, layer.values
@@ -205,8 +209,14 @@ def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, 
         tail_mask = torch.tensor([[0] * (w - len(t)) + [1] * len(t) for t in group], device=dev)
         attn = torch.cat([torch.ones(len(group), shared, dtype=torch.long, device=dev), tail_mask], 1)
         pos = (shared + tail_mask.cumsum(1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                    past_key_values=_cache(layer_class, rows, shared))
+        out = model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            past_key_values=_cache(layer_class, rows, shared),
+        )
         last_logits.append(out.logits[:, -1])
         groups.append((a, b, first))
     return _cache(layer_class, buffers, end), groups, torch.cat(last_logits)
@@ -240,16 +250,27 @@ def compaction_order(groups, keep: list[int]):
     return order, out
 
 
-def _decode(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, stop: torch.Tensor,
-            gens: list[torch.Generator], *, max_new_tokens: int, temperature: float, top_p: float) -> list[list[int]]:
+def _decode(
+    model,
+    tails: list[list[int]],
+    shared: int,
+    prefix_cache,
+    pad: int,
+    stop: torch.Tensor,
+    gens: list[torch.Generator],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+) -> list[list[int]]:
     """New tokens for one batch of prompt tails (sorted by length), end-of-turn included."""
     dev = stop.device
     cache, groups, logits = prefill(model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens)
     end = shared + max(len(t) for t in tails)
     mask = _decode_mask(tails, groups, shared, end, max_new_tokens, dev).to(cache.layers[0].keys.dtype)
     next_pos = torch.tensor([[shared + len(t)] for t in tails], device=dev)
-    live = list(range(len(tails)))        # rows of this batch still in the model's batch
-    ended = torch.zeros(len(tails), dtype=torch.bool, device=dev)   # of those, the finished ones
+    live = list(range(len(tails)))  # rows of this batch still in the model's batch
+    ended = torch.zeros(len(tails), dtype=torch.bool, device=dev)  # of those, the finished ones
     made: list[list[int]] = [[] for _ in tails]
     for step in range(max_new_tokens):
         nxt = pick_next(logits, temperature, top_p, [gens[r] for r in live])
@@ -269,11 +290,17 @@ def _decode(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, 
             live = [live[r] for r in order]
             keep = torch.tensor(order, device=dev)
             nxt, mask, next_pos, ended = nxt[keep], mask[keep], next_pos[keep], ended[keep]
-        n = end + step + 1        # cache columns once this step's token is in
+        n = end + step + 1  # cache columns once this step's token is in
         spans = [(a, b, first, mask[a:b, ..., first:n]) for a, b, first in groups]
         # No attention_mask: the spans carry the masks, so transformers builds none.
-        out = model(input_ids=nxt[:, None], position_ids=next_pos, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1, ragged_spans=spans)
+        out = model(
+            input_ids=nxt[:, None],
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            ragged_spans=spans,
+        )
         cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1]
     return made
 
@@ -283,16 +310,31 @@ def _check_full_attention(cfg, context: int) -> None:
     differently within `context` tokens, rather than sample from them wrongly."""
     window = getattr(cfg, "sliding_window", None)
     if window and getattr(cfg, "use_sliding_window", True) and window < context:
-        raise ValueError(f"{cfg.model_type}: sliding-window attention ({window} tokens) is not supported by the "
-                         f"hf sampler at {context} tokens of context; use sample.engine: vllm")
+        raise ValueError(
+            f"{cfg.model_type}: sliding-window attention ({window} tokens) is not supported by the "
+            f"hf sampler at {context} tokens of context; use sample.engine: vllm"
+        )
     if getattr(cfg, "attn_logit_softcapping", None):
-        raise ValueError(f"{cfg.model_type}: attention logit soft-capping is not supported by the hf sampler; "
-                         "use sample.engine: vllm")
+        raise ValueError(
+            f"{cfg.model_type}: attention logit soft-capping is not supported by the hf sampler; "
+            "use sample.engine: vllm"
+        )
 
 
 @torch.inference_mode()
-def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
-             temperature: float, top_p: float, seed: int, desc: str, progress: bool = True) -> Generation:
+def generate(
+    model,
+    tok,
+    prompts: list[list[int]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    desc: str,
+    progress: bool = True,
+) -> Generation:
     """Completions of `prompts`; prompt i samples with seed `seed + i`."""
     _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
     model.eval()
@@ -302,8 +344,9 @@ def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_t
     shared = common_prefix(prompts)
     prefix_cache = None
     if shared:
-        prefix_cache = model(input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True,
-                             logits_to_keep=1).past_key_values
+        prefix_cache = model(
+            input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True, logits_to_keep=1
+        ).past_key_values
 
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     texts: list[str] = [""] * len(prompts)
@@ -314,10 +357,19 @@ def generate(model, tok, prompts: list[list[int]], *, batch_size: int, max_new_t
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
     try:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            made = _decode(model, [prompts[i][shared:] for i in idx], shared, prefix_cache, pad, stop,
-                           [torch.Generator().manual_seed(seeds[i]) for i in idx],
-                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+            idx = order[start : start + batch_size]
+            made = _decode(
+                model,
+                [prompts[i][shared:] for i in idx],
+                shared,
+                prefix_cache,
+                pad,
+                stop,
+                [torch.Generator().manual_seed(seeds[i]) for i in idx],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+            )
             for i, ids in zip(idx, made):
                 n_tokens += len(ids)
                 texts[i] = tok.decode(ids, skip_special_tokens=True).strip()

@@ -54,8 +54,6 @@ def sha256_file(path: Path) -> str:
 def sha256_tree(root: Path) -> tuple[str, dict[str, str]]:
     """Hash of a directory: sha256 over the sorted (relative path, file hash) list."""
     root = Path(root)
-    files = {
-        p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     h = hashlib.sha256(dumps(files).encode()).hexdigest()
     return h, files

@@ -9,15 +9,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import click
 import yaml
 
 from . import release
+from .cli import PATH, params_of, say
 from .io import read_json, sha256_file, sha256_tree, write_json
 from .metrics import deltas
 from .params import Params
+from .paths import METRICS, MODELS, round_paths
 
 
-def choose(params: Params, evals: dict[str, dict], adapters: dict[str, str], cur: dict | None) -> tuple[str | None, str]:
+def choose(
+    params: Params, evals: dict[str, dict], adapters: dict[str, str], cur: dict | None
+) -> tuple[str | None, str]:
     """The round to release and why, or None and why not. `adapters`: round id -> adapter hash."""
     metric = params.package.primary_metric
     cur_eval = cur["evaluation"][cur["round"]] if cur else None
@@ -44,16 +49,28 @@ def choose(params: Params, evals: dict[str, dict], adapters: dict[str, str], cur
         elif comparable:
             beats = f"beats {cur['version']} ({cur_value:.4f})"
         else:
-            beats = (f"{cur['version']} ({metric}={cur_value:.4f}) was measured under another eval config "
-                     f"(score rules, prompts or decoding), so the values do not compare")
+            beats = (
+                f"{cur['version']} ({metric}={cur_value:.4f}) was measured under another eval config "
+                f"(score rules, prompts or decoding), so the values do not compare"
+            )
         return rid, f"{rid} passed its gates, {metric}={ev[metric]:.4f}, {beats}"
     return None, "; ".join(why_not) or "no rounds"
 
 
-def build_metadata(params: Params, version: str, rid: str, base_dir: Path, rounds_dir: Path, version_dir: Path,
-                   evals: dict, base_eval: dict, cur: dict | None, data_metrics: Path) -> dict:
+def build_metadata(
+    params: Params,
+    version: str,
+    rid: str,
+    base_dir: Path,
+    rounds_dir: Path,
+    version_dir: Path,
+    evals: dict,
+    base_eval: dict,
+    cur: dict | None,
+    data_metrics: Path,
+) -> dict:
     base = read_json(base_dir / "base.json")
-    info = read_json(rounds_dir / rid / "ROUND.json")
+    info = read_json(round_paths(rid, models=rounds_dir).model / "ROUND.json")
     manifest = read_json(version_dir / "manifest.json")
     manifest_sha256 = sha256_file(version_dir / "manifest.json")
     tokenizer_hash = sha256_file(base_dir / "tokenizer.json") if (base_dir / "tokenizer.json").is_file() else None
@@ -76,8 +93,15 @@ def build_metadata(params: Params, version: str, rid: str, base_dir: Path, round
         "base_model": {k: v for k, v in base.items() if k != "files"},
         "tokenizer_sha256": tokenizer_hash,
         "adapter_sha256": info["adapter_hash"],
-        "training": {"method": info["train"].get("method", "sft"), "init": info["init"],
-                     "params": params.train.model_dump(), "stats": info["train"]},
+        "training": {
+            "method": info["train"].get("method", "sft"),
+            "init": info["init"],
+            # What DPO / Rho-1 optimized against (the base, or the adapter the round started
+            # from), by hash; None for plain SFT.
+            "reference": info.get("reference"),
+            "params": params.train.model_dump(),
+            "stats": info["train"],
+        },
         "data": {
             "manifest_sha256": manifest_sha256,
             "counts": manifest["counts"],
@@ -100,28 +124,49 @@ def merge_into(release_dir: Path, base_dir: Path) -> None:
     load_tokenizer(base_dir).save_pretrained(release_dir / "merged")
 
 
-def run(params: Params, base_dir: Path, rounds_dir: Path, metrics_dir: Path, version_dir: Path,
-        data_metrics: Path, out_root: Path, routing_file: Path, report_file: Path) -> dict:
+def run(
+    params: Params,
+    base_dir: Path,
+    rounds_dir: Path,
+    metrics_dir: Path,
+    version_dir: Path,
+    data_metrics: Path,
+    out_root: Path,
+    routing_file: Path,
+    report_file: Path,
+) -> dict:
     rel = out_root / params.package.name
     rel.mkdir(parents=True, exist_ok=True)
-    evals = {rid: read_json(metrics_dir / f"eval_{rid}.json") for rid in params.rounds}
+    evals = {rid: read_json(round_paths(rid, metrics=metrics_dir).metrics) for rid in params.rounds}
     base_eval = read_json(metrics_dir / "eval_base.json")
     cur = release.current(rel)
-    adapters = {rid: read_json(rounds_dir / rid / "ROUND.json")["adapter_hash"] for rid in params.rounds}
+    adapters = {
+        rid: read_json(round_paths(rid, models=rounds_dir).model / "ROUND.json")["adapter_hash"]
+        for rid in params.rounds
+    }
     rid, why = choose(params, evals, adapters, cur)
 
     if rid is None:
         release.record(rel, {"action": "keep", "version": cur["version"] if cur else None, "reason": why})
-        decision = {"released": False, "version": cur["version"] if cur else None, "round": cur["round"] if cur else None, "reason": why}
+        decision = {
+            "released": False,
+            "version": cur["version"] if cur else None,
+            "round": cur["round"] if cur else None,
+            "reason": why,
+        }
     else:
         version = release.next_version(rel, params.package.name, params.package.major, params.package.tag)
-        metadata = build_metadata(params, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics)
+        metadata = build_metadata(
+            params, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics
+        )
         archive = rel / "versions" / version
         if archive.exists():
             shutil.rmtree(archive)
-        shutil.copytree(rounds_dir / rid / "adapter", archive / "adapter")
+        shutil.copytree(round_paths(rid, models=rounds_dir).model / "adapter", archive / "adapter")
         metadata["adapter_tree_sha256"] = sha256_tree(archive / "adapter")[0]
-        (archive / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        (archive / "metadata.yaml").write_text(
+            yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
         release.install(rel, version)
         release.record(rel, {"action": "release", "version": version, "round": rid, "reason": why})
         ev = evals[rid]
@@ -140,3 +185,29 @@ def run(params: Params, base_dir: Path, rounds_dir: Path, metrics_dir: Path, ver
         write_json(routing_file, {})
     write_json(report_file, decision)
     return decision
+
+
+@click.command()
+@click.option("--base", "base_dir", type=PATH, default=Path("models/base"), show_default=True)
+@click.option("--rounds-dir", type=PATH, default=MODELS, show_default=True)
+@click.option("--metrics-dir", type=PATH, default=METRICS, show_default=True)
+@click.option("--data", "version_dir", type=PATH, default=Path("data/version"), show_default=True)
+@click.option("--out", type=PATH, default=Path("models/release"), show_default=True)
+@click.option("--routing", type=PATH, default=Path("models/routing.json"), show_default=True)
+@click.option("--report", "report_file", type=PATH, default=Path("reports/package.json"), show_default=True)
+@click.pass_context
+def cli(ctx, base_dir, rounds_dir, metrics_dir, version_dir, out, routing, report_file):
+    """Release the latest round that passed its gates and beats the current release."""
+    say(
+        run(
+            params_of(ctx),
+            base_dir,
+            rounds_dir,
+            metrics_dir,
+            version_dir,
+            metrics_dir / "data.json",
+            out,
+            routing,
+            report_file,
+        )
+    )

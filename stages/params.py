@@ -33,16 +33,16 @@ class BaseParams(Section):
 
 
 class SourceParams(Section):
-    path: str | None = None                 # a file (.jsonl/.json/.parquet) or a datasets.save_to_disk dir
-    hub: str | None = None                  # anchor data from the hub by name: needs network, never a default
+    path: str | None = None  # a file (.jsonl/.json/.parquet) or a datasets.save_to_disk dir
+    hub: str | None = None  # anchor data from the hub by name: needs network, never a default
     hub_split: str = "train"
     kind: Literal["conversations", "feedback", "gold", "anchor"] = "conversations"
     format: Literal["auto", "jsonl", "json", "parquet", "datasets"] = "auto"
     # Field mapping for public chat-data shapes; `auto` recognizes all of them.
     mapping: Literal["none", "auto", "lmsys", "magpie", "prosocial"] = "auto"
-    dataset_source: str | None = None       # default: the file's stem
-    character_id: str | None = None         # default for records that carry none
-    require_opt_in: bool = True             # consent required unless the source is public data you may use
+    dataset_source: str | None = None  # default: the file's stem
+    character_id: str | None = None  # default for records that carry none
+    require_opt_in: bool = True  # consent required unless the source is public data you may use
 
     @model_validator(mode="after")
     def _one_origin(self):
@@ -67,7 +67,7 @@ class CollectParams(Section):
 
 
 class RepetitionParams(Section):
-    min_words: int = Field(50, ge=1)            # shorter texts are not judged
+    min_words: int = Field(50, ge=1)  # shorter texts are not judged
     dup_line_frac: float = Field(0.3, ge=0, le=1)
     top_2gram_frac: float = Field(0.2, ge=0, le=1)
     dup_5gram_frac: float = Field(0.15, ge=0, le=1)
@@ -75,22 +75,22 @@ class RepetitionParams(Section):
 
 class SpamParams(Section):
     max_links: int = Field(3, ge=0)
-    max_link_density: float = Field(0.2, ge=0, le=1)   # links per word
-    max_char_run: int = Field(10, ge=2)                # the same character this many times in a row
+    max_link_density: float = Field(0.2, ge=0, le=1)  # links per word
+    max_char_run: int = Field(10, ge=2)  # the same character this many times in a row
 
 
 class ScrubParams(Section):
     min_user_chars: int = Field(2, ge=0)
     min_assistant_chars: int = Field(8, ge=0)
-    names: list[str] = Field(default_factory=list)     # names/ids masked everywhere, beside each record's own
-    names_file: str | None = None                      # more of them, one per line
+    names: list[str] = Field(default_factory=list)  # names/ids masked everywhere, beside each record's own
+    names_file: str | None = None  # more of them, one per line
     language: Literal["any", "ko", "en", "ja", "zh", "ru"] = "any"
     min_language_ratio: float = Field(0.5, ge=0, le=1)  # share of letters in the language's script
-    meta_filter: bool = True                           # drop "as an AI language model" / "저는 AI" answers
+    meta_filter: bool = True  # drop "as an AI language model" / "저는 AI" answers
     repetition: RepetitionParams = RepetitionParams()
     spam: SpamParams = SpamParams()
     near_dup_threshold: float | None = Field(0.8, gt=0, le=1)  # MinHash Jaccard; null disables
-    review_sample: int = Field(20, ge=0)               # per character, for a human to read
+    review_sample: int = Field(20, ge=0)  # per character, for a human to read
 
 
 class VersionParams(Section):
@@ -110,6 +110,7 @@ class SampleParams(Section):
 
 class ScoreWeights(Section):
     """Weight of each rule in the total score; 0 keeps a rule informative only."""
+
     question_ratio: float = Field(1.0, ge=0)
     length: float = Field(0.5, ge=0)
     followup_question: float = Field(1.0, ge=0)
@@ -126,24 +127,22 @@ class ScoreWeights(Section):
 class RewardModelParams(Section):
     # A local transformers sequence-classification model directory (safetensors); null: rules only.
     path: str | None = None
-    mode: Literal["add", "replace"] = "add"   # add: one more weighted rule; replace: the score is the reward
+    mode: Literal["add", "replace"] = "add"  # add: one more weighted rule; replace: the score is the reward
     weight: float = Field(1.0, ge=0)
     batch_size: int = Field(16, ge=1)
 
 
-class ScoreParams(Section):
+class RuleParams(Section):
+    """What a reply is judged on: shared by score (training weights) and eval (metrics), so that
+    both stages list this one key and eval_config hashes it once."""
+
     weights: ScoreWeights = ScoreWeights()
     length_window: tuple[int, int] = (40, 400)
-    balance_target: float = Field(0.5, ge=0, le=1)      # share of question sentences
+    balance_target: float = Field(0.5, ge=0, le=1)  # share of question sentences
     max_words_per_sentence: int = Field(25, ge=1)
     repetition_ngram: int = Field(3, ge=1)
     banned_words: list[str] = Field(default_factory=list)
     tone_keywords: dict[str, list[str]] = Field(default_factory=dict)  # character -> words its replies use
-    reward_model: RewardModelParams = RewardModelParams()
-    weight_floor: float = Field(0.05, ge=0, le=1)
-    keep_top_fraction: float = Field(0.5, gt=0, le=1)
-    keep_top_k: int | None = Field(None, ge=1)          # also at most k samples per prompt
-    pair_min_margin: float = Field(0.1, ge=0)           # best - worst score needed for a DPO pair
 
     @field_validator("length_window")
     @classmethod
@@ -151,6 +150,15 @@ class ScoreParams(Section):
         if not 0 <= v[0] < v[1]:
             raise ValueError("length_window must be [low, high] with 0 <= low < high")
         return v
+
+
+class ScoreParams(Section):
+    rules: RuleParams = RuleParams()
+    reward_model: RewardModelParams = RewardModelParams()
+    weight_floor: float = Field(0.05, ge=0, le=1)
+    keep_top_fraction: float = Field(0.5, gt=0, le=1)
+    keep_top_k: int | None = Field(None, ge=1)  # also at most k samples per prompt
+    pair_min_margin: float = Field(0.1, ge=0)  # best - worst score needed for a DPO pair
 
 
 class LoraParams(Section):
@@ -164,15 +172,21 @@ class TrainParams(Section):
     init: Literal["prev", "fresh"] = "prev"
     method: Literal["sft", "dpo"] = "sft"
     dpo_beta: float = Field(0.1, gt=0)
-    feedback_pairs: bool = True                       # dpo: also the version's feedback pairs (bad vs corrected)
+    # What DPO and Rho-1 measure against. base: the base, adapter switched off. start: the adapter
+    # this round starts from (init: prev), a second frozen adapter on the same base.
+    reference: Literal["base", "start"] = "base"
+    # precompute: the reference's values once, before the loop; per_step: a reference forward in
+    # every step (holds nothing in memory; the same adapter bytes).
+    reference_logps: Literal["precompute", "per_step"] = "precompute"
+    feedback_pairs: bool = True  # dpo: also the version's feedback pairs (bad vs corrected)
     token_weighting: Literal["none", "rho1"] = "none"
     rho1_keep: float = Field(0.6, gt=0, le=1)
-    quantize: Literal["none", "4bit"] = "none"        # 4bit: QLoRA through bitsandbytes (CUDA only)
+    quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA through bitsandbytes (CUDA only)
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
-    checkpoint_every: int = Field(0, ge=0)            # steps; 0: no checkpoints
-    eval_examples: int = Field(16, ge=0)              # eval-split conversations for the eval loss
+    checkpoint_every: int = Field(0, ge=0)  # steps; 0: no checkpoints
+    eval_examples: int = Field(16, ge=0)  # eval-split conversations for the eval loss
     # Where training runs: here (CPU or one GPU), or `accelerate launch` with a config file.
     launcher: Literal["local", "accelerate"] = "local"
     accelerate_config: str = "configs/accelerate/ddp.yaml"
@@ -188,6 +202,11 @@ class TrainParams(Section):
     def _rho1_is_sft(self):
         if self.method == "dpo" and self.token_weighting != "none":
             raise ValueError("token_weighting: rho1 selects tokens of the SFT loss; with method: dpo set it to none")
+        if self.reference == "start" and self.init == "fresh":
+            raise ValueError(
+                "reference: start is the adapter the round starts from (init: prev); a fresh "
+                "adapter starts as the base, so set reference: base"
+            )
         return self
 
 
@@ -263,7 +282,9 @@ class Params(Section):
 
     def round(self, round_id: str) -> Round:
         if round_id not in self.rounds:
-            raise ParamsError(f"round {round_id!r} is not listed under rounds in params.yaml (have {list(self.rounds)})")
+            raise ParamsError(
+                f"round {round_id!r} is not listed under rounds in params.yaml (have {list(self.rounds)})"
+            )
         return Round(id=round_id, prev=self.rounds[round_id].prev)
 
 

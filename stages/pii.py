@@ -47,7 +47,7 @@ def rrn_checksum_ok(digits: str) -> bool:
 class Detector:
     kind: str
     pattern: re.Pattern
-    needs: str                                  # the cheap pre-test (PRETESTS) a text must pass
+    needs: str  # the cheap pre-test (PRETESTS) a text must pass
     valid: Callable[[str], bool] | None = None  # checks a candidate match
 
 
@@ -61,6 +61,7 @@ _EN_ADDRESS_HINT = re.compile(r"[0-9]\s+[A-Z]")
 
 _KO_ADDRESS_HINT = re.compile(r"[로길동리가]\s?[0-9]")
 
+
 def _is_ipv6(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
@@ -70,41 +71,73 @@ def _is_ipv6(text: str) -> bool:
 
 
 DETECTORS: list[Detector] = [
-    Detector("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-             "@"),
+    Detector("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "@"),
     # Resident registration numbers: a real YYMMDD date, then the sex/century digit 1-8.
-    Detector("RRN", re.compile(_ND + r"[0-9]{6}[- ]?[1-8][0-9]{6}" + _NA), "13 digits",
-             lambda m: rrn_date_ok(re.sub(r"\D", "", m))),
+    Detector(
+        "RRN",
+        re.compile(_ND + r"[0-9]{6}[- ]?[1-8][0-9]{6}" + _NA),
+        "13 digits",
+        lambda m: rrn_date_ok(re.sub(r"\D", "", m)),
+    ),
     # Card numbers: 13-19 digits, optionally in space/dash groups, Luhn-valid.
-    Detector("CARD", re.compile(_ND + r"[0-9](?:[ -]?[0-9]){12,18}" + _NA), "13 digits",
-             lambda m: 13 <= len(d := re.sub(r"\D", "", m)) <= 19 and luhn_ok(d)),
+    Detector(
+        "CARD",
+        re.compile(_ND + r"[0-9](?:[ -]?[0-9]){12,18}" + _NA),
+        "13 digits",
+        lambda m: 13 <= len(d := re.sub(r"\D", "", m)) <= 19 and luhn_ok(d),
+    ),
     # Phones, one pass: Korean mobile/landline (with or without +82 and separators); international
     # +CC then 2-4 digit groups; North American (NNN) NNN-NNNN.
-    Detector("PHONE", re.compile(
-        _ND + r"(?:(?:\+82[- ]?0?|0)(?:1[016789]|2|[3-6][1-5]|70)[- .]?[0-9]{3,4}[- .]?[0-9]{4}"
-        r"|\+[1-9][0-9]{0,2}[- ]?\(?[0-9]{1,4}\)?(?:[- ][0-9]{2,4}){2,3}"
-        r"|(?<!-)\(?[0-9]{3}\)?[- .][0-9]{3}[- .][0-9]{4})" + _NA), "number"),
+    Detector(
+        "PHONE",
+        re.compile(
+            _ND + r"(?:(?:\+82[- ]?0?|0)(?:1[016789]|2|[3-6][1-5]|70)[- .]?[0-9]{3,4}[- .]?[0-9]{4}"
+            r"|\+[1-9][0-9]{0,2}[- ]?\(?[0-9]{1,4}\)?(?:[- ][0-9]{2,4}){2,3}"
+            r"|(?<!-)\(?[0-9]{3}\)?[- .][0-9]{3}[- .][0-9]{4})" + _NA
+        ),
+        "number",
+    ),
     # Bank accounts: 10-14 digits in 3-4 dash-separated groups.
-    Detector("ACCOUNT", re.compile(r"(?<![0-9-])[0-9]{2,6}(?:-[0-9]{2,8}){1,2}-[0-9]{1,8}(?![0-9-])"), "number",
-             lambda m: 10 <= sum(c.isdigit() for c in m) <= 14),
-    Detector("IP", re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9.])"), "dotted",
-             lambda m: all(int(part) <= 255 for part in m.split("."))),
-    Detector("IP", re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"),
-             ":", _is_ipv6),
+    Detector(
+        "ACCOUNT",
+        re.compile(r"(?<![0-9-])[0-9]{2,6}(?:-[0-9]{2,8}){1,2}-[0-9]{1,8}(?![0-9-])"),
+        "number",
+        lambda m: 10 <= sum(c.isdigit() for c in m) <= 14,
+    ),
+    Detector(
+        "IP",
+        re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9.])"),
+        "dotted",
+        lambda m: all(int(part) <= 255 for part in m.split(".")),
+    ),
+    Detector(
+        "IP", re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"), ":", _is_ipv6
+    ),
     # Korean road-name (도로명) addresses need their district (구/군/시) before the road, since a bare
     # "...로 25" is mostly the particle 로 ("그걸로 25%"); counts after the number ("3가지") are not addresses.
-    Detector("ADDRESS", re.compile(
-        r"(?:[가-힣]{2,6}(?:특별시|광역시|특별자치시|도|시)\s)?[가-힣]{1,6}(?:구|군|시)\s[가-힣0-9]{1,10}(?:로|길)\s?"
-        r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:번길\s?[0-9]{1,4})?(?![0-9]|가지|개|명|번째|%|점|살|시간|분|초)"),
-        "ko_address"),
+    Detector(
+        "ADDRESS",
+        re.compile(
+            r"(?:[가-힣]{2,6}(?:특별시|광역시|특별자치시|도|시)\s)?[가-힣]{1,6}(?:구|군|시)\s[가-힣0-9]{1,10}(?:로|길)\s?"
+            r"[0-9]{1,4}(?:-[0-9]{1,4})?(?:번길\s?[0-9]{1,4})?(?![0-9]|가지|개|명|번째|%|점|살|시간|분|초)"
+        ),
+        "ko_address",
+    ),
     # Lot-number (지번) addresses: 동/리/가, the lot number, 번지.
-    Detector("ADDRESS", re.compile(
-        r"(?:[가-힣]{1,6}(?:시|군|구)\s)?[가-힣0-9]{1,10}(?:동|리|가)\s?[0-9]{1,4}(?:-[0-9]{1,4})?번지"), "번지"),
+    Detector(
+        "ADDRESS",
+        re.compile(r"(?:[가-힣]{1,6}(?:시|군|구)\s)?[가-힣0-9]{1,10}(?:동|리|가)\s?[0-9]{1,4}(?:-[0-9]{1,4})?번지"),
+        "번지",
+    ),
     # English street addresses: number, 1-3 capitalized words, a street type, optional unit.
-    Detector("ADDRESS", re.compile(
-        r"(?<![0-9])[0-9]{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|"
-        r"Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway)\.?(?:,?\s+(?:Apt|Suite|Unit)\.?\s*#?[0-9A-Za-z]+)?"),
-        "en_address"),
+    Detector(
+        "ADDRESS",
+        re.compile(
+            r"(?<![0-9])[0-9]{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|"
+            r"Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway)\.?(?:,?\s+(?:Apt|Suite|Unit)\.?\s*#?[0-9A-Za-z]+)?"
+        ),
+        "en_address",
+    ),
 ]
 
 PRETESTS: dict[str, Callable[[str], bool]] = {

@@ -1,4 +1,5 @@
-"""Choosing prompts from a dataset split: which records, cut where, with which system prompt."""
+"""Conversations from a dataset split as the model sees them: the character's system prompt in
+front, and for prompts, cut before an assistant turn."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 from pathlib import Path
 
 from .chat import cut_for_prompt, with_system
-from .version import load_split
+from .splits import load_split
 
 
 def system_prompt_for(system_prompts: dict[str, str], character_id: str) -> str:
@@ -19,6 +20,11 @@ def system_prompt_for(system_prompts: dict[str, str], character_id: str) -> str:
         ) from None
 
 
+def in_character(system_prompts: dict[str, str], character_id: str, messages: list[dict]) -> list[dict]:
+    """The conversation with the character's system prompt in place of any it had."""
+    return with_system(system_prompt_for(system_prompts, character_id), messages)
+
+
 def pick_prompts(rows: list[dict], n: int, rng_seed: str, system_prompts: dict[str, str]) -> list[dict]:
     """n records (all if fewer), each cut before a random assistant turn, system prompt in front.
     Deterministic in (rows, n, rng_seed)."""
@@ -27,17 +33,30 @@ def pick_prompts(rows: list[dict], n: int, rng_seed: str, system_prompts: dict[s
     out = []
     for row in chosen:
         context = cut_for_prompt(row["messages"], rng)
-        out.append({
-            "prompt_id": f"{row['id'][:16]}:{len(context)}",
-            "record_id": row["id"],
-            "character_id": row["character_id"],
-            "messages": with_system(system_prompt_for(system_prompts, row["character_id"]), context),
-        })
+        out.append(
+            {
+                "prompt_id": f"{row['id'][:16]}:{len(context)}",
+                "record_id": row["id"],
+                "character_id": row["character_id"],
+                "messages": in_character(system_prompts, row["character_id"], context),
+            }
+        )
     return out
 
 
-def prompts_from_split(version_dir: Path, split: str, n: int, rng_seed: str, system_prompts: dict[str, str]) -> list[dict]:
+def prompts_from_split(
+    version_dir: Path, split: str, n: int, rng_seed: str, system_prompts: dict[str, str]
+) -> list[dict]:
     rows = load_split(version_dir, split)
     if not rows:
         raise RuntimeError(f"{version_dir}: the {split} split is empty; add data or change version.eval_fraction")
     return pick_prompts(rows, n, rng_seed, system_prompts)
+
+
+def reference_conversations(system_prompts: dict[str, str], version_dir: Path, split: str, n: int) -> list[dict]:
+    """The first n records of a split (in its stable order), system prompt in front: the fixed set
+    an eval-split loss is measured on, by train while it trains and by eval after."""
+    return [
+        {"messages": in_character(system_prompts, r["character_id"], r["messages"]), "weight": 1.0, "kind": split}
+        for r in load_split(version_dir, split)[:n]
+    ]

@@ -6,25 +6,10 @@ import re
 from collections import Counter
 
 from .params import ScrubParams
+from .text import META, script_share
 
-_PLACEHOLDER = re.compile(r"<[A-Z]+_[0-9]+>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
-
-META = re.compile(
-    r"as an ai\b|as a language model|i am an ai\b|i'm an ai\b|i'?m just an ai|i am just an ai|ai language model|"
-    r"my (?:system prompt|instructions say|guidelines)|the system prompt|openai'?s policy|"
-    r"저는\s?(?:ai|인공지능)|ai\s?언어\s?모델|인공지능\s?언어\s?모델|언어\s?모델로서|시스템\s?프롬프트",
-    re.IGNORECASE,
-)
-
-SCRIPTS = {
-    "ko": lambda c: "\uac00" <= c <= "\ud7a3" or "\u1100" <= c <= "\u11ff" or "\u3130" <= c <= "\u318f",
-    "en": lambda c: c.isascii() and c.isalpha(),
-    "ja": lambda c: "\u3040" <= c <= "\u30ff",
-    "zh": lambda c: "\u4e00" <= c <= "\u9fff",
-    "ru": lambda c: "\u0400" <= c <= "\u04ff",
-}
 
 
 def turn_order_ok(messages: list[dict]) -> bool:
@@ -38,14 +23,6 @@ def too_short(messages: list[dict], params: ScrubParams) -> bool:
     return any(len(m["content"].strip()) < limits.get(m["role"], 0) for m in messages)
 
 
-def script_share(text: str, language: str) -> float:
-    letters = [c for c in _PLACEHOLDER.sub(" ", text) if c.isalpha()]
-    if not letters:
-        return 1.0  # nothing to judge (digits, symbols): not a language violation
-    is_script = SCRIPTS[language]
-    return sum(1 for c in letters if is_script(c)) / len(letters)
-
-
 def repetition(text: str, p: ScrubParams) -> bool:
     """Gopher-style: too many duplicate lines, one 2-gram dominating, or many repeated 5-grams.
     Only on texts long enough for the fractions to mean something."""
@@ -57,10 +34,10 @@ def repetition(text: str, p: ScrubParams) -> bool:
         return True
     chars = sum(len(w) for w in words)
     bigrams = Counter(zip(words, words[1:]))
-    (top, n), = bigrams.most_common(1)
+    ((top, n),) = bigrams.most_common(1)
     if n > 1 and n * (len(top[0]) + len(top[1])) / chars > p.repetition.top_2gram_frac:
         return True
-    grams = Counter(tuple(words[i:i + 5]) for i in range(len(words) - 4))
+    grams = Counter(tuple(words[i : i + 5]) for i in range(len(words) - 4))
     dup_chars = sum(sum(len(w) for w in g) * (c - 1) for g, c in grams.items() if c > 1)
     return dup_chars / chars > p.repetition.dup_5gram_frac
 

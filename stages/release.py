@@ -46,8 +46,10 @@ def current(release_dir: Path) -> dict | None:
     meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
-        raise RuntimeError(f"{path} is not a loraloop release (no {', '.join(missing)}); "
-                           f"move {release_dir} aside to start a new release history")
+        raise RuntimeError(
+            f"{path} is not a loraloop release (no {', '.join(missing)}); "
+            f"move {release_dir} aside to start a new release history"
+        )
     return meta
 
 
@@ -61,8 +63,9 @@ def released_versions(release_dir: Path) -> list[str]:
 
 
 def next_version(release_dir: Path, name: str, major: int, tag: str | None) -> str:
-    minors = [int(m["minor"]) for v in released_versions(release_dir)
-              if (m := VERSION.match(v)) and int(m["major"]) == major]
+    minors = [
+        int(m["minor"]) for v in released_versions(release_dir) if (m := VERSION.match(v)) and int(m["major"]) == major
+    ]
     version = f"{name}-v{major}.{max(minors, default=0) + 1}"
     return f"{version}-{tag}" if tag else version
 
@@ -87,15 +90,18 @@ def model_card(metadata: dict) -> str:
         "tags": ["lora", "loraloop", *metadata["characters"]],
     }
     ev = metadata["evaluation"][metadata["round"]]
+    ref = metadata["training"].get("reference")
+    against = f" against the reference `{ref['kind']}` (round `{ref['round']}`)" if ref else ""
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in ev.items() if isinstance(v, float))
     return (
         f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n"
         f"# {metadata['version']}\n\n"
         f"LoRA adapter for `{base_id}` (base sha256 tree hash `{base['hash'][:16]}`), trained by loraloop "
-        f"round `{metadata['round']}` with `{metadata['training']['method']}`.\n\n"
+        f"round `{metadata['round']}` with `{metadata['training']['method']}`{against}.\n\n"
         f"Characters: {', '.join(metadata['characters'])}. Released {metadata['created_at']}.\n\n"
         f"## Evaluation (held-out prompts)\n\n| metric | value |\n|---|---|\n{rows}\n\n"
-        f"## Use\n\n```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"adapter\")\n```\n\n"
+        "## Use\n\n```python\nfrom peft import PeftModel\n"
+        'model = PeftModel.from_pretrained(base_model, "adapter")\n```\n\n'
         f"Training data: {metadata['data']['manifest_sha256'][:16]} (data/version/manifest.json sha256).\n"
     )
 
@@ -104,7 +110,9 @@ def install(release_dir: Path, version: str) -> dict:
     """Make an archived version the current one: adapter, metadata and model card."""
     src = release_dir / "versions" / version
     if not src.is_dir():
-        raise FileNotFoundError(f"{release_dir}: no archived version {version!r} (have {released_versions(release_dir)})")
+        raise FileNotFoundError(
+            f"{release_dir}: no archived version {version!r} (have {released_versions(release_dir)})"
+        )
     if (release_dir / "adapter").exists():
         shutil.rmtree(release_dir / "adapter")
     shutil.copytree(src / "adapter", release_dir / "adapter")

@@ -8,27 +8,46 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import click
+
+from .cli import PATH, params_of
 from .io import read_json
 from .params import Params
+from .paths import METRICS, MODELS, round_paths
 
 COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
 # Every metric eval writes, for the trajectory plot (the table keeps to the four above).
-TRAJECTORY = COLUMNS + ("followup_rate_deep", "mean_turn_depth", "balance", "politeness", "verbosity",
-                        "language_compliance", "meta_leak_rate", "repetition_rate", "banned_word_rate",
-                        "tone_keyword_rate", "eval_loss", "perplexity")
+TRAJECTORY = COLUMNS + (
+    "followup_rate_deep",
+    "mean_turn_depth",
+    "balance",
+    "politeness",
+    "verbosity",
+    "language_compliance",
+    "meta_leak_rate",
+    "repetition_rate",
+    "banned_word_rate",
+    "tone_keyword_rate",
+    "eval_loss",
+    "perplexity",
+)
 
 
 def _evals(params: Params, metrics_dir: Path) -> list[tuple[str, dict]]:
     out = []
     for rid in ["base", *params.rounds]:
-        path = Path(metrics_dir) / f"eval_{rid}.json"
+        path = round_paths(rid, metrics=metrics_dir).metrics
         out.append((rid, read_json(path) if path.is_file() else {}))
     return out
 
 
 def table(params: Params, metrics_dir: Path) -> str:
-    rows = [[rid] + [f"{m[c]:.3f}" if c in m else "-" for c in COLUMNS] + [("yes" if m.get("passed") else "no") if m else "-"]
-            for rid, m in _evals(params, metrics_dir)]
+    rows = [
+        [rid]
+        + [f"{m[c]:.3f}" if c in m else "-" for c in COLUMNS]
+        + [("yes" if m.get("passed") else "no") if m else "-"]
+        for rid, m in _evals(params, metrics_dir)
+    ]
     header = ["round", *COLUMNS, "gates"]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
@@ -50,14 +69,16 @@ def write_plots(params: Params, metrics_dir: Path, rounds_dir: Path, out_dir: Pa
         w.writerow(["round_index", "round", *TRAJECTORY])
         for i, (rid, m) in enumerate(_evals(params, metrics_dir)):
             w.writerow([i, rid, *(m.get(c, "") for c in TRAJECTORY)])
-    with (out_dir / "train_loss.csv").open("w", newline="", encoding="utf-8") as f, \
-            (out_dir / "eval_loss.csv").open("w", newline="", encoding="utf-8") as g:
+    with (
+        (out_dir / "train_loss.csv").open("w", newline="", encoding="utf-8") as f,
+        (out_dir / "eval_loss.csv").open("w", newline="", encoding="utf-8") as g,
+    ):
         w, we = csv.writer(f), csv.writer(g)
         w.writerow(["step", "round", "loss", "lr"])
         we.writerow(["step", "round", "eval_loss"])
         offset = 0
         for rid in params.rounds:
-            live = Path(rounds_dir) / rid / "live/plots/metrics"
+            live = round_paths(rid, models=rounds_dir).model / "live/plots/metrics"
             loss, lr = _tsv(live / "train/loss.tsv"), _tsv(live / "train/lr.tsv")
             for a, b in zip(loss, lr):
                 w.writerow([offset + int(a["step"]), rid, a["loss"], b["lr"]])
@@ -65,3 +86,16 @@ def write_plots(params: Params, metrics_dir: Path, rounds_dir: Path, out_dir: Pa
                 for e in _tsv(live / "eval/loss.tsv"):
                     we.writerow([offset + int(e["step"]), rid, e["loss"]])
             offset += len(loss)
+
+
+@click.command()
+@click.option("--metrics-dir", type=PATH, default=METRICS, show_default=True)
+@click.option("--rounds-dir", type=PATH, default=MODELS, show_default=True)
+@click.option("--plots-dir", type=PATH, default=None, help="Also write the plot files here (the DVC stage does).")
+@click.pass_context
+def cli(ctx, metrics_dir, rounds_dir, plots_dir):
+    """Print the per-round evaluation table."""
+    p = params_of(ctx)
+    if plots_dir is not None:
+        write_plots(p, metrics_dir, rounds_dir, plots_dir)
+    click.echo(table(p, metrics_dir))

@@ -18,12 +18,14 @@ class RewardModel:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"score.reward_model.path {path}: no config.json there; it must be a local "
-                "sequence-classification model directory (save_pretrained output)")
+                "sequence-classification model directory (save_pretrained output)"
+            )
         self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=False, dtype=torch.float32).eval()
+            path, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
+        ).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
 
@@ -33,9 +35,12 @@ class RewardModel:
         the last label for a classifier with several."""
         out: list[float] = []
         for start in range(0, len(conversations), batch_size):
-            texts = [render(self.tok, c, add_generation_prompt=False) for c in conversations[start:start + batch_size]]
-            enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, add_special_tokens=False,
-                           max_length=1024)
+            texts = [
+                render(self.tok, c, add_generation_prompt=False) for c in conversations[start : start + batch_size]
+            ]
+            enc = self.tok(
+                texts, return_tensors="pt", padding=True, truncation=True, add_special_tokens=False, max_length=1024
+            )
             logits = self.model(**enc).logits.float()
             probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, -1)[:, -1]
             out.extend(float(p) for p in probs)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from .params import ScoreParams
-from .quality import META, SCRIPTS, script_share
+from .params import RuleParams
+from .text import META, SCRIPTS, script_share
 
 # A sentence ends at ., !, ? (and their full-width forms) or a line break.
 _SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]*")
@@ -16,7 +16,9 @@ _QUESTION_END = ("?", "？")
 _WORD = re.compile(r"\w+")
 # Chat-template markers or role labels in a reply: the model is writing the conversation, not a turn.
 _ROLE_LEAK = re.compile(r"<\|im_(?:start|end)\|>|^\s*(?:system|user|assistant)\s*:", re.IGNORECASE | re.MULTILINE)
-_RUDE = re.compile(r"\b(?:stupid|dumb|idiot|lazy|shut up|obviously you|how do you not know)\b|바보|멍청|한심", re.IGNORECASE)
+_RUDE = re.compile(
+    r"\b(?:stupid|dumb|idiot|lazy|shut up|obviously you|how do you not know)\b|바보|멍청|한심", re.IGNORECASE
+)
 _POLITE = re.compile(
     r"\b(?:please|thank|thanks|great|good (?:question|job|start|try|thinking)|well done|nice|let'?s"
     r"|you'?re (?:close|right|on the right track))\b"
@@ -24,8 +26,19 @@ _POLITE = re.compile(
     re.IGNORECASE,
 )
 
-RULES = ("question_ratio", "length", "followup_question", "balance", "politeness", "verbosity",
-         "meta_leakage", "repetition", "language", "banned_words", "tone")
+RULES = (
+    "question_ratio",
+    "length",
+    "followup_question",
+    "balance",
+    "politeness",
+    "verbosity",
+    "meta_leakage",
+    "repetition",
+    "language",
+    "banned_words",
+    "tone",
+)
 
 
 def sentences(text: str) -> list[str]:
@@ -83,7 +96,7 @@ def meta_leakage(text: str) -> float:
 def repetition(text: str, n: int) -> float:
     """1 minus the share of word n-grams that repeat an earlier one."""
     words = _WORD.findall(text.lower())
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if not grams:
         return 1.0
     return len(Counter(grams)) / len(grams)
@@ -113,8 +126,9 @@ def tone(text: str, keywords: list[str]) -> float:
     return 1.0 if any(k.lower() in low for k in keywords) else 0.0
 
 
-def rule_values(text: str, params: ScoreParams, messages: list[dict] | None = None,
-                character_id: str | None = None) -> dict[str, float]:
+def rule_values(
+    text: str, params: RuleParams, messages: list[dict] | None = None, character_id: str | None = None
+) -> dict[str, float]:
     """Every rule's value for one reply. `messages` is the conversation it answers (for the
     language rule), `character_id` picks the tone keywords; a character without keywords has no
     tone value, so it is neither rewarded nor punished for it."""
@@ -143,8 +157,9 @@ def weighted_total(values: dict[str, float], weights: dict[str, float]) -> float
     return sum(weights.get(k, 0.0) * v for k, v in values.items()) / total_w if total_w else 0.0
 
 
-def score_text(text: str, params: ScoreParams, messages: list[dict] | None = None,
-               character_id: str | None = None) -> tuple[dict[str, float], float]:
+def score_text(
+    text: str, params: RuleParams, messages: list[dict] | None = None, character_id: str | None = None
+) -> tuple[dict[str, float], float]:
     """Per-rule values and their weighted mean."""
     values = rule_values(text, params, messages, character_id)
     return values, weighted_total(values, params.weights.model_dump())

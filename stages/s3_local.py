@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import click
+
 HOST = "127.0.0.1"
 # moto accepts any key; these are placeholders, not secrets.
 ACCESS_KEY = "loraloop-local"
@@ -30,8 +32,9 @@ def start_server(port: int, log: Path | None = None) -> subprocess.Popen:
     if not exe.exists():
         raise RuntimeError("moto_server is not installed: run `make install` (it installs the test extras)")
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([str(exe), "-H", HOST, "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "-H", HOST, "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -52,13 +55,19 @@ def endpoint(port: int) -> str:
 def make_bucket(port: int, bucket: str) -> None:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint(port), aws_access_key_id=ACCESS_KEY,
-                      aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint(port),
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket=bucket)
 
 
 def configure_remote(repo: Path, port: int, bucket: str, name: str = "loopback") -> None:
     """A default remote in .dvc/config.local (untracked), so tracked config keeps the real S3 remote."""
+
     def dvc(*args):
         subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True, text=True)
 
@@ -90,3 +99,27 @@ def stop() -> bool:
         pass
     PID_FILE.unlink()
     return True
+
+
+@click.group("s3-local")
+def cli():
+    """An S3 server on loopback (moto) as this project's DVC remote, to try push/pull without AWS."""
+
+
+@cli.command("start")
+@click.option("--port", default=5555, show_default=True)
+@click.option("--bucket", default="loraloop-artifacts", show_default=True)
+def start_command(port, bucket):
+    """Start the server and make it the default remote in .dvc/config.local (untracked)."""
+    url = start(port, bucket)
+    click.echo(
+        f"S3 on {url}, bucket {bucket}; remote 'loopback' is the default in .dvc/config.local.\n"
+        "Try: dvc push && dvc pull.  Stop: loraloop s3-local stop "
+        "(then `dvc remote default --local --unset` to go back to the tracked remote)"
+    )
+
+
+@cli.command("stop")
+def stop_command():
+    """Stop the loopback S3 server (its contents are in memory and are lost)."""
+    click.echo("stopped" if stop() else "not running")

@@ -8,14 +8,18 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import click
+
+from .cli import PATH, params_of, say
 from .io import read_jsonl, write_jsonl
 from .params import ScoreParams
+from .paths import DATA, round_paths
 from .rules import rule_values, weighted_total
 
 
 def score_rows(rows: list[dict], params: ScoreParams) -> None:
     """Adds `scores` (per rule), `score` and `weight` to each row, in place."""
-    weights = params.weights.model_dump()
+    weights = params.rules.weights.model_dump()
     rm = params.reward_model
     rewards = None
     if rm.path:
@@ -25,11 +29,13 @@ def score_rows(rows: list[dict], params: ScoreParams) -> None:
         rewards = RewardModel(rm.path).score(convs, rm.batch_size)
         weights["reward_model"] = rm.weight
     for i, row in enumerate(rows):
-        values = rule_values(row["response"], params, row["messages"], row.get("character_id"))
+        values = rule_values(row["response"], params.rules, row["messages"], row.get("character_id"))
         if rewards is not None:
             values["reward_model"] = rewards[i]
         row["scores"] = values
-        row["score"] = values["reward_model"] if rewards is not None and rm.mode == "replace" else weighted_total(values, weights)
+        row["score"] = (
+            values["reward_model"] if rewards is not None and rm.mode == "replace" else weighted_total(values, weights)
+        )
         row["weight"] = max(row["score"], params.weight_floor)
 
 
@@ -42,7 +48,7 @@ def mark_kept(rows: list[dict], params: ScoreParams) -> int:
         per_prompt = defaultdict(list)
         for r in rows:
             per_prompt[r["prompt_id"]].append(r)
-        allowed = {id(r) for group in per_prompt.values() for r in sorted(group, key=rank)[:params.keep_top_k]}
+        allowed = {id(r) for group in per_prompt.values() for r in sorted(group, key=rank)[: params.keep_top_k]}
     n_keep = max(1, math.ceil(len(rows) * params.keep_top_fraction)) if rows else 0
     kept = {id(r) for r in sorted((r for r in rows if id(r) in allowed), key=rank)[:n_keep]}
     for row in rows:
@@ -61,11 +67,17 @@ def dpo_pairs(rows: list[dict], min_margin: float) -> list[dict]:
         best, worst = group[0], group[-1]
         if len(group) < 2 or best["response"] == worst["response"] or best["score"] - worst["score"] < min_margin:
             continue
-        pairs.append({
-            "prompt_id": pid, "character_id": best.get("character_id"), "messages": best["messages"],
-            "chosen": best["response"], "rejected": worst["response"],
-            "chosen_score": best["score"], "rejected_score": worst["score"],
-        })
+        pairs.append(
+            {
+                "prompt_id": pid,
+                "character_id": best.get("character_id"),
+                "messages": best["messages"],
+                "chosen": best["response"],
+                "rejected": worst["response"],
+                "chosen_score": best["score"],
+                "rejected_score": worst["score"],
+            }
+        )
     return pairs
 
 
@@ -78,3 +90,18 @@ def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Pat
     write_jsonl(pairs_file, pairs)
     mean = sum(r["score"] for r in rows) / len(rows) if rows else 0.0
     return {"samples": len(rows), "kept": n_keep, "pairs": len(pairs), "mean_score": mean}
+
+
+@click.command()
+@click.option("--round", "round_id", required=True)
+@click.option("--rounds-data", type=PATH, default=DATA, show_default=True, help="Rounds' samples, scores and pairs.")
+@click.option("--samples", type=PATH, default=None, help="Default: <rounds-data>/<round>/samples.jsonl")
+@click.option("--out", type=PATH, default=None, help="Default: <rounds-data>/<round>/scored.jsonl")
+@click.option("--pairs", type=PATH, default=None, help="Default: <rounds-data>/<round>/pairs.jsonl")
+@click.pass_context
+def cli(ctx, round_id, rounds_data, samples, out, pairs):
+    """Score samples with the rules; mark the best share for training; pair best vs worst."""
+    p = params_of(ctx)
+    p.round(round_id)
+    rp = round_paths(round_id, rounds_data)
+    say(run(p.score, samples or rp.samples, out or rp.scored, pairs or rp.pairs))

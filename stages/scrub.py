@@ -12,6 +12,9 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import click
+
+from .cli import PATH, params_of, say
 from .dedup import NearDupIndex, content_key
 from .io import dumps, read_json, read_jsonl, write_json, write_jsonl
 from .params import ScrubParams
@@ -68,14 +71,15 @@ class Reservoir:
                 self.items[j] = item
 
 
-def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path,
-        collect_counts: Path | None = None) -> dict:
+def run(
+    params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path, collect_counts: Path | None = None
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = extra_names(params)
     counts: Counter = Counter()
     per_char: dict[str, Counter] = defaultdict(Counter)
     pii: Counter = Counter()
-    owner: dict[int, str] = {}          # conversation content -> character that has it
+    owner: dict[int, str] = {}  # conversation content -> character that has it
     conflicts: list[tuple[str, str, str]] = []
     near: dict[str, NearDupIndex] = {}
     review: dict[str, Reservoir] = {}
@@ -106,8 +110,10 @@ def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path,
                 if reason:
                     counts["rejected"] += 1
                     per_char[char][f"rejected.{reason}"] += 1
-                    rej_f.write(dumps({"reason": reason, "id": record["id"], "character_id": char,
-                                       "source": str(in_file)}) + "\n")
+                    rej_f.write(
+                        dumps({"reason": reason, "id": record["id"], "character_id": char, "source": str(in_file)})
+                        + "\n"
+                    )
                     continue
                 counts["kept"] += 1
                 per_char[char]["kept"] += 1
@@ -123,7 +129,8 @@ def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path,
         shown = "; ".join(f"record {rid[:12]} is in {a!r} and {b!r}" for rid, a, b in conflicts[:5])
         raise CharacterConflict(
             f"scrub: {len(conflicts)} conversation(s) appear under two characters ({shown}). "
-            f"Fix character_id in the sources; characters must not share data.")
+            f"Fix character_id in the sources; characters must not share data."
+        )
     for char, res in review.items():
         write_jsonl(out_dir / char / "review_sample.jsonl", res.items)
 
@@ -131,12 +138,17 @@ def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path,
     for c in per_char.values():
         reasons.update({k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("rejected.")})
     stats = {
-        "read": counts["read"], "kept": counts["kept"], "rejected": counts["rejected"],
+        "read": counts["read"],
+        "kept": counts["kept"],
+        "rejected": counts["rejected"],
         "reasons": dict(sorted(reasons.items())),
         "pii_masked": dict(sorted(pii.items())),
         "per_character": {
-            char: {"kept": c["kept"], "rejected": sum(v for k, v in c.items() if k.startswith("rejected.")),
-                   "reasons": {k.split(".", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("rejected.")}}
+            char: {
+                "kept": c["kept"],
+                "rejected": sum(v for k, v in c.items() if k.startswith("rejected.")),
+                "reasons": {k.split(".", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("rejected.")},
+            }
             for char, c in sorted(per_char.items())
         },
     }
@@ -147,3 +159,17 @@ def run(params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path,
         metrics["collect"] = {k: c[k] for k in ("read", "kept", "rejected", "reasons")}
     write_json(metrics_file, metrics)
     return stats
+
+
+@click.command()
+@click.option("--in", "in_file", type=PATH, default=Path("data/collected/records.jsonl"), show_default=True)
+@click.option("--out", type=PATH, default=Path("data/scrubbed"), show_default=True)
+@click.option("--metrics", type=PATH, default=Path("metrics/data.json"), show_default=True)
+@click.pass_context
+def cli(ctx, in_file, out, metrics):
+    """Mask personal data, apply quality rules, drop duplicates, partition by character."""
+    try:
+        stats = run(params_of(ctx).scrub, in_file, out, metrics, collect_counts=in_file.parent / "counts.json")
+    except CharacterConflict as exc:
+        raise click.ClickException(str(exc)) from None
+    say({k: stats[k] for k in ("read", "kept", "rejected", "reasons", "pii_masked")})

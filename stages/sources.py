@@ -73,10 +73,17 @@ def read_hub(name: str, split: str) -> Iterator[tuple[int, object]]:
 
 def read_source(path: Path, fmt: str) -> Iterator[tuple[int, object]]:
     if fmt == "auto":
-        fmt = ("datasets" if path.is_dir() else
-               {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}.get(path.suffix, "jsonl"))
-    return {"jsonl": read_jsonl_raw, "json": read_json_array, "parquet": read_arrow_table,
-            "datasets": read_arrow_table}[fmt](path)
+        fmt = (
+            "datasets"
+            if path.is_dir()
+            else {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}.get(path.suffix, "jsonl")
+        )
+    return {
+        "jsonl": read_jsonl_raw,
+        "json": read_json_array,
+        "parquet": read_arrow_table,
+        "datasets": read_arrow_table,
+    }[fmt](path)
 
 
 def decode(raw: object) -> object:
@@ -96,7 +103,7 @@ def unwrap_mongo(value):
     """MongoDB extended JSON ({"$oid": ...}, {"$date": ...}, {"$numberLong": ...}) to plain values."""
     if isinstance(value, dict):
         if len(value) == 1:
-            (k, v), = value.items()
+            ((k, v),) = value.items()
             if k == "$oid":
                 return str(v)
             if k == "$date":
@@ -119,8 +126,7 @@ def unwrap_mongo(value):
 
 # --- public chat-data shapes -> {"messages": [...]} ----------------------------------------
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system"}
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 def map_lmsys(obj: dict) -> dict:
@@ -145,8 +151,13 @@ def map_magpie(obj: dict) -> dict:
         return {"messages": msgs, "source_id": obj.get("uuid")}
     if "instruction" not in obj or "response" not in obj:
         raise Reject("missing_messages", "instruction")
-    return {"messages": [{"role": "user", "content": obj["instruction"]},
-                         {"role": "assistant", "content": obj["response"]}], "source_id": obj.get("uuid")}
+    return {
+        "messages": [
+            {"role": "user", "content": obj["instruction"]},
+            {"role": "assistant", "content": obj["response"]},
+        ],
+        "source_id": obj.get("uuid"),
+    }
 
 
 def map_prosocial(obj: dict) -> dict:
@@ -154,8 +165,10 @@ def map_prosocial(obj: dict) -> dict:
     if "context" not in obj or "response" not in obj:
         raise Reject("missing_messages", "context")
     sid = f"{obj.get('dialogue_id')}:{obj.get('response_id')}" if "dialogue_id" in obj else None
-    return {"messages": [{"role": "user", "content": obj["context"]},
-                         {"role": "assistant", "content": obj["response"]}], "source_id": sid}
+    return {
+        "messages": [{"role": "user", "content": obj["context"]}, {"role": "assistant", "content": obj["response"]}],
+        "source_id": sid,
+    }
 
 
 def map_auto(obj: dict) -> dict:

@@ -14,13 +14,15 @@ import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import click
 import yaml
 
+from .cli import PATH, params_of, say
 from .io import dumps, read_json, read_jsonl, sha256_file, write_json
 from .params import VersionParams
+from .splits import SPLITS
 
 SCHEMA_VERSION = 2
-SPLITS = "splits"
 
 
 def split_of(record_id: str, eval_fraction: float) -> str:
@@ -33,19 +35,17 @@ def chatml_row(record: dict) -> dict:
 
 
 def dpo_row(record: dict) -> dict:
-    return {"id": record["id"], "character_id": record["character_id"], "prompt": record["messages"][:-1],
-            "chosen": record["messages"][-1]["content"], "rejected": record["rejected"]}
-
-
-def load_split(version_dir: Path, split: str) -> list[dict]:
-    """All characters' rows of one split, in a stable order."""
-    out = []
-    for path in sorted((Path(version_dir) / SPLITS).glob(f"*/{split}.jsonl")):
-        out.extend(read_jsonl(path))
-    return out
+    return {
+        "id": record["id"],
+        "character_id": record["character_id"],
+        "prompt": record["messages"][:-1],
+        "chosen": record["messages"][-1]["content"],
+        "rejected": record["rejected"],
+    }
 
 
 # --- the previous version, from git and the DVC cache -----------------------------------------
+
 
 def _git_show(rel: str) -> str | None:
     res = subprocess.run(["git", "show", f"HEAD:{rel}"], capture_output=True, text=True)
@@ -92,8 +92,13 @@ def reject_reasons(reject_files: list[Path]) -> dict[str, str]:
     return out
 
 
-def changelog_section(manifest: dict, prev: dict | None, now_ids: dict[str, set[str]],
-                      prev_ids: dict[str, set[str]] | None, reasons: dict[str, str]) -> str:
+def changelog_section(
+    manifest: dict,
+    prev: dict | None,
+    now_ids: dict[str, set[str]],
+    prev_ids: dict[str, set[str]] | None,
+    reasons: dict[str, str],
+) -> str:
     label = hashlib.sha256(dumps(manifest["files"]).encode()).hexdigest()[:12]
     lines = [f"## data {label}", ""]
     lines += ["| file | records | change |", "|---|---|---|"]
@@ -107,21 +112,31 @@ def changelog_section(manifest: dict, prev: dict | None, now_ids: dict[str, set[
     if prev is None:
         lines.append("First version.")
     elif prev_ids is None:
-        lines.append("Previous record ids are not in the local DVC cache (`dvc pull` the previous version "
-                     "for added/removed lists); counts above are from the previous manifest.")
+        lines.append(
+            "Previous record ids are not in the local DVC cache (`dvc pull` the previous version "
+            "for added/removed lists); counts above are from the previous manifest."
+        )
     else:
         added = sum(len(ids - prev_ids.get(rel, set())) for rel, ids in now_ids.items())
         gone = set().union(*prev_ids.values()) - set().union(*now_ids.values()) if prev_ids else set()
         why = Counter(reasons.get(i, "no_longer_in_sources") for i in gone)
-        lines.append(f"Added {added} records; removed {len(gone)}"
-                     + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(why.items()))})" if gone else "") + ".")
+        lines.append(
+            f"Added {added} records; removed {len(gone)}"
+            + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(why.items()))})" if gone else "")
+            + "."
+        )
     deleted = manifest["upstream"].get("collect", {}).get("reasons", {}).get("deleted_on_request", 0)
     lines.append(f"Deleted on request in this version: {deleted}.")
     return "\n".join(lines) + "\n"
 
 
-def run(params: VersionParams, scrubbed_dir: Path, out_dir: Path, data_metrics: Path | None = None,
-        reject_files: list[Path] | None = None) -> dict:
+def run(
+    params: VersionParams,
+    scrubbed_dir: Path,
+    out_dir: Path,
+    data_metrics: Path | None = None,
+    reject_files: list[Path] | None = None,
+) -> dict:
     splits = out_dir / SPLITS
     handles: dict[str, object] = {}
     counts: dict = defaultdict(lambda: defaultdict(Counter))
@@ -150,8 +165,13 @@ def run(params: VersionParams, scrubbed_dir: Path, out_dir: Path, data_metrics: 
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "params_hash": hashlib.sha256(dumps(params.model_dump()).encode()).hexdigest(),
-        "counts": {char: {split: {"total": sum(c.values()), "by_source": dict(sorted(c.items()))}
-                          for split, c in sorted(per.items())} for char, per in sorted(counts.items())},
+        "counts": {
+            char: {
+                split: {"total": sum(c.values()), "by_source": dict(sorted(c.items()))}
+                for split, c in sorted(per.items())
+            }
+            for char, per in sorted(counts.items())
+        },
         "records": records,
         "files": hashes,
         "upstream": read_json(data_metrics) if data_metrics and data_metrics.is_file() else {},
@@ -172,3 +192,21 @@ def run(params: VersionParams, scrubbed_dir: Path, out_dir: Path, data_metrics: 
         log = f"{head}\n\n{section}{rest.lstrip(chr(10)) and chr(10) + rest.lstrip(chr(10))}"
     (out_dir / "CHANGELOG.md").write_text(log, encoding="utf-8")
     return manifest
+
+
+@click.command()
+@click.option("--in", "in_dir", type=PATH, default=Path("data/scrubbed"), show_default=True)
+@click.option("--out", type=PATH, default=Path("data/version"), show_default=True)
+@click.option("--metrics", type=PATH, default=Path("metrics/data.json"), show_default=True)
+@click.option("--collect-rejects", type=PATH, default=Path("data/collected/rejects.jsonl"), show_default=True)
+@click.pass_context
+def cli(ctx, in_dir, out, metrics, collect_rejects):
+    """Split into train/eval/dpo per character; write the manifest and the changelog."""
+    manifest = run(
+        params_of(ctx).version,
+        in_dir,
+        out,
+        data_metrics=metrics,
+        reject_files=[collect_rejects, in_dir / "rejects.jsonl"],
+    )
+    say(manifest["records"])

@@ -33,8 +33,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16))
+    config.update(
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+        )
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out)
@@ -54,15 +62,79 @@ def tiny_base(tiny_model_dir, tmp_path_factory) -> Path:
     return models
 
 
+def small_params(**train_overrides):
+    """The shipped params.yaml, shrunk for the tiny model; train keys overridden as given."""
+    from stages.params import Params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1)
+    raw["score"].update(keep_top_k=None)
+    raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
+    raw["train"].update({"steps": 3, "batch_size": 2, "max_length": 128, "eval_examples": 4, **train_overrides})
+    return Params.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def project(tiny_base, demo_version, tmp_path_factory):
+    """A workspace with models/ (tiny base) and data/version/ from the demo data."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(tiny_base, root / "models")
+    shutil.copytree(demo_version, root / "version")
+    return root
+
+
+def run_round(p, root: Path, rid: str, out_name: str | None = None, stop_after: int | None = None) -> Path:
+    """sample, score and train of one round, in-process; out_name keeps variants apart."""
+    from stages import sample, score, train
+    from stages.paths import round_paths
+
+    prev = round_paths(p.round(rid).prev, root / "rounds", root / "models/rounds")
+    here = round_paths(out_name or rid, root / "rounds", root / "models/rounds")
+    base, version = root / "models/base", root / "version"
+    sample.run(p, rid, base, version, prev.model, here.samples)
+    score.run(p.score, here.samples, here.scored, here.pairs)
+    train.run(
+        p,
+        rid,
+        base,
+        version,
+        prev.model,
+        here.scored,
+        here.model,
+        here.pairs,
+        root / "checkpoints" / here.model.name,
+        stop_after=stop_after,
+    )
+    return here.model
+
+
+@pytest.fixture(scope="session")
+def r1(project) -> Path:
+    """Round r1 trained with small_params() (its data under project/rounds/r1)."""
+    return run_round(small_params(), project, "r1")
+
+
+@pytest.fixture(scope="session")
+def r2(project, r1) -> Path:
+    """Round r2, continuing r1's adapter."""
+    return run_round(small_params(), project, "r2")
+
+
 def conversation(user: str, assistant: str, character_id: str = "tutor", **extra) -> dict:
-    return {"character_id": character_id, "opt_in": True,
-            "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], **extra}
+    return {
+        "character_id": character_id,
+        "opt_in": True,
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
+        **extra,
+    }
 
 
 def write_lines(path: Path, lines: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines),
-                    encoding="utf-8")
+    path.write_text(
+        "".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -73,13 +145,19 @@ def demo_version(tmp_path_factory) -> Path:
     from stages.params import load_params
 
     root = tmp_path_factory.mktemp("demo_data")
-    subprocess.run([sys.executable, str(ROOT / "scripts/make_demo_data.py"), "--out", str(root / "raw")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts/make_demo_data.py"), "--out", str(root / "raw")],
+        check=True,
+        capture_output=True,
+    )
     params = load_params(ROOT / "params.yaml")
     raw = lambda p: str(root / "raw" / Path(p).name)  # noqa: E731
-    sources = params.collect.model_copy(update={
-        "sources": [s.model_copy(update={"path": raw(s.path)}) for s in params.collect.sources],
-        "deletions": [raw(p) for p in params.collect.deletions]})
+    sources = params.collect.model_copy(
+        update={
+            "sources": [s.model_copy(update={"path": raw(s.path)}) for s in params.collect.sources],
+            "deletions": [raw(p) for p in params.collect.deletions],
+        }
+    )
     collect.run(sources, root / "collected")
     scrub.run(params.scrub, root / "collected/records.jsonl", root / "scrubbed", root / "metrics/data.json")
     version.run(params.version, root / "scrubbed", root / "version", data_metrics=root / "metrics/data.json")
@@ -88,8 +166,9 @@ def demo_version(tmp_path_factory) -> Path:
 
 def copy_project(dst: Path) -> Path:
     """The project's tracked files (as a clone would have them) copied into dst."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     for rel in files:
         src = ROOT / rel
         if src.is_file():
@@ -102,7 +181,9 @@ BIN = Path(sys.executable).parent
 
 
 def sh(repo: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    """A command in a project copy; `loraloop` there runs that copy's stages/ (PYTHONPATH), so an
+    edit to its code is what DVC reruns."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo), **(env or {})}
     res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")

@@ -10,9 +10,14 @@ from stages.io import read_json
 
 
 def samples(tag, n=6):
-    return [{"prompt_id": f"p{i}", "messages": [{"role": "system", "content": "sys"},
-                                                {"role": "user", "content": f"question {i}"}],
-             "response": f"{tag} answer {i}"} for i in range(n)]
+    return [
+        {
+            "prompt_id": f"p{i}",
+            "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": f"question {i}"}],
+            "response": f"{tag} answer {i}",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -49,15 +54,32 @@ def test_win_rate(ab_set):
     # The labeler always prefers the new round's answer, except one tie and one left blank.
     rows = list(csv.DictReader((ab_set / "ab.csv").open()))
     tie, blank = rows[0]["item"], rows[1]["item"]
-    fill(ab_set / "ab.csv", lambda r: "tie" if r["item"] == tie else "" if r["item"] == blank
-         else ("A" if r["response_a"].startswith("new") else "B"))
+    fill(
+        ab_set / "ab.csv",
+        lambda r: (
+            "tie"
+            if r["item"] == tie
+            else ""
+            if r["item"] == blank
+            else ("A" if r["response_a"].startswith("new") else "B")
+        ),
+    )
     res = ab.score(ab_set / "ab.csv", ab_set / "ab_key.json")
-    assert res == {"round": "r2", "vs": "r1", "labeled": 4, "unlabeled": 1, "wins": 3, "losses": 0, "ties": 1,
-                   "win_rate": pytest.approx(3.5 / 4)}
+    assert res == {
+        "round": "r2",
+        "vs": "r1",
+        "labeled": 4,
+        "unlabeled": 1,
+        "wins": 3,
+        "losses": 0,
+        "ties": 1,
+        "win_rate": pytest.approx(3.5 / 4),
+    }
 
 
 def test_bad_label_names_line_and_field(ab_set):
     fill(ab_set / "ab.csv", lambda r: "left")
-    res = subprocess.run([sys.executable, "-m", "stages.cli", "ab-score", str(ab_set / "ab.csv")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "ab-score", str(ab_set / "ab.csv")], capture_output=True, text=True
+    )
     assert res.returncode == 1 and "ab.csv:2: field preferred: 'left'" in res.stderr

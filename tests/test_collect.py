@@ -12,8 +12,9 @@ from stages.params import CollectParams, SourceParams
 
 def run_on(tmp_path, lines, default_character_id=None):
     src = write_lines(tmp_path / "raw.jsonl", lines)
-    params = CollectParams(sources=[SourceParams(path=str(src), dataset_source="logs")],
-                           default_character_id=default_character_id)
+    params = CollectParams(
+        sources=[SourceParams(path=str(src), dataset_source="logs")], default_character_id=default_character_id
+    )
     counts = collect.run(params, tmp_path / "out")
     return counts, list(read_jsonl(tmp_path / "out/records.jsonl")), list(read_jsonl(tmp_path / "out/rejects.jsonl"))
 
@@ -22,27 +23,36 @@ def test_every_line_is_kept_or_rejected_with_reason_and_line(tmp_path):
     good = conversation("What is 2+2?", "What do you get if you count two more from two?")
     lines = [
         good,
-        '{"messages": [',                                                     # 2 invalid_json
-        "",                                                                   # blank: not a record
-        ["a", "list"],                                                        # 4 not_an_object
-        {"character_id": "tutor", "opt_in": True},                           # 5 missing_messages
-        {**good, "messages": "hi"},                                           # 6 messages_not_a_list
-        {**good, "messages": [{"role": "bot", "content": "x"}]},              # 7 unknown_role
-        {**good, "messages": [{"role": "user", "content": 3}]},               # 8 content_not_a_string
-        {**good, "messages": [{"role": "user", "content": "  "}]},            # 9 empty_content
-        {**good, "messages": [{"role": "assistant", "content": "hello"}]},    # 10 no_user_turn
-        {**good, "messages": [{"role": "user", "content": "hello"}]},         # 11 no_assistant_turn
-        {k: v for k, v in good.items() if k != "character_id"},              # 12 missing_character_id
-        {**good, "opt_in": False},                                            # 13 no_opt_in
-        {k: v for k, v in good.items() if k != "opt_in"},                     # 14 no_opt_in
+        '{"messages": [',  # 2 invalid_json
+        "",  # blank: not a record
+        ["a", "list"],  # 4 not_an_object
+        {"character_id": "tutor", "opt_in": True},  # 5 missing_messages
+        {**good, "messages": "hi"},  # 6 messages_not_a_list
+        {**good, "messages": [{"role": "bot", "content": "x"}]},  # 7 unknown_role
+        {**good, "messages": [{"role": "user", "content": 3}]},  # 8 content_not_a_string
+        {**good, "messages": [{"role": "user", "content": "  "}]},  # 9 empty_content
+        {**good, "messages": [{"role": "assistant", "content": "hello"}]},  # 10 no_user_turn
+        {**good, "messages": [{"role": "user", "content": "hello"}]},  # 11 no_assistant_turn
+        {k: v for k, v in good.items() if k != "character_id"},  # 12 missing_character_id
+        {**good, "opt_in": False},  # 13 no_opt_in
+        {k: v for k, v in good.items() if k != "opt_in"},  # 14 no_opt_in
     ]
     counts, kept, rejects = run_on(tmp_path, lines)
     assert counts["read"] == 13 and counts["kept"] == 1 and counts["rejected"] == 12
     by_line = {r["line"]: r["reason"] for r in rejects}
     assert by_line == {
-        2: "invalid_json", 4: "not_an_object", 5: "missing_messages", 6: "messages_not_a_list",
-        7: "unknown_role", 8: "content_not_a_string", 9: "empty_content", 10: "no_user_turn",
-        11: "no_assistant_turn", 12: "missing_character_id", 13: "no_opt_in", 14: "no_opt_in",
+        2: "invalid_json",
+        4: "not_an_object",
+        5: "missing_messages",
+        6: "messages_not_a_list",
+        7: "unknown_role",
+        8: "content_not_a_string",
+        9: "empty_content",
+        10: "no_user_turn",
+        11: "no_assistant_turn",
+        12: "missing_character_id",
+        13: "no_opt_in",
+        14: "no_opt_in",
     }
     assert all(r["source"].endswith("raw.jsonl") for r in rejects)
     assert next(r for r in rejects if r["line"] == 7)["field"] == "messages[0].role"
@@ -51,19 +61,25 @@ def test_every_line_is_kept_or_rejected_with_reason_and_line(tmp_path):
 
 def test_invalid_utf8_is_rejected_not_fatal(tmp_path):
     src = tmp_path / "raw.jsonl"
-    src.write_bytes(b'{"messages": "\xff\xfe"}\n' + json.dumps(conversation("hi there", "what do you think?")).encode() + b"\n")
+    src.write_bytes(
+        b'{"messages": "\xff\xfe"}\n' + json.dumps(conversation("hi there", "what do you think?")).encode() + b"\n"
+    )
     params = CollectParams(sources=[SourceParams(path=str(src), dataset_source="logs")])
     counts = collect.run(params, tmp_path / "out")
     assert counts["reasons"] == {"invalid_utf8": 1} and counts["kept"] == 1
 
 
 def test_default_character_and_stable_ids(tmp_path):
-    rec = {k: v for k, v in conversation("Hello  there", "What would you like to learn?").items() if k != "character_id"}
+    rec = {
+        k: v for k, v in conversation("Hello  there", "What would you like to learn?").items() if k != "character_id"
+    }
     counts, kept, _ = run_on(tmp_path, [rec], default_character_id="tutor")
     assert counts["kept"] == 1 and kept[0]["character_id"] == "tutor"
     # Whitespace differences do not change the content address.
-    again = collect.record_id("tutor", [{"role": "user", "content": "Hello there"},
-                                        {"role": "assistant", "content": "What would you like to learn?"}])
+    again = collect.record_id(
+        "tutor",
+        [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "What would you like to learn?"}],
+    )
     assert kept[0]["id"] == again
     assert kept[0]["dataset_source"] == "logs" and kept[0]["weight"] == 1.0
 
@@ -82,12 +98,18 @@ def test_message_too_long_and_json_array_source(tmp_path):
     rejects = list(read_jsonl(tmp_path / "out/rejects.jsonl"))
     assert counts["kept"] == 1
     assert [(r["line"], r["reason"], r["field"]) for r in rejects] == [
-        (2, "message_too_long", "messages[0].content"), (3, "not_an_object", None)]
+        (2, "message_too_long", "messages[0].content"),
+        (3, "not_an_object", None),
+    ]
 
 
 def test_mongodb_export(tmp_path):
-    row = {"_id": {"$oid": "65f0c0ffee"}, "timestamp": {"$date": {"$numberLong": "1759320000000"}},
-           "weight": {"$numberDouble": "0.5"}, **conversation("hello there", "What would you like to learn?")}
+    row = {
+        "_id": {"$oid": "65f0c0ffee"},
+        "timestamp": {"$date": {"$numberLong": "1759320000000"}},
+        "weight": {"$numberDouble": "0.5"},
+        **conversation("hello there", "What would you like to learn?"),
+    }
     src = write_lines(tmp_path / "mongo.jsonl", [row])
     collect.run(src_params(src), tmp_path / "out")
     rec = next(read_jsonl(tmp_path / "out/records.jsonl"))
@@ -110,13 +132,24 @@ def test_feedback_becomes_sft_records_and_dpo_pairs(tmp_path):
     assert kept[1]["messages"][-1]["content"].startswith("What is 6 times 6") and kept[1]["rejected"] == "It is 42."
 
 
-@pytest.mark.parametrize("row,expected_user", [
-    ({"conversation_id": "c1", "conversation": [{"role": "user", "content": "hi lmsys"},
-                                                 {"role": "assistant", "content": "hello!"}]}, "hi lmsys"),
-    ({"instruction": "hi magpie", "response": "hello!"}, "hi magpie"),
-    ({"conversations": [{"from": "human", "value": "hi sharegpt"}, {"from": "gpt", "value": "hello!"}]}, "hi sharegpt"),
-    ({"context": "hi prosocial", "response": "hello!", "dialogue_id": 3, "response_id": 0}, "hi prosocial"),
-])
+@pytest.mark.parametrize(
+    "row,expected_user",
+    [
+        (
+            {
+                "conversation_id": "c1",
+                "conversation": [{"role": "user", "content": "hi lmsys"}, {"role": "assistant", "content": "hello!"}],
+            },
+            "hi lmsys",
+        ),
+        ({"instruction": "hi magpie", "response": "hello!"}, "hi magpie"),
+        (
+            {"conversations": [{"from": "human", "value": "hi sharegpt"}, {"from": "gpt", "value": "hello!"}]},
+            "hi sharegpt",
+        ),
+        ({"context": "hi prosocial", "response": "hello!", "dialogue_id": 3, "response_id": 0}, "hi prosocial"),
+    ],
+)
 def test_anchor_shapes_map_to_messages(tmp_path, row, expected_user):
     src = write_lines(tmp_path / "anchor.jsonl", [row])
     counts = collect.run(src_params(src, kind="anchor", character_id="tutor", require_opt_in=False), tmp_path / "out")
@@ -134,8 +167,10 @@ def test_anchor_parquet_and_datasets_dir(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "anchor.parquet")
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "anchor_ds"))
     for path in (tmp_path / "anchor.parquet", tmp_path / "anchor_ds"):
-        counts = collect.run(src_params(path, kind="anchor", mapping="magpie", character_id="tutor",
-                                        require_opt_in=False), tmp_path / "out")
+        counts = collect.run(
+            src_params(path, kind="anchor", mapping="magpie", character_id="tutor", require_opt_in=False),
+            tmp_path / "out",
+        )
         assert counts["kept"] == 5 and counts["read"] == 5, path
 
 
@@ -146,23 +181,56 @@ def test_deletion_requests_remove_records_by_user_or_record_id(tmp_path):
     c_id = collect.record_id("tutor", c["messages"])
     dels = tmp_path / "deletions.txt"
     dels.write_text(f"# requests\nu-a\n{c_id}  # by record id\n")
-    params = CollectParams(sources=[SourceParams(path=str(write_lines(tmp_path / "raw.jsonl", [a, b, c])))],
-                           deletions=[str(dels)])
+    params = CollectParams(
+        sources=[SourceParams(path=str(write_lines(tmp_path / "raw.jsonl", [a, b, c])))], deletions=[str(dels)]
+    )
     counts = collect.run(params, tmp_path / "out")
     assert counts["kept"] == 1 and counts["reasons"] == {"deleted_on_request": 2}
     kept = next(read_jsonl(tmp_path / "out/records.jsonl"))
-    assert kept["messages"][0]["content"] == "hi from b" and kept["user_ref"] and "u-b" not in json.dumps(kept["user_ref"])
+    assert (
+        kept["messages"][0]["content"] == "hi from b" and kept["user_ref"] and "u-b" not in json.dumps(kept["user_ref"])
+    )
 
 
 def test_standalone_collect_cli(tmp_path):
     src = write_lines(tmp_path / "one.jsonl", [conversation("hi there", "What shall we learn?"), "{bad", ""])
-    res = subprocess.run([sys.executable, "-m", "stages.cli", "--params", str(tmp_path / "absent.yaml"), "collect",
-                          "--source", str(src), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.cli",
+            "--params",
+            str(tmp_path / "absent.yaml"),
+            "collect",
+            "--source",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     counts = read_json(tmp_path / "out/counts.json")
     assert (counts["read"], counts["kept"], counts["rejected"], counts["reasons"]) == (2, 1, 1, {"invalid_json": 1})
     assert next(read_jsonl(tmp_path / "out/rejects.jsonl")) == {
-        "reason": "invalid_json", "field": None, "source": str(src), "line": 2}
-    res = subprocess.run([sys.executable, "-m", "stages.cli", "collect", "--source", str(tmp_path / "missing.jsonl"),
-                          "--out", str(tmp_path / "o2")], capture_output=True, text=True)
+        "reason": "invalid_json",
+        "field": None,
+        "source": str(src),
+        "line": 2,
+    }
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.cli",
+            "collect",
+            "--source",
+            str(tmp_path / "missing.jsonl"),
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "missing.jsonl" in res.stderr and "does not exist" in res.stderr

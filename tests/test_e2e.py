@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 
 import pytest
 import yaml
@@ -13,9 +15,21 @@ from conftest import edit_params, project_repo, repro, sh
 pytestmark = pytest.mark.e2e
 
 ALL_STAGES_R2 = {
-    "collect", "scrub", "version", "base", "eval_base",
-    "sample@r1", "score@r1", "train@r1", "eval@r1",
-    "sample@r2", "score@r2", "train@r2", "eval@r2", "package", "report",
+    "collect",
+    "scrub",
+    "version",
+    "base",
+    "eval_base",
+    "sample@r1",
+    "score@r1",
+    "train@r1",
+    "eval@r1",
+    "sample@r2",
+    "score@r2",
+    "train@r2",
+    "eval@r2",
+    "package",
+    "report",
 }
 
 
@@ -31,11 +45,20 @@ def repo(tmp_path_factory):
 
 def test_first_repro_runs_every_stage_and_writes_outputs(repo):
     assert repro(repo) == ALL_STAGES_R2
-    for rel in ("models/base/model.safetensors", "models/rounds/base/ROUND.json",
-                "models/rounds/r2/adapter/adapter_model.safetensors", "data/rounds/r1/scored.jsonl",
-                "data/version/manifest.json", "data/version/CHANGELOG.md", "data/version/splits/tutor/dpo.jsonl",
-                "data/scrubbed/tutor/review_sample.jsonl", "metrics/data.json", "models/release/tutor/metadata.yaml",
-                "models/routing.json", "reports/plots/trajectory.csv"):
+    for rel in (
+        "models/base/model.safetensors",
+        "models/rounds/base/ROUND.json",
+        "models/rounds/r2/adapter/adapter_model.safetensors",
+        "data/rounds/r1/scored.jsonl",
+        "data/version/manifest.json",
+        "data/version/CHANGELOG.md",
+        "data/version/splits/tutor/dpo.jsonl",
+        "data/scrubbed/tutor/review_sample.jsonl",
+        "metrics/data.json",
+        "models/release/tutor/metadata.yaml",
+        "models/routing.json",
+        "reports/plots/trajectory.csv",
+    ):
         assert (repo / rel).is_file(), rel
     meta = yaml.safe_load((repo / "models/release/tutor/metadata.yaml").read_text())
     assert meta["round"] in {"r1", "r2"} and set(meta["evaluation"]) == {"base", "r1", "r2"}
@@ -49,6 +72,33 @@ def test_first_repro_runs_every_stage_and_writes_outputs(repo):
 
 def test_second_repro_runs_nothing(repo):
     assert repro(repo) == set()
+
+
+def test_code_edit_reruns_the_stages_that_run_it_and_what_follows(repo):
+    """stages/score.py runs only in score@rN (tests/test_deps.py keeps dvc.yaml's deps equal to
+    each stage's imports): an edit to it dirties those, reruns what their outputs feed, and
+    nothing upstream."""
+    path = repo / "stages/score.py"
+    code = path.read_text()
+    assert code.count('max(row["score"], params.weight_floor)') == 1
+    path.write_text(
+        code.replace('max(row["score"], params.weight_floor)', 'max(row["score"] ** 2, params.weight_floor)')
+    )
+    status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
+    assert set(status) == {"score@r1", "score@r2"}
+    assert status["score@r1"] == [{"changed deps": {"stages/score.py": "modified"}}]
+    ran = repro(repo)
+    assert ran == {
+        "score@r1",
+        "train@r1",
+        "eval@r1",
+        "sample@r2",
+        "score@r2",
+        "train@r2",
+        "eval@r2",
+        "package",
+        "report",
+    }
 
 
 def test_score_param_edit_reruns_only_what_it_touches(repo):
@@ -67,9 +117,14 @@ def test_adding_a_round_runs_only_that_round(repo):
 def test_dpo_on_sampled_pairs(repo):
     """Three samples per prompt, best vs worst as pairs (and the users' feedback pairs), DPO against
     the adapter-disabled base."""
-    edit_params(repo, lambda p: (p["sample"].update(samples_per_prompt=3),
-                                 p["score"].update(pair_min_margin=0.0),
-                                 p["train"].update(method="dpo", init="fresh")))
+    edit_params(
+        repo,
+        lambda p: (
+            p["sample"].update(samples_per_prompt=3),
+            p["score"].update(pair_min_margin=0.0),
+            p["train"].update(method="dpo", init="fresh"),
+        ),
+    )
     ran = repro(repo)
     assert {"sample@r1", "score@r1", "train@r1", "eval@r1", "sample@r3", "train@r3"} <= ran
     assert not ran & {"collect", "scrub", "version", "base", "eval_base"}
@@ -78,7 +133,10 @@ def test_dpo_on_sampled_pairs(repo):
     assert info["train"]["method"] == "dpo" and info["train"]["pairs"] == len(pairs) >= 1
     assert info["train"]["feedback_pairs"] >= 1
     m = yaml.safe_load((repo / "metrics/eval_r1.json").read_text())
-    assert {"eval_loss", "perplexity", "meta_leak_rate", "mean_turn_depth", "delta_vs_base"} <= set(m)
+    base = yaml.safe_load((repo / "metrics/eval_base.json").read_text())
+    assert m["perplexity"] == pytest.approx(math.exp(m["eval_loss"]))
+    assert 0.0 <= m["meta_leak_rate"] <= 1.0 and m["mean_turn_depth"] >= 1.0
+    assert m["delta_vs_base"]["eval_loss"] == pytest.approx(m["eval_loss"] - base["eval_loss"])
 
 
 def test_exp_show_has_per_round_metric_columns(repo):

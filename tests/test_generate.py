@@ -8,8 +8,15 @@ from stages.chat import prompt_ids, with_system
 from stages.model import load_base, load_tokenizer
 
 SYSTEM = "You are a patient tutor. Ask one short guiding question at a time."
-QUESTIONS = ["What is 3/4 + 1/8?", "hi", "Why is the sky blue? Explain it like I am ten years old please.",
-             "다음 문제를 어떻게 풀어요?", "2+2", "What is a verb?", "Help me with fractions, I keep adding the bottoms."]
+QUESTIONS = [
+    "What is 3/4 + 1/8?",
+    "hi",
+    "Why is the sky blue? Explain it like I am ten years old please.",
+    "다음 문제를 어떻게 풀어요?",
+    "2+2",
+    "What is a verb?",
+    "Help me with fractions, I keep adding the bottoms.",
+]
 
 
 def setup(tiny_base):
@@ -34,14 +41,30 @@ def test_shared_prefix_is_found_and_leaves_each_prompt_a_token():
 
 def test_batched_greedy_equals_one_at_a_time(tiny_base):
     tok, model, prompts = setup(tiny_base)
-    assert gen.common_prefix(prompts) > 10   # the system prompt is shared and computed once
-    out = gen.generate(model, tok, prompts, batch_size=4, max_new_tokens=12, temperature=0.0, top_p=1.0,
-                       seed=0, desc="", progress=False)
+    assert gen.common_prefix(prompts) > 10  # the system prompt is shared and computed once
+    out = gen.generate(
+        model,
+        tok,
+        prompts,
+        batch_size=4,
+        max_new_tokens=12,
+        temperature=0.0,
+        top_p=1.0,
+        seed=0,
+        desc="",
+        progress=False,
+    )
     n = 0
     for p, text in zip(prompts, out.texts):
         ids = torch.tensor([p])
-        ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(p):]
+        ref = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )[0, len(p) :]
         n += len(ref)
         assert text == tok.decode(ref, skip_special_tokens=True).strip()
     assert out.n_tokens == n
@@ -67,8 +90,16 @@ def greedy_one_at_a_time(model, tok, prompts, max_new_tokens, eos):
     outs = []
     for p in prompts:
         ids = torch.tensor([p])
-        outs.append(model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos)[0, len(p):].tolist())
+        outs.append(
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=eos,
+            )[0, len(p) :].tolist()
+        )
     return outs
 
 
@@ -83,8 +114,18 @@ def test_rows_that_stop_early_leave_the_batch_and_the_others_go_on(tiny_base, mo
     compactions = []
     real = gen.compaction_order
     monkeypatch.setattr(gen, "compaction_order", lambda *a: compactions.append(a) or real(*a))
-    out = gen.generate(model, tok, prompts, batch_size=7, max_new_tokens=16, temperature=0.0, top_p=1.0,
-                       seed=0, desc="", progress=False)
+    out = gen.generate(
+        model,
+        tok,
+        prompts,
+        batch_size=7,
+        max_new_tokens=16,
+        temperature=0.0,
+        top_p=1.0,
+        seed=0,
+        desc="",
+        progress=False,
+    )
     refs = greedy_one_at_a_time(model, tok, prompts, 16, stops)
     assert len({len(r) for r in refs}) > 2 and max(map(len, refs)) == 16
     assert compactions
@@ -95,10 +136,10 @@ def test_rows_that_stop_early_leave_the_batch_and_the_others_go_on(tiny_base, mo
 def test_rows_are_grouped_by_length_within_the_cap():
     sizes = [3, 4, 4, 5, 20, 21, 22, 90]
     runs = gen.split_rows(sizes, group_cost=8, cap=80)
-    assert [r for a, b in runs for r in range(a, b)] == list(range(len(sizes)))   # every row once, in order
-    assert runs == [(0, 4), (4, 7), (7, 8)]   # the short, the middling and the long one
-    assert gen.split_rows(sizes, group_cost=8, cap=64)[1] == (4, 6)   # 3 x 22 would pass the cap
-    assert gen.split_rows(sizes, group_cost=10_000) == [(0, 8)]       # calls so dear that one group is best
+    assert [r for a, b in runs for r in range(a, b)] == list(range(len(sizes)))  # every row once, in order
+    assert runs == [(0, 4), (4, 7), (7, 8)]  # the short, the middling and the long one
+    assert gen.split_rows(sizes, group_cost=8, cap=64)[1] == (4, 6)  # 3 x 22 would pass the cap
+    assert gen.split_rows(sizes, group_cost=10_000) == [(0, 8)]  # calls so dear that one group is best
     assert gen.split_rows([5] * 6, group_cost=1, cap=10) == [(0, 2), (2, 4), (4, 6)]
 
 
@@ -108,11 +149,11 @@ def test_compaction_keeps_groups_contiguous_and_never_overwrites_a_row_before_it
         cuts = sorted(torch.randperm(19, generator=rng)[:4].add(1).tolist())
         bounds = [0, *cuts, 20]
         groups = [(a, b, 100 - a) for a, b in zip(bounds, bounds[1:])]
-        keep = sorted(torch.randperm(20, generator=rng)[:int(torch.randint(1, 20, (1,), generator=rng))].tolist())
+        keep = sorted(torch.randperm(20, generator=rng)[: int(torch.randint(1, 20, (1,), generator=rng))].tolist())
         order, after = gen.compaction_order(groups, keep)
         assert sorted(order) == keep
-        assert all(r >= i for i, r in enumerate(order))    # moves go down, so ascending copies are safe
-        for a, b, first in after:                           # each new group holds only its old group's rows
+        assert all(r >= i for i, r in enumerate(order))  # moves go down, so ascending copies are safe
+        for a, b, first in after:  # each new group holds only its old group's rows
             old = next(g for g in groups if g[2] == first)
             assert all(old[0] <= order[i] < old[1] for i in range(a, b))
         assert [r for a, b, _ in after for r in range(a, b)] == list(range(len(keep)))
@@ -122,8 +163,30 @@ def test_models_with_sliding_window_attention_are_refused_not_sampled_wrongly(ti
     tok, model, prompts = setup(tiny_base)
     monkeypatch.setattr(model.config, "sliding_window", 8, raising=False)
     with pytest.raises(ValueError, match="sliding-window attention"):
-        gen.generate(model, tok, prompts, batch_size=4, max_new_tokens=4, temperature=0.0, top_p=1.0, seed=0,
-                     desc="", progress=False)
-    monkeypatch.setattr(model.config, "sliding_window", 4096, raising=False)   # wider than the context: fine
-    assert len(gen.generate(model, tok, prompts, batch_size=4, max_new_tokens=4, temperature=0.0, top_p=1.0,
-                            seed=0, desc="", progress=False).texts) == len(prompts)
+        gen.generate(
+            model,
+            tok,
+            prompts,
+            batch_size=4,
+            max_new_tokens=4,
+            temperature=0.0,
+            top_p=1.0,
+            seed=0,
+            desc="",
+            progress=False,
+        )
+    monkeypatch.setattr(model.config, "sliding_window", 4096, raising=False)  # wider than the context: fine
+    assert len(
+        gen.generate(
+            model,
+            tok,
+            prompts,
+            batch_size=4,
+            max_new_tokens=4,
+            temperature=0.0,
+            top_p=1.0,
+            seed=0,
+            desc="",
+            progress=False,
+        ).texts
+    ) == len(prompts)

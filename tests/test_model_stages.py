@@ -1,51 +1,23 @@
 """sample → score → train → eval → package on the tiny model, in-process."""
 
 import importlib.util
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import run_round, small_params
 from safetensors.torch import load_file
 
 from stages import eval as eval_stage
-from stages import package, sample, score, train
+from stages import lm_loss, package, sample, score, train
 from stages.io import read_json, read_jsonl, write_json
 from stages.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_ON_CUDA = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-
-
-def small_params(**train_overrides) -> Params:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1)
-    raw["score"].update(keep_top_k=None)
-    raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
-    raw["train"].update({"steps": 3, "batch_size": 2, "max_length": 128, "eval_examples": 4, **train_overrides})
-    return Params.model_validate(raw)
-
-
-@pytest.fixture(scope="module")
-def project(tiny_base, demo_version, tmp_path_factory):
-    """A workspace with models/ (tiny base) and data/version/ from the demo data."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(tiny_base, root / "models")
-    shutil.copytree(demo_version, root / "version")
-    return root
-
-
-def run_round(p: Params, root: Path, rid: str, out_name: str | None = None, stop_after: int | None = None) -> Path:
-    prev = p.round(rid).prev
-    name = out_name or rid
-    d = root / "rounds" / name
-    sample.run(p, rid, root / "models/base", root / "version", root / "models/rounds" / prev, d / "samples.jsonl")
-    score.run(p.score, d / "samples.jsonl", d / "scored.jsonl", d / "pairs.jsonl")
-    out = root / "models/rounds" / name
-    train.run(p, rid, root / "models/base", root / "version", root / "models/rounds" / prev, d / "scored.jsonl", out,
-              d / "pairs.jsonl", root / "checkpoints" / name, stop_after=stop_after)
-    return out
 
 
 def test_sample_records_settings_and_is_reproducible(project, tmp_path):
@@ -66,12 +38,22 @@ def test_sample_records_settings_and_is_reproducible(project, tmp_path):
 
 def test_several_samples_per_prompt_give_dpo_pairs(project, tmp_path):
     p = small_params()
-    p = p.model_copy(update={"sample": p.sample.model_copy(update={"num_prompts": 3, "samples_per_prompt": 3,
-                                                                    "temperature": 1.5, "top_p": 1.0}),
-                             "score": p.score.model_copy(update={"keep_top_k": 1, "keep_top_fraction": 1.0,
-                                                                  "pair_min_margin": 0.0})})
-    stats = sample.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
-                       tmp_path / "samples.jsonl")
+    p = p.model_copy(
+        update={
+            "sample": p.sample.model_copy(
+                update={"num_prompts": 3, "samples_per_prompt": 3, "temperature": 1.5, "top_p": 1.0}
+            ),
+            "score": p.score.model_copy(update={"keep_top_k": 1, "keep_top_fraction": 1.0, "pair_min_margin": 0.0}),
+        }
+    )
+    stats = sample.run(
+        p,
+        "r1",
+        project / "models/base",
+        project / "version",
+        project / "models/rounds/base",
+        tmp_path / "samples.jsonl",
+    )
     rows = list(read_jsonl(tmp_path / "samples.jsonl"))
     assert stats == {**stats, "prompts": 3, "samples": 9}
     by_prompt = {}
@@ -80,12 +62,12 @@ def test_several_samples_per_prompt_give_dpo_pairs(project, tmp_path):
     assert sorted(len(v) for v in by_prompt.values()) == [3, 3, 3]
     for group in by_prompt.values():
         assert sorted(r["sample_index"] for r in group) == [0, 1, 2] and len({r["seed"] for r in group}) == 3
-        assert len({r["response"] for r in group}) > 1   # different seeds, different replies
+        assert len({r["response"] for r in group}) > 1  # different seeds, different replies
     res = score.run(p.score, tmp_path / "samples.jsonl", tmp_path / "scored.jsonl", tmp_path / "pairs.jsonl")
     scored = list(read_jsonl(tmp_path / "scored.jsonl"))
     # keep_top_k: 1 keeps exactly each prompt's best.
     assert res["kept"] == 3
-    for pid, group in by_prompt.items():
+    for pid in by_prompt:
         kept = [r for r in scored if r["prompt_id"] == pid and r["keep"]]
         assert len(kept) == 1 and kept[0]["score"] == max(r["score"] for r in scored if r["prompt_id"] == pid)
     pairs = list(read_jsonl(tmp_path / "pairs.jsonl"))
@@ -103,8 +85,14 @@ def test_vllm_engine_is_optional(project, tmp_path):
     if VLLM_ON_CUDA:
         pytest.skip("vLLM and CUDA present: test_vllm_engine_samples_with_the_round_adapter runs it")
     with pytest.raises(RuntimeError, match="sample.engine: vllm needs"):
-        sample.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
-                   tmp_path / "samples.jsonl")
+        sample.run(
+            p,
+            "r1",
+            project / "models/base",
+            project / "version",
+            project / "models/rounds/base",
+            tmp_path / "samples.jsonl",
+        )
     assert not (tmp_path / "samples.jsonl").exists()
 
 
@@ -113,12 +101,10 @@ def test_vllm_lora_rank_is_one_vllm_accepts():
 
 
 @pytest.mark.skipif(not VLLM_ON_CUDA, reason="needs CUDA and vLLM")
-def test_vllm_engine_samples_with_the_round_adapter(project, tmp_path):
+def test_vllm_engine_samples_with_the_round_adapter(project, r1, tmp_path):
     """vLLM serves the base with the previous round's adapter as a LoRA request; seeded sampling
     gives the same file twice. (Written without a GPU at hand: no session has had one yet.)"""
     p = small_params()
-    if not (project / "models/rounds/r1/ROUND.json").exists():
-        run_round(p, project, "r1")
     p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
     args = (p, "r2", project / "models/base", project / "version", project / "models/rounds/r1")
     stats = sample.run(*args, tmp_path / "a.jsonl")
@@ -130,9 +116,9 @@ def test_vllm_engine_samples_with_the_round_adapter(project, tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
-def test_train_is_deterministic_and_changes_the_adapter(project):
+def test_train_is_deterministic_and_changes_the_adapter(project, r1):
     p = small_params()
-    a = run_round(p, project, "r1")
+    a = r1
     b = run_round(p, project, "r1", out_name="r1_again")
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (a / "adapter" / name).read_bytes() == (b / "adapter" / name).read_bytes(), name
@@ -154,13 +140,20 @@ def test_all_linear_targets_every_linear_layer_but_the_output_layer(project):
     config = read_json(out / "adapter/adapter_config.json")
     # PEFT resolves all-linear into the module names it found (full paths, in this PEFT version).
     assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert config["r"] == 4 and config["lora_dropout"] == 0.1
     weights = load_file(out / "adapter/adapter_model.safetensors")
     assert not any("lm_head" in k for k in weights)
 
 
-def test_init_prev_continues_and_fresh_restarts(project):
+def test_init_prev_continues_and_fresh_restarts(project, r1):
     p = small_params()
     r2_prev = run_round(p, project, "r2", out_name="r2_prev")
     assert read_json(r2_prev / "ROUND.json")["init"] == "prev"
@@ -189,8 +182,8 @@ def test_weighted_loss_ignores_zero_weight_examples():
     mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.bool)
 
     def loss(batch_ids, batch_mask, weight):
-        net = train.CountedTokenLoss(FixedLogits(logits))
-        tok_loss, tmask = train.token_losses(net, {"ids": batch_ids, "mask": batch_mask, "attn": None})
+        net = lm_loss.CountedTokenLoss(FixedLogits(logits))
+        tok_loss, tmask = lm_loss.token_losses(net, {"ids": batch_ids, "mask": batch_mask, "attn": None})
         return train.weighted_loss(tok_loss, tmask, torch.tensor(weight))
 
     assert torch.allclose(loss(ids, mask, [1.0, 0.0]), loss(ids[:1], mask[:1], [1.0]))
@@ -212,9 +205,11 @@ def test_output_layer_runs_only_where_the_loss_counts_and_gives_the_same_loss_an
     from stages.model import load_base
 
     torch.manual_seed(0)
-    model = get_peft_model(load_base(project / "models/base"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    net = train.CountedTokenLoss(model)
+    model = get_peft_model(
+        load_base(project / "models/base"),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+    )
+    net = lm_loss.CountedTokenLoss(model)
     assert net.split
     ids = torch.randint(0, 1000, (3, 12))
     mask = torch.zeros(3, 12, dtype=torch.bool)
@@ -226,7 +221,10 @@ def test_output_layer_runs_only_where_the_loss_counts_and_gives_the_same_loss_an
     full = _full_forward_losses(model, ids, mask)
     full.sum().backward()
     assert torch.allclose(ours, full, atol=1e-5)
-    assert all(torch.allclose(grads[n], p.grad, atol=1e-6) for n, p in model.named_parameters() if p.requires_grad)
+    # Float32 sums in another order: compare each gradient as a whole, relative to its size.
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert (grads[n] - p.grad).norm() <= 1e-5 * p.grad.norm(), n
     # The output layer saw only the counted positions (the vocabulary-wide matmul is the saving).
     seen = []
     hook = model.get_base_model().get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.shape))
@@ -241,13 +239,13 @@ def test_models_that_change_logits_after_the_output_layer_keep_the_full_forward(
     model = load_base(project / "models/base")
     lm_forward = type(model).forward
 
-    def capped(self, *args, **kwargs):   # soft-capping as Gemma 2 does it, after lm_head
+    def capped(self, *args, **kwargs):  # soft-capping as Gemma 2 does it, after lm_head
         out = lm_forward(self, *args, **kwargs)
         out.logits = 2.0 * torch.tanh(out.logits / 2.0)
         return out
 
     model.forward = capped.__get__(model)
-    net = train.CountedTokenLoss(model)
+    net = lm_loss.CountedTokenLoss(model)
     assert not net.split
     ids = torch.randint(0, 1000, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.bool)
@@ -267,31 +265,42 @@ def test_rho1_keeps_the_tokens_with_most_excess_loss():
 
 
 def test_dpo_loss_prefers_the_chosen_reply():
-    ref = torch.tensor([-10.0, -10.0, -10.0, -10.0])          # chosen 1, 2 | rejected 1, 2
+    ref = torch.tensor([-10.0, -10.0, -10.0, -10.0])  # chosen 1, 2 | rejected 1, 2
     neutral, acc = train.dpo_loss(ref.clone(), ref, beta=0.1)
-    assert neutral.item() == pytest.approx(0.6931, abs=1e-4) and acc == 0.0   # log 2: no preference yet
+    assert neutral.item() == pytest.approx(0.6931, abs=1e-4) and acc == 0.0  # log 2: no preference yet
     better, acc = train.dpo_loss(torch.tensor([-8.0, -9.0, -12.0, -10.0]), ref, beta=0.1)
     worse, _ = train.dpo_loss(torch.tensor([-12.0, -10.0, -8.0, -10.0]), ref, beta=0.1)
     assert better < neutral < worse and acc == 1.0
 
 
-def test_eval_and_package(project, tmp_path):
+def test_eval_and_package(project, r2, tmp_path):
     p = small_params()
-    for rid in ("r1", "r2"):
-        if not (project / "models/rounds" / rid / "ROUND.json").exists():
-            run_round(p, project, rid)
     metrics = tmp_path / "metrics"
     write_json(metrics / "data.json", {"scrub": {"kept": 1}})
     res = {}
     for rid, prev in (("base", None), ("r1", "base"), ("r2", "r1")):
         res[rid] = eval_stage.run(
-            p, rid, project / "models/base", project / "version", project / "models/rounds" / rid,
+            p,
+            rid,
+            project / "models/base",
+            project / "version",
+            project / "models/rounds" / rid,
             prev_metrics=metrics / f"eval_{prev}.json" if prev else None,
             base_metrics=metrics / "eval_base.json" if prev else None,
-            out_file=metrics / f"eval_{rid}.json", samples_file=tmp_path / rid / "eval_samples.jsonl",
-            prev_samples=tmp_path / prev / "eval_samples.jsonl" if prev else None)
-    for key in ("question_ratio", "mean_response_chars", "mean_score", "followup_rate"):
-        assert key in res["r2"]
+            out_file=metrics / f"eval_{rid}.json",
+            samples_file=tmp_path / rid / "eval_samples.jsonl",
+            prev_samples=tmp_path / prev / "eval_samples.jsonl" if prev else None,
+        )
+    # The metrics are what the rules say of the answers written beside them.
+    from stages.rules import score_text
+
+    answers = list(read_jsonl(tmp_path / "r2/eval_samples.jsonl"))
+    assert res["r2"]["n"] == len(answers) == 4
+    assert res["r2"]["mean_response_chars"] == pytest.approx(sum(len(a["response"]) for a in answers) / 4)
+    by_rules = [score_text(a["response"], p.score.rules, a["messages"], a["character_id"]) for a in answers]
+    assert res["r2"]["mean_score"] == pytest.approx(sum(s for _, s in by_rules) / 4)
+    assert res["r2"]["followup_rate"] == pytest.approx(sum(v["followup_question"] for v, _ in by_rules) / 4)
+    assert res["r2"]["perplexity"] == pytest.approx(math.exp(res["r2"]["eval_loss"]))
     assert res["r2"]["delta_vs_prev"]["mean_score"] == pytest.approx(res["r2"]["mean_score"] - res["r1"]["mean_score"])
     assert "delta_vs_prev" not in res["base"]
     # A blinded A/B set against the previous round, on the same prompts (4 here: fewer than ab_prompts).
@@ -300,11 +309,21 @@ def test_eval_and_package(project, tmp_path):
     assert ab_rows[0] == "item,context,response_a,response_b,preferred" and len(ab_rows) == 5
     assert read_json(tmp_path / "r2/ab_key.json")["vs"] == "r1"
 
-    assert "passed" in res["r2"] and isinstance(res["r2"]["failed_gates"], list)
+    failed = {g["metric"] for g in res["r2"]["failed_gates"]}
+    assert res["r2"]["passed"] is (not failed) and failed <= set(p.eval.gates)
     # The tiny random model cannot pass the shipped gates: release nothing, say why.
     rel = tmp_path / "release"
-    decision = package.run(p, project / "models/base", project / "models/rounds", metrics, project / "version",
-                           metrics / "data.json", rel, tmp_path / "routing.json", tmp_path / "package.json")
+    decision = package.run(
+        p,
+        project / "models/base",
+        project / "models/rounds",
+        metrics,
+        project / "version",
+        metrics / "data.json",
+        rel,
+        tmp_path / "routing.json",
+        tmp_path / "package.json",
+    )
     assert decision["released"] is False and "failed gates" in decision["reason"]
     assert read_json(tmp_path / "routing.json") == {}
 
@@ -312,19 +331,29 @@ def test_eval_and_package(project, tmp_path):
     for rid in ("r1", "r2"):
         m = read_json(metrics / f"eval_{rid}.json")
         write_json(metrics / f"eval_{rid}.json", {**m, "passed": True, "failed_gates": []})
-    decision = package.run(open_gates, project / "models/base", project / "models/rounds", metrics, project / "version",
-                           metrics / "data.json", rel, tmp_path / "routing.json", tmp_path / "package.json")
+    decision = package.run(
+        open_gates,
+        project / "models/base",
+        project / "models/rounds",
+        metrics,
+        project / "version",
+        metrics / "data.json",
+        rel,
+        tmp_path / "routing.json",
+        tmp_path / "package.json",
+    )
     assert decision == {**decision, "released": True, "version": "tutor-v0.1", "round": "r2"}
     out = rel / "tutor"
-    assert (out / "adapter/adapter_model.safetensors").read_bytes() == \
-        (project / "models/rounds/r2/adapter/adapter_model.safetensors").read_bytes()
+    assert (out / "adapter/adapter_model.safetensors").read_bytes() == (
+        project / "models/rounds/r2/adapter/adapter_model.safetensors"
+    ).read_bytes()
     meta = yaml.safe_load((out / "metadata.yaml").read_text())
     assert meta["base_model"]["hash"] == read_json(project / "models/base/base.json")["hash"]
     assert set(meta["evaluation"]) == {"base", "r1", "r2"} and meta["characters"] == ["tutor"]
     assert read_json(tmp_path / "routing.json")["tutor"]["version"] == "tutor-v0.1"
 
 
-def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, tmp_path):
+def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp_path):
     import subprocess
     import sys
 
@@ -334,17 +363,25 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, tmp_pat
     from stages.model import load_base
 
     p = small_params()
-    if not (project / "models/rounds/r1/ROUND.json").exists():
-        run_round(p, project, "r1")
-    p = Params.model_validate({**p.model_dump(), "rounds": {"r1": {"prev": "base"}},
-                               "package": {**p.package.model_dump(), "merge": True}})
+    p = Params.model_validate(
+        {**p.model_dump(), "rounds": {"r1": {"prev": "base"}}, "package": {**p.package.model_dump(), "merge": True}}
+    )
     metrics = tmp_path / "metrics"
     write_json(metrics / "data.json", {"scrub": {"kept": 1}})
     for rid in ("base", "r1"):
         write_json(metrics / f"eval_{rid}.json", {"round": rid, "mean_score": 0.5, "passed": True, "failed_gates": []})
     rel = tmp_path / "release"
-    decision = package.run(p, project / "models/base", project / "models/rounds", metrics, project / "version",
-                           metrics / "data.json", rel, tmp_path / "routing.json", tmp_path / "package.json")
+    decision = package.run(
+        p,
+        project / "models/base",
+        project / "models/rounds",
+        metrics,
+        project / "version",
+        metrics / "data.json",
+        rel,
+        tmp_path / "routing.json",
+        tmp_path / "package.json",
+    )
     assert decision["released"]
 
     ids = torch.tensor([[1, 4093, 198, 1780, 314, 216, 39]])
@@ -355,9 +392,24 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, tmp_pat
     assert not list((rel / "tutor/merged").glob("*.bin"))
 
     res = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "--params", str(ROOT / "params.yaml"), "chat", "--round", "r1",
-         "--max-new-tokens", "4"],
-        cwd=project, input="hello there\nand then?\n\n", capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "stages.cli",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "chat",
+            "--round",
+            "r1",
+            "--max-new-tokens",
+            "4",
+        ],
+        cwd=project,
+        input="hello there\nand then?\n\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("tutor> ") == 2
 
@@ -370,10 +422,11 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(project
         run_round(p, project, "r1", out_name="r1_cut", stop_after=3)
     assert read_json(ckpt / "last/state.json")["step"] == 2 and not (project / "models/rounds/r1_cut").exists()
     cut = run_round(p, project, "r1", out_name="r1_cut")
-    assert (cut / "adapter/adapter_model.safetensors").read_bytes() == \
-        (whole / "adapter/adapter_model.safetensors").read_bytes()
+    assert (cut / "adapter/adapter_model.safetensors").read_bytes() == (
+        whole / "adapter/adapter_model.safetensors"
+    ).read_bytes()
     assert (cut / "ROUND.json").read_bytes() == (whole / "ROUND.json").read_bytes()
-    assert not ckpt.exists()   # a finished run leaves no checkpoint behind
+    assert not ckpt.exists()  # a finished run leaves no checkpoint behind
     # The resumed run's curves hold every step, before and after the interruption.
     loss = (cut / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in loss[1:]] == ["0", "1", "2", "3", "4"]
@@ -388,23 +441,27 @@ def test_a_checkpoint_of_other_params_is_not_resumed(project):
     out = run_round(changed, project, "r1", out_name="r1_other")
     assert read_json(out / "ROUND.json")["train"]["steps"] == 4
     fresh = run_round(changed, project, "r1", out_name="r1_other_fresh")
-    assert (out / "adapter/adapter_model.safetensors").read_bytes() == \
-        (fresh / "adapter/adapter_model.safetensors").read_bytes()
+    assert (out / "adapter/adapter_model.safetensors").read_bytes() == (
+        fresh / "adapter/adapter_model.safetensors"
+    ).read_bytes()
 
 
 def test_rho1_and_dpo_train(project):
     rho1 = run_round(small_params(token_weighting="rho1", init="fresh"), project, "r1", out_name="r1_rho1")
-    plain = project / "models/rounds/r1_plain"
-    if not plain.exists():
-        plain = run_round(small_params(init="fresh"), project, "r1", out_name="r1_plain")
+    plain = run_round(small_params(init="fresh"), project, "r1", out_name="r1_plain")
     a = load_file(rho1 / "adapter/adapter_model.safetensors")
     b = load_file(plain / "adapter/adapter_model.safetensors")
-    assert any(not torch.equal(a[k], b[k]) for k in a)   # token selection changed what was learned
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # token selection changed what was learned
 
     p = small_params(method="dpo", init="fresh", lr=0.01)
-    p = p.model_copy(update={"sample": p.sample.model_copy(update={"num_prompts": 4, "samples_per_prompt": 4,
-                                                                    "temperature": 1.5, "top_p": 1.0}),
-                             "score": p.score.model_copy(update={"pair_min_margin": 0.0})})
+    p = p.model_copy(
+        update={
+            "sample": p.sample.model_copy(
+                update={"num_prompts": 4, "samples_per_prompt": 4, "temperature": 1.5, "top_p": 1.0}
+            ),
+            "score": p.score.model_copy(update={"pair_min_margin": 0.0}),
+        }
+    )
     dpo = run_round(p, project, "r1", out_name="r1_dpo")
     info = read_json(dpo / "ROUND.json")["train"]
     assert info["method"] == "dpo" and info["pairs"] >= 1 and info["onpolicy"] == 0
@@ -415,42 +472,63 @@ def test_rho1_and_dpo_train(project):
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)
 
 
-def test_dpo_trains_on_feedback_pairs_alone(project, tmp_path):
+def test_dpo_trains_on_feedback_pairs_alone(project, r1, tmp_path):
     """Users' corrections (the version's dpo split) are DPO pairs too, with no on-policy pairs."""
     d = project / "rounds" / "r1"
-    if not (d / "scored.jsonl").exists():
-        run_round(small_params(), project, "r1")
     (tmp_path / "pairs.jsonl").write_text("")
     p = small_params(method="dpo", init="fresh")
     out = tmp_path / "out"
-    train.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
-              d / "scored.jsonl", out, tmp_path / "pairs.jsonl", tmp_path / "ckpt")
+    train.run(
+        p,
+        "r1",
+        project / "models/base",
+        project / "version",
+        project / "models/rounds/base",
+        d / "scored.jsonl",
+        out,
+        tmp_path / "pairs.jsonl",
+        tmp_path / "ckpt",
+    )
     info = read_json(out / "ROUND.json")["train"]
     n_feedback = len(list(read_jsonl(next((project / "version/splits").glob("*/dpo.jsonl")))))
     assert n_feedback > 0 and info["pairs"] == 0
     assert info["feedback_pairs"] + info["truncated_away"] == n_feedback and info["feedback_pairs"] > 0
 
 
-def test_dpo_without_pairs_says_what_to_do(project, tmp_path):
+def test_dpo_without_pairs_says_what_to_do(project, r1, tmp_path):
     p = small_params(method="dpo", feedback_pairs=False)
     d = project / "rounds" / "r1"
-    if not (d / "scored.jsonl").exists():
-        run_round(small_params(), project, "r1")
     (tmp_path / "pairs.jsonl").write_text("")
     with pytest.raises(RuntimeError, match="samples_per_prompt >= 2"):
-        train.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
-                  d / "scored.jsonl", tmp_path / "out", tmp_path / "pairs.jsonl", tmp_path / "ckpt")
+        train.run(
+            p,
+            "r1",
+            project / "models/base",
+            project / "version",
+            project / "models/rounds/base",
+            d / "scored.jsonl",
+            tmp_path / "out",
+            tmp_path / "pairs.jsonl",
+            tmp_path / "ckpt",
+        )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error path; CUDA machines run QLoRA for real")
-def test_qlora_on_cpu_is_a_clear_error(project, tmp_path):
+def test_qlora_on_cpu_is_a_clear_error(project, r1, tmp_path):
     p = small_params(quantize="4bit")
     d = project / "rounds" / "r1"
-    if not (d / "scored.jsonl").exists():
-        run_round(small_params(), project, "r1")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        train.run(p, "r1", project / "models/base", project / "version", project / "models/rounds/base",
-                  d / "scored.jsonl", tmp_path / "out", d / "pairs.jsonl", tmp_path / "ckpt")
+        train.run(
+            p,
+            "r1",
+            project / "models/base",
+            project / "version",
+            project / "models/rounds/base",
+            d / "scored.jsonl",
+            tmp_path / "out",
+            d / "pairs.jsonl",
+            tmp_path / "ckpt",
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -461,45 +539,86 @@ def test_qlora_trains_on_cuda(project):
     assert (out / "adapter/adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("weighting", ["none", "rho1"])
-def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, tmp_path, weighting):
+@pytest.mark.parametrize("weighting,grad_accum", [("none", 1), ("rho1", 2)])
+def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, r1, tmp_path, weighting, grad_accum):
     """train.launcher: accelerate re-runs the stage under `accelerate launch`; the shipped DDP
     config on a machine without a GPU gives two gloo CPU processes sharing the steps, one adapter.
-    With rho1, the reference (adapter disabled) forward goes through the DDP wrapper too."""
+    With rho1, the reference values are computed through the DDP wrapper, in step on both
+    processes; with grad_accum 2, gradients are all-reduced once per step, after both micro-batches."""
     import subprocess
     import sys
 
     d = project / "rounds" / "r1"
-    if not (d / "scored.jsonl").exists():
-        run_round(small_params(), project, "r1")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     # The shipped config, in float32: it asks for bf16 autocast, which accelerate applies on a CPU
     # too, and the in-process run below compares in float32.
     config = yaml.safe_load((ROOT / "configs/accelerate/ddp.yaml").read_text())
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump({**config, "mixed_precision": "no"}))
-    raw["train"].update(steps=2, batch_size=2, max_length=128, launcher="accelerate", num_processes=2,
-                        accelerate_config=str(tmp_path / "ddp.yaml"), eval_examples=2, token_weighting=weighting)
+    raw["train"].update(
+        steps=2,
+        batch_size=2,
+        max_length=128,
+        launcher="accelerate",
+        num_processes=2,
+        accelerate_config=str(tmp_path / "ddp.yaml"),
+        eval_examples=2,
+        token_weighting=weighting,
+        grad_accum=grad_accum,
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     shutil.copytree(project / "models/rounds/base", tmp_path / "rounds/base")
     res = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "--params", str(tmp_path / "params.yaml"), "train", "--round", "r1",
-         "--base", str(project / "models/base"), "--data", str(project / "version"),
-         "--rounds-dir", str(tmp_path / "rounds"), "--scored", str(d / "scored.jsonl"),
-         "--pairs", str(d / "pairs.jsonl"), "--checkpoints", str(tmp_path / "ckpt")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "stages.cli",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "train",
+            "--round",
+            "r1",
+            "--base",
+            str(project / "models/base"),
+            "--data",
+            str(project / "version"),
+            "--rounds-dir",
+            str(tmp_path / "rounds"),
+            "--scored",
+            str(d / "scored.jsonl"),
+            "--pairs",
+            str(d / "pairs.jsonl"),
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "accelerate.commands.launch" in res.stderr
     info = read_json(tmp_path / "rounds/r1/ROUND.json")
     assert info["train"]["steps"] == 2 and info["train"]["processes"] == 2
-    # Two processes with a micro-batch each, gradients averaged, is one process accumulating both
-    # micro-batches: the same adapter up to float summation order, if DDP really synced gradients.
-    raw["train"].update(launcher="local", num_processes=1, grad_accum=2)
-    train.run(Params.model_validate(raw), "r1", project / "models/base", project / "version",
-              project / "models/rounds/base", d / "scored.jsonl", tmp_path / "single", d / "pairs.jsonl",
-              tmp_path / "ckpt_single")
+    # Two processes with grad_accum micro-batches each, gradients averaged, is one process
+    # accumulating all of them: the same adapter up to float summation order, if DDP really synced.
+    raw["train"].update(launcher="local", num_processes=1, grad_accum=2 * grad_accum)
+    train.run(
+        Params.model_validate(raw),
+        "r1",
+        project / "models/base",
+        project / "version",
+        project / "models/rounds/base",
+        d / "scored.jsonl",
+        tmp_path / "single",
+        d / "pairs.jsonl",
+        tmp_path / "ckpt_single",
+    )
     ddp = load_file(tmp_path / "rounds/r1/adapter/adapter_model.safetensors")
     single = load_file(tmp_path / "single/adapter/adapter_model.safetensors")
     assert ddp.keys() == single.keys()
-    assert all(torch.allclose(ddp[k], single[k], atol=1e-6) for k in ddp)
+    # Adam divides by the gradient's own size, so float-order noise on near-zero gradients grows to
+    # ~1e-6; processes that did not share gradients differ by about lr (2e-3) on many weights.
+    worst = max(((ddp[k] - single[k]).abs().max().item(), k) for k in ddp)
+    assert worst[0] <= 0.02 * raw["train"]["lr"], worst
     assert any(v.abs().sum() > 0 for k, v in ddp.items() if "lora_B" in k)

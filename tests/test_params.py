@@ -66,8 +66,50 @@ def test_local_base_needs_path(tmp_path):
 def test_cli_fails_before_work_with_the_key(tmp_path):
     path = edited(tmp_path, lambda r: r["sample"].update(temperature="hot"))
     out = tmp_path / "collected"
-    res = subprocess.run([sys.executable, "-m", "stages.cli", "--params", str(path), "collect", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "--params", str(path), "collect", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0
     assert "sample.temperature" in res.stderr and "number" in res.stderr
     assert not out.exists()
+
+
+def test_reference_start_needs_a_round_to_start_from(tmp_path):
+    path = edited(tmp_path, lambda r: r["train"].update(method="dpo", init="fresh", reference="start"))
+    with pytest.raises(ParamsError, match="reference: start is the adapter the round starts from"):
+        load_params(path)
+    path = edited(tmp_path, lambda r: r["train"].update(reference="previous"))
+    with pytest.raises(ParamsError, match=r"train\.reference: .*'base' or 'start'"):
+        load_params(path)
+
+
+def test_score_rules_sit_under_one_key(tmp_path):
+    """The rules eval and score share are one params key (dvc.yaml lists score.rules for both)."""
+    path = edited(tmp_path, lambda r: r["score"].update(banned_words=["x"]))
+    with pytest.raises(ParamsError, match="score.banned_words: unknown key"):
+        load_params(path)
+    assert load_params(ROOT / "params.yaml").score.rules.banned_words == ["the answer is", "정답은"]
+
+
+def test_a_round_not_in_params_is_a_message_not_a_traceback(tmp_path):
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.cli",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "score",
+            "--round",
+            "r9",
+            "--rounds-data",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1 and "round 'r9' is not listed under rounds" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -41,17 +41,43 @@ class Project:
             (d / "adapter").mkdir(parents=True, exist_ok=True)
             (d / "adapter/adapter_model.safetensors").write_bytes(f"weights of {rid} {score}".encode())
             write_json(d / "adapter/adapter_config.json", {"r": 8})
-            write_json(d / "ROUND.json", {"id": rid, "prev": prev, "adapter": "adapter", "adapter_hash": f"{rid}-{score}",
-                                          "init": "prev", "train": {"steps": 1}})
+            write_json(
+                d / "ROUND.json",
+                {
+                    "id": rid,
+                    "prev": prev,
+                    "adapter": "adapter",
+                    "adapter_hash": f"{rid}-{score}",
+                    "init": "prev",
+                    "train": {"steps": 1},
+                },
+            )
         failed = [] if passed else [{"metric": "mean_score", "value": score, "min": 0.5, "max": None}]
-        write_json(self.root / f"metrics/eval_{rid}.json",
-                   {"round": rid, "mean_score": score, "question_ratio": score, "passed": passed, "failed_gates": failed,
-                    "eval_config": eval_config})
+        write_json(
+            self.root / f"metrics/eval_{rid}.json",
+            {
+                "round": rid,
+                "mean_score": score,
+                "question_ratio": score,
+                "passed": passed,
+                "failed_gates": failed,
+                "eval_config": eval_config,
+            },
+        )
 
     def package(self, p: Params) -> dict:
         r = self.root
-        return package.run(p, r / "models/base", r / "models/rounds", r / "metrics", r / "version",
-                           r / "metrics/data.json", r / "models/release", r / "models/routing.json", r / "package.json")
+        return package.run(
+            p,
+            r / "models/base",
+            r / "models/rounds",
+            r / "metrics",
+            r / "version",
+            r / "metrics/data.json",
+            r / "models/release",
+            r / "models/routing.json",
+            r / "package.json",
+        )
 
     @property
     def rel(self) -> Path:
@@ -143,7 +169,10 @@ def test_rollback_is_recorded_and_reversible(proj):
     with pytest.raises(RuntimeError, match="first release"):
         release.rollback(proj.rel, proj.root / "models/routing.json")
 
-    assert release.rollback(proj.rel, proj.root / "models/routing.json", to="tutor-v0.2") == ("tutor-v0.1", "tutor-v0.2")
+    assert release.rollback(proj.rel, proj.root / "models/routing.json", to="tutor-v0.2") == (
+        "tutor-v0.1",
+        "tutor-v0.2",
+    )
     assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
     assert [e["action"] for e in release.history(proj.rel)] == ["release", "release", "rollback", "rollback"]
     assert "rollback tutor-v0.2 -> tutor-v0.1" in (proj.rel / "CHANGELOG.md").read_text()
@@ -168,8 +197,12 @@ def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
     from conftest import sh
 
     root = proj.root
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "ci@example.com"],
+        ["git", "config", "user.name", "ci"],
+        ["dvc", "init", "-q"],
+    ):
         sh(root, *cmd)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["rounds"] = {"r1": {"prev": "base"}, "r2": {"prev": "r1"}}
@@ -179,7 +212,8 @@ def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
         "    cmd: loraloop package --data version --out models/release --routing models/routing.json "
         "--report package.json\n"
         "    deps: [models/rounds, metrics, version/manifest.json]\n"
-        "    outs:\n      - models/release/tutor: {persist: true}\n      - models/routing.json: {persist: true}\n")
+        "    outs:\n      - models/release/tutor: {persist: true}\n      - models/routing.json: {persist: true}\n"
+    )
     proj.round("r1", "base", 0.6)
     proj.round("r2", "r1", 0.55, passed=False)
     sh(root, "dvc", "repro")

@@ -3,7 +3,7 @@ from conftest import write_lines
 
 from stages import rules, score
 from stages.io import read_jsonl
-from stages.params import ScoreParams
+from stages.params import RuleParams, ScoreParams
 
 
 def test_question_ratio_and_followup():
@@ -22,23 +22,33 @@ def test_length_window():
 
 
 def test_socratic_beats_lecture():
-    p = ScoreParams()
+    p = RuleParams()
     _, socratic = rules.score_text("Good start. What do both denominators need to share before you add?", p)
     _, lecture = rules.score_text("The answer is 7/12. Memorize the method and apply it to every problem.", p)
     assert socratic == pytest.approx(0.8) and lecture == pytest.approx(0.2)  # (0.5+0.5+1)/2.5, (0+0.5+0)/2.5
 
 
 def test_score_stage_weights_and_keep(tmp_path):
-    rows = [{"prompt_id": f"p{i}", "response": text} for i, text in enumerate(
-        ["The answer is 4.", "What is 2 plus 2? Count it out loud, what do you get?", "Hmm.", "What do you think comes next?"])]
+    rows = [
+        {"prompt_id": f"p{i}", "response": text}
+        for i, text in enumerate(
+            [
+                "The answer is 4.",
+                "What is 2 plus 2? Count it out loud, what do you get?",
+                "Hmm.",
+                "What do you think comes next?",
+            ]
+        )
+    ]
     src = write_lines(tmp_path / "samples.jsonl", rows)
     for r in rows:
         r["messages"] = [{"role": "user", "content": "what is 2 plus 2"}]
     src = write_lines(tmp_path / "samples.jsonl", rows)
-    stats = score.run(ScoreParams(keep_top_fraction=0.5, weight_floor=0.1), src, tmp_path / "scored.jsonl",
-                      tmp_path / "pairs.jsonl")
+    stats = score.run(
+        ScoreParams(keep_top_fraction=0.5, weight_floor=0.1), src, tmp_path / "scored.jsonl", tmp_path / "pairs.jsonl"
+    )
     out = list(read_jsonl(tmp_path / "scored.jsonl"))
-    assert stats["kept"] == 2 and stats["pairs"] == 0   # one sample per prompt: nothing to pair
+    assert stats["kept"] == 2 and stats["pairs"] == 0  # one sample per prompt: nothing to pair
     assert [r["keep"] for r in out] == [False, True, False, True]
     assert all(r["weight"] >= 0.1 for r in out)
     # Every rule is written per sample, weighted or not (tone: no keywords for this character).
@@ -63,7 +73,7 @@ def test_each_rule_tells_good_from_bad():
     assert rules.language("What do you think?", "what is a fraction") == 1.0
     assert rules.language("What do you think?", "분수가 뭐예요?") == 0.0
     assert rules.language("분수는 무엇일까요?", "분수가 뭐예요?") == 1.0
-    assert rules.language("anything", "12 + 5 = ?") == 1.0        # no letters: nothing to comply with
+    assert rules.language("anything", "12 + 5 = ?") == 1.0  # no letters: nothing to comply with
     assert rules.banned_words("The answer is 4.", ["the answer is"]) == 0.0
     assert rules.banned_words("What is 2+2?", ["the answer is"]) == 1.0
     assert rules.tone("Let's think it through.", ["let's"]) == 1.0
@@ -72,23 +82,29 @@ def test_each_rule_tells_good_from_bad():
 
 def test_weights_pick_what_the_score_rewards():
     text, msgs = "The answer is 4.", [{"role": "user", "content": "what is 2+2"}]
-    only_banned = ScoreParams(weights={k: 0.0 for k in rules.RULES} | {"banned_words": 1.0}, banned_words=["answer"])
+    only_banned = RuleParams(weights={k: 0.0 for k in rules.RULES} | {"banned_words": 1.0}, banned_words=["answer"])
     assert rules.score_text(text, only_banned, msgs)[1] == 0.0
-    only_length = ScoreParams(weights={k: 0.0 for k in rules.RULES} | {"length": 1.0}, length_window=(1, 100))
+    only_length = RuleParams(weights={k: 0.0 for k in rules.RULES} | {"length": 1.0}, length_window=(1, 100))
     assert rules.score_text(text, only_length, msgs)[1] == 1.0
     # Tone counts only for characters that have keywords.
-    p = ScoreParams(weights={k: 0.0 for k in rules.RULES} | {"tone": 1.0, "length": 1.0}, length_window=(1, 100),
-                    tone_keywords={"tutor": ["let's"]})
+    p = RuleParams(
+        weights={k: 0.0 for k in rules.RULES} | {"tone": 1.0, "length": 1.0},
+        length_window=(1, 100),
+        tone_keywords={"tutor": ["let's"]},
+    )
     assert rules.score_text(text, p, msgs, "tutor")[1] == 0.5 and rules.score_text(text, p, msgs, "pirate")[1] == 1.0
 
 
 def test_keep_top_k_and_pairs_per_prompt():
-    rows = [{"prompt_id": pid, "sample_index": i, "response": f"{pid}{i}", "score": s, "messages": []}
-            for pid, scores in (("a", [0.9, 0.2, 0.5]), ("b", [0.3, 0.35])) for i, s in enumerate(scores)]
+    rows = [
+        {"prompt_id": pid, "sample_index": i, "response": f"{pid}{i}", "score": s, "messages": []}
+        for pid, scores in (("a", [0.9, 0.2, 0.5]), ("b", [0.3, 0.35]))
+        for i, s in enumerate(scores)
+    ]
     kept = score.mark_kept(rows, ScoreParams(keep_top_k=1, keep_top_fraction=1.0))
     assert kept == 2 and [r["response"] for r in rows if r["keep"]] == ["a0", "b1"]
     pairs = score.dpo_pairs(rows, min_margin=0.1)
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a0", "a1")]   # b: 0.05 apart, below the margin
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a0", "a1")]  # b: 0.05 apart, below the margin
     assert len(score.dpo_pairs(rows, min_margin=0.0)) == 2
 
 
@@ -104,8 +120,10 @@ def test_reward_model_adds_or_replaces(tiny_model_dir, tmp_path):
     rm_dir = tmp_path / "rm"
     AutoModelForSequenceClassification.from_config(config).save_pretrained(rm_dir)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm_dir)
-    rows = [{"prompt_id": f"p{i}", "response": t, "messages": [{"role": "user", "content": "hi"}]}
-            for i, t in enumerate(["What do you think?", "The answer is 4."])]
+    rows = [
+        {"prompt_id": f"p{i}", "response": t, "messages": [{"role": "user", "content": "hi"}]}
+        for i, t in enumerate(["What do you think?", "The answer is 4."])
+    ]
     src = write_lines(tmp_path / "samples.jsonl", rows)
     for mode in ("replace", "add"):
         p = ScoreParams(reward_model={"path": str(rm_dir), "mode": mode, "weight": 1.0})
@@ -114,8 +132,9 @@ def test_reward_model_adds_or_replaces(tiny_model_dir, tmp_path):
     added = list(read_jsonl(tmp_path / "add.jsonl"))
     for r, a in zip(replaced, added):
         assert 0.0 < r["scores"]["reward_model"] < 1.0 and r["score"] == r["scores"]["reward_model"]
-        rule_only = rules.score_text(a["response"], ScoreParams(), a["messages"])[1]
+        rule_only = rules.score_text(a["response"], RuleParams(), a["messages"])[1]
         assert a["score"] != rule_only and a["scores"]["reward_model"] == pytest.approx(r["scores"]["reward_model"])
     with pytest.raises(FileNotFoundError, match="score.reward_model.path"):
-        score.run(ScoreParams(reward_model={"path": str(tmp_path / "nope")}), src, tmp_path / "x.jsonl",
-                  tmp_path / "y.jsonl")
+        score.run(
+            ScoreParams(reward_model={"path": str(tmp_path / "nope")}), src, tmp_path / "x.jsonl", tmp_path / "y.jsonl"
+        )

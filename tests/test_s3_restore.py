@@ -49,8 +49,11 @@ def repo(tmp_path_factory, tiny_model_dir, s3):
         p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=6, gates={})
         p["train"].update(steps=2, batch_size=2, max_length=160)
 
-    return project_repo(tmp_path_factory.mktemp("s3repo"), shrink,
-                        setup=lambda repo: s3_local.configure_remote(repo, s3["port"], BUCKET))
+    return project_repo(
+        tmp_path_factory.mktemp("s3repo"),
+        shrink,
+        setup=lambda repo: s3_local.configure_remote(repo, s3["port"], BUCKET),
+    )
 
 
 @pytest.fixture(scope="module")

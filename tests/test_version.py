@@ -19,8 +19,9 @@ def records(n, start=0):
 
 
 def split_map(out_dir):
-    return {r["id"]: split for split in ("train", "eval")
-            for r in read_jsonl(out_dir / "splits/tutor" / f"{split}.jsonl")}
+    return {
+        r["id"]: split for split in ("train", "eval") for r in read_jsonl(out_dir / "splits/tutor" / f"{split}.jsonl")
+    }
 
 
 def scrubbed(tmp_path, name, rows):
@@ -60,8 +61,12 @@ def test_changelog_diffs_against_the_committed_version(tmp_path):
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "ci@example.com"],
+        ["git", "config", "user.name", "ci"],
+        ["dvc", "init", "-q"],
+    ):
         sh(repo, *cmd)
     (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     (repo / "dvc.yaml").write_text(
@@ -69,7 +74,8 @@ def test_changelog_diffs_against_the_committed_version(tmp_path):
         "    cmd: loraloop version --in scrubbed --out data/version --metrics m.json --collect-rejects rejects.jsonl\n"
         "    deps: [scrubbed, rejects.jsonl]\n"
         "    outs:\n      - data/version/splits\n"
-        "      - data/version/manifest.json: {cache: false}\n      - data/version/CHANGELOG.md: {cache: false}\n")
+        "      - data/version/manifest.json: {cache: false}\n      - data/version/CHANGELOG.md: {cache: false}\n"
+    )
     first = records(20)
     write_lines(repo / "scrubbed/tutor/records.jsonl", first)
     write_lines(repo / "rejects.jsonl", [])

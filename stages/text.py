@@ -1,0 +1,32 @@
+"""Facts about text that scrub's quality rules and score's rules both judge by: which writing
+script letters are in, and the phrases of a reply that talks about itself as an AI."""
+
+from __future__ import annotations
+
+import re
+
+_PLACEHOLDER = re.compile(r"<[A-Z]+_[0-9]+>")
+
+META = re.compile(
+    r"as an ai\b|as a language model|i am an ai\b|i'm an ai\b|i'?m just an ai|i am just an ai|ai language model|"
+    r"my (?:system prompt|instructions say|guidelines)|the system prompt|openai'?s policy|"
+    r"저는\s?(?:ai|인공지능)|ai\s?언어\s?모델|인공지능\s?언어\s?모델|언어\s?모델로서|시스템\s?프롬프트",
+    re.IGNORECASE,
+)
+
+SCRIPTS = {
+    "ko": lambda c: "\uac00" <= c <= "\ud7a3" or "\u1100" <= c <= "\u11ff" or "\u3130" <= c <= "\u318f",
+    "en": lambda c: c.isascii() and c.isalpha(),
+    "ja": lambda c: "\u3040" <= c <= "\u30ff",
+    "zh": lambda c: "\u4e00" <= c <= "\u9fff",
+    "ru": lambda c: "\u0400" <= c <= "\u04ff",
+}
+
+
+def script_share(text: str, language: str) -> float:
+    """The share of the letters (PII placeholders aside) written in the language's script."""
+    letters = [c for c in _PLACEHOLDER.sub(" ", text) if c.isalpha()]
+    if not letters:
+        return 1.0  # nothing to judge (digits, symbols): not a language violation
+    is_script = SCRIPTS[language]
+    return sum(1 for c in letters if is_script(c)) / len(letters)
