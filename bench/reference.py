@@ -13,8 +13,6 @@ precompute inside setup. Both modes train the same adapter bytes (tests/test_ref
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import child  # noqa: E402  (bench/child.py, beside this script)
 
 
 def bench_params(args, mode: str):
@@ -91,13 +91,11 @@ def main() -> None:
     ap.add_argument("--mode", choices=["precompute", "per_step"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
-        print("RESULT " + json.dumps(side(args, args.mode)))
+        child.report(side(args, args.mode))
         return
     results = {}
     for mode in ("per_step", "precompute"):
-        cmd = [
-            sys.executable,
-            __file__,
+        argv = [
             "--mode",
             mode,
             "--method",
@@ -109,10 +107,7 @@ def main() -> None:
             "--max-length",
             str(args.max_length),
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
-        results[mode] = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        results[mode] = child.run(__file__, argv, mode)
     import torch
 
     print(

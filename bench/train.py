@@ -12,15 +12,15 @@ model, and the time is each side's training loop (model loading excluded on both
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import child  # noqa: E402  (bench/child.py, beside this script)
 
 
 def bench_params(args):
@@ -155,13 +155,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.side:
         result = side_ours(args) if args.side == "ours" else side_trl(args)
-        print("RESULT " + json.dumps(result))
+        child.report(result)
         return
     results = {}
     for side in ("ours", "trl"):
-        cmd = [
-            sys.executable,
-            __file__,
+        argv = [
             "--side",
             side,
             "--steps",
@@ -171,10 +169,7 @@ def main() -> None:
             "--max-length",
             str(args.max_length),
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
-        results[side] = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        results[side] = child.run(__file__, argv, side)
     import torch
 
     print(

@@ -20,6 +20,21 @@ ROOT = Path(__file__).resolve().parents[1]
 VLLM_ON_CUDA = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
+def release_from(project, p: Params, metrics, rel, tmp_path) -> dict:
+    """package.run on the project's rounds and the given metrics dir; routing and report in tmp_path."""
+    return package.run(
+        p,
+        project / "models/base",
+        project / "models/rounds",
+        metrics,
+        project / "version",
+        metrics / "data.json",
+        rel,
+        tmp_path / "routing.json",
+        tmp_path / "package.json",
+    )
+
+
 def test_sample_records_settings_and_is_reproducible(project, tmp_path):
     p = small_params()
     args = (p, "r1", project / "models/base", project / "version", project / "models/rounds/base")
@@ -313,17 +328,7 @@ def test_eval_and_package(project, r2, tmp_path):
     assert res["r2"]["passed"] is (not failed) and failed <= set(p.eval.gates)
     # The tiny random model cannot pass the shipped gates: release nothing, say why.
     rel = tmp_path / "release"
-    decision = package.run(
-        p,
-        project / "models/base",
-        project / "models/rounds",
-        metrics,
-        project / "version",
-        metrics / "data.json",
-        rel,
-        tmp_path / "routing.json",
-        tmp_path / "package.json",
-    )
+    decision = release_from(project, p, metrics, rel, tmp_path)
     assert decision["released"] is False and "failed gates" in decision["reason"]
     assert read_json(tmp_path / "routing.json") == {}
 
@@ -331,17 +336,7 @@ def test_eval_and_package(project, r2, tmp_path):
     for rid in ("r1", "r2"):
         m = read_json(metrics / f"eval_{rid}.json")
         write_json(metrics / f"eval_{rid}.json", {**m, "passed": True, "failed_gates": []})
-    decision = package.run(
-        open_gates,
-        project / "models/base",
-        project / "models/rounds",
-        metrics,
-        project / "version",
-        metrics / "data.json",
-        rel,
-        tmp_path / "routing.json",
-        tmp_path / "package.json",
-    )
+    decision = release_from(project, open_gates, metrics, rel, tmp_path)
     assert decision == {**decision, "released": True, "version": "tutor-v0.1", "round": "r2"}
     out = rel / "tutor"
     assert (out / "adapter/adapter_model.safetensors").read_bytes() == (
@@ -371,17 +366,7 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp
     for rid in ("base", "r1"):
         write_json(metrics / f"eval_{rid}.json", {"round": rid, "mean_score": 0.5, "passed": True, "failed_gates": []})
     rel = tmp_path / "release"
-    decision = package.run(
-        p,
-        project / "models/base",
-        project / "models/rounds",
-        metrics,
-        project / "version",
-        metrics / "data.json",
-        rel,
-        tmp_path / "routing.json",
-        tmp_path / "package.json",
-    )
+    decision = release_from(project, p, metrics, rel, tmp_path)
     assert decision["released"]
 
     ids = torch.tensor([[1, 4093, 198, 1780, 314, 216, 39]])
