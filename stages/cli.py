@@ -36,6 +36,7 @@ COMMANDS = {
     "release": "stages.tools:release_group",
     "chat": "stages.chat_cli:cli",
     "s3-local": "stages.s3_local:cli",
+    "forget": "stages.forget:cli",
 }
 
 
@@ -54,6 +55,12 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except ParamsError as exc:  # a wrong round id, say: a message, not a traceback
             raise click.ClickException(str(exc)) from None
+        except FileNotFoundError as exc:  # an input a stage needs is not there: name it
+            if exc.filename is None:  # our own message, which names the path
+                raise click.ClickException(str(exc)) from None
+            raise click.ClickException(
+                f"{exc.filename}: {exc.strerror} (run the stage that makes it first, e.g. `dvc repro`)"
+            ) from None
 
 
 @click.group(cls=LazyGroup)

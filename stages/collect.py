@@ -8,13 +8,14 @@ carries the bad response as `rejected`). Streaming: memory does not grow with th
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import Counter
 from pathlib import Path
 
 import click
 
 from .cli import PATH, params_of, say
-from .io import dumps, write_json
+from .io import dumps, replacing, write_json
 from .params import CollectParams, SourceParams
 from .sources import MAPPINGS, Reject, decode, read_hub, read_source, unwrap_mongo
 
@@ -97,7 +98,8 @@ def normalize(obj, src: SourceParams, default_character_id: str | None, max_char
     if src.require_opt_in and obj.get("opt_in") is not True:
         raise Reject("no_opt_in", "opt_in")
     weight = obj.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+    # A number, not a bool; not NaN, infinite, negative or an int too large for a float.
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < sys.float_info.max:
         raise Reject("bad_weight", "weight")
     names = sorted({str(obj[f]) for f in NAME_FIELDS if isinstance(obj.get(f), (str, int)) and str(obj[f]).strip()})
     user_id = obj.get("user_id")
@@ -145,29 +147,56 @@ def deleted(obj: object, record: dict, deletions: set[str]) -> bool:
 
 
 def collect_source(src: SourceParams, params: CollectParams, deletions: set[str], kept_f, rejects_f) -> Counter:
+    """Every row of one source to records.jsonl or, with its reason, to rejects.jsonl. Nothing in
+    one row can stop the run: an error no rule foresaw is that row's reject too."""
     counts: Counter = Counter()
-    where = src.path or f"hub:{src.hub}"
+    source = src.path or f"hub:{src.hub}"
+
+    def reject(where: dict, reason: str, **extra) -> None:
+        counts["rejected"] += 1
+        counts[f"rejected.{reason}"] += 1
+        row = {"reason": reason, "source": source, **where, **{k: v for k, v in extra.items() if v is not None}}
+        rejects_f.write(dumps({"field": None, **row}) + "\n")
+
     rows = read_hub(src.hub, src.hub_split) if src.hub else read_source(Path(src.path), src.format)
-    for line, raw in rows:
+    for where, raw in rows:
         counts["read"] += 1
         try:
             obj = decode(raw)
+            bad = unencodable_field(obj)
+            if bad is not None:
+                raise Reject("invalid_unicode", bad, "a lone surrogate (\\ud800-\\udfff escape) cannot be stored")
             record = normalize(obj, src, params.default_character_id, params.max_message_chars)
+            line = dumps(record)
             if deleted(unwrap_mongo(obj) if isinstance(obj, dict) else obj, record, deletions):
-                counts["rejected"] += 1
-                counts["rejected.deleted_on_request"] += 1
-                rejects_f.write(
-                    dumps({"reason": "deleted_on_request", "id": record["id"], "source": where, "line": line}) + "\n"
-                )
+                reject(where, "deleted_on_request", id=record["id"])
                 continue
         except Reject as rej:
-            counts["rejected"] += 1
-            counts[f"rejected.{rej.reason}"] += 1
-            rejects_f.write(dumps({"reason": rej.reason, "field": rej.field, "source": where, "line": line}) + "\n")
+            reject(where, rej.reason, field=rej.field, detail=rej.detail)
+            continue
+        except Exception as exc:  # one record must not stop the run
+            # The exception's message may quote the record: only its type is kept.
+            reject(where, "unreadable_record", detail=type(exc).__name__)
             continue
         counts["kept"] += 1
-        kept_f.write(dumps(record) + "\n")
+        kept_f.write(line + "\n")
     return counts
+
+
+def unencodable_field(value, path: str = "") -> str | None:
+    """The path of the first string UTF-8 cannot encode (a lone surrogate from a JSON escape)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(value)"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = unencodable_field(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}" if path else k)
+        if found is not None:
+            return found
+    return None
 
 
 def summarize(totals: Counter, per_source: dict) -> dict:
@@ -181,21 +210,22 @@ def summarize(totals: Counter, per_source: dict) -> dict:
 def run(params: CollectParams, out_dir: Path) -> dict:
     for src in params.sources:
         if src.path and not Path(src.path).exists():
-            raise FileNotFoundError(f"collect: source {src.path} (params.yaml collect.sources) does not exist")
+            raise FileNotFoundError(f"collect: source {src.path} does not exist")
     deletions = load_deletions(params.deletions)
-    out_dir.mkdir(parents=True, exist_ok=True)
     totals: Counter = Counter()
     per_source = {}
-    with (
-        (out_dir / "records.jsonl").open("w", encoding="utf-8") as kept_f,
-        (out_dir / "rejects.jsonl").open("w", encoding="utf-8") as rejects_f,
-    ):
-        for src in params.sources:
-            c = collect_source(src, params, deletions, kept_f, rejects_f)
-            per_source[src.path or src.hub] = dict(sorted(c.items()))
-            totals.update(c)
-    counts = summarize(totals, per_source)
-    write_json(out_dir / "counts.json", counts)
+    with replacing(out_dir) as tmp:
+        tmp.mkdir()
+        with (
+            (tmp / "records.jsonl").open("w", encoding="utf-8") as kept_f,
+            (tmp / "rejects.jsonl").open("w", encoding="utf-8") as rejects_f,
+        ):
+            for src in params.sources:
+                c = collect_source(src, params, deletions, kept_f, rejects_f)
+                per_source[src.path or src.hub] = dict(sorted(c.items()))
+                totals.update(c)
+        counts = summarize(totals, per_source)
+        write_json(tmp / "counts.json", counts)
     return counts
 
 
@@ -234,5 +264,6 @@ def cli(ctx, out, source, kind, character_id, no_opt_in_required):
     try:
         counts = run(params, out)
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        listed = "" if source is not None else f" (listed in {ctx.find_root().obj['params']} collect.sources)"
+        raise click.ClickException(f"{exc}{listed}") from None
     say({k: counts[k] for k in ("read", "kept", "rejected", "reasons")})

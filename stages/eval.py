@@ -14,7 +14,7 @@ from . import ab
 from .chat import prompt_ids
 from .cli import PATH, params_of, round_options, say
 from .generate import generate
-from .io import read_json, write_json, write_jsonl
+from .io import read_json, replacing, write_json, write_jsonl
 from .lm_loss import CountedTokenLoss, split_loss
 from .metrics import deltas
 from .model import load_round, load_tokenizer
@@ -85,7 +85,12 @@ def check_gates(metrics: dict, gates: dict) -> list[dict]:
         if name not in metrics:
             raise KeyError(f"params.yaml eval.gates.{name}: no such metric (have {sorted(metrics)})")
         value = metrics[name]
-        if (gate.min is not None and value < gate.min) or (gate.max is not None and value > gate.max):
+        # A NaN metric (an empty eval set's loss, say) compares false with everything: it fails.
+        if (
+            math.isnan(value)
+            or (gate.min is not None and value < gate.min)
+            or (gate.max is not None and value > gate.max)
+        ):
             failed.append({"metric": name, "value": value, "min": gate.min, "max": gate.max})
     return failed
 
@@ -120,18 +125,6 @@ def run(
         seed=params.seed,
         desc=f"eval@{round_id}",
     ).texts
-    write_jsonl(samples_file, ({**p, "response": t} for p, t in zip(prompts, texts)))
-    if prev_samples is not None:
-        ab.make(
-            round_id,
-            samples_file,
-            read_json(prev_metrics)["round"],
-            prev_samples,
-            samples_file.parent / "ab.csv",
-            samples_file.parent / "ab_key.json",
-            ep.ab_prompts,
-            params.seed,
-        )
     metrics = metrics_of(prompts, texts, params)
     # Teacher-forced loss on the eval split's own assistant turns: how far the round drifted
     # from the data, next to how it behaves.
@@ -150,7 +143,13 @@ def run(
         result["delta_vs_prev"] = deltas(metrics, read_json(prev_metrics))
     if base_metrics is not None:
         result["delta_vs_base"] = deltas(metrics, read_json(base_metrics))
-    write_json(out_file, result)
+    ab_files = [samples_file.parent / "ab.csv", samples_file.parent / "ab_key.json"] if prev_samples else []
+    with replacing(samples_file, out_file, *ab_files) as (samples_tmp, out_tmp, *ab_tmp):
+        write_jsonl(samples_tmp, ({**p, "response": t} for p, t in zip(prompts, texts)))
+        if ab_tmp:
+            prev_round = read_json(prev_metrics)["round"]
+            ab.make(round_id, samples_tmp, prev_round, prev_samples, *ab_tmp, ep.ab_prompts, params.seed)
+        write_json(out_tmp, result)
     return result
 
 

@@ -1,9 +1,13 @@
-"""Reading and writing the files stages exchange: JSONL, JSON, hashes. Output bytes are stable."""
+"""Reading and writing the files stages exchange: JSONL, JSON, hashes. Output bytes are stable,
+and outputs appear whole or not at all (`replacing`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -14,9 +18,9 @@ def dumps(obj) -> str:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One canonical JSON line per row; the file appears whole or not at all."""
     n = 0
-    with path.open("w", encoding="utf-8") as f:
+    with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(dumps(row) + "\n")
             n += 1
@@ -35,8 +39,10 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    """Indented, sorted JSON; the file appears whole or not at all."""
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2) + "\n"
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_json(path: Path):
@@ -57,3 +63,46 @@ def sha256_tree(root: Path) -> tuple[str, dict[str, str]]:
     files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     h = hashlib.sha256(dumps(files).encode()).hexdigest()
     return h, files
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a directory tree, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def replacing(*paths: Path):
+    """Write outputs (files or directories) through temporary siblings: the block writes to the
+    paths it is given, and only when it succeeds do they replace the real ones. A stage that fails
+    halfway leaves its previous outputs exactly as they were, and never a half-written one."""
+    paths = [Path(p) for p in paths]
+    temps = [_sibling(p, "tmp") for p in paths]
+    for t in temps:
+        remove(t)
+        t.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temps[0] if len(temps) == 1 else temps
+    except BaseException:
+        for t in temps:
+            remove(t)
+        raise
+    for path, tmp in zip(paths, temps):
+        if not tmp.exists():
+            raise FileNotFoundError(f"{path}: the stage wrote nothing there")
+    for path, tmp in zip(paths, temps):
+        if tmp.is_dir():
+            old = _sibling(path, "old")
+            remove(old)
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            remove(old)
+        else:
+            os.replace(tmp, path)

@@ -14,16 +14,22 @@ import yaml
 
 from . import release
 from .cli import PATH, params_of, say
-from .io import read_json, sha256_file, sha256_tree, write_json
+from .io import read_json, replacing, sha256_file, sha256_tree, write_json
 from .metrics import deltas
 from .params import Params
 from .paths import METRICS, MODELS, round_paths
 
 
 def choose(
-    params: Params, evals: dict[str, dict], adapters: dict[str, str], cur: dict | None
+    params: Params,
+    evals: dict[str, dict],
+    adapters: dict[str, str],
+    cur: dict | None,
+    withdrawn: dict[str, str] | None = None,
 ) -> tuple[str | None, str]:
-    """The round to release and why, or None and why not. `adapters`: round id -> adapter hash."""
+    """The round to release and why, or None and why not. `adapters`: round id -> adapter hash;
+    `withdrawn`: version -> adapter hash of the versions rolled back from (never released again)."""
+    withdrawn_by_hash = {h: v for v, h in (withdrawn or {}).items()}
     metric = params.package.primary_metric
     cur_eval = cur["evaluation"][cur["round"]] if cur else None
     cur_value = cur_eval[metric] if cur else None
@@ -38,6 +44,13 @@ def choose(
             continue
         if cur is not None and adapters[rid] == cur["adapter_sha256"]:
             why_not.append(f"{rid} is already released as {cur['version']}")
+            continue
+        if adapters[rid] in withdrawn_by_hash:
+            version = withdrawn_by_hash[adapters[rid]]
+            why_not.append(
+                f"{rid} is {version}, withdrawn by a rollback "
+                f"(`loraloop release restore {params.package.name} {version}` allows it again)"
+            )
             continue
         # Scores measured under other rules, prompts or decoding do not compare: then the gates decide.
         comparable = cur is not None and cur_eval.get("eval_config") == ev.get("eval_config")
@@ -135,8 +148,37 @@ def run(
     routing_file: Path,
     report_file: Path,
 ) -> dict:
+    """Decide, then update the release directory, routing and report together: the work happens
+    on copies that replace them only when all of it succeeded."""
     rel = out_root / params.package.name
-    rel.mkdir(parents=True, exist_ok=True)
+    with replacing(rel, routing_file, report_file) as (work, routing_tmp, report_tmp):
+        if rel.is_dir():
+            shutil.copytree(rel, work)
+        work.mkdir(parents=True, exist_ok=True)
+        if routing_file.is_file():
+            shutil.copy2(routing_file, routing_tmp)
+        decision = release_round(params, base_dir, rounds_dir, metrics_dir, version_dir, data_metrics, work)
+        now = release.current(work)
+        if params.package.merge and now is not None:
+            merge_into(work, base_dir)
+        if now is not None:
+            release.update_routing(routing_tmp, rel, now)  # routing names the release's real place
+        elif not routing_tmp.exists():
+            write_json(routing_tmp, {})
+        write_json(report_tmp, decision)
+    return decision
+
+
+def release_round(
+    params: Params,
+    base_dir: Path,
+    rounds_dir: Path,
+    metrics_dir: Path,
+    version_dir: Path,
+    data_metrics: Path,
+    rel: Path,
+) -> dict:
+    """Release the chosen round into `rel` (archive, install, history, changelog) or record why not."""
     evals = {rid: read_json(round_paths(rid, metrics=metrics_dir).metrics) for rid in params.rounds}
     base_eval = read_json(metrics_dir / "eval_base.json")
     cur = release.current(rel)
@@ -144,47 +186,35 @@ def run(
         rid: read_json(round_paths(rid, models=rounds_dir).model / "ROUND.json")["adapter_hash"]
         for rid in params.rounds
     }
-    rid, why = choose(params, evals, adapters, cur)
-
+    rid, why = choose(params, evals, adapters, cur, release.withdrawn(rel))
+    if (rel / "merged").exists():
+        shutil.rmtree(rel / "merged")
     if rid is None:
         release.record(rel, {"action": "keep", "version": cur["version"] if cur else None, "reason": why})
-        decision = {
+        return {
             "released": False,
             "version": cur["version"] if cur else None,
             "round": cur["round"] if cur else None,
             "reason": why,
         }
-    else:
-        version = release.next_version(rel, params.package.name, params.package.major, params.package.tag)
-        metadata = build_metadata(
-            params, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics
-        )
-        archive = rel / "versions" / version
-        if archive.exists():
-            shutil.rmtree(archive)
-        shutil.copytree(round_paths(rid, models=rounds_dir).model / "adapter", archive / "adapter")
-        metadata["adapter_tree_sha256"] = sha256_tree(archive / "adapter")[0]
-        (archive / "metadata.yaml").write_text(
-            yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8"
-        )
-        release.install(rel, version)
-        release.record(rel, {"action": "release", "version": version, "round": rid, "reason": why})
-        ev = evals[rid]
-        shown = ", ".join(f"{k}={ev[k]:.3f}" for k in ev if isinstance(ev[k], float))
-        release.changelog_line(rel, f"{metadata['created_at']} {version} from {rid}: {shown}")
-        decision = {"released": True, "version": version, "round": rid, "reason": why}
-
-    if (rel / "merged").exists():
-        shutil.rmtree(rel / "merged")
-    now = release.current(rel)
-    if params.package.merge and now is not None:
-        merge_into(rel, base_dir)
-    if now is not None:
-        release.update_routing(routing_file, rel, now)
-    elif not routing_file.exists():
-        write_json(routing_file, {})
-    write_json(report_file, decision)
-    return decision
+    version = release.next_version(rel, params.package.name, params.package.major, params.package.tag)
+    metadata = build_metadata(
+        params, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics
+    )
+    archive = rel / "versions" / version
+    if archive.exists():
+        shutil.rmtree(archive)
+    shutil.copytree(round_paths(rid, models=rounds_dir).model / "adapter", archive / "adapter")
+    metadata["adapter_tree_sha256"] = sha256_tree(archive / "adapter")[0]
+    (archive / "metadata.yaml").write_text(
+        yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    release.install(rel, version)
+    release.record(rel, {"action": "release", "version": version, "round": rid, "reason": why})
+    ev = evals[rid]
+    shown = ", ".join(f"{k}={ev[k]:.3f}" for k in ev if isinstance(ev[k], float))
+    release.changelog_line(rel, f"{metadata['created_at']} {version} from {rid}: {shown}")
+    return {"released": True, "version": version, "round": rid, "reason": why}
 
 
 @click.command()

@@ -11,10 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PARAMS_FILE = Path("params.yaml")
 ROUND_ID = re.compile(r"^r[0-9]+$")
+RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a directory name, never a path
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: a NaN bound passes every comparison and an infinite lr trains to NaN, so
+    # every float in params.yaml must be finite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BaseParams(Section):
@@ -232,7 +235,7 @@ class EvalParams(Section):
 
 
 class PackageParams(Section):
-    name: str = Field("tutor", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field("tutor", pattern=RELEASE_NAME.pattern)
     primary_metric: str = "mean_score"
     major: int = Field(0, ge=0)
     tag: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.]*$")  # tutor-v0.3-rc
@@ -303,6 +306,26 @@ def _describe(err: dict) -> str:
     return f"{loc}: {err['msg']}; got {shown}"
 
 
+MAX_VALUES = 100_000  # a params file that expands past this is an alias bomb, not configuration
+
+
+def expands_beyond(value, limit: int) -> bool:
+    """Whether the data, with every YAML alias expanded, holds more than `limit` values. PyYAML
+    shares aliased nodes, so loading is cheap; validating or hashing them would expand them."""
+    count, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
@@ -313,6 +336,11 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
+    if expands_beyond(raw, MAX_VALUES):
+        raise ParamsError(
+            f"{path}: expands to more than {MAX_VALUES:,} values; YAML aliases that nest (a 'billion laughs') "
+            "are refused. Write the values out, or use fewer aliases."
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

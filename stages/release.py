@@ -134,9 +134,38 @@ def update_routing(routing_file: Path, release_dir: Path, metadata: dict) -> Non
     write_json(routing_file, dict(sorted(routing.items())))
 
 
+def archived(release_dir: Path, version: str) -> dict:
+    """The metadata of a released version, from its archive."""
+    return yaml.safe_load((release_dir / "versions" / version / "metadata.yaml").read_text(encoding="utf-8"))
+
+
+def withdrawn(release_dir: Path) -> dict[str, str]:
+    """Versions a rollback moved away from and no restore has brought back: version -> the sha256
+    of its adapter. Package does not release those adapters again."""
+    out: dict[str, str] = {}
+    for event in history(release_dir):
+        if event["action"] == "rollback":
+            out[event["from"]] = archived(release_dir, event["from"])["adapter_sha256"]
+            out.pop(event["version"], None)
+        elif event["action"] == "restore":
+            out.pop(event["version"], None)
+    return out
+
+
+def released(release_dir: Path, version: str) -> str:
+    """`version` if history.json records its release, else an error naming what was released."""
+    versions = released_versions(release_dir)
+    if version not in versions:
+        raise RuntimeError(
+            f"{version!r} was never released from {release_dir} (released: {', '.join(versions) or 'none'})"
+        )
+    return version
+
+
 def rollback(release_dir: Path, routing_file: Path, to: str | None = None) -> tuple[str, str]:
-    """Point the release and routing at an earlier version (default: the one released before
-    the current one). Recorded in history; reversible with `to=<any released version>`."""
+    """Point the release and routing at an earlier version (default: the one released before the
+    current one). The version left is withdrawn: package will not release its adapter again until
+    `restore`. Recorded in history; reversible with `to=<any released version>`."""
     cur = current(release_dir)
     if cur is None:
         raise RuntimeError(f"{release_dir}: nothing released yet")
@@ -146,10 +175,20 @@ def rollback(release_dir: Path, routing_file: Path, to: str | None = None) -> tu
         if idx == 0:
             raise RuntimeError(f"{cur['version']} is the first release; there is nothing earlier to roll back to")
         to = versions[idx - 1]
+    released(release_dir, to)
     if to == cur["version"]:
         raise RuntimeError(f"{to} is already the current version")
     metadata = install(release_dir, to)
     update_routing(routing_file, release_dir, metadata)
     record(release_dir, {"action": "rollback", "from": cur["version"], "version": to})
-    changelog_line(release_dir, f"{now_utc()} rollback {cur['version']} -> {to}")
+    changelog_line(release_dir, f"{now_utc()} rollback {cur['version']} -> {to} ({cur['version']} withdrawn)")
     return cur["version"], to
+
+
+def restore(release_dir: Path, version: str) -> None:
+    """Let package release a withdrawn version's adapter again (it does not make it current)."""
+    released(release_dir, version)
+    if version not in withdrawn(release_dir):
+        raise RuntimeError(f"{version} is not withdrawn (withdrawn: {', '.join(withdrawn(release_dir)) or 'none'})")
+    record(release_dir, {"action": "restore", "version": version})
+    changelog_line(release_dir, f"{now_utc()} restore {version} (package may release it again)")

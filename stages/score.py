@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .cli import PATH, params_of, say
-from .io import read_jsonl, write_jsonl
+from .io import read_jsonl, replacing, write_jsonl
 from .params import ScoreParams
 from .paths import DATA, round_paths
 from .rules import rule_values, weighted_total
@@ -86,8 +86,9 @@ def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Pat
     score_rows(rows, params)
     n_keep = mark_kept(rows, params)
     pairs = dpo_pairs(rows, params.pair_min_margin)
-    write_jsonl(out_file, rows)
-    write_jsonl(pairs_file, pairs)
+    with replacing(out_file, pairs_file) as (out_tmp, pairs_tmp):
+        write_jsonl(out_tmp, rows)
+        write_jsonl(pairs_tmp, pairs)
     mean = sum(r["score"] for r in rows) / len(rows) if rows else 0.0
     return {"samples": len(rows), "kept": n_keep, "pairs": len(pairs), "mean_score": mean}
 

@@ -16,7 +16,7 @@ import click
 
 from .cli import PATH, params_of, say
 from .dedup import NearDupIndex, content_key
-from .io import dumps, read_json, read_jsonl, write_json, write_jsonl
+from .io import dumps, read_json, read_jsonl, replacing, write_json, write_jsonl
 from .params import ScrubParams
 from .pii import mask, names_pattern
 from .quality import reject_reason
@@ -73,6 +73,15 @@ class Reservoir:
 
 def run(
     params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path, collect_counts: Path | None = None
+) -> dict:
+    """Scrub in_file into out_dir (per character) and metrics_file; both replace what was there
+    only when the whole run succeeds."""
+    with replacing(out_dir, metrics_file) as (tmp_dir, tmp_metrics):
+        return scrub_into(params, in_file, tmp_dir, tmp_metrics, collect_counts)
+
+
+def scrub_into(
+    params: ScrubParams, in_file: Path, out_dir: Path, metrics_file: Path, collect_counts: Path | None
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = extra_names(params)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .chat import training_ids
 from .cli import PATH, params_of, round_options, say
-from .io import read_json, read_jsonl, sha256_file, write_json
+from .io import read_json, read_jsonl, replacing, sha256_file, write_json
 from .lm_loss import CountedTokenLoss, collate, split_loss, token_losses, tokenize
 from .model import load_base, load_round, load_tokenizer, round_info
 from .params import Params, TrainParams
@@ -258,14 +258,14 @@ def stored_reference(rows: list[dict], tp: TrainParams, width: int, dev) -> torc
 def load_quantized_base(base_dir: Path):
     """The base in 4-bit NF4 through bitsandbytes (QLoRA). CUDA only."""
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise TrainingStopped(
             "train.quantize: 4bit (QLoRA) needs a CUDA GPU with bitsandbytes; this machine has "
             "no CUDA device. Set train.quantize: none to train in full precision here."
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise RuntimeError("train.quantize: 4bit needs the bitsandbytes package: pip install bitsandbytes") from None
+        raise TrainingStopped("train.quantize: 4bit needs the bitsandbytes package: pip install bitsandbytes") from None
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -373,24 +373,57 @@ def save_checkpoint(ckpt_dir: Path, step: int, tokens: int, model, opt, key: str
     if (ckpt_dir / "live").is_dir():  # the curves up to this step, for a resumed run to continue
         shutil.copytree(ckpt_dir / "live", tmp / "live")
     write_json(
-        tmp / "state.json", {"step": step, "tokens": tokens, "fingerprint": key, "params": [n for n, _ in trainable]}
+        tmp / "state.json",
+        {
+            "step": step,
+            "tokens": tokens,
+            "fingerprint": key,
+            "params": [n for n, _ in trainable],
+            # resume verifies these: a damaged file is a fresh start, never a silently other adapter
+            "sha256": {f: sha256_file(tmp / f) for f in CHECKPOINT_FILES},
+        },
     )
     final = ckpt_dir / "last"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 
 
+CHECKPOINT_FILES = ("weights.safetensors", "optimizer.safetensors")
+
+
+def checkpoint_problem(last: Path, key: str) -> str | None:
+    """Why the checkpoint in `last` cannot be resumed, or None if it can."""
+    if not (last / "state.json").is_file():
+        return "it has no state.json (it was cut off while being written)"
+    try:
+        state = read_json(last / "state.json")
+    except (OSError, ValueError) as exc:
+        return f"its state.json is unreadable ({type(exc).__name__})"
+    if state.get("fingerprint") != key:
+        return "it is for other inputs or params"
+    for name in CHECKPOINT_FILES:
+        path = last / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != state.get("sha256", {}).get(name):
+            return f"{path} does not match the checksum in state.json (damaged or partly written)"
+    return None
+
+
 def load_checkpoint(ckpt_dir: Path, model, opt, key: str) -> tuple[int, int]:
-    """The step to resume from and the tokens trained so far ((0, 0) without a usable checkpoint)."""
+    """The step to resume from and the tokens trained so far ((0, 0) without a usable checkpoint:
+    none, another run's, or a damaged one, which is reported by path and removed)."""
     from safetensors.torch import load_file
 
     last = ckpt_dir / "last"
-    if not (last / "state.json").is_file():
+    if not last.exists():
+        return 0, 0
+    problem = checkpoint_problem(last, key)
+    if problem:
+        print(f"checkpoint {last} is not resumed: {problem}; the round starts over", file=sys.stderr)
+        shutil.rmtree(last, ignore_errors=True)
         return 0, 0
     state = read_json(last / "state.json")
-    if state["fingerprint"] != key:
-        print(f"checkpoint {last} is for other inputs or params; starting over")
-        return 0, 0
     weights = load_file(last / "weights.safetensors")
     trainable = _trainable(model)
     with torch.no_grad():
@@ -456,7 +489,7 @@ def load_examples(
         examples, cut = tokenize_pairs(tok, build_pairs(params, pairs_file, version_dir), tp.max_length)
         if not examples:
             feedback = "feedback pairs on" if tp.feedback_pairs else "train.feedback_pairs off"
-            raise RuntimeError(
+            raise TrainingStopped(
                 f"train@{round_id}: method dpo but no usable pairs (score's {pairs_file}, {feedback}, "
                 f"{cut} cut away by max_length); for on-policy pairs set sample.samples_per_prompt >= 2 "
                 "or lower score.pair_min_margin, or add feedback data"
@@ -464,7 +497,7 @@ def load_examples(
         return examples, cut
     examples, cut = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
     if not examples:
-        raise RuntimeError(
+        raise TrainingStopped(
             f"train@{round_id}: no trainable examples ({cut} dropped because train.max_length="
             f"{tp.max_length} leaves no assistant token; empty samples and train split otherwise)"
         )
@@ -598,10 +631,14 @@ def optimizer_step(r: Run, step: int) -> tuple[float, int]:
         sync = j == len(groups) - 1
         with contextlib.nullcontext() if sync else r.acc.no_sync(r.net):
             loss, n = one_step(r, [r.examples[i] for i in idx])
+            if not math.isfinite(loss.item()):
+                raise not_finite(r, step, "loss", loss.item())
             r.acc.backward(loss / len(groups))
         step_loss += loss.item() / len(groups)
         tokens += n
-    r.acc.clip_grad_norm_(r.trainable, tp.grad_clip)
+    norm = float(r.acc.clip_grad_norm_(r.trainable, tp.grad_clip))
+    if not math.isfinite(norm):
+        raise not_finite(r, step, "gradient norm", norm)
     r.opt.step()
     if r.live is not None:
         r.live.log_metric("train/loss", step_loss)
@@ -609,6 +646,29 @@ def optimizer_step(r: Run, step: int) -> tuple[float, int]:
         for k, v in r.extra.items():
             r.live.log_metric(f"train/{k}", v)
     return step_loss, tokens
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on, for a reason the message explains to the person running it."""
+
+
+def not_finite(r: Run, step: int, what: str, value: float) -> TrainingStopped:
+    tp = r.params.train
+    return TrainingStopped(
+        f"train@{r.round_id}: the {what} is {value} at step {step + 1} of {tp.steps}; nothing was written. "
+        f"The usual cause is a learning rate too high for this data (train.lr is {tp.lr}, lr at this step "
+        f"{lr_at(step, tp):.3g}): lower it, or train.grad_clip ({tp.grad_clip}); also check the round's data."
+    )
+
+
+def out_of_memory(r_params: Params, round_id: str) -> TrainingStopped:
+    tp = r_params.train
+    return TrainingStopped(
+        f"train@{round_id}: CUDA out of memory. Knobs, from the cheapest: train.batch_size ({tp.batch_size}) "
+        f"down with train.grad_accum ({tp.grad_accum}) up by the same factor (same effective batch); "
+        f"train.max_length ({tp.max_length}) down; train.quantize: 4bit (now {tp.quantize}) for QLoRA; "
+        f"train.lora.r ({tp.lora.r}) down; or more GPUs (train.launcher: accelerate)."
+    )
 
 
 def lr_at(step: int, tp: TrainParams) -> float:
@@ -636,6 +696,26 @@ def run(
 ) -> dict:
     """`ckpt_dir` holds checkpoints and the live logs while training (outside the DVC outputs,
     which DVC clears before a run); `stop_after`: stop as if killed after that many steps."""
+    try:
+        return train_loop(
+            params, round_id, base_dir, version_dir, prev_dir, scored_file, out_dir, pairs_file, ckpt_dir, stop_after
+        )
+    except torch.cuda.OutOfMemoryError:
+        raise out_of_memory(params, round_id) from None
+
+
+def train_loop(
+    params: Params,
+    round_id: str,
+    base_dir: Path,
+    version_dir: Path,
+    prev_dir: Path,
+    scored_file: Path,
+    out_dir: Path,
+    pairs_file: Path | None,
+    ckpt_dir: Path,
+    stop_after: int | None,
+) -> dict:
     r = setup(params, round_id, base_dir, version_dir, prev_dir, scored_file, pairs_file, ckpt_dir)
     tp = params.train
     n_tokens, step_loss, eval_loss, t0 = 0, None, None, time.perf_counter()
@@ -688,15 +768,6 @@ def finish(
     if not r.acc.is_main_process:
         return {}
     r.live.end()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    shutil.copytree(r.ckpt_dir / "live", out_dir / "live")
-    r.model.save_pretrained(
-        out_dir / "adapter", state_dict=state, safe_serialization=True, selected_adapters=["default"]
-    )
-    stable_adapter_config(out_dir / "adapter" / "adapter_config.json")
-    shutil.rmtree(r.ckpt_dir, ignore_errors=True)
     ex = r.examples
     stats = {
         "method": tp.method,
@@ -712,19 +783,27 @@ def finish(
         "final_loss": final_loss,
         "eval_loss": eval_loss,
     }
-    write_json(
-        out_dir / "ROUND.json",
-        {
-            "id": r.round_id,
-            "prev": round_info(prev_dir)["id"],
-            "adapter": "adapter",
-            "adapter_hash": sha256_file(out_dir / "adapter" / "adapter_model.safetensors"),
-            "base_hash": read_json(base_dir / "base.json")["hash"],
-            "init": tp.init,
-            "reference": r.reference,
-            "train": stats,
-        },
-    )
+    with replacing(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        shutil.copytree(r.ckpt_dir / "live", tmp / "live")
+        r.model.save_pretrained(
+            tmp / "adapter", state_dict=state, safe_serialization=True, selected_adapters=["default"]
+        )
+        stable_adapter_config(tmp / "adapter" / "adapter_config.json")
+        write_json(
+            tmp / "ROUND.json",
+            {
+                "id": r.round_id,
+                "prev": round_info(prev_dir)["id"],
+                "adapter": "adapter",
+                "adapter_hash": sha256_file(tmp / "adapter" / "adapter_model.safetensors"),
+                "base_hash": read_json(base_dir / "base.json")["hash"],
+                "init": tp.init,
+                "reference": r.reference,
+                "train": stats,
+            },
+        )
+    shutil.rmtree(r.ckpt_dir, ignore_errors=True)
     return stats
 
 
@@ -767,16 +846,12 @@ def cli(ctx, round_id, rounds_data, rounds_dir, version_dir, base_dir, scored, p
     if p.train.launcher == "accelerate" and not os.environ.get(LAUNCHED):
         sys.exit(accelerate_launch(p.train, sys.argv[1:]))
     rp = round_paths(round_id, rounds_data, rounds_dir)
-    result = run(
-        p,
-        round_id,
-        base_dir,
-        version_dir,
-        prev.model,
-        scored or rp.scored,
-        rp.model,
-        pairs or rp.pairs,
-        checkpoints or Path("checkpoints") / round_id,
-    )
+    ckpt = checkpoints or Path("checkpoints") / round_id
+    try:
+        result = run(
+            p, round_id, base_dir, version_dir, prev.model, scored or rp.scored, rp.model, pairs or rp.pairs, ckpt
+        )
+    except TrainingStopped as exc:
+        raise click.ClickException(str(exc)) from None
     if result:  # only the main process reports
         say(result)

@@ -18,7 +18,7 @@ import click
 import yaml
 
 from .cli import PATH, params_of, say
-from .io import dumps, read_json, read_jsonl, sha256_file, write_json
+from .io import dumps, read_json, read_jsonl, replacing, sha256_file, write_json
 from .params import VersionParams
 from .splits import SPLITS
 
@@ -130,23 +130,20 @@ def changelog_section(
     return "\n".join(lines) + "\n"
 
 
-def run(
-    params: VersionParams,
-    scrubbed_dir: Path,
-    out_dir: Path,
-    data_metrics: Path | None = None,
-    reject_files: list[Path] | None = None,
-) -> dict:
-    splits = out_dir / SPLITS
+def write_splits(scrubbed_dir: Path, splits: Path, eval_fraction: float) -> tuple[dict, dict, dict]:
+    """Every scrubbed record to its character's train or eval split (and the dpo split for a pair),
+    streaming, in scrub's (deterministic) order. Returns records per file, counts per
+    character/split/source, and the record ids per file."""
     handles: dict[str, object] = {}
     counts: dict = defaultdict(lambda: defaultdict(Counter))
     records: Counter = Counter()
     now_ids: dict[str, set[str]] = defaultdict(set)
-    try:  # streaming: rows go out in scrub's (deterministic) order
+    splits.mkdir(parents=True, exist_ok=True)
+    try:
         for src in sorted(scrubbed_dir.glob("*/records.jsonl")):
             for record in read_jsonl(src):
                 char = record["character_id"]
-                split = split_of(record["id"], params.eval_fraction)
+                split = split_of(record["id"], eval_fraction)
                 rows = [(split, chatml_row(record))] + ([("dpo", dpo_row(record))] if "rejected" in record else [])
                 for name, row in rows:
                     rel = f"{char}/{name}.jsonl"
@@ -160,38 +157,53 @@ def run(
     finally:
         for f in handles.values():
             f.close()
-    records = dict(sorted(records.items()))
-    hashes = {rel: sha256_file(splits / rel) for rel in records}
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "params_hash": hashlib.sha256(dumps(params.model_dump()).encode()).hexdigest(),
-        "counts": {
-            char: {
-                split: {"total": sum(c.values()), "by_source": dict(sorted(c.items()))}
-                for split, c in sorted(per.items())
-            }
-            for char, per in sorted(counts.items())
-        },
-        "records": records,
-        "files": hashes,
-        "upstream": read_json(data_metrics) if data_metrics and data_metrics.is_file() else {},
-    }
+    return dict(sorted(records.items())), counts, now_ids
+
+
+def run(
+    params: VersionParams,
+    scrubbed_dir: Path,
+    out_dir: Path,
+    data_metrics: Path | None = None,
+    reject_files: list[Path] | None = None,
+) -> dict:
+    """splits/, manifest.json and CHANGELOG.md under out_dir, replacing the previous ones only when
+    all three are written; the previous version is read from git at out_dir's place in the repo."""
+    with replacing(out_dir / SPLITS, out_dir / "manifest.json", out_dir / "CHANGELOG.md") as (splits, man, log):
+        records, counts, now_ids = write_splits(scrubbed_dir, splits, params.eval_fraction)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "params_hash": hashlib.sha256(dumps(params.model_dump()).encode()).hexdigest(),
+            "counts": {
+                char: {
+                    split: {"total": sum(c.values()), "by_source": dict(sorted(c.items()))}
+                    for split, c in sorted(per.items())
+                }
+                for char, per in sorted(counts.items())
+            },
+            "records": records,
+            "files": {rel: sha256_file(splits / rel) for rel in records},
+            "upstream": read_json(data_metrics) if data_metrics and data_metrics.is_file() else {},
+        }
+        write_json(man, manifest)
+        log.write_text(changelog(manifest, out_dir, now_ids, reject_files or []), encoding="utf-8")
+    return manifest
+
+
+def changelog(manifest: dict, out_dir: Path, now_ids: dict, reject_files: list[Path]) -> str:
+    """The committed CHANGELOG.md with a section for this version on top (none if nothing changed)."""
     rel_dir = _repo_rel(out_dir)
     prev_text = _git_show(f"{rel_dir}/manifest.json") if rel_dir else None
     prev = json.loads(prev_text) if prev_text else None
     prev_log = (_git_show(f"{rel_dir}/CHANGELOG.md") if rel_dir else None) or "# Dataset changelog\n"
     if prev is not None and prev.get("schema_version") != SCHEMA_VERSION:
         prev, prev_log = None, "# Dataset changelog\n"  # another layout: start the story afresh
-    write_json(out_dir / "manifest.json", manifest)
     if prev is not None and prev.get("files") == manifest["files"]:
-        log = prev_log  # nothing changed: no new section
-    else:
-        pids = previous_ids(f"{rel_dir}/{SPLITS}") if prev is not None else None
-        section = changelog_section(manifest, prev, now_ids, pids, reject_reasons(reject_files or []))
-        head, _, rest = prev_log.partition("\n")
-        log = f"{head}\n\n{section}{rest.lstrip(chr(10)) and chr(10) + rest.lstrip(chr(10))}"
-    (out_dir / "CHANGELOG.md").write_text(log, encoding="utf-8")
-    return manifest
+        return prev_log  # nothing changed: no new section
+    pids = previous_ids(f"{rel_dir}/{SPLITS}") if prev is not None else None
+    section = changelog_section(manifest, prev, now_ids, pids, reject_reasons(reject_files))
+    head, _, rest = prev_log.partition("\n")
+    return f"{head}\n\n{section}{rest.lstrip(chr(10)) and chr(10) + rest.lstrip(chr(10))}"
 
 
 @click.command()

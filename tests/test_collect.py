@@ -92,14 +92,16 @@ def test_message_too_long_and_json_array_source(tmp_path):
     good = conversation("What is 2+2?", "What do you get counting two more?")
     long = conversation("x" * 40, "What do you think?")
     arr = tmp_path / "raw.json"
-    arr.write_text(json.dumps([good, long, "nope"]))
+    arr.write_text(json.dumps([good, long, "nope"], indent=1))
     params = CollectParams(sources=[SourceParams(path=str(arr))], max_message_chars=36)
     counts = collect.run(params, tmp_path / "out")
     rejects = list(read_jsonl(tmp_path / "out/rejects.jsonl"))
     assert counts["kept"] == 1
-    assert [(r["line"], r["reason"], r["field"]) for r in rejects] == [
-        (2, "message_too_long", "messages[0].content"),
-        (3, "not_an_object", None),
+    # line: where the element starts in the file; item: its place in the array.
+    starts = [i for i, text in enumerate(arr.read_text().splitlines(), 1) if text in (" {", ' "nope"')]
+    assert [(r["line"], r["item"], r["reason"], r["field"]) for r in rejects] == [
+        (starts[1], 2, "message_too_long", "messages[0].content"),
+        (starts[2], 3, "not_an_object", None),
     ]
 
 

@@ -113,3 +113,24 @@ def test_a_round_not_in_params_is_a_message_not_a_traceback(tmp_path):
     )
     assert res.returncode == 1 and "round 'r9' is not listed under rounds" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_yaml_alias_bomb_is_refused_before_any_work(tmp_path):
+    """Nine levels of lists of nine aliases: 9**9 values once expanded. PyYAML loads it cheaply
+    (aliases are shared); loraloop refuses it instead of expanding it while validating."""
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        bomb.append(
+            f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]"
+        )
+    text = (ROOT / "params.yaml").read_text().replace("scrub:\n", "scrub:\n  names: *i\n", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(bomb) + "\n" + text)
+    res = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "--params", str(path), "check-params"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 1 and "more than 100,000 values" in res.stderr and "Traceback" not in res.stderr

@@ -188,7 +188,7 @@ def test_rollback_cli(proj):
     assert res.returncode == 0, res.stderr
     assert "tutor-v0.2 -> tutor-v0.1" in res.stdout and "--to tutor-v0.2" in res.stdout
     res = subprocess.run([*cmd[:-2], "nobody", "--no-dvc-commit"], cwd=proj.root, capture_output=True, text=True)
-    assert res.returncode == 1 and "nothing released yet" in res.stderr
+    assert res.returncode == 1 and "models/release/nobody: no release history here" in res.stderr
 
 
 def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
@@ -228,3 +228,50 @@ def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
     assert sh(root, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
     assert "Running stage" not in sh(root, "dvc", "repro").stdout
     assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+
+
+def test_a_rolled_back_version_stays_withdrawn_until_restored(proj):
+    """release r1, release r2, roll back to r1; package runs again (a new round that does not beat,
+    an edited metric, a forced rerun): r2's adapter is not released again, and package says why."""
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))
+    proj.round("r2", "r1", 0.8)
+    proj.package(params())
+    release.rollback(proj.rel, proj.root / "models/routing.json")
+    assert release.withdrawn(proj.rel) == {"tutor-v0.2": "r2-0.8"}
+    for _ in range(2):  # a plain rerun (dvc repro -f) and one after r3 appears
+        d = proj.package(params(("r1", "r2", "r3")) if (proj.root / "metrics/eval_r3.json").exists() else params())
+        assert not d["released"] and d["version"] == "tutor-v0.1"
+        assert "r2 is tutor-v0.2, withdrawn by a rollback" in d["reason"]
+        assert "loraloop release restore tutor tutor-v0.2" in d["reason"]
+        assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+        proj.round("r3", "r2", 0.5, passed=False)
+    release.restore(proj.rel, "tutor-v0.2")
+    assert release.withdrawn(proj.rel) == {}
+    d = proj.package(params())
+    assert d["released"] and d["round"] == "r2" and d["version"] == "tutor-v0.3"
+
+
+def test_rollback_and_restore_take_only_released_versions_and_release_names(proj):
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))
+    proj.round("r2", "r1", 0.8)
+    proj.package(params())
+    (proj.root / "outside/adapter").mkdir(parents=True)
+    (proj.root / "outside/metadata.yaml").write_text("version: x\nround: r9\nadapter_sha256: x\nevaluation: {}\n")
+    for to in ("../../../outside", "tutor-v0.9", "tutor-v0.2/../../../outside"):
+        with pytest.raises(RuntimeError, match="was never released"):
+            release.rollback(proj.rel, proj.root / "models/routing.json", to=to)
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
+    with pytest.raises(RuntimeError, match="is not withdrawn"):
+        release.restore(proj.rel, "tutor-v0.1")
+    cli = [sys.executable, "-m", "stages.cli", "release"]
+    for args in (
+        ["rollback", "../release/tutor"],
+        ["rollback", "tutor", "--to", "../../outside"],
+        ["restore", "..", "tutor-v0.1"],
+    ):
+        res = subprocess.run([*cli, *args, "--no-dvc-commit"], cwd=proj.root, capture_output=True, text=True)
+        assert res.returncode != 0 and "Traceback" not in res.stderr, args
+        assert "not a release name" in res.stderr or "was never released" in res.stderr, res.stderr
+    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"

@@ -7,7 +7,10 @@ restores, not model quality, and the embedded model's run is covered by test_e2e
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import re
 import subprocess
 
 import pytest
@@ -95,7 +98,17 @@ def test_checkout_first_tag_and_pull_restores_it_byte_identical(repo, two_tags, 
     sh(clone, "git", "checkout", "-q", "v1")
     sh(clone, "dvc", "pull")
     assert tree_hashes(clone) == v1
+    # Everything is restored but the collected (unscrubbed) records, which are never stored: they
+    # are rebuilt from data/raw, the same bytes, so nothing after collect runs again.
+    status = json.loads(sh(clone, "dvc", "status", "--json").stdout)
+    assert status == {
+        "collect": [{"changed outs": {"data/collected": "deleted"}}],
+        "scrub": [{"changed deps": {"data/collected": "deleted"}}],
+        "version": [{"changed deps": {"data/collected/rejects.jsonl": "deleted"}}],
+    }
+    assert repro(clone) == {"collect"}
     assert sh(clone, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert tree_hashes(clone) == v1
 
 
 def test_experiments_show_round_metrics(repo, two_tags):
@@ -115,6 +128,68 @@ def test_plots_render_to_html(repo, two_tags):
     assert "Evaluation metrics by round" in html and "question_ratio" in html
     traj = list(csv.DictReader((repo / "reports/plots/trajectory.csv").open()))
     assert [r["round"] for r in traj] == ["base", "r1", "r2"]
+
+
+def bucket_objects(port) -> dict[str, bytes]:
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_local.endpoint(port),
+        aws_access_key_id=s3_local.ACCESS_KEY,
+        aws_secret_access_key=s3_local.SECRET_KEY,
+        region_name="us-east-1",
+    )
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    ]
+    return {k: s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
+
+
+def raw_personal_data(repo) -> set[str]:
+    """Emails and phone numbers planted in the demo's raw logs."""
+    text = "".join(p.read_text(encoding="utf-8") for p in (repo / "data/raw").glob("*.jsonl"))
+    found = set(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", text)) | set(re.findall(r"01[016789]-\d{3,4}-\d{4}", text))
+    assert len(found) >= 5
+    return found
+
+
+def test_the_remote_holds_no_unscrubbed_personal_data(repo, two_tags, s3):
+    """dvc push sent datasets, adapters and releases, but not the collected records: no object in
+    the bucket holds an email or phone number from the raw logs."""
+    objects = bucket_objects(s3["port"])
+    assert len(objects) > 20
+    planted = raw_personal_data(repo)
+    leaked = {k for k, body in objects.items() for pii in planted if pii.encode() in body}
+    assert not leaked, sorted(leaked)[:5]
+
+
+def test_forget_finds_a_users_versions_and_purges_them(repo, two_tags, s3, tmp_path):
+    """A deletion request after two tagged versions: `loraloop forget USER` lists v1 and v2 with
+    the files that hold the user's records; --purge deletes them locally and from the remote, and
+    v1 can no longer be restored."""
+    scrubbed = [json.loads(line) for line in (repo / "data/scrubbed/tutor/records.jsonl").read_text().splitlines()]
+    raw_text = "".join(p.read_text(encoding="utf-8", errors="replace") for p in (repo / "data/raw").glob("*.jsonl"))
+    raw_ids = set(re.findall(r'"user_id": "([^"]+)"', raw_text))
+    by_ref = {hashlib.sha256(str(u).encode()).hexdigest()[:16]: u for u in raw_ids if u}
+    user, record = next((by_ref[r["user_ref"]], r["id"]) for r in scrubbed if r.get("user_ref") in by_ref)
+    out = sh(repo, "loraloop", "forget", user).stdout
+    assert "v1 (" in out and "v2 (" in out
+    assert "  data/scrubbed/tutor/records.jsonl" in out and "  data/version/splits/tutor/" in out
+    assert "rerun with --purge" in out
+    assert any(record.encode() in body for body in bucket_objects(s3["port"]).values())
+
+    out = sh(repo, "loraloop", "forget", user, "--purge").stdout
+    assert "from the remote" in out
+    assert not any(record.encode() in body for body in bucket_objects(s3["port"]).values())
+    log = json.loads((repo / "data/forgotten.json").read_text())
+    assert log[-1]["versions_no_longer_restorable"][:2] == ["v1", "v2"] and user not in json.dumps(log)
+    clone = fresh_clone(repo, tmp_path / "after", s3["port"])
+    sh(clone, "git", "checkout", "-q", "v1")
+    res = sh(clone, "dvc", "pull", check=False)
+    assert res.returncode != 0
 
 
 def test_remote_down_fails_clearly_and_writes_nothing(repo, two_tags, s3, tmp_path):
