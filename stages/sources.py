@@ -148,15 +148,16 @@ class ArrayReader:
 
     def __init__(self, stream, chunk: int):
         self.stream, self.chunk = stream, chunk
-        self.buf, self.pos, self.eof, self.line = "", 0, False, 1
+        self.buf, self.pos, self.eof = "", 0, False
+        self.line, self.counted = 1, 0  # the line number at buffer offset `counted`
 
     def _more(self) -> bool:
         """Read more text (twice as much each time an element does not fit, so a long element costs
         linear time); False at the end of the file."""
         if self.eof:
             return False
-        self.line += self.buf.count("\n", 0, self.pos)
-        self.buf, self.pos = self.buf[self.pos :], 0
+        self.line = self._line_here()
+        self.buf, self.pos, self.counted = self.buf[self.pos :], 0, 0
         piece = self.stream.read(max(self.chunk, len(self.buf)))
         self.eof = not piece
         self.buf += piece
@@ -200,7 +201,10 @@ class ArrayReader:
             self._skip_space()
 
     def _line_here(self) -> int:
-        return self.line + self.buf.count("\n", 0, self.pos)
+        """The line at the current position, counting only the text since the last call."""
+        self.line += self.buf.count("\n", self.counted, self.pos)
+        self.counted = self.pos
+        return self.line
 
     def _element(self):
         """The next element parsed, or its text if it does not parse; None if it never ends."""
