@@ -14,48 +14,31 @@ from pathlib import Path
 
 import click
 
+from . import formats
 from .cli import PATH, params_of, say
 from .io import dumps, replacing, write_json
 from .params import CollectParams, SourceParams
-from .sources import MAPPINGS, Reject, decode, read_hub, read_source, unwrap_mongo
+from .sources import Reject, decode, read_hub, read_source, unwrap_mongo
 
-ROLES = {"system", "user", "assistant"}
 # Fields whose values name the user; scrub masks them in the text, then drops them.
 NAME_FIELDS = ("user_name", "username", "nickname", "display_name", "user_id")
 
 
 def record_id(character_id: str, messages: list[dict]) -> str:
     """Content address of a conversation: same character and turns give the same id."""
-    norm = [{"role": m["role"], "content": " ".join(m["content"].split())} for m in messages]
+    norm = []
+    for m in messages:
+        turn = {"role": m["role"], "content": " ".join(m["content"].split())}
+        if m.get("tool_calls"):  # (plain turns hash as they always did)
+            turn["tool_calls"] = m["tool_calls"]
+        norm.append(turn)
     return hashlib.sha256(dumps({"character_id": character_id, "messages": norm}).encode()).hexdigest()
-
-
-def clean_messages(messages, field: str, max_chars: int) -> list[dict]:
-    if messages is None:
-        raise Reject("missing_messages", field)
-    if not isinstance(messages, list):
-        raise Reject("messages_not_a_list", field)
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise Reject("message_not_an_object", f"{field}[{i}]")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise Reject("unknown_role", f"{field}[{i}].role")
-        if not isinstance(content, str):
-            raise Reject("content_not_a_string", f"{field}[{i}].content")
-        if not content.strip():
-            raise Reject("empty_content", f"{field}[{i}].content")
-        if len(content) > max_chars:
-            raise Reject("message_too_long", f"{field}[{i}].content")
-        clean.append({"role": role, "content": content})
-    return clean
 
 
 def feedback_messages(obj: dict, max_chars: int) -> tuple[list[dict], str | None]:
     """{"messages": [... user], "response", "feedback": good|bad, "corrected"} -> the SFT
     conversation and, for bad -> corrected, the rejected response of the DPO pair."""
-    context = clean_messages(obj.get("messages"), "messages", max_chars)
+    context = formats.messages_of(obj.get("messages"), "messages", max_chars)
     if not context or context[-1]["role"] != "user":
         raise Reject("feedback_context_must_end_with_user", "messages")
     verdict = obj.get("feedback")
@@ -76,17 +59,51 @@ def feedback_messages(obj: dict, max_chars: int) -> tuple[list[dict], str | None
     return context + [{"role": "assistant", "content": corrected}], response
 
 
+# Record fields collect reads itself; any other top-level field is kept under `meta`.
+KNOWN = {
+    "character_id",
+    "opt_in",
+    "timestamp",
+    "weight",
+    "style_tags",
+    "safety_flags",
+    "dataset_source",
+    "_id",
+    "source_id",
+    "id",
+    "label",
+    "feedback",
+    "response",
+    "corrected",
+    "messages",
+    *NAME_FIELDS,
+}
+
+
+def shaped(obj: dict, src: SourceParams, max_chars: int) -> formats.Shaped:
+    """The record's messages from its shape; feedback sources and KTO-style `label` read as
+    good/bad feedback (a bad one needs a correction to become a pair)."""
+    if src.kind == "feedback":
+        messages, rejected = feedback_messages(obj, max_chars)
+        return formats.Shaped(
+            "feedback", messages, rejected, formats.tools_of(obj.get("tools"), "tools"), used={"tools"}
+        )
+    out = formats.shape(obj, src.format, max_chars)
+    if "label" in obj:
+        if not isinstance(obj["label"], bool):
+            raise Reject("bad_feedback_label", "label", "label must be true or false")
+        if not obj["label"]:
+            raise Reject("bad_feedback_without_correction", "label", "label false and no corrected reply to pair")
+    return out
+
+
 def normalize(obj, src: SourceParams, default_character_id: str | None, max_chars: int) -> dict:
     """One raw object to a schema record, or Reject naming the field at fault."""
     if not isinstance(obj, dict):
         raise Reject("not_an_object")
     obj = unwrap_mongo(obj)
-    rejected = None
-    if src.kind == "feedback":
-        messages, rejected = feedback_messages(obj, max_chars)
-    else:
-        obj = MAPPINGS[src.mapping](obj)
-        messages = clean_messages(obj.get("messages"), "messages", max_chars)
+    sh = shaped(obj, src, max_chars)
+    messages = sh.messages
     roles = {m["role"] for m in messages}
     if "user" not in roles:
         raise Reject("no_user_turn", "messages")
@@ -108,6 +125,7 @@ def normalize(obj, src: SourceParams, default_character_id: str | None, max_char
         "character_id": character_id,
         "dataset_source": obj.get("dataset_source") or src.name,
         "kind": src.kind,
+        "shape": sh.shape,
         "timestamp": obj.get("timestamp"),
         "opt_in": obj.get("opt_in") is True,
         "messages": messages,
@@ -119,8 +137,15 @@ def normalize(obj, src: SourceParams, default_character_id: str | None, max_char
         "source_id": str(obj["_id"]) if obj.get("_id") is not None else obj.get("source_id"),
         "pii_names": names,
     }
-    if rejected is not None:
-        record["rejected"] = rejected
+    if sh.tools:
+        record["tools"] = sh.tools
+    if sh.rejected is not None:
+        record["rejected"] = sh.rejected
+    if sh.shape in ("preference", "hh"):
+        record["pair_only"] = True  # a preference pair trains DPO, not SFT on its chosen reply
+    meta = {k: v for k, v in obj.items() if k not in KNOWN and k not in sh.used}
+    if meta:
+        record["meta"] = meta
     return record
 
 
@@ -158,7 +183,7 @@ def collect_source(src: SourceParams, params: CollectParams, deletions: set[str]
         row = {"reason": reason, "source": source, **where, **{k: v for k, v in extra.items() if v is not None}}
         rejects_f.write(dumps({"field": None, **row}) + "\n")
 
-    rows = read_hub(src.hub, src.hub_split) if src.hub else read_source(Path(src.path), src.format)
+    rows = read_hub(src.hub, src.hub_split) if src.hub else read_source(Path(src.path), src.file_format)
     for where, raw in rows:
         counts["read"] += 1
         try:
@@ -179,6 +204,7 @@ def collect_source(src: SourceParams, params: CollectParams, deletions: set[str]
             reject(where, "unreadable_record", detail=type(exc).__name__)
             continue
         counts["kept"] += 1
+        counts[f"shape.{record['shape']}"] += 1
         kept_f.write(line + "\n")
     return counts
 
@@ -202,6 +228,7 @@ def unencodable_field(value, path: str = "") -> str | None:
 def summarize(totals: Counter, per_source: dict) -> dict:
     counts = {"read": totals["read"], "kept": totals["kept"], "rejected": totals["rejected"]}
     counts["reasons"] = {k.split(".", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("rejected.")}
+    counts["shapes"] = {k.split(".", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("shape.")}
     counts["per_source"] = per_source
     assert counts["read"] == counts["kept"] + counts["rejected"]
     return counts
@@ -246,19 +273,24 @@ def run(params: CollectParams, out_dir: Path) -> dict:
 )
 @click.option("--character-id", default=None, help="With --source: character for records that name none.")
 @click.option("--no-opt-in-required", is_flag=True, help="With --source: accept records without opt_in: true.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *formats.SHAPES, "magpie"]),
+    default="auto",
+    show_default=True,
+    help="With --source: the records' shape (auto decides per record).",
+)
 @click.pass_context
-def cli(ctx, out, source, kind, character_id, no_opt_in_required):
+def cli(ctx, out, source, kind, character_id, no_opt_in_required, fmt):
     """Normalize raw records; reject malformed ones with a reason, file and line.
 
     Exits 0 whenever it ran, whatever it rejected: see OUT/counts.json and OUT/rejects.jsonl."""
     if source is not None:
-        params = CollectParams(
-            sources=[
-                SourceParams(
-                    path=str(source), kind=kind, character_id=character_id, require_opt_in=not no_opt_in_required
-                )
-            ]
+        src = SourceParams(
+            path=str(source), kind=kind, character_id=character_id, format=fmt, require_opt_in=not no_opt_in_required
         )
+        params = CollectParams(sources=[src])
     else:
         params = params_of(ctx).collect
     try:
@@ -266,4 +298,4 @@ def cli(ctx, out, source, kind, character_id, no_opt_in_required):
     except (FileNotFoundError, ValueError) as exc:
         listed = "" if source is not None else f" (listed in {ctx.find_root().obj['params']} collect.sources)"
         raise click.ClickException(f"{exc}{listed}") from None
-    say({k: counts[k] for k in ("read", "kept", "rejected", "reasons")})
+    say({k: counts[k] for k in ("read", "kept", "rejected", "reasons", "shapes")})

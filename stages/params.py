@@ -40,9 +40,10 @@ class SourceParams(Section):
     hub: str | None = None  # anchor data from the hub by name: needs network, never a default
     hub_split: str = "train"
     kind: Literal["conversations", "feedback", "gold", "anchor"] = "conversations"
-    format: Literal["auto", "jsonl", "json", "parquet", "datasets"] = "auto"
-    # Field mapping for public chat-data shapes; `auto` recognizes all of them.
-    mapping: Literal["none", "auto", "lmsys", "magpie", "prosocial"] = "auto"
+    # The records' shape (stages/formats.py); auto decides per record, from the fields it has.
+    format: Literal["auto", "openai", "sharegpt", "alpaca", "preference", "hh", "lmsys", "magpie", "prosocial"] = "auto"
+    # The file's container; auto goes by the suffix (.jsonl, .json array, .parquet, a directory).
+    file_format: Literal["auto", "jsonl", "json", "parquet", "datasets"] = "auto"
     dataset_source: str | None = None  # default: the file's stem
     character_id: str | None = None  # default for records that carry none
     require_opt_in: bool = True  # consent required unless the source is public data you may use

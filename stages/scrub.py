@@ -55,6 +55,14 @@ def scrub_record(record: dict, extra: list[str]) -> tuple[dict, Counter]:
     return out, found
 
 
+def dedup_view(record: dict) -> list[dict]:
+    """What makes a record the same as another: its turns, and for a preference pair also the
+    rejected reply (two pairs that share prompt and chosen reply still teach different things)."""
+    if record.get("pair_only"):
+        return record["messages"] + [{"role": "rejected", "content": record["rejected"]}]
+    return record["messages"]
+
+
 class Reservoir:
     """k records drawn uniformly from a stream of unknown length, deterministically."""
 
@@ -102,7 +110,7 @@ def scrub_into(
                 pii.update(found)
                 reason = reject_reason(record["messages"], params)
                 if reason is None:
-                    key = content_key(record["messages"])
+                    key = content_key(dedup_view(record))
                     first = owner.get(key)
                     if first is None:
                         owner[key] = char
@@ -114,7 +122,7 @@ def scrub_into(
                 if reason is None and params.near_dup_threshold:
                     if char not in near:
                         near[char] = NearDupIndex(params.near_dup_threshold)
-                    if near[char].add("\n".join(m["content"] for m in record["messages"])):
+                    if near[char].add("\n".join(m["content"] for m in dedup_view(record))):
                         reason = "near_duplicate"
                 if reason:
                     counts["rejected"] += 1

@@ -31,17 +31,23 @@ def split_of(record_id: str, eval_fraction: float) -> str:
 
 
 def chatml_row(record: dict) -> dict:
-    return {k: record[k] for k in ("id", "character_id", "dataset_source", "weight", "messages")}
+    row = {k: record[k] for k in ("id", "character_id", "dataset_source", "weight", "messages")}
+    if record.get("tools"):
+        row["tools"] = record["tools"]
+    return row
 
 
 def dpo_row(record: dict) -> dict:
-    return {
+    row = {
         "id": record["id"],
         "character_id": record["character_id"],
         "prompt": record["messages"][:-1],
         "chosen": record["messages"][-1]["content"],
         "rejected": record["rejected"],
     }
+    if record.get("tools"):
+        row["tools"] = record["tools"]
+    return row
 
 
 # --- the previous version, from git and the DVC cache -----------------------------------------
@@ -144,7 +150,8 @@ def write_splits(scrubbed_dir: Path, splits: Path, eval_fraction: float) -> tupl
             for record in read_jsonl(src):
                 char = record["character_id"]
                 split = split_of(record["id"], eval_fraction)
-                rows = [(split, chatml_row(record))] + ([("dpo", dpo_row(record))] if "rejected" in record else [])
+                rows = [] if record.get("pair_only") else [(split, chatml_row(record))]
+                rows += [("dpo", dpo_row(record))] if "rejected" in record else []
                 for name, row in rows:
                     rel = f"{char}/{name}.jsonl"
                     if rel not in handles:

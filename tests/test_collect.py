@@ -170,7 +170,7 @@ def test_anchor_parquet_and_datasets_dir(tmp_path):
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "anchor_ds"))
     for path in (tmp_path / "anchor.parquet", tmp_path / "anchor_ds"):
         counts = collect.run(
-            src_params(path, kind="anchor", mapping="magpie", character_id="tutor", require_opt_in=False),
+            src_params(path, kind="anchor", format="magpie", character_id="tutor", require_opt_in=False),
             tmp_path / "out",
         )
         assert counts["kept"] == 5 and counts["read"] == 5, path
