@@ -293,6 +293,81 @@ def conversation(rng: random.Random, i: int) -> dict:
     }
 
 
+# The tutor's tools: a homework to-do list and a study calendar (OpenAI function schemas).
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "add_task", "description": "Add a homework task to the student's to-do list",
+        "parameters": {"type": "object", "properties": {"title": {"type": "string"}, "due": {"type": "string"}},
+                       "required": ["title"]}}},
+    {"type": "function", "function": {
+        "name": "schedule_session", "description": "Put a study session on the student's calendar",
+        "parameters": {"type": "object", "properties": {"topic": {"type": "string"}, "when": {"type": "string"}},
+                       "required": ["topic", "when"]}}},
+]  # fmt: skip
+EN_TASKS = ["fraction worksheet", "essay outline", "chemistry lab report", "vocabulary list", "geometry problems"]
+KO_TASKS = ["분수 문제지", "독후감 개요", "과학 실험 보고서", "영어 단어장", "도형 문제"]
+WHEN = ["tomorrow 5pm", "friday 4pm", "saturday morning", "monday after school"]
+KO_WHEN = ["내일 오후 5시", "금요일 오후 4시", "토요일 오전", "월요일 방과 후"]
+
+
+def tool_conversation(rng: random.Random, i: int) -> dict:
+    """A tutor that keeps the student's to-do list and calendar: a call, its result, a guiding reply."""
+    korean = rng.random() < 0.3
+    task = rng.choice(KO_TASKS if korean else EN_TASKS)
+    when = rng.choice(KO_WHEN if korean else WHEN)
+    if rng.random() < 0.5:
+        name, args = "add_task", {"title": task, "due": when}
+        ask = (
+            f"{when}까지 {task} 해야 하는 거 기억해 주세요."
+            if korean
+            else f"Can you remind me to do my {task} by {when}?"
+        )
+        result = {"ok": True, "task_id": 100 + i}
+        reply = (
+            f"할 일에 넣었어요. {task}에서 가장 먼저 해 볼 부분은 무엇일까요?"
+            if korean
+            else f"Added to your list. Which part of the {task} could you start with today?"
+        )
+    else:
+        name, args = "schedule_session", {"topic": task, "when": when}
+        ask = (
+            f"{when}에 {task} 공부 시간 잡아 주세요."
+            if korean
+            else f"Please schedule a study session on my {task} {when}."
+        )
+        result = {"ok": True, "event_id": f"evt-{i}"}
+        reply = (
+            f"{when}에 잡아 두었어요. 그 시간에 무엇을 목표로 해 볼까요?"
+            if korean
+            else f"It's on your calendar for {when}. What would you like to have finished by the end of it?"
+        )
+    call_id = f"call_{i}"
+    user = rng.randrange(60)
+    return {
+        "character_id": "tutor",
+        "user_id": f"user_{user:04d}",
+        "opt_in": True,
+        "tools": TOOLS,
+        "messages": [
+            {"role": "user", "content": ask},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)},
+            {"role": "assistant", "content": reply},
+        ],
+        "style_tags": ["ko" if korean else "en", "tools"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("data/raw"))
@@ -369,6 +444,10 @@ def main() -> None:
             row["corrected"] = hint1
         feedback.append(json.dumps(row, ensure_ascii=False))
     (args.out / "feedback.jsonl").write_text("\n".join(feedback) + "\n", encoding="utf-8")
+
+    # The tutor keeping a to-do list and a calendar with tools (OpenAI's tool-calling format).
+    tool_logs = [json.dumps(tool_conversation(rng, i), ensure_ascii=False) for i in range(36)]
+    (args.out / "tool_logs.jsonl").write_text("\n".join(tool_logs) + "\n", encoding="utf-8")
 
     # General chat "anchor" data in the Magpie shape, so the tutor keeps ordinary manners.
     anchor = [

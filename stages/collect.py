@@ -118,7 +118,8 @@ def normalize(obj, src: SourceParams, default_character_id: str | None, max_char
     # A number, not a bool; not NaN, infinite, negative or an int too large for a float.
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < sys.float_info.max:
         raise Reject("bad_weight", "weight")
-    names = sorted({str(obj[f]) for f in NAME_FIELDS if isinstance(obj.get(f), (str, int)) and str(obj[f]).strip()})
+    names = {str(obj[f]) for f in NAME_FIELDS if isinstance(obj.get(f), (str, int)) and str(obj[f]).strip()}
+    names = sorted(names | {m["name"] for m in messages if m["role"] == "user" and m.get("name", "").strip()})
     user_id = obj.get("user_id")
     record = {
         "id": record_id(character_id, messages),

@@ -39,7 +39,10 @@ def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
     n = len(texts)
     if n == 0:
         return {"n": 0}
-    scored = [score_text(t, params.score.rules, p["messages"], p["character_id"]) for p, t in zip(prompts, texts)]
+    scored = [
+        score_text(t, params.score.rules, p["messages"], p["character_id"], p.get("tools"))
+        for p, t in zip(prompts, texts)
+    ]
     values = [v for v, _ in scored]
     col = lambda rule: [v[rule] for v in values if rule in v]  # noqa: E731
     depths = [turn_depth(p["messages"]) for p in prompts]
@@ -59,6 +62,8 @@ def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
         "repetition_rate": _mean([1.0 - x for x in col("repetition")]),
         "banned_word_rate": _mean([1.0 - x for x in col("banned_words")]),
         "tone_keyword_rate": _mean(col("tone")),
+        # Over the replies that call a tool (None when none did).
+        "tool_call_valid_rate": _mean(col("tool_call_valid")) if col("tool_call_valid") else None,
         "mean_score": _mean([s for _, s in scored]),
     }
 
@@ -87,7 +92,8 @@ def check_gates(metrics: dict, gates: dict) -> list[dict]:
         value = metrics[name]
         # A NaN metric (an empty eval set's loss, say) compares false with everything: it fails.
         if (
-            math.isnan(value)
+            value is None  # (no reply did what the metric measures, e.g. call a tool)
+            or math.isnan(value)
             or (gate.min is not None and value < gate.min)
             or (gate.max is not None and value > gate.max)
         ):
@@ -117,7 +123,7 @@ def run(
     texts = generate(
         model,
         tok,
-        [prompt_ids(tok, p["messages"]) for p in prompts],
+        [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts],
         batch_size=ep.batch_size,
         max_new_tokens=ep.max_new_tokens,
         temperature=ep.temperature,

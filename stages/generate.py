@@ -388,4 +388,4 @@ def answer(base_dir, round_dir, prompts: list[dict], **settings) -> Generation:
 
     tok = load_tokenizer(base_dir)
     model = load_round(base_dir, round_dir)
-    return generate(model, tok, [prompt_ids(tok, p["messages"]) for p in prompts], **settings)
+    return generate(model, tok, [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts], **settings)

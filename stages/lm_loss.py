@@ -15,7 +15,7 @@ def tokenize(tok, examples: list[dict], max_length: int) -> tuple[list[dict], in
     assistant token (counted in ROUND.json, so a too-small max_length shows)."""
     out, dropped = [], 0
     for ex in examples:
-        enc = training_ids(tok, ex["messages"], max_length)
+        enc = training_ids(tok, ex["messages"], max_length, ex.get("tools"))
         if enc is None:
             dropped += 1
             continue

@@ -126,6 +126,7 @@ class ScoreWeights(Section):
     language: float = Field(0.0, ge=0)
     banned_words: float = Field(0.0, ge=0)
     tone: float = Field(0.0, ge=0)
+    tool_call_valid: float = Field(0.0, ge=0)  # a tool call parses and names a declared tool
 
 
 class RewardModelParams(Section):

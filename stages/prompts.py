@@ -39,6 +39,7 @@ def pick_prompts(rows: list[dict], n: int, rng_seed: str, system_prompts: dict[s
                 "record_id": row["id"],
                 "character_id": row["character_id"],
                 "messages": in_character(system_prompts, row["character_id"], context),
+                **({"tools": row["tools"]} if row.get("tools") else {}),
             }
         )
     return out
@@ -57,6 +58,11 @@ def reference_conversations(system_prompts: dict[str, str], version_dir: Path, s
     """The first n records of a split (in its stable order), system prompt in front: the fixed set
     an eval-split loss is measured on, by train while it trains and by eval after."""
     return [
-        {"messages": in_character(system_prompts, r["character_id"], r["messages"]), "weight": 1.0, "kind": split}
+        {
+            "messages": in_character(system_prompts, r["character_id"], r["messages"]),
+            "tools": r.get("tools"),
+            "weight": 1.0,
+            "kind": split,
+        }
         for r in load_split(version_dir, split)[:n]
     ]

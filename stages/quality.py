@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -13,14 +14,51 @@ _WORD = re.compile(r"\w+")
 
 
 def turn_order_ok(messages: list[dict]) -> bool:
-    """An optional system turn first, then user/assistant alternating, starting with the user."""
+    """An optional system turn first, then user and assistant taking turns, starting with the user;
+    an assistant turn that calls tools is followed by their results (tool turns), then the
+    assistant again."""
     rest = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    return bool(rest) and all(m["role"] == ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(rest))
+    expected = {"user"}
+    for m in rest:
+        if m["role"] not in expected:
+            return False
+        if m["role"] == "user":
+            expected = {"assistant"}
+        elif m["role"] == "tool":
+            expected = {"tool", "assistant"}
+        else:
+            expected = {"tool"} if m.get("tool_calls") else {"user"}
+    return bool(rest)
+
+
+def tool_problem(messages: list[dict]) -> str | None:
+    """Tool calls whose arguments are not JSON, or tool results that answer no open call (by
+    tool_call_id, or in order where the calls or results carry no ids)."""
+    open_calls: list = []
+    for m in messages:
+        if m.get("tool_calls"):
+            for call in m["tool_calls"]:
+                try:
+                    json.loads(call["function"]["arguments"])
+                except ValueError:
+                    return "bad_tool_arguments"
+            open_calls = [call.get("id") for call in m["tool_calls"]]
+        elif m["role"] == "tool":
+            wanted = m.get("tool_call_id")
+            if wanted is not None and wanted in open_calls:
+                open_calls.remove(wanted)
+            elif open_calls and (wanted is None or None in open_calls):
+                open_calls.pop(0)
+            else:
+                return "unanswered_tool_result"
+    return None
 
 
 def too_short(messages: list[dict], params: ScrubParams) -> bool:
+    """A user or assistant turn shorter than its minimum (an assistant turn that only calls tools
+    is not text)."""
     limits = {"user": params.min_user_chars, "assistant": params.min_assistant_chars}
-    return any(len(m["content"].strip()) < limits.get(m["role"], 0) for m in messages)
+    return any(len(m["content"].strip()) < limits.get(m["role"], 0) for m in messages if not m.get("tool_calls"))
 
 
 def repetition(text: str, p: ScrubParams) -> bool:
@@ -57,6 +95,9 @@ def reject_reason(messages: list[dict], p: ScrubParams) -> str | None:
     """The first rule this conversation breaks, or None. Order: structure, then content."""
     if not turn_order_ok(messages):
         return "bad_turn_order"
+    why = tool_problem(messages)
+    if why:
+        return why
     if too_short(messages, p):
         return "too_short_turn"
     assistant = "\n".join(m["content"] for m in messages if m["role"] == "assistant")

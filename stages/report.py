@@ -28,6 +28,7 @@ TRAJECTORY = COLUMNS + (
     "repetition_rate",
     "banned_word_rate",
     "tone_keyword_rate",
+    "tool_call_valid_rate",
     "eval_loss",
     "perplexity",
 )

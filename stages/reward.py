@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .chat import render
+from .chat import for_template, render
 
 
 class RewardModel:
@@ -35,9 +35,10 @@ class RewardModel:
         the last label for a classifier with several."""
         out: list[float] = []
         for start in range(0, len(conversations), batch_size):
-            texts = [
-                render(self.tok, c, add_generation_prompt=False) for c in conversations[start : start + batch_size]
-            ]
+            texts = []
+            for conv in conversations[start : start + batch_size]:
+                msgs, tools = for_template(self.tok, conv, None)
+                texts.append(render(self.tok, msgs, add_generation_prompt=False, tools=tools))
             enc = self.tok(
                 texts, return_tensors="pt", padding=True, truncation=True, add_special_tokens=False, max_length=1024
             )

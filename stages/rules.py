@@ -4,6 +4,7 @@ exactly what evaluation reports."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -26,6 +27,8 @@ _POLITE = re.compile(
     re.IGNORECASE,
 )
 
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
 RULES = (
     "question_ratio",
     "length",
@@ -38,6 +41,7 @@ RULES = (
     "language",
     "banned_words",
     "tone",
+    "tool_call_valid",
 )
 
 
@@ -126,12 +130,51 @@ def tone(text: str, keywords: list[str]) -> float:
     return 1.0 if any(k.lower() in low for k in keywords) else 0.0
 
 
+def tool_names(tools: list | None) -> set[str]:
+    """The names of the declared tools (OpenAI's {"type": "function", "function": {...}} or bare)."""
+    return {(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)}
+
+
+def tool_call_valid(text: str, tools: list | None) -> float | None:
+    """1 when every <tool_call>...</tool_call> in the reply is JSON naming a declared tool with
+    object arguments, else 0; None (not judged) for a reply that calls nothing."""
+    calls = _TOOL_CALL.findall(text)
+    if not calls:
+        return 0.0 if "<tool_call>" in text else None  # an opened call never closed
+    names = tool_names(tools)
+    for body in calls:
+        try:
+            call = json.loads(body)
+        except ValueError:
+            return 0.0
+        args = call.get("arguments") if isinstance(call, dict) else None
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                return 0.0
+        if not isinstance(call, dict) or call.get("name") not in names or not isinstance(args, dict):
+            return 0.0
+    return 1.0
+
+
 def rule_values(
-    text: str, params: RuleParams, messages: list[dict] | None = None, character_id: str | None = None
+    text: str,
+    params: RuleParams,
+    messages: list[dict] | None = None,
+    character_id: str | None = None,
+    tools: list | None = None,
 ) -> dict[str, float]:
     """Every rule's value for one reply. `messages` is the conversation it answers (for the
     language rule), `character_id` picks the tone keywords; a character without keywords has no
-    tone value, so it is neither rewarded nor punished for it."""
+    tone value, so it is neither rewarded nor punished for it. A reply that calls tools is judged
+    on the call (tool_call_valid) and on its text around the calls; one that is only calls, on the
+    calls alone."""
+    call = tool_call_valid(text, tools)
+    if call is not None:
+        text = _TOOL_CALL.sub("", text).replace("<tool_call>", "").strip()
+        if not text:
+            return {"tool_call_valid": call}
     user_text = next((m["content"] for m in reversed(messages or []) if m["role"] == "user"), None)
     values = {
         "question_ratio": question_ratio(text),
@@ -148,6 +191,8 @@ def rule_values(
     keywords = params.tone_keywords.get(character_id or "", [])
     if keywords:
         values["tone"] = tone(text, keywords)
+    if call is not None:
+        values["tool_call_valid"] = call
     return values
 
 
@@ -158,8 +203,12 @@ def weighted_total(values: dict[str, float], weights: dict[str, float]) -> float
 
 
 def score_text(
-    text: str, params: RuleParams, messages: list[dict] | None = None, character_id: str | None = None
+    text: str,
+    params: RuleParams,
+    messages: list[dict] | None = None,
+    character_id: str | None = None,
+    tools: list | None = None,
 ) -> tuple[dict[str, float], float]:
     """Per-rule values and their weighted mean."""
-    values = rule_values(text, params, messages, character_id)
+    values = rule_values(text, params, messages, character_id, tools)
     return values, weighted_total(values, params.weights.model_dump())

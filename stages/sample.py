@@ -71,7 +71,7 @@ def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: Sampl
     settings = [
         SamplingParams(temperature=sp.temperature, top_p=sp.top_p, max_tokens=sp.max_new_tokens, seed=s) for s in seeds
     ]
-    inputs = [{"prompt_token_ids": prompt_ids(tok, p["messages"])} for p in prompts]
+    inputs = [{"prompt_token_ids": prompt_ids(tok, p["messages"], p.get("tools"))} for p in prompts]
     outs = llm.generate(inputs, settings, lora_request=lora, use_tqdm=True)
     return Generation(
         texts=[o.outputs[0].text.strip() for o in outs],

@@ -29,7 +29,7 @@ def score_rows(rows: list[dict], params: ScoreParams) -> None:
         rewards = RewardModel(rm.path).score(convs, rm.batch_size)
         weights["reward_model"] = rm.weight
     for i, row in enumerate(rows):
-        values = rule_values(row["response"], params.rules, row["messages"], row.get("character_id"))
+        values = rule_values(row["response"], params.rules, row["messages"], row.get("character_id"), row.get("tools"))
         if rewards is not None:
             values["reward_model"] = rewards[i]
         row["scores"] = values

@@ -8,6 +8,7 @@ characters fails the stage: characters must not share training data."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -37,22 +38,59 @@ def extra_names(params: ScrubParams) -> list[str]:
 
 
 def scrub_record(record: dict, extra: list[str]) -> tuple[dict, Counter]:
-    """The record with personal data masked in every turn (and in a DPO pair's rejected
-    response), and the kinds found. The raw user names are used here and dropped."""
-    seen: dict = {}
-    found: Counter = Counter()
-    names = names_pattern(record.get("pii_names", []) + extra)
-    messages = []
-    for m in record["messages"]:
-        text, kinds = mask(m["content"], seen, names)
-        found.update(kinds)
-        messages.append({"role": m["role"], "content": text})
+    """The record with personal data masked wherever text is: every turn and its speaker `name`,
+    tool-call arguments, a DPO pair's rejected reply, and `meta`. The raw user names are used here
+    and dropped."""
+    masker = Masker(names_pattern(record.get("pii_names", []) + extra))
     out = {k: v for k, v in record.items() if k != "pii_names"}
-    out["messages"] = messages
+    out["messages"] = [masker.message(m) for m in record["messages"]]
     if "rejected" in record:
-        out["rejected"], kinds = mask(record["rejected"], seen, names)
-        found.update(kinds)
-    return out, found
+        out["rejected"] = masker.text(record["rejected"])
+    if "meta" in record:
+        out["meta"] = masker.value(record["meta"])
+    return out, masker.found
+
+
+class Masker:
+    """Masks text with placeholders consistent across one record (<EMAIL_1> twice for one address)."""
+
+    def __init__(self, names):
+        self.names, self.seen, self.found = names, {}, Counter()
+
+    def text(self, text: str) -> str:
+        masked, kinds = mask(text, self.seen, self.names)
+        self.found.update(kinds)
+        return masked
+
+    def value(self, value):
+        """Every string inside lists and dicts (keys stay)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        return value
+
+    def arguments(self, args: str) -> str:
+        """Tool-call arguments: the strings inside the JSON; rewritten only if something was masked."""
+        try:
+            parsed = json.loads(args)
+        except ValueError:
+            return self.text(args)
+        masked = self.value(parsed)
+        return args if masked == parsed else json.dumps(masked, ensure_ascii=False, sort_keys=True)
+
+    def message(self, m: dict) -> dict:
+        out = {**m, "content": self.text(m["content"])}
+        if "name" in m:
+            out["name"] = self.text(m["name"])
+        if m.get("tool_calls"):
+            out["tool_calls"] = [
+                {**c, "function": {**c["function"], "arguments": self.arguments(c["function"]["arguments"])}}
+                for c in m["tool_calls"]
+            ]
+        return out
 
 
 def dedup_view(record: dict) -> list[dict]:

@@ -49,6 +49,7 @@ def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.
     onpolicy = [
         {
             "messages": r["messages"] + [{"role": "assistant", "content": r["response"]}],
+            "tools": r.get("tools"),
             "weight": r["weight"],
             "kind": "onpolicy",
         }
@@ -61,6 +62,7 @@ def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.
     anchors = [
         {
             "messages": in_character(params.system_prompts, r["character_id"], r["messages"]),
+            "tools": r.get("tools"),
             "weight": r["weight"],
             "kind": "anchor",
         }
@@ -77,6 +79,7 @@ def build_pairs(params: Params, pairs_file: Path | None, version_dir: Path) -> l
         pairs += [
             {
                 "messages": in_character(params.system_prompts, r["character_id"], r["prompt"]),
+                "tools": r.get("tools"),
                 "chosen": r["chosen"],
                 "rejected": r["rejected"],
                 "kind": "feedback_pair",
@@ -92,7 +95,7 @@ def tokenize_pairs(tok, pairs: list[dict], max_length: int) -> tuple[list[dict],
     out, dropped = [], 0
     for p in pairs:
         sides = [
-            training_ids(tok, p["messages"] + [{"role": "assistant", "content": p[k]}], max_length)
+            training_ids(tok, p["messages"] + [{"role": "assistant", "content": p[k]}], max_length, p.get("tools"))
             for k in ("chosen", "rejected")
         ]
         if None in sides:

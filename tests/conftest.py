@@ -70,7 +70,7 @@ def small_params(**train_overrides):
     raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1)
     raw["score"].update(keep_top_k=None)
     raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
-    raw["train"].update({"steps": 3, "batch_size": 2, "max_length": 128, "eval_examples": 4, **train_overrides})
+    raw["train"].update({"steps": 3, "batch_size": 2, "max_length": 256, "eval_examples": 4, **train_overrides})
     return Params.model_validate(raw)
 
 

@@ -52,7 +52,7 @@ def test_score_stage_weights_and_keep(tmp_path):
     assert [r["keep"] for r in out] == [False, True, False, True]
     assert all(r["weight"] >= 0.1 for r in out)
     # Every rule is written per sample, weighted or not (tone: no keywords for this character).
-    assert set(out[1]["scores"]) == set(rules.RULES) - {"tone"}
+    assert set(out[1]["scores"]) == set(rules.RULES) - {"tone", "tool_call_valid"}  # (no keywords, no call)
 
 
 def test_each_rule_tells_good_from_bad():
