@@ -88,8 +88,21 @@ class ScrubParams(Section):
     min_assistant_chars: int = Field(8, ge=0)
     names: list[str] = Field(default_factory=list)  # names/ids masked everywhere, beside each record's own
     names_file: str | None = None  # more of them, one per line
-    language: Literal["any", "ko", "en", "ja", "zh", "ru"] = "any"
+    # any, or an ISO 639-1 code: ko/ja/zh/ru by script; en, es, fr, de, ... by script and language ID
+    language: str = Field("any", pattern=r"^(?:any|[a-z]{2})$")
     min_language_ratio: float = Field(0.5, ge=0, le=1)  # share of letters in the language's script
+    phone_regions: list[str] = Field(["KR", "US"], min_length=1)  # national phone formats (ISO 3166 codes)
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _regions(cls, v):
+        import phonenumbers
+
+        unknown = [r for r in v if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone regions {unknown}; use ISO 3166 codes such as KR, US, GB, JP")
+        return v
+
     meta_filter: bool = True  # drop "as an AI language model" / "저는 AI" answers
     repetition: RepetitionParams = RepetitionParams()
     spam: SpamParams = SpamParams()

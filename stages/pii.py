@@ -46,9 +46,11 @@ def rrn_checksum_ok(digits: str) -> bool:
 @dataclass(frozen=True)
 class Detector:
     kind: str
-    pattern: re.Pattern
+    pattern: re.Pattern | None
     needs: str  # the cheap pre-test (PRETESTS) a text must pass
     valid: Callable[[str], bool] | None = None  # checks a candidate match
+    context: Callable[[str, int, int], bool] | None = None  # checks the text around it
+    find: Callable[[str, tuple], list[tuple[int, int]]] | None = None  # spans, instead of a pattern
 
 
 # Every digit-based kind (phone, card, RRN, account, IPv4) needs a run of 7+ digit-ish characters;
@@ -56,10 +58,85 @@ class Detector:
 _NUMBER_RUN = re.compile(r"[0-9][0-9 .()+-]{5,}[0-9]")
 _THIRTEEN_DIGITS = re.compile(r"[0-9](?:[ -]?[0-9]){12}")
 _DOTTED = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]")
-_EN_ADDRESS_HINT = re.compile(r"[0-9]\s+[A-Z]")
+_EN_ADDRESS_HINT = re.compile(r"[0-9][A-Za-z]?\s+[A-Z0-9]")
 
 
 _KO_ADDRESS_HINT = re.compile(r"[로길동리가]\s?[0-9]")
+_KO_LOT_HINT = re.compile(r"[동리가]\s?[0-9]")
+_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}")
+_BANK_WORD = re.compile(
+    r"계좌|은행|입금|송금|이체|예금|뱅크|농협|국민|신한|우리|하나|기업|카카오|토스|우체국|새마을|수협|"
+    r"\b(?:account|acct|bank|banking|routing|deposit|wire|transfer|savings|checking|a/c)\b",
+    re.IGNORECASE,
+)
+# USPS Publication 28, appendix C1: street suffixes, full and abbreviated.
+_SUFFIXES = (
+    "Alley|Aly|Annex|Anx|Arcade|Arc|Avenue|Ave|Av|Bayou|Byu|Beach|Bch|Bend|Bnd|Bluff|Blf|Bottom|Btm|Boulevard|Blvd|"
+    "Branch|Br|Bridge|Brg|Brook|Brk|Burg|Bg|Bypass|Byp|Camp|Cp|Canyon|Cyn|Cape|Cpe|Causeway|Cswy|Center|Ctr|"
+    "Circle|Cir|Cliff|Clf|Club|Clb|Common|Cmn|Corner|Cor|Course|Crse|Court|Ct|Cove|Cv|Creek|Crk|Crescent|Cres|"
+    "Crossing|Xing|Crossroad|Xrd|Curve|Curv|Dale|Dl|Dam|Dm|Divide|Dv|Drive|Dr|Estate|Est|Expressway|Expy|"
+    "Extension|Ext|Fall|Falls|Fls|Ferry|Fry|Field|Fld|Fields|Flds|Flat|Flt|Ford|Frd|Forest|Frst|Forge|Frg|Fork|Frk|"
+    "Fort|Ft|Freeway|Fwy|Garden|Gdn|Gardens|Gdns|Gateway|Gtwy|Glen|Gln|Green|Grn|Grove|Grv|Harbor|Hbr|Haven|Hvn|"
+    "Heights|Hts|Highway|Hwy|Hill|Hl|Hills|Hls|Hollow|Holw|Inlet|Inlt|Island|Is|Isle|Junction|Jct|Key|Ky|Knoll|Knl|"
+    "Lake|Lk|Lakes|Lks|Landing|Lndg|Lane|Ln|Light|Lgt|Loop|Mall|Manor|Mnr|Meadow|Mdw|Meadows|Mdws|Mews|Mill|Ml|"
+    "Mission|Msn|Motorway|Mtwy|Mount|Mt|Mountain|Mtn|Neck|Nck|Orchard|Orch|Oval|Overpass|Opas|Park|Parkway|Pkwy|"
+    "Pass|Passage|Psge|Path|Pike|Pine|Pne|Pines|Pnes|Place|Pl|Plain|Pln|Plaza|Plz|Point|Pt|Port|Prt|Prairie|Pr|"
+    "Radial|Radl|Ranch|Rnch|Rapid|Rpd|Rest|Rst|Ridge|Rdg|River|Riv|Road|Rd|Roads|Rds|Route|Rte|Row|Rue|Run|"
+    "Shoal|Shl|Shore|Shr|Skyway|Skwy|Spring|Spg|Springs|Spgs|Square|Sq|Station|Sta|Stravenue|Stra|Stream|Strm|"
+    "Street|St|Str|Summit|Smt|Terrace|Ter|Throughway|Trwy|Trace|Trce|Track|Trak|Trafficway|Trfy|Trail|Trl|"
+    "Tunnel|Tunl|Turnpike|Tpke|Underpass|Upas|Union|Un|Valley|Vly|Viaduct|Via|View|Vw|Village|Vlg|Ville|Vl|"
+    "Vista|Vis|Walk|Wall|Way|Well|Wl|Wells|Wls"
+)
+_DIRECTION = r"(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West|Northeast|Northwest|Southeast|Southwest)\.?"
+_WORD_OF_NAME = r"(?:[A-Z][a-z]+|[A-Z]{2,}|[0-9]{1,3}(?:st|nd|rd|th|ST|ND|RD|TH))"
+_EN_STREET = re.compile(
+    rf"(?<![0-9A-Za-z])[0-9]{{1,6}}[A-Za-z]?\s+(?:{_DIRECTION}\s+)?(?:{_WORD_OF_NAME}\s+){{0,3}}"
+    rf"(?:{_WORD_OF_NAME}\s+)(?:{_SUFFIXES}|{_SUFFIXES.upper()})\b\.?(?:\s+{_DIRECTION}(?![A-Za-z]))?"
+    r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|Bldg|#)\.?\s*#?[0-9A-Za-z-]+)?"
+)
+
+
+def iban_ok(candidate: str) -> bool:
+    """ISO 13616: move the first four characters to the end, letters to numbers; mod 97 is 1."""
+    iban = candidate.replace(" ", "")
+    if not 15 <= len(iban) <= 34:
+        return False
+    digits = "".join(str(int(c, 36)) for c in iban[4:] + iban[:4])
+    return int(digits) % 97 == 1
+
+
+PHONE_REGIONS = ("KR", "US")
+# Right before a number, these make it an identifier, not a phone: "SN-2024-000123", "#1234567".
+_GLUED = re.compile(r"(?:[A-Za-z0-9][-/#]|[A-Za-z#])$")
+
+
+# Where a phone number could be: a run of 7+ digits with the separators numbers are written with.
+_PHONE_CANDIDATE = re.compile(r"\+?\(?[0-9][0-9 .()/-]{5,}[0-9]")
+
+
+def phone_spans(text: str, regions: tuple = PHONE_REGIONS) -> list[tuple[int, int]]:
+    """Phone numbers libphonenumber finds valid in any of the regions (a number with +CC in any).
+    It reads only a window around each candidate digit run: its cost grows with the text it is
+    given, and a chat turn is mostly words."""
+    import phonenumbers
+
+    spans: set[tuple[int, int]] = set()
+    for cand in _PHONE_CANDIDATE.finditer(text):
+        lo, hi = max(0, cand.start() - 8), min(len(text), cand.end() + 8)
+        window = text[lo:hi]
+        for region in regions:
+            found = [
+                (lo + m.start, lo + m.end)
+                for m in phonenumbers.PhoneNumberMatcher(window, region, leniency=phonenumbers.Leniency.VALID)
+            ]
+            spans.update(s for s in found if not _GLUED.search(text[max(0, s[0] - 2) : s[0]]))
+            if found:
+                break  # one region's reading is enough; the next would find the same number
+    kept: list[tuple[int, int]] = []  # the longest of overlapping finds
+    for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if not kept or start >= kept[-1][1]:
+            kept.append((start, end))
+    return kept
 
 
 def _is_ipv6(text: str) -> bool:
@@ -79,39 +156,61 @@ DETECTORS: list[Detector] = [
         "13 digits",
         lambda m: rrn_date_ok(re.sub(r"\D", "", m)),
     ),
-    # Card numbers: 13-19 digits, optionally in space/dash groups, Luhn-valid.
+    # Card numbers, Luhn-valid, as cards print them: 13-19 digits in a row, groups of four
+    # (4-4-4-4[-1..3]) or American Express / Diners groups (4-6-5, 4-6-4), spaces or dashes.
     Detector(
         "CARD",
-        re.compile(_ND + r"[0-9](?:[ -]?[0-9]){12,18}" + _NA),
+        re.compile(
+            _ND + r"(?:[0-9]{13,19}|[0-9]{4}([ -])[0-9]{4}\1[0-9]{4}\1[0-9]{4}(?:\1[0-9]{1,3})?"
+            r"|[0-9]{4}([ -])[0-9]{6}\2[0-9]{4,5})" + _NA
+        ),
         "13 digits",
         lambda m: 13 <= len(d := re.sub(r"\D", "", m)) <= 19 and luhn_ok(d),
     ),
-    # Phones, one pass: Korean mobile/landline (with or without +82 and separators); international
-    # +CC then 2-4 digit groups; North American (NNN) NNN-NNNN.
+    # US Social Security numbers: AAA-GG-SSSS (never area 000, 666 or 9xx, group 00, serial 0000);
+    # nine digits in a row only right after "SSN" / "social security".
     Detector(
-        "PHONE",
+        "SSN",
         re.compile(
-            _ND + r"(?:(?:\+82[- ]?0?|0)(?:1[016789]|2|[3-6][1-5]|70)[- .]?[0-9]{3,4}[- .]?[0-9]{4}"
-            r"|\+[1-9][0-9]{0,2}[- ]?\(?[0-9]{1,4}\)?(?:[- ][0-9]{2,4}){2,3}"
-            r"|(?<!-)\(?[0-9]{3}\)?[- .][0-9]{3}[- .][0-9]{4})" + _NA
+            r"(?<![0-9-])(?!000|666|9)[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-])"
+            r"|(?<=SSN )(?!000|666|9)[0-9]{9}(?![0-9])|(?<=SSN: )(?!000|666|9)[0-9]{9}(?![0-9])"
         ),
         "number",
     ),
-    # Bank accounts: 10-14 digits in 3-4 dash-separated groups.
+    # Phones: Google's libphonenumber, for international numbers (+CC ...) in any spacing and the
+    # national formats of scrub.phone_regions, numbers valid by its metadata only.
+    Detector("PHONE", None, "number", find=lambda text, regions: phone_spans(text, regions)),
+    # IBAN: country, check digits, up to 30 letters/digits (in groups of 4), mod-97 valid.
+    Detector(
+        "IBAN",
+        re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])"),
+        "iban",
+        iban_ok,
+    ),
+    # Bank accounts: 10-14 digits in 3-4 dash-separated groups, with a bank word nearby; without
+    # one, the same shape is a business registration number, a tracking number or a serial.
     Detector(
         "ACCOUNT",
-        re.compile(r"(?<![0-9-])[0-9]{2,6}(?:-[0-9]{2,8}){1,2}-[0-9]{1,8}(?![0-9-])"),
+        re.compile(r"(?<![0-9A-Za-z-])[0-9]{2,6}(?:-[0-9]{2,8}){1,2}-[0-9]{1,8}(?![0-9-])"),
         "number",
         lambda m: 10 <= sum(c.isdigit() for c in m) <= 14,
+        context=lambda text, start, end: (
+            _BANK_WORD.search(text, max(0, start - 40), min(len(text), end + 20)) is not None
+        ),
     ),
+    # IPv4, also when a sentence ends right after it ("... at 10.0.0.1.").
     Detector(
         "IP",
-        re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9.])"),
+        re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?!\.?[0-9])"),
         "dotted",
         lambda m: all(int(part) <= 255 for part in m.split(".")),
     ),
+    # IPv6, not glued to letters: `std::cout` and `Class::method` are code, not addresses.
     Detector(
-        "IP", re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"), ":", _is_ipv6
+        "IP",
+        re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
+        ":",
+        lambda m: _is_ipv6(m) and (any(c.isdigit() for c in m) or len([g for g in m.split(":") if g]) >= 3),
     ),
     # Korean road-name (도로명) addresses need their district (구/군/시) before the road, since a bare
     # "...로 25" is mostly the particle 로 ("그걸로 25%"); counts after the number ("3가지") are not addresses.
@@ -123,27 +222,37 @@ DETECTORS: list[Detector] = [
         ),
         "ko_address",
     ),
-    # Lot-number (지번) addresses: 동/리/가, the lot number, 번지.
-    Detector(
-        "ADDRESS",
-        re.compile(r"(?:[가-힣]{1,6}(?:시|군|구)\s)?[가-힣0-9]{1,10}(?:동|리|가)\s?[0-9]{1,4}(?:-[0-9]{1,4})?번지"),
-        "번지",
-    ),
-    # English street addresses: number, 1-3 capitalized words, a street type, optional unit.
+    # Roads named 대로 or 번길 need no district: the name itself says road ("한밭대로 713").
     Detector(
         "ADDRESS",
         re.compile(
-            r"(?<![0-9])[0-9]{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|"
-            r"Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway)\.?(?:,?\s+(?:Apt|Suite|Unit)\.?\s*#?[0-9A-Za-z]+)?"
+            r"(?:[가-힣]{2,6}(?:특별시|광역시|특별자치시|도|시)\s)?(?<![가-힣])[가-힣0-9]{1,10}(?:대로|번길)\s?"
+            r"[0-9]{1,4}(?:-[0-9]{1,4})?(?![0-9]|가지|개|명|번째|%|점|살|시간|분|초)"
         ),
-        "en_address",
+        "ko_address",
     ),
+    # Lot-number (지번) addresses: 동/리/가 and the lot number, with 번지 or in main-sub form (789-12).
+    Detector(
+        "ADDRESS",
+        re.compile(
+            r"(?:[가-힣]{2,6}(?:특별시|광역시|특별자치시|도|시)\s)?(?:[가-힣]{1,6}(?:시|군|구)\s)?[가-힣0-9]{1,10}(?:동|리|가)\s?"
+            r"(?:[0-9]{1,4}(?:-[0-9]{1,4})?\s?번지|[0-9]{1,4}-[0-9]{1,4}(?![0-9-]))"
+        ),
+        "ko_lot",
+    ),
+    # English street addresses (USPS Publication 28): a house number, an optional direction, 1-4
+    # name words (Capitalized, ALL CAPS or ordinals like 16th), a street suffix, an optional
+    # direction and unit; and PO boxes.
+    Detector("ADDRESS", _EN_STREET, "en_address"),
+    Detector("ADDRESS", re.compile(r"\b(?:P\.?\s?O\.?|Post Office)\s?Box\s+[0-9]{1,6}\b", re.IGNORECASE), "box"),
 ]
 
 PRETESTS: dict[str, Callable[[str], bool]] = {
     "@": lambda t: "@" in t,
     ":": lambda t: t.count(":") >= 2,
-    "번지": lambda t: "번지" in t,
+    "ko_lot": lambda t: _KO_LOT_HINT.search(t) is not None,
+    "iban": lambda t: _IBAN_HINT.search(t) is not None,
+    "box": lambda t: "box" in t.lower(),
     "number": lambda t: _NUMBER_RUN.search(t) is not None,
     "13 digits": lambda t: _THIRTEEN_DIGITS.search(t) is not None,
     "dotted": lambda t: _DOTTED.search(t) is not None,
@@ -160,10 +269,23 @@ def names_pattern(names: list[str]) -> re.Pattern | None:
     return re.compile(r"(?<![\w@])(?:" + "|".join(map(re.escape, names)) + r")(?![\w@])", re.IGNORECASE)
 
 
-def mask(text: str, seen: dict | None = None, names: re.Pattern | None = None) -> tuple[str, list[str]]:
+def spans_of(det: Detector, text: str, regions: tuple) -> list[tuple[int, int]]:
+    if det.find is not None:
+        return det.find(text, regions)
+    return [
+        m.span()
+        for m in det.pattern.finditer(text)
+        if (det.valid is None or det.valid(m.group(0))) and (det.context is None or det.context(text, *m.span()))
+    ]
+
+
+def mask(
+    text: str, seen: dict | None = None, names: re.Pattern | None = None, regions: tuple = PHONE_REGIONS
+) -> tuple[str, list[str]]:
     """Replace personal data in text. `seen` carries placeholders across one conversation;
-    `names` masks the record's own user names/ids. Returns the masked text and the kinds found
-    (for counting, never the values)."""
+    `names` masks the record's own user names/ids; `regions` are the phone-number regions whose
+    national formats count (numbers with +CC count in any). Returns the masked text and the kinds
+    found (for counting, never the values)."""
     if seen is None:
         seen = {}
     kinds: list[str] = []
@@ -183,13 +305,10 @@ def mask(text: str, seen: dict | None = None, names: re.Pattern | None = None) -
             ok = passed[det.needs] = PRETESTS[det.needs](text)
         if not ok:
             continue
-
-        def repl(m: re.Match, det=det) -> str:
-            if det.valid is not None and not det.valid(m.group(0)):
-                return m.group(0)
-            return placeholder(det.kind, m.group(0))
-
-        text = det.pattern.sub(repl, text)
+        spans = spans_of(det, text, regions)
+        marks = [placeholder(det.kind, text[start:end]) for start, end in spans]  # numbered in reading order
+        for (start, end), mark in reversed(list(zip(spans, marks))):  # replaced from the end: offsets hold
+            text = text[:start] + mark + text[end:]
     if names is not None:
         text = names.sub(lambda m: placeholder("NAME", m.group(0)), text)
     return text, kinds

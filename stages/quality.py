@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 from .params import ScrubParams
-from .text import META, script_share
+from .text import META, in_language
 
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
@@ -109,6 +109,6 @@ def reject_reason(messages: list[dict], p: ScrubParams) -> str | None:
         return why
     if any(repetition(m["content"], p) for m in messages if m["role"] == "assistant"):
         return "repetition"
-    if p.language != "any" and script_share(text, p.language) < p.min_language_ratio:
+    if p.language != "any" and not in_language(text, p.language, p.min_language_ratio):
         return "wrong_language"
     return None

@@ -19,7 +19,7 @@ from .cli import PATH, params_of, say
 from .dedup import NearDupIndex, content_key
 from .io import dumps, read_json, read_jsonl, replacing, write_json, write_jsonl
 from .params import ScrubParams
-from .pii import mask, names_pattern
+from .pii import PHONE_REGIONS, mask, names_pattern
 from .quality import reject_reason
 
 
@@ -37,11 +37,11 @@ def extra_names(params: ScrubParams) -> list[str]:
     return names
 
 
-def scrub_record(record: dict, extra: list[str]) -> tuple[dict, Counter]:
+def scrub_record(record: dict, extra: list[str], regions: tuple = PHONE_REGIONS) -> tuple[dict, Counter]:
     """The record with personal data masked wherever text is: every turn and its speaker `name`,
     tool-call arguments, a DPO pair's rejected reply, and `meta`. The raw user names are used here
     and dropped."""
-    masker = Masker(names_pattern(record.get("pii_names", []) + extra))
+    masker = Masker(names_pattern(record.get("pii_names", []) + extra), regions)
     out = {k: v for k, v in record.items() if k != "pii_names"}
     out["messages"] = [masker.message(m) for m in record["messages"]]
     if "rejected" in record:
@@ -54,11 +54,11 @@ def scrub_record(record: dict, extra: list[str]) -> tuple[dict, Counter]:
 class Masker:
     """Masks text with placeholders consistent across one record (<EMAIL_1> twice for one address)."""
 
-    def __init__(self, names):
-        self.names, self.seen, self.found = names, {}, Counter()
+    def __init__(self, names, regions: tuple = PHONE_REGIONS):
+        self.names, self.regions, self.seen, self.found = names, regions, {}, Counter()
 
     def text(self, text: str) -> str:
-        masked, kinds = mask(text, self.seen, self.names)
+        masked, kinds = mask(text, self.seen, self.names, self.regions)
         self.found.update(kinds)
         return masked
 
@@ -144,7 +144,7 @@ def scrub_into(
             for record in read_jsonl(in_file):
                 counts["read"] += 1
                 char = record["character_id"]
-                record, found = scrub_record(record, extra)
+                record, found = scrub_record(record, extra, tuple(params.phone_regions))
                 pii.update(found)
                 reason = reject_reason(record["messages"], params)
                 if reason is None:

