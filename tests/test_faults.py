@@ -211,7 +211,7 @@ def test_cuda_out_of_memory_says_which_knobs_to_turn(project, r1, tmp_path, monk
     assert msg.startswith("train@r2: CUDA out of memory")
     assert all(
         k in msg
-        for k in ("train.batch_size (2)", "train.grad_accum (1)", "train.max_length (128)", "train.quantize: 4bit")
+        for k in ("train.batch_size (2)", "train.grad_accum (1)", "train.max_length (256)", "train.quantize: 4bit")
     )
 
 
