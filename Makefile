@@ -20,10 +20,13 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 demo: install
+	@date +%s > .demo-start; rm -f .dvc/tmp/stage-times.jsonl
 	$(BIN)/loraloop check-params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo
 	$(BIN)/loraloop report
+	@echo; $(BIN)/loraloop stage-times
+	@echo "make demo: $$(( $$(date +%s) - $$(cat .demo-start) )) s wall time"; rm -f .demo-start
 
 test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q

@@ -4,8 +4,8 @@ and what the one-time computation costs.
 
     python bench/reference.py [--method dpo|rho1] [--steps 8] [--batch-size 8] [--max-length 192]
 
-Needs `make demo` outputs (models/base, data/version, data/rounds/r1/{scored,pairs}.jsonl). Round
-r2 continuing r1's adapter against reference `start`. Each mode runs in its own process; the step
+Needs `make demo` outputs (models/base, data/lineages/tutor, data/rounds/tutor/tutor-r2/{scored,pairs}.jsonl).
+Round tutor-r2 continuing tutor-r1's adapter against reference `start`. Each mode runs in its own process; the step
 time is the training loop's (setup and model loading excluded), the one-time cost is the
 precompute inside setup. Both modes train the same adapter bytes (tests/test_reference.py).
 """
@@ -50,7 +50,7 @@ def side(args, mode: str) -> dict:
     from stages import train
 
     params = bench_params(args, mode)
-    rounds = ROOT / "data/rounds/r2"
+    rounds = ROOT / "data/rounds/tutor/tutor-r2"
     with tempfile.TemporaryDirectory() as tmp:
         precompute = []
         original = train.precompute_reference
@@ -63,10 +63,10 @@ def side(args, mode: str) -> dict:
         train.precompute_reference = timed
         r = train.setup(
             params,
-            "r2",
+            "tutor-r2",
             ROOT / "models/base",
-            ROOT / "data/version",
-            ROOT / "models/rounds/r1",
+            ROOT / "data/lineages/tutor",
+            ROOT / "models/rounds/tutor-r1",
             rounds / "scored.jsonl",
             rounds / "pairs.jsonl",
             Path(tmp) / "ckpt",

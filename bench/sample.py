@@ -51,13 +51,15 @@ def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", type=Path, default=ROOT / "models/base")
-    ap.add_argument("--data", type=Path, default=ROOT / "data/version")
+    ap.add_argument("--lineage", default="tutor")
+    ap.add_argument("--data", type=Path, default=None, help="Default: data/lineages/<lineage>")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
-    convs = prompts_from_split(args.data, "train", args.prompts, "bench", params.system_prompts)
+    data = args.data or ROOT / "data/lineages" / args.lineage
+    convs = prompts_from_split(data, "train", args.prompts, "bench", params.lineage(args.lineage).system_prompts)
     tok = load_tokenizer(args.base)
     model = load_base(args.base)
     prompts = [prompt_ids(tok, c["messages"]) for c in convs]

@@ -3,7 +3,7 @@ tokenized examples (assistant-only masks), max length, batch size, learning rate
 
     python bench/train.py [--steps 8] [--batch-size 8] [--max-length 192]
 
-Needs `make demo` outputs (models/base, data/version, data/rounds/r1/scored.jsonl) and the bench
+Needs `make demo` outputs (models/base, data/lineages/tutor, data/rounds/tutor/tutor-r1/scored.jsonl) and the bench
 extra (`pip install -e '.[bench]'`, which pins trl). Each side runs in its own process so its peak
 RSS (or peak CUDA memory on a GPU) is its own; tokens are the non-padding tokens each side fed the
 model, and the time is each side's training loop (model loading excluded on both sides).
@@ -58,11 +58,11 @@ def side_ours(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         res = train.run(
             params,
-            "r1",
+            "tutor-r1",
             ROOT / "models/base",
-            ROOT / "data/version",
+            ROOT / "data/lineages/tutor",
             ROOT / "models/rounds/base",
-            ROOT / "data/rounds/r1/scored.jsonl",
+            ROOT / "data/rounds/tutor/tutor-r1/scored.jsonl",
             Path(tmp) / "out",
             None,
             Path(tmp) / "ckpt",
@@ -85,10 +85,15 @@ def side_trl(args) -> dict:
     tp = params.train
     torch.manual_seed(params.seed)
     tok = load_tokenizer(ROOT / "models/base")
-    rng = random.Random(f"{params.seed}:train:r1")
-    examples, _ = lm_loss.tokenize(
-        tok, train.build_mix(params, ROOT / "data/rounds/r1/scored.jsonl", ROOT / "data/version", rng), tp.max_length
+    rng = random.Random(f"{params.seed}:train:tutor-r1")
+    mix = train.build_mix(
+        params,
+        params.lineage("tutor").system_prompts,
+        ROOT / "data/rounds/tutor/tutor-r1/scored.jsonl",
+        ROOT / "data/lineages/tutor",
+        rng,
     )
+    examples, _ = lm_loss.tokenize(tok, mix, tp.max_length)
     # Pre-tokenized, with our assistant-token mask as TRL's completion mask: both sides learn the same tokens.
     data = Dataset.from_list(
         [{"input_ids": e["ids"], "completion_mask": [int(m) for m in e["mask"]]} for e in examples]

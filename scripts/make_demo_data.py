@@ -368,6 +368,80 @@ def tool_conversation(rng: random.Random, i: int) -> dict:
     }
 
 
+# A second character with its own lineage: a Korean-only pirate captain in a game. Its data never
+# mixes with the tutor's; its replies use its own tone ("하하", "선장", "보물", ...).
+PIRATE_ASKS = [
+    (
+        "보물은 어디에 숨겨져 있나요?",
+        "하하, 보물 말인가! 이 몸이 아는 건 남쪽 바다의 해골섬뿐이지. 자네는 지도를 가지고 있나?",
+    ),
+    (
+        "선장님, 다음 항해는 어디로 가요?",
+        "하하, 동쪽 바다로 항해할 참이다! 바람이 좋으면 사흘이면 닿지. 자네도 함께 가겠나?",
+    ),
+    (
+        "배에 선원이 되고 싶어요.",
+        "하하, 용기 있는 녀석이군! 이 선장의 배에 오르려면 밧줄 매듭부터 배워야 한다. 매듭을 묶을 줄 아나?",
+    ),
+    (
+        "폭풍이 오고 있어요!",
+        "겁내지 마라! 이 몸은 스무 번의 폭풍을 넘긴 선장이다. 돛을 접어라! 자네는 키를 잡을 수 있겠나?",
+    ),
+    ("적 해적선이 보여요.", "하하, 드디어 왔군! 대포를 준비해라, 보물을 지켜야 한다. 자네는 몇 척이 보이나?"),
+    (
+        "선장님은 왜 해적이 되었어요?",
+        "하하, 좋은 질문이다! 이 몸은 어릴 때부터 바다가 부르는 소리를 들었지. 자네는 바다를 좋아하나?",
+    ),
+    ("지도를 잃어버렸어요.", "이런, 지도를 잃다니! 하지만 별을 보면 항해할 수 있다. 북극성을 찾을 줄 아나?"),
+    ("배가 고파요.", "하하, 선원은 잘 먹어야 한다! 오늘 저녁은 생선 수프다. 자네가 낚시를 해 오겠나?"),
+    (
+        "퀘스트 힌트 좀 주세요.",
+        "하하, 힌트라! 해골섬의 동굴 입구는 달이 뜰 때만 보인다. 자네는 밤에 항해해 본 적 있나?",
+    ),
+    (
+        "금화를 얼마나 모았어요?",
+        "하하, 이 선장의 금고엔 금화가 산더미지! 하지만 진짜 보물은 충성스러운 선원이다. 자네는 무엇을 모으고 있나?",
+    ),
+    (
+        "무인도에 갇혔어요.",
+        "침착해라! 먼저 물을 찾고, 불을 피워 연기를 올려라. "
+        "이 몸의 배가 그 연기를 보고 갈 것이다. 불을 피울 수 있겠나?",
+    ),
+    (
+        "앵무새 이름이 뭐예요?",
+        "하하, 내 앵무새는 '번개'다! 이 녀석이 보물섬 위치를 외우고 있지. 자네도 애완동물이 있나?",
+    ),
+]
+PIRATE_OPENERS = ["", "선장님! ", "저기요, ", "선장님, 급해요! ", "안녕하세요 선장님. "]
+PIRATE_FOLLOWUPS = [
+    ("네, 가지고 있어요.", "좋다! 그럼 지도의 붉은 표시를 따라 항해하자. 첫 번째 섬에서 무엇이 보이나?"),
+    ("아니요, 처음이에요.", "하하, 누구나 처음은 있다! 이 선장이 가르쳐 주지. 먼저 바다 냄새부터 맡아 보겠나?"),
+    ("무서워요.", "걱정 마라, 이 몸이 함께 있다! 진짜 해적은 두려움도 보물처럼 다룬다. 숨을 크게 쉬어 보겠나?"),
+    ("알겠어요!", "하하, 그 기세다! 자, 닻을 올려라! 다음엔 어느 섬으로 가고 싶나?"),
+]
+PIRATE_OFF = "저는 AI 언어 모델이라서 해적 역할을 할 수 없습니다."  # broke character: scrub's meta filter drops it
+
+
+def pirate_conversation(rng: random.Random, i: int) -> dict:
+    ask, reply = rng.choice(PIRATE_ASKS)
+    messages = [
+        {"role": "user", "content": rng.choice(PIRATE_OPENERS) + ask},
+        {"role": "assistant", "content": PIRATE_OFF if rng.random() < 0.05 else reply},
+    ]
+    if rng.random() < 0.6:
+        follow, answer = rng.choice(PIRATE_FOLLOWUPS)
+        messages += [{"role": "user", "content": follow}, {"role": "assistant", "content": answer}]
+    user = rng.randrange(40)
+    return {
+        "character_id": "pirate",
+        "user_id": f"player_{user:04d}",
+        "timestamp": f"2026-10-{1 + i % 28:02d}T{(i * 5) % 24:02d}:{(i * 11) % 60:02d}:00Z",
+        "opt_in": rng.random() > 0.03,
+        "messages": messages,
+        "style_tags": ["ko", "pirate"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("data/raw"))
@@ -469,12 +543,18 @@ def main() -> None:
         encoding="utf-8",
     )
 
+    # The pirate captain's game logs: their own character, their own lineage.
+    pirate_rng = random.Random(args.seed + 1)  # its own stream: the tutor's files stay as they were
+    pirate = [json.dumps(pirate_conversation(pirate_rng, i), ensure_ascii=False) for i in range(140)]
+    (args.out / "pirate_logs.jsonl").write_text("\n".join(pirate) + "\n", encoding="utf-8")
+
     # Two users asked for their data to be deleted.
     (args.out / "deletions.txt").write_text(
         "# deletion requests: user ids or record ids, one per line\nuser_0007\nuser_0042\n", encoding="utf-8"
     )
     print(
         f"wrote {len(lines)} log lines, {len(gold)} gold dialogues, {len(feedback)} feedback rows, "
+        f"{len(pirate)} pirate game logs, "
         f"{len(anchor)} anchor dialogues and a deletion list to {args.out}"
     )
 

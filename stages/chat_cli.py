@@ -26,17 +26,23 @@ def _load(params: Params, base_dir: Path, release_name: str | None, round_id: st
             raise click.ClickException(f"{rel}: no release yet (run `dvc repro package`)")
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(load_base(base_dir), rel / "adapter"), meta["characters"], meta["version"]
+        prompts = meta.get("system_prompts") or params.lineage_of_release(release_name).system_prompts
+        return PeftModel.from_pretrained(load_base(base_dir), rel / "adapter"), prompts, meta["version"]
     if round_id != "base":
-        params.round(round_id)
-    return load_round(base_dir, MODELS / round_id), sorted(params.system_prompts), round_id
+        return load_round(base_dir, MODELS / round_id), params.lineage_of(round_id).system_prompts, round_id
+    prompts = {}  # the base speaks as any character: the first lineage's prompt for each
+    for name in reversed(list(params.lineages)):
+        prompts.update(params.lineage(name).system_prompts)
+    return load_round(base_dir, MODELS / round_id), prompts, round_id
 
 
 def run(params: Params, base_dir: Path, release_name, round_id, character, max_new_tokens, temperature) -> None:
     from .model import load_tokenizer
 
-    model, characters, label = _load(params, base_dir, release_name, round_id)
-    character = character or (characters[0] if characters else None)
+    model, prompts, label = _load(params, base_dir, release_name, round_id)
+    character = character or min(prompts, default=None)
+    if character is not None and character not in prompts:
+        raise click.ClickException(f"{label} has no character {character!r} (has {', '.join(sorted(prompts))})")
     tok = load_tokenizer(base_dir)
     interactive = sys.stdin.isatty()
     click.echo(f"chatting with {label} as {character!r}; an empty line or Ctrl-D ends", err=True)
@@ -49,7 +55,7 @@ def run(params: Params, base_dir: Path, release_name, round_id, character, max_n
         if not line or not line.strip():
             break
         history.append({"role": "user", "content": line.strip()})
-        messages = in_character(params.system_prompts, character, history) if character else history
+        messages = in_character(prompts, character, history) if character else history
         (reply,) = generate(
             model,
             tok,

@@ -1,5 +1,6 @@
-"""eval@rN: generate on held-out eval prompts with the round's model and report tutor metrics,
-with deltas against the previous round and the base."""
+"""eval@<round> (and eval_base@<lineage>): generate on the lineage's held-out eval prompts with the
+round's model and report its metrics under the lineage's rules and gates, with deltas against the
+previous round and the base."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import click
 
 from . import ab
 from .chat import prompt_ids
-from .cli import PATH, params_of, round_options, say
+from .cli import PATH, lineage_view, params_of, round_options, say
 from .generate import generate
 from .io import read_json, replacing, write_json, write_jsonl
 from .lm_loss import CountedTokenLoss, split_loss
-from .metrics import deltas
+from .metrics import check_gates, deltas
 from .model import load_round, load_tokenizer
-from .params import Params
+from .params import Lineage, Params, RuleParams
 from .paths import METRICS, round_paths
 from .prompts import prompts_from_split, reference_conversations
 from .rules import score_text
@@ -33,16 +34,13 @@ def turn_depth(messages: list[dict]) -> int:
     return sum(m["role"] == "user" for m in messages)
 
 
-def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
+def metrics_of(prompts: list[dict], texts: list[str], rules: RuleParams) -> dict:
     """Tutor metrics over the replies, from the same rules score uses: a rate is the share of
     replies that break (or meet) a rule, a mean is over the rule's [0, 1] values."""
     n = len(texts)
     if n == 0:
         return {"n": 0}
-    scored = [
-        score_text(t, params.score.rules, p["messages"], p["character_id"], p.get("tools"))
-        for p, t in zip(prompts, texts)
-    ]
+    scored = [score_text(t, rules, p["messages"], p["character_id"], p.get("tools")) for p, t in zip(prompts, texts)]
     values = [v for v, _ in scored]
     col = lambda rule: [v[rule] for v in values if rule in v]  # noqa: E731
     depths = [turn_depth(p["messages"]) for p in prompts]
@@ -68,41 +66,24 @@ def metrics_of(prompts: list[dict], texts: list[str], params: Params) -> dict:
     }
 
 
-def eval_config(params: Params) -> str:
+def eval_config(params: Params, lineage: Lineage) -> str:
     """A short hash of everything that defines the metrics' scale: rules, prompts, decoding. Package
     compares a round with the current release only when both were measured under the same one."""
-    rules = params.score.rules.model_dump(mode="json")
-    ep = params.eval.model_dump(mode="json", exclude={"gates", "ab_prompts", "batch_size"})
+    rules = lineage.rules.model_dump(mode="json")
+    ep = params.eval.model_dump(mode="json", exclude={"gates", "ab_prompts", "batch_size", "leakage_prompts"})
     parts = {
         "rules": rules,
         "eval": ep,
         "seed": params.seed,
-        "system_prompts": params.system_prompts,
+        "system_prompts": lineage.system_prompts,
         "max_length": params.train.max_length,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_gates(metrics: dict, gates: dict) -> list[dict]:
-    """The gates a round fails, each with the value and its bounds."""
-    failed = []
-    for name, gate in gates.items():
-        if name not in metrics:
-            raise KeyError(f"params.yaml eval.gates.{name}: no such metric (have {sorted(metrics)})")
-        value = metrics[name]
-        # A NaN metric (an empty eval set's loss, say) compares false with everything: it fails.
-        if (
-            value is None  # (no reply did what the metric measures, e.g. call a tool)
-            or math.isnan(value)
-            or (gate.min is not None and value < gate.min)
-            or (gate.max is not None and value > gate.max)
-        ):
-            failed.append({"metric": name, "value": value, "min": gate.min, "max": gate.max})
-    return failed
-
-
 def run(
     params: Params,
+    lineage: Lineage,
     round_id: str,
     base_dir: Path,
     version_dir: Path,
@@ -117,7 +98,7 @@ def run(
     (ab.csv, ab_key.json) next to this round's samples."""
     ep = params.eval
     # The same seed for every round: all rounds answer the same prompts.
-    prompts = prompts_from_split(version_dir, "eval", ep.num_prompts, f"{params.seed}:eval", params.system_prompts)
+    prompts = prompts_from_split(version_dir, "eval", ep.num_prompts, f"{params.seed}:eval", lineage.system_prompts)
     tok = load_tokenizer(base_dir)
     model = load_round(base_dir, round_dir)
     texts = generate(
@@ -131,19 +112,20 @@ def run(
         seed=params.seed,
         desc=f"eval@{round_id}",
     ).texts
-    metrics = metrics_of(prompts, texts, params)
+    metrics = metrics_of(prompts, texts, lineage.rules)
     # Teacher-forced loss on the eval split's own assistant turns: how far the round drifted
     # from the data, next to how it behaves.
-    held_out = reference_conversations(params.system_prompts, version_dir, "eval", ep.num_prompts)
+    held_out = reference_conversations(lineage.system_prompts, version_dir, "eval", ep.num_prompts)
     metrics["eval_loss"] = split_loss(CountedTokenLoss(model), tok, held_out, params.train.max_length, ep.batch_size)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
-    failed = check_gates(metrics, ep.gates)
+    failed = check_gates(metrics, lineage.gates)
     result = {
         "round": round_id,
+        "lineage": lineage.name,
         **metrics,
         "passed": not failed,
         "failed_gates": failed,
-        "eval_config": eval_config(params),
+        "eval_config": eval_config(params, lineage),
     }
     if prev_metrics is not None:
         result["delta_vs_prev"] = deltas(metrics, read_json(prev_metrics))
@@ -161,21 +143,32 @@ def run(
 
 @click.command()
 @round_options
+@click.option("--lineage", default=None, help="With --round base: the lineage whose prompts and rules judge the base.")
 @click.option("--metrics-dir", type=PATH, default=METRICS, show_default=True)
 @click.pass_context
-def cli(ctx, round_id, rounds_data, rounds_dir, version_dir, base_dir, metrics_dir):
-    """Evaluate a round (or `--round base`) on the eval split."""
+def cli(ctx, round_id, rounds_data, rounds_dir, version_dir, base_dir, lineage, metrics_dir):
+    """Evaluate a round (or `--round base --lineage NAME`) on its lineage's eval split."""
     p = params_of(ctx)
-    here = round_paths(round_id, rounds_data, rounds_dir, metrics_dir)
-    prev = None if round_id == "base" else round_paths(p.round(round_id).prev, rounds_data, rounds_dir, metrics_dir)
+    if round_id == "base":
+        if lineage is None:
+            raise click.UsageError(f"--round base needs --lineage (one of {', '.join(p.lineages)})")
+        prev = None
+    else:
+        r = p.round(round_id)
+        if lineage not in (None, r.lineage):
+            raise click.UsageError(f"round {round_id} belongs to lineage {r.lineage}, not {lineage}")
+        lineage = r.lineage
+        prev = round_paths(r.prev, lineage, rounds_data, rounds_dir, metrics_dir)
+    here = round_paths(round_id, lineage, rounds_data, rounds_dir, metrics_dir)
     result = run(
         p,
+        p.lineage(lineage),
         round_id,
         base_dir,
-        version_dir,
+        lineage_view(version_dir, lineage),
         here.model,
         prev_metrics=prev.metrics if prev else None,
-        base_metrics=round_paths("base", rounds_data, rounds_dir, metrics_dir).metrics if prev else None,
+        base_metrics=round_paths("base", lineage, rounds_data, rounds_dir, metrics_dir).metrics if prev else None,
         out_file=here.metrics,
         samples_file=here.eval_samples,
         prev_samples=prev.eval_samples if prev else None,

@@ -120,8 +120,9 @@ def find(ids: list[str], cache: Path) -> list[Version]:
         for path, md5 in list(v.files.items()):  # the A/B sheet quotes the eval answers beside it
             if path.endswith("ab.csv") and path.replace("ab.csv", "eval_samples.jsonl") in v.affected:
                 v.affected[path] = md5
-        rounds = {p.split("/")[2] for p in v.affected if p.startswith("data/rounds/")}
-        touched_data = any(p.startswith(("data/scrubbed/", "data/version/")) for p in v.affected)
+        # data/rounds/<lineage>/<round>/...
+        rounds = {p.split("/")[3] for p in v.affected if p.startswith("data/rounds/") and p.count("/") >= 4}
+        touched_data = any(p.startswith(("data/scrubbed/", "data/version/", "data/lineages/")) for p in v.affected)
         v.adapters = sorted(
             {
                 p.split("/adapter/")[0]

@@ -3,9 +3,35 @@
 
 from __future__ import annotations
 
+import math
+
 
 def deltas(now: dict, then: dict) -> dict:
     """now - then for every float metric both have."""
     return {
         k: now[k] - then[k] for k, v in now.items() if isinstance(v, float) and isinstance(then.get(k), (int, float))
     }
+
+
+# Gated, but measured after eval: the leakage stage measures it and package applies its gate.
+LATER = {"tone_leakage_rate"}
+
+
+def check_gates(metrics: dict, gates: dict, later: set[str] = LATER) -> list[dict]:
+    """The gates a round fails, each with the value and its bounds (gates on `later` metrics wait)."""
+    failed = []
+    for name, gate in gates.items():
+        if name in later:
+            continue
+        if name not in metrics:
+            raise KeyError(f"params.yaml eval.gates.{name}: no such metric (have {sorted(metrics)})")
+        value = metrics[name]
+        # A NaN metric (an empty eval set's loss, say) compares false with everything: it fails.
+        if (
+            value is None  # (no reply did what the metric measures, e.g. call a tool)
+            or math.isnan(value)
+            or (gate.min is not None and value < gate.min)
+            or (gate.max is not None and value > gate.max)
+        ):
+            failed.append({"metric": name, "value": value, "min": gate.min, "max": gate.max})
+    return failed

@@ -1,5 +1,6 @@
-"""package: release the latest round that passed its gates and beats the current release on the
-primary metric (higher is better); otherwise keep the current release and say why.
+"""package: per lineage, release the latest round that passed its gates (tone leakage included)
+and beats the version in service on the primary metric (higher is better); otherwise keep it and
+say why. routing.json maps every lineage's characters to its release.
 
 The release directory is a DVC `persist` output: it survives reruns, so it can hold the current
 release to compare against and the archive of every version (see stages/release.py)."""
@@ -15,13 +16,14 @@ import yaml
 from . import release
 from .cli import PATH, params_of, say
 from .io import read_json, replacing, sha256_file, sha256_tree, write_json
-from .metrics import deltas
-from .params import Params
-from .paths import METRICS, MODELS, round_paths
+from .metrics import LATER, check_gates, deltas
+from .params import Lineage, Params
+from .paths import METRICS, MODELS, leakage_file, round_paths
 
 
 def choose(
     params: Params,
+    lineage: Lineage,
     evals: dict[str, dict],
     adapters: dict[str, str],
     cur: dict | None,
@@ -34,10 +36,10 @@ def choose(
     cur_eval = cur["evaluation"][cur["round"]] if cur else None
     cur_value = cur_eval[metric] if cur else None
     why_not = []
-    for rid in reversed(list(params.rounds)):
+    for rid in reversed(params.rounds_of(lineage.name)):
         ev = evals[rid]
         if metric not in ev:
-            raise KeyError(f"package.primary_metric {metric!r} is not in metrics/eval_{rid}.json (has {sorted(ev)})")
+            raise KeyError(f"package.primary_metric {metric!r} is not in the evaluation of {rid} (has {sorted(ev)})")
         if not ev["passed"]:
             failed = ", ".join(f"{g['metric']}={g['value']:.3f}" for g in ev["failed_gates"])
             why_not.append(f"{rid} failed gates ({failed})")
@@ -49,7 +51,7 @@ def choose(
             version = withdrawn_by_hash[adapters[rid]]
             why_not.append(
                 f"{rid} is {version}, withdrawn by a rollback "
-                f"(`loraloop release restore {params.package.name} {version}` allows it again)"
+                f"(`loraloop release restore {lineage.release} {version}` allows it again)"
             )
             continue
         # Scores measured under other rules, prompts or decoding do not compare: then the gates decide.
@@ -66,12 +68,27 @@ def choose(
                 f"{cur['version']} ({metric}={cur_value:.4f}) was measured under another eval config "
                 f"(score rules, prompts or decoding), so the values do not compare"
             )
-        return rid, f"{rid} passed its gates, {metric}={ev[metric]:.4f}, {beats}"
+        skipped = f"; passed over: {'; '.join(why_not)}" if why_not else ""
+        return rid, f"{rid} passed its gates, {metric}={ev[metric]:.4f}, {beats}{skipped}"
     return None, "; ".join(why_not) or "no rounds"
+
+
+def leakage_gates(evals: dict[str, dict], leakage: dict, gates: dict) -> None:
+    """Puts each round's tone_leakage_rate into its evaluation and fails the round on a
+    tone_leakage_rate gate (a round with no other lineage to leak into has nothing to fail)."""
+    later = {k: g for k, g in gates.items() if k in LATER}
+    for rid, ev in evals.items():
+        value = leakage.get(rid, {}).get("tone_leakage_rate")
+        ev["tone_leakage_rate"] = value
+        if value is not None and later:
+            failed = check_gates({"tone_leakage_rate": value}, later, later=set())
+            ev["failed_gates"] = ev["failed_gates"] + failed
+            ev["passed"] = ev["passed"] and not failed
 
 
 def build_metadata(
     params: Params,
+    lineage: Lineage,
     version: str,
     rid: str,
     base_dir: Path,
@@ -83,7 +100,7 @@ def build_metadata(
     data_metrics: Path,
 ) -> dict:
     base = read_json(base_dir / "base.json")
-    info = read_json(round_paths(rid, models=rounds_dir).model / "ROUND.json")
+    info = read_json(round_paths(rid, lineage.name, models=rounds_dir).model / "ROUND.json")
     manifest = read_json(version_dir / "manifest.json")
     manifest_sha256 = sha256_file(version_dir / "manifest.json")
     tokenizer_hash = sha256_file(base_dir / "tokenizer.json") if (base_dir / "tokenizer.json").is_file() else None
@@ -97,11 +114,14 @@ def build_metadata(
             "metric_deltas": deltas(ev, old),
         }
     return {
-        "name": params.package.name,
+        "name": lineage.release,
+        "lineage": lineage.name,
         "version": version,
         "created_at": release.now_utc(),
         "round": rid,
-        "characters": sorted(manifest["counts"]),
+        "characters": lineage.characters,
+        "routes": lineage.routes,
+        "system_prompts": lineage.system_prompts,
         "primary_metric": params.package.primary_metric,
         "base_model": {k: v for k, v in base.items() if k != "files"},
         "tokenizer_sha256": tokenizer_hash,
@@ -117,7 +137,7 @@ def build_metadata(
         },
         "data": {
             "manifest_sha256": manifest_sha256,
-            "counts": manifest["counts"],
+            "counts": {c: n for c, n in manifest["counts"].items() if c in lineage.characters},
             "sources": [s.model_dump() for s in params.collect.sources],
             "scrub": read_json(data_metrics)["scrub"],
         },
@@ -148,73 +168,109 @@ def run(
     routing_file: Path,
     report_file: Path,
 ) -> dict:
-    """Decide, then update the release directory, routing and report together: the work happens
-    on copies that replace them only when all of it succeeded."""
-    rel = out_root / params.package.name
-    with replacing(rel, routing_file, report_file) as (work, routing_tmp, report_tmp):
-        if rel.is_dir():
-            shutil.copytree(rel, work)
-        work.mkdir(parents=True, exist_ok=True)
+    """Decide for every lineage, then update the release directories, routing and report together:
+    the work happens on copies that replace them only when all of it succeeded."""
+    lineages = [params.lineage(name) for name in params.lineages]
+    rels = [out_root / lin.release for lin in lineages]
+    leakage = read_json(leakage_file(metrics_dir)) if leakage_file(metrics_dir).is_file() else {}
+    with replacing(*rels, routing_file, report_file) as temps:
+        *works, routing_tmp, report_tmp = temps
         if routing_file.is_file():
             shutil.copy2(routing_file, routing_tmp)
-        decision = release_round(params, base_dir, rounds_dir, metrics_dir, version_dir, data_metrics, work)
-        now = release.current(work)
-        if params.package.merge and now is not None:
-            merge_into(work, base_dir)
-        if now is not None:
-            release.update_routing(routing_tmp, rel, now)  # routing names the release's real place
-        elif not routing_tmp.exists():
+        else:
             write_json(routing_tmp, {})
-        write_json(report_tmp, decision)
-    return decision
+        decisions = {}
+        for lin, rel, work in zip(lineages, rels, works):
+            if rel.is_dir():
+                shutil.copytree(rel, work)
+            work.mkdir(parents=True, exist_ok=True)
+            decisions[lin.name] = release_round(
+                params, lin, base_dir, rounds_dir, metrics_dir, version_dir, data_metrics, work, leakage
+            )
+            if params.package.merge and release.current(work) is not None:
+                merge_into(work, base_dir)
+            release.update_routing(routing_tmp, work, named=rel)  # the release's real place, not the copy
+        write_json(report_tmp, decisions)
+    return decisions
 
 
 def release_round(
     params: Params,
+    lineage: Lineage,
     base_dir: Path,
     rounds_dir: Path,
     metrics_dir: Path,
     version_dir: Path,
     data_metrics: Path,
     rel: Path,
+    leakage: dict,
 ) -> dict:
-    """Release the chosen round into `rel` (archive, install, history, changelog) or record why not."""
-    evals = {rid: read_json(round_paths(rid, metrics=metrics_dir).metrics) for rid in params.rounds}
-    base_eval = read_json(metrics_dir / "eval_base.json")
-    cur = release.current(rel)
+    """Release the lineage's chosen round into `rel` (archive, install or canary, history,
+    changelog) or record why not."""
+    rounds = params.rounds_of(lineage.name)
+    evals = {rid: read_json(round_paths(rid, lineage.name, metrics=metrics_dir).metrics) for rid in rounds}
+    leakage_gates(evals, leakage, lineage.gates)
+    base_eval = read_json(round_paths("base", lineage.name, metrics=metrics_dir).metrics)
+    cur = release.serving(rel)
     adapters = {
-        rid: read_json(round_paths(rid, models=rounds_dir).model / "ROUND.json")["adapter_hash"]
-        for rid in params.rounds
+        rid: read_json(round_paths(rid, lineage.name, models=rounds_dir).model / "ROUND.json")["adapter_hash"]
+        for rid in rounds
     }
-    rid, why = choose(params, evals, adapters, cur, release.withdrawn(rel))
+    rid, why = choose(params, lineage, evals, adapters, cur, release.withdrawn(rel))
     if (rel / "merged").exists():
         shutil.rmtree(rel / "merged")
+    ro = release.rollout(rel)
     if rid is None:
         release.record(rel, {"action": "keep", "version": cur["version"] if cur else None, "reason": why})
         return {
             "released": False,
             "version": cur["version"] if cur else None,
             "round": cur["round"] if cur else None,
+            "stable": ro["stable"],
+            "canary": ro["canary"],
             "reason": why,
         }
-    version = release.next_version(rel, params.package.name, params.package.major, params.package.tag)
+    version = release.next_version(rel, lineage.release, params.package.major, params.package.tag)
     metadata = build_metadata(
-        params, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics
+        params, lineage, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics
     )
     archive = rel / "versions" / version
     if archive.exists():
         shutil.rmtree(archive)
-    shutil.copytree(round_paths(rid, models=rounds_dir).model / "adapter", archive / "adapter")
+    shutil.copytree(round_paths(rid, lineage.name, models=rounds_dir).model / "adapter", archive / "adapter")
     metadata["adapter_tree_sha256"] = sha256_tree(archive / "adapter")[0]
     (archive / "metadata.yaml").write_text(
         yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
-    release.install(rel, version)
-    release.record(rel, {"action": "release", "version": version, "round": rid, "reason": why})
+    share = params.package.canary_share
+    canary = share is not None and ro["stable"] is not None
+    if canary:
+        release.set_rollout(rel, ro["stable"], version, share)
+    else:
+        release.make_stable(rel, version)
+    release.record(
+        rel,
+        {
+            "action": "release",
+            "version": version,
+            "round": rid,
+            "rollout": "canary" if canary else "stable",
+            "reason": why,
+        },
+    )
     ev = evals[rid]
     shown = ", ".join(f"{k}={ev[k]:.3f}" for k in ev if isinstance(ev[k], float))
-    release.changelog_line(rel, f"{metadata['created_at']} {version} from {rid}: {shown}")
-    return {"released": True, "version": version, "round": rid, "reason": why}
+    where = f" (canary for {share:.0%} of users)" if canary else ""
+    release.changelog_line(rel, f"{metadata['created_at']} {version} from {rid}{where}: {shown}")
+    ro = release.rollout(rel)
+    return {
+        "released": True,
+        "version": version,
+        "round": rid,
+        "stable": ro["stable"],
+        "canary": ro["canary"],
+        "reason": why,
+    }
 
 
 @click.command()

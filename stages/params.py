@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -10,7 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path("params.yaml")
-ROUND_ID = re.compile(r"^r[0-9]+$")
+# Round and lineage ids name DVC stages (train@tutor-r2) and directories: no '@', no path.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a directory name, never a path
 
 
@@ -152,7 +154,7 @@ class RewardModelParams(Section):
 
 class RuleParams(Section):
     """What a reply is judged on: shared by score (training weights) and eval (metrics), so that
-    both stages list this one key and eval_config hashes it once."""
+    both stages list this one key and eval_config hashes it once. A lineage overrides any of it."""
 
     weights: ScoreWeights = ScoreWeights()
     length_window: tuple[int, int] = (40, 400)
@@ -161,6 +163,8 @@ class RuleParams(Section):
     repetition_ngram: int = Field(3, ge=1)
     banned_words: list[str] = Field(default_factory=list)
     tone_keywords: dict[str, list[str]] = Field(default_factory=dict)  # character -> words its replies use
+    # match: answer in the script the student wrote in; an ISO 639-1 code (ko, en, ...): always that language
+    language: str = Field("match", pattern=r"^(?:match|[a-z]{2})$")
 
     @field_validator("length_window")
     @classmethod
@@ -245,25 +249,64 @@ class EvalParams(Section):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0)
     ab_prompts: int = Field(30, ge=0)  # blinded A/B pairs vs the previous round for human labels
+    leakage_prompts: int = Field(8, ge=1)  # per other lineage, for the tone_leakage_rate
     # metric name -> bounds; a round passes when every gated metric is inside its bounds.
     gates: dict[str, Gate] = Field(default_factory=dict)
 
 
 class PackageParams(Section):
-    name: str = Field("tutor", pattern=RELEASE_NAME.pattern)
     primary_metric: str = "mean_score"
     major: int = Field(0, ge=0)
     tag: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.]*$")  # tutor-v0.3-rc
     merge: bool = False  # also save base+adapter merged, for single-model serving
+    # null: a new release serves every user at once (stable). A share in (0, 1): it goes to that
+    # share of users as canary; `loraloop release promote NAME --share 1` makes it stable.
+    canary_share: float | None = Field(None, gt=0, lt=1)
+
+
+def merged(base: dict, override: dict) -> dict:
+    """base with override's keys put in, mappings merged key by key (a list replaces a list)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class LineageParams(Section):
+    """One adapter lineage: the characters it is trained on (the keys of system_prompts), and what
+    it is judged on where that differs from score.rules and eval.gates."""
+
+    system_prompts: dict[str, str] = Field(min_length=1)  # character id -> its system prompt
+    rules: dict = Field(default_factory=dict)  # any score.rules keys, merged over score.rules
+    gates: dict[str, Gate] = Field(default_factory=dict)  # beside eval.gates; the lineage's bound wins
+    release: str | None = Field(None, pattern=RELEASE_NAME.pattern)  # models/release/<release>; default: the name
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A lineage with its defaults filled in: what the stages of its rounds read."""
+
+    name: str
+    system_prompts: dict[str, str]
+    rules: RuleParams
+    gates: dict[str, Gate]
+    release: str
+    routes: dict[str, str]  # route id (what a client asks for) -> character
+
+    @property
+    def characters(self) -> list[str]:
+        return sorted(self.system_prompts)
 
 
 class RoundSpec(Section):
+    lineage: str
     prev: str
 
 
 class Round(BaseModel):
     id: str
     prev: str
+    lineage: str
 
 
 class Params(Section):
@@ -272,7 +315,8 @@ class Params(Section):
     collect: CollectParams
     scrub: ScrubParams = ScrubParams()
     version: VersionParams = VersionParams()
-    system_prompts: dict[str, str] = Field(default_factory=dict)
+    # Adapter lineages: each trains on its own characters' data only and is released on its own.
+    lineages: dict[str, LineageParams] = Field(min_length=1)
     sample: SampleParams = SampleParams()
     score: ScoreParams = ScoreParams()
     train: TrainParams = TrainParams()
@@ -281,33 +325,98 @@ class Params(Section):
     # A mapping, not a list, so DVC's foreach names stages after the round: train@r2, not train@1.
     rounds: dict[str, RoundSpec] = Field(min_length=1)
 
-    @field_validator("rounds")
-    @classmethod
-    def _rounds_chain(cls, rounds):
-        seen = {"base"}
-        for rid, spec in rounds.items():
-            if not ROUND_ID.match(rid):
-                raise ValueError(f"round id {rid!r} must look like r1, r2, ...")
-            if spec.prev not in seen:
-                raise ValueError(f"{rid}.prev is {spec.prev!r}, which is neither 'base' nor an earlier round")
-            seen.add(rid)
-        return rounds
+    @model_validator(mode="after")
+    def _lineages_and_rounds(self):
+        releases: dict[str, str] = {}
+        for name, lp in self.lineages.items():
+            if not NAME.match(name) or name == "base":
+                raise ValueError(f"lineages.{name}: a lineage name is letters, digits, '_' and '-', and not 'base'")
+            try:
+                RuleParams.model_validate(merged(self.score.rules.model_dump(), lp.rules))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"lineages.{name}.rules.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            release = lp.release or name
+            if release in releases:
+                raise ValueError(f"lineages.{name}.release: {release!r} is already the release of {releases[release]}")
+            releases[release] = name
+        seen: dict[str, str] = {}  # round -> lineage
+        for rid, spec in self.rounds.items():
+            if not NAME.match(rid) or rid == "base":
+                raise ValueError(
+                    f"rounds.{rid}: a round id is letters, digits, '_' and '-' (e.g. tutor-r1), not 'base'"
+                )
+            if spec.lineage not in self.lineages:
+                raise ValueError(
+                    f"rounds.{rid}.lineage: {spec.lineage!r} is not under lineages ({list(self.lineages)})"
+                )
+            if spec.prev != "base" and seen.get(spec.prev) != spec.lineage:
+                raise ValueError(
+                    f"rounds.{rid}.prev is {spec.prev!r}, which is neither 'base' nor an earlier round of "
+                    f"lineage {spec.lineage!r}"
+                )
+            seen[rid] = spec.lineage
+        return self
 
     @property
     def round_list(self) -> list[Round]:
         """Rounds in the order params.yaml lists them."""
-        return [Round(id=rid, prev=spec.prev) for rid, spec in self.rounds.items()]
+        return [self.round(rid) for rid in self.rounds]
 
     def round(self, round_id: str) -> Round:
         if round_id not in self.rounds:
             raise ParamsError(
                 f"round {round_id!r} is not listed under rounds in params.yaml (have {list(self.rounds)})"
             )
-        return Round(id=round_id, prev=self.rounds[round_id].prev)
+        spec = self.rounds[round_id]
+        return Round(id=round_id, prev=spec.prev, lineage=spec.lineage)
+
+    def lineage_of(self, round_id: str) -> Lineage:
+        return self.lineage(self.round(round_id).lineage)
+
+    def rounds_of(self, lineage: str) -> list[str]:
+        return [rid for rid, spec in self.rounds.items() if spec.lineage == lineage]
+
+    def lineage(self, name: str) -> Lineage:
+        if name not in self.lineages:
+            raise ParamsError(
+                f"lineage {name!r} is not listed under lineages in params.yaml (have {list(self.lineages)})"
+            )
+        lp = self.lineages[name]
+        return Lineage(
+            name=name,
+            system_prompts=dict(lp.system_prompts),
+            rules=RuleParams.model_validate(merged(self.score.rules.model_dump(), lp.rules)),
+            gates={**self.eval.gates, **lp.gates},
+            release=lp.release or name,
+            routes=self._routes(name),
+        )
+
+    def _routes(self, name: str) -> dict[str, str]:
+        """The first lineage (in params.yaml's order) that covers a character serves it under the
+        character's id; a later one (a variant: another prompt and rules on the same data) under
+        <lineage>/<character>."""
+        routes = {}
+        for character in sorted(self.lineages[name].system_prompts):
+            first = next(n for n, lp in self.lineages.items() if character in lp.system_prompts)
+            routes[character if first == name else f"{name}/{character}"] = character
+        return routes
+
+    def lineage_of_release(self, release: str) -> Lineage:
+        for name in self.lineages:
+            if (self.lineages[name].release or name) == release:
+                return self.lineage(name)
+        raise ParamsError(
+            f"no lineage releases as {release!r} (releases: {[self.lineage(n).release for n in self.lineages]})"
+        )
 
 
 class ParamsError(Exception):
     """A params.yaml problem, worded for the person who edits the file."""
+
+
+class DataError(Exception):
+    """Data a stage refuses (a record where it must not be), worded for the person who fixes it."""
 
 
 def _describe(err: dict) -> str:
@@ -316,6 +425,8 @@ def _describe(err: dict) -> str:
         return f"{loc}: unknown key (check the spelling against params.yaml's documented keys)"
     if err["type"] == "missing":
         return f"{loc}: required key is missing"
+    if err["type"] == "value_error" and not err["loc"]:  # a check across sections: its message names the key
+        return err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = f"{got!r} ({type(got).__name__})" if not isinstance(got, (dict, list)) else type(got).__name__
     return f"{loc}: {err['msg']}; got {shown}"

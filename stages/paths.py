@@ -1,6 +1,8 @@
 """Where a round's files live: the defaults of the round commands and the paths dvc.yaml names.
-A round's data under data/rounds/<round>/, its model under models/rounds/<round>/, its
-evaluation in metrics/eval_<round>.json."""
+A round's data under data/rounds/<lineage>/<round>/, its model under models/rounds/<round>/, its
+evaluation in metrics/<lineage>/eval_<round>.json. `base` is a round of every lineage (the base
+evaluated under that lineage's prompts and rules); its model, models/rounds/base, is shared.
+A lineage's view of the dataset (its characters' splits only) is data/lineages/<lineage>/."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 DATA = Path("data/rounds")
 MODELS = Path("models/rounds")
 METRICS = Path("metrics")
+LINEAGES = Path("data/lineages")
 
 
 @dataclass(frozen=True)
@@ -35,5 +38,13 @@ class RoundPaths:
         return self.data / "eval_samples.jsonl"
 
 
-def round_paths(round_id: str, data: Path = DATA, models: Path = MODELS, metrics: Path = METRICS) -> RoundPaths:
-    return RoundPaths(Path(data) / round_id, Path(models) / round_id, Path(metrics) / f"eval_{round_id}.json")
+def round_paths(
+    round_id: str, lineage: str, data: Path = DATA, models: Path = MODELS, metrics: Path = METRICS
+) -> RoundPaths:
+    return RoundPaths(
+        Path(data) / lineage / round_id, Path(models) / round_id, Path(metrics) / lineage / f"eval_{round_id}.json"
+    )
+
+
+def leakage_file(metrics: Path = METRICS) -> Path:
+    return Path(metrics) / "leakage.json"

@@ -15,8 +15,8 @@ def system_prompt_for(system_prompts: dict[str, str], character_id: str) -> str:
         return system_prompts[character_id]
     except KeyError:
         raise KeyError(
-            f"params.yaml system_prompts has no entry for character {character_id!r}; "
-            f"add one (known: {sorted(system_prompts)})"
+            f"character {character_id!r} has no system prompt in this lineage (params.yaml "
+            f"lineages.<name>.system_prompts has {sorted(system_prompts)})"
         ) from None
 
 
@@ -48,7 +48,7 @@ def pick_prompts(rows: list[dict], n: int, rng_seed: str, system_prompts: dict[s
 def prompts_from_split(
     version_dir: Path, split: str, n: int, rng_seed: str, system_prompts: dict[str, str]
 ) -> list[dict]:
-    rows = load_split(version_dir, split)
+    rows = load_split(version_dir, split, sorted(system_prompts))
     if not rows:
         raise RuntimeError(f"{version_dir}: the {split} split is empty; add data or change version.eval_fraction")
     return pick_prompts(rows, n, rng_seed, system_prompts)
@@ -64,5 +64,5 @@ def reference_conversations(system_prompts: dict[str, str], version_dir: Path, s
             "weight": 1.0,
             "kind": split,
         }
-        for r in load_split(version_dir, split)[:n]
+        for r in load_split(version_dir, split, sorted(system_prompts))[:n]
     ]

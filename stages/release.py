@@ -1,17 +1,24 @@
-"""The release registry under models/release/<name>/: the current version at the top, every
-released version archived under versions/, and an append-only history of what happened.
+"""The release registry under models/release/<name>/ (one per lineage): the stable version at the
+top, every released version archived under versions/, what serves whom in rollout.json, and an
+append-only history of what happened.
 
     models/release/tutor/
-      adapter/  metadata.yaml  README.md      the current version (what routing.json points at)
-      CHANGELOG.md                            one line per release or rollback, with metrics
-      history.json                            every decision: release, keep (and why), rollback
+      adapter/  metadata.yaml  README.md      the stable version
+      rollout.json                            {stable, canary, canary_share}
+      CHANGELOG.md                            one line per release, promote or rollback, with metrics
+      history.json                            every decision: release, keep (and why), promote, rollback
       versions/<version>/{adapter/, metadata.yaml}
-    models/routing.json                       character_id -> {base, adapter, version}
+    models/routing.json                       route id -> {release, character, base, stable, canary, canary_share}
+
+A route id is what a client asks for: a character id, or <lineage>/<character> for a variant.
+A user goes to the canary when a hash of (route id, user id) falls below canary_share, so a user
+keeps the version they got while the share stays the same, and a larger share keeps them on it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 import shutil
@@ -122,16 +129,69 @@ def install(release_dir: Path, version: str) -> dict:
     return metadata
 
 
-def update_routing(routing_file: Path, release_dir: Path, metadata: dict) -> None:
+def rollout(release_dir: Path) -> dict:
+    """Which versions serve: stable, and canary with the share of users it gets."""
+    path = release_dir / "rollout.json"
+    if path.is_file():
+        return read_json(path)
+    cur = current(release_dir)
+    return {"stable": cur["version"] if cur else None, "canary": None, "canary_share": 0.0}
+
+
+def set_rollout(release_dir: Path, stable: str | None, canary: str | None = None, share: float = 0.0) -> None:
+    write_json(
+        release_dir / "rollout.json",
+        {"stable": stable, "canary": canary, "canary_share": share if canary else 0.0},
+    )
+
+
+def serving(release_dir: Path) -> dict | None:
+    """The metadata of the newest version in service: the canary, or else the stable."""
+    ro = rollout(release_dir)
+    newest = ro["canary"] or ro["stable"]
+    return archived(release_dir, newest) if newest else None
+
+
+def update_routing(routing_file: Path, release_dir: Path, named: Path | None = None) -> None:
+    """routing.json's entries of this release, from its rollout (entries of other releases stay).
+    `named`: where the release directory will be, when release_dir is a copy being written."""
+    ro = rollout(release_dir)
     routing = read_json(routing_file) if routing_file.is_file() else {}
-    for character in metadata["characters"]:
-        routing[character] = {
-            "base": metadata["base_model"].get("hub_id") or "models/base",
-            "base_hash": metadata["base_model"]["hash"],
-            "adapter": (release_dir / "adapter").as_posix(),
-            "version": metadata["version"],
+    if ro["stable"] is None:
+        return write_json(routing_file, routing)
+    meta = archived(release_dir, ro["stable"])
+    routing = {k: v for k, v in routing.items() if v.get("release") != meta["name"]}
+
+    def entry(version):
+        return {"version": version, "adapter": ((named or release_dir) / "versions" / version / "adapter").as_posix()}
+
+    for route, character in meta["routes"].items():
+        routing[route] = {
+            "release": meta["name"],
+            "lineage": meta["lineage"],
+            "character": character,
+            "base": meta["base_model"].get("hub_id") or "models/base",
+            "base_hash": meta["base_model"]["hash"],
+            "stable": entry(ro["stable"]),
+            "canary": entry(ro["canary"]) if ro["canary"] else None,
+            "canary_share": ro["canary_share"],
         }
     write_json(routing_file, dict(sorted(routing.items())))
+
+
+def bucket(route: str, user_id: str) -> float:
+    """A user's fixed place in [0, 1) for a route: the first 8 bytes of sha256(route, user id)."""
+    digest = hashlib.sha256(f"{route}\0{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def route(routing: dict, route_id: str, user_id: str) -> dict:
+    """The version entry (version, adapter) that serves this user of this route."""
+    if route_id not in routing:
+        raise KeyError(f"no route {route_id!r} in routing.json (routes: {', '.join(sorted(routing)) or 'none'})")
+    e = routing[route_id]
+    canary = e.get("canary")
+    return canary if canary and bucket(route_id, user_id) < e["canary_share"] else e["stable"]
 
 
 def archived(release_dir: Path, version: str) -> dict:
@@ -162,27 +222,80 @@ def released(release_dir: Path, version: str) -> str:
     return version
 
 
+def stable_history(release_dir: Path) -> list[str]:
+    """The versions that were stable, in the order they became so."""
+    out = []
+    for event in history(release_dir):
+        if (event["action"] == "release" and event.get("rollout", "stable") == "stable") or (
+            event["action"] == "promote" and event["share"] >= 1
+        ):
+            out.append(event["version"])
+        elif event["action"] == "rollback":
+            out.append(event["version"])
+    return out
+
+
+def make_stable(release_dir: Path, version: str) -> dict:
+    metadata = install(release_dir, version)
+    set_rollout(release_dir, version)
+    return metadata
+
+
+def promote(release_dir: Path, routing_file: Path, share: float, version: str | None = None) -> str:
+    """The newest released version (or `version`) to canary for `share` of users; share 1: stable."""
+    if not 0 < share <= 1:
+        raise RuntimeError(f"--share must be in (0, 1]; got {share}")
+    ro = rollout(release_dir)
+    out = withdrawn(release_dir)
+    if version is None:
+        candidates = [v for v in released_versions(release_dir) if v not in out]
+        if not candidates:
+            raise RuntimeError(f"{release_dir}: nothing released yet")
+        version = candidates[-1]
+    released(release_dir, version)
+    if version in out:
+        raise RuntimeError(f"{version} was withdrawn by a rollback; `loraloop release restore` it first")
+    if version == ro["stable"]:
+        raise RuntimeError(f"{version} is already stable")
+    if share >= 1:
+        make_stable(release_dir, version)
+    else:
+        set_rollout(release_dir, ro["stable"], version, share)
+    update_routing(routing_file, release_dir)
+    record(release_dir, {"action": "promote", "version": version, "share": share})
+    where = "stable" if share >= 1 else f"canary for {share:.0%} of users (stable: {ro['stable']})"
+    changelog_line(release_dir, f"{now_utc()} promote {version} -> {where}")
+    return version
+
+
 def rollback(release_dir: Path, routing_file: Path, to: str | None = None) -> tuple[str, str]:
-    """Point the release and routing at an earlier version (default: the one released before the
-    current one). The version left is withdrawn: package will not release its adapter again until
-    `restore`. Recorded in history; reversible with `to=<any released version>`."""
-    cur = current(release_dir)
-    if cur is None:
+    """Back to the previous stable: a canary is dropped (its users return to the stable), or with
+    no canary the stable before the current one serves again (`to`: any released version). The
+    version left is withdrawn: package will not release its adapter again until `restore`."""
+    ro = rollout(release_dir)
+    if ro["stable"] is None:
         raise RuntimeError(f"{release_dir}: nothing released yet")
-    versions = released_versions(release_dir)
-    if to is None:
-        idx = versions.index(cur["version"]) if cur["version"] in versions else len(versions)
-        if idx == 0:
-            raise RuntimeError(f"{cur['version']} is the first release; there is nothing earlier to roll back to")
-        to = versions[idx - 1]
-    released(release_dir, to)
-    if to == cur["version"]:
-        raise RuntimeError(f"{to} is already the current version")
-    metadata = install(release_dir, to)
-    update_routing(routing_file, release_dir, metadata)
-    record(release_dir, {"action": "rollback", "from": cur["version"], "version": to})
-    changelog_line(release_dir, f"{now_utc()} rollback {cur['version']} -> {to} ({cur['version']} withdrawn)")
-    return cur["version"], to
+    if to is None and ro["canary"]:
+        left, to = ro["canary"], ro["stable"]
+        set_rollout(release_dir, to)
+    else:
+        left = ro["canary"] or ro["stable"]
+        if to is None:
+            out = withdrawn(release_dir)
+            earlier = [v for v in stable_history(release_dir) if v != ro["stable"] and v not in out]
+            if not earlier:
+                raise RuntimeError(
+                    f"{ro['stable']} is the first stable version; there is nothing earlier to roll back to"
+                )
+            to = earlier[-1]
+        released(release_dir, to)
+        if to == left:
+            raise RuntimeError(f"{to} is already the current version")
+        make_stable(release_dir, to)
+    update_routing(routing_file, release_dir)
+    record(release_dir, {"action": "rollback", "from": left, "version": to})
+    changelog_line(release_dir, f"{now_utc()} rollback {left} -> {to} ({left} withdrawn)")
+    return left, to
 
 
 def restore(release_dir: Path, version: str) -> None:

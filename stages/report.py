@@ -1,7 +1,7 @@
-"""The per-round metrics table `make demo` ends with, and the plot files dvc.yaml declares:
-reports/plots/trajectory.csv (every metric against round), train_loss.csv (loss and learning rate
-of every round's training, one global step axis) and eval_loss.csv (the eval-split loss logged
-during training, on the same axis)."""
+"""The per-round metrics table `make demo` ends with (every lineage's rounds), and the plot files
+dvc.yaml declares, one file per lineage in each directory: reports/plots/trajectory/ (every metric
+against round), train_loss/ (loss and learning rate of the lineage's rounds of training, one step
+axis) and eval_loss/ (the eval-split loss logged during training, on the same axis)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import click
 from .cli import PATH, params_of
 from .io import read_json
 from .params import Params
-from .paths import METRICS, MODELS, round_paths
+from .paths import METRICS, MODELS, leakage_file, round_paths
 
 COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
 # Every metric eval writes, for the trajectory plot (the table keeps to the four above).
@@ -31,29 +31,37 @@ TRAJECTORY = COLUMNS + (
     "tool_call_valid_rate",
     "eval_loss",
     "perplexity",
+    "tone_leakage_rate",
 )
 
 
-def _evals(params: Params, metrics_dir: Path) -> list[tuple[str, dict]]:
+def _evals(params: Params, lineage: str, metrics_dir: Path) -> list[tuple[str, dict]]:
+    """(round, its evaluation with its tone leakage) for the lineage's base and rounds."""
+    path = leakage_file(metrics_dir)
+    leakage = read_json(path) if path.is_file() else {}
     out = []
-    for rid in ["base", *params.rounds]:
-        path = round_paths(rid, metrics=metrics_dir).metrics
-        out.append((rid, read_json(path) if path.is_file() else {}))
+    for rid in ["base", *params.rounds_of(lineage)]:
+        path = round_paths(rid, lineage, metrics=metrics_dir).metrics
+        m = read_json(path) if path.is_file() else {}
+        if m and leakage.get(rid, {}).get("tone_leakage_rate") is not None:
+            m["tone_leakage_rate"] = leakage[rid]["tone_leakage_rate"]
+        out.append((rid, m))
     return out
 
 
 def table(params: Params, metrics_dir: Path) -> str:
     rows = [
-        [rid]
-        + [f"{m[c]:.3f}" if c in m else "-" for c in COLUMNS]
+        [lineage, rid]
+        + [f"{m[c]:.3f}" if isinstance(m.get(c), float) else "-" for c in (*COLUMNS, "tone_leakage_rate")]
         + [("yes" if m.get("passed") else "no") if m else "-"]
-        for rid, m in _evals(params, metrics_dir)
+        for lineage in params.lineages
+        for rid, m in _evals(params, lineage, metrics_dir)
     ]
-    header = ["round", *COLUMNS, "gates"]
+    header = ["lineage", "round", *COLUMNS, "leakage", "gates"]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
     def fmt(r):
-        return "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+        return "  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
 
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
@@ -64,22 +72,30 @@ def _tsv(path: Path) -> list[dict]:
 
 
 def write_plots(params: Params, metrics_dir: Path, rounds_dir: Path, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "trajectory.csv").open("w", newline="", encoding="utf-8") as f:
+    for kind in ("trajectory", "train_loss", "eval_loss"):
+        (out_dir / kind).mkdir(parents=True, exist_ok=True)
+        for stale in (out_dir / kind).glob("*.csv"):
+            stale.unlink()
+    for lineage in params.lineages:
+        write_lineage_plots(params, lineage, metrics_dir, rounds_dir, out_dir)
+
+
+def write_lineage_plots(params: Params, lineage: str, metrics_dir: Path, rounds_dir: Path, out_dir: Path) -> None:
+    with (out_dir / "trajectory" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["round_index", "round", *TRAJECTORY])
-        for i, (rid, m) in enumerate(_evals(params, metrics_dir)):
-            w.writerow([i, rid, *(m.get(c, "") for c in TRAJECTORY)])
+        for i, (rid, m) in enumerate(_evals(params, lineage, metrics_dir)):
+            w.writerow([i, rid, *("" if m.get(c) is None else m[c] for c in TRAJECTORY)])
     with (
-        (out_dir / "train_loss.csv").open("w", newline="", encoding="utf-8") as f,
-        (out_dir / "eval_loss.csv").open("w", newline="", encoding="utf-8") as g,
+        (out_dir / "train_loss" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as f,
+        (out_dir / "eval_loss" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as g,
     ):
         w, we = csv.writer(f), csv.writer(g)
         w.writerow(["step", "round", "loss", "lr"])
         we.writerow(["step", "round", "eval_loss"])
         offset = 0
-        for rid in params.rounds:
-            live = round_paths(rid, models=rounds_dir).model / "live/plots/metrics"
+        for rid in params.rounds_of(lineage):
+            live = round_paths(rid, lineage, models=rounds_dir).model / "live/plots/metrics"
             loss, lr = _tsv(live / "train/loss.tsv"), _tsv(live / "train/lr.tsv")
             for a, b in zip(loss, lr):
                 w.writerow([offset + int(a["step"]), rid, a["loss"], b["lr"]])

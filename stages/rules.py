@@ -9,7 +9,7 @@ import re
 from collections import Counter
 
 from .params import RuleParams
-from .text import META, SCRIPTS, script_share
+from .text import META, SCRIPTS, in_language, script_share
 
 # A sentence ends at ., !, ? (and their full-width forms) or a line break.
 _SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]*")
@@ -114,8 +114,13 @@ def dominant_script(text: str) -> str | None:
     return lang if share >= 0.5 else None
 
 
-def language(text: str, user_text: str | None) -> float:
-    """The share of the reply's letters in the script the student wrote in (1 if undetermined)."""
+def language(text: str, user_text: str | None, policy: str = "match") -> float:
+    """policy match: the share of the reply's letters in the script the student wrote in (1 if
+    undetermined). A language code: the share in that language's script, or for a language that
+    shares its script (en, es, ...), 1 when language ID names it."""
+    if policy != "match":
+        own_script = policy in SCRIPTS and policy != "en"
+        return script_share(text, policy) if own_script else float(in_language(text, policy, 0.5))
     lang = dominant_script(user_text) if user_text else None
     return 1.0 if lang is None else script_share(text, lang)
 
@@ -185,7 +190,7 @@ def rule_values(
         "verbosity": verbosity(text, params.max_words_per_sentence),
         "meta_leakage": meta_leakage(text),
         "repetition": repetition(text, params.repetition_ngram),
-        "language": language(text, user_text),
+        "language": language(text, user_text, params.language),
         "banned_words": banned_words(text, params.banned_words),
     }
     keywords = params.tone_keywords.get(character_id or "", [])

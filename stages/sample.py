@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli import PATH, params_of, round_options, say
+from .cli import PATH, lineage_view, params_of, round_options, say
 from .io import read_json, write_jsonl
 from .model import round_info
 from .params import Params, SampleParams
@@ -82,8 +82,9 @@ def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: Sampl
 
 def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_dir: Path, out_file: Path) -> dict:
     sp = params.sample
+    lineage = params.lineage(params.round(round_id).lineage)
     prompts = prompts_from_split(
-        version_dir, "train", sp.num_prompts, f"{params.seed}:sample:{round_id}", params.system_prompts
+        version_dir, "train", sp.num_prompts, f"{params.seed}:sample:{round_id}", lineage.system_prompts
     )
     # Each prompt k times in a row; sample_index tells the copies apart, and each has its own seed.
     jobs = [{**p, "sample_index": k} for p in prompts for k in range(sp.samples_per_prompt)]
@@ -130,6 +131,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
 def cli(ctx, round_id, rounds_data, rounds_dir, version_dir, base_dir, out):
     """Sample on-policy completions from the previous round's model."""
     p = params_of(ctx)
-    prev = round_paths(p.round(round_id).prev, rounds_data, rounds_dir)
-    out = out or round_paths(round_id, rounds_data, rounds_dir).samples
-    say(run(p, round_id, base_dir, version_dir, prev.model, out))
+    r = p.round(round_id)
+    prev = round_paths(r.prev, r.lineage, rounds_data, rounds_dir)
+    out = out or round_paths(round_id, r.lineage, rounds_data, rounds_dir).samples
+    say(run(p, round_id, base_dir, lineage_view(version_dir, r.lineage), prev.model, out))

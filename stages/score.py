@@ -103,6 +103,8 @@ def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Pat
 def cli(ctx, round_id, rounds_data, samples, out, pairs):
     """Score samples with the rules; mark the best share for training; pair best vs worst."""
     p = params_of(ctx)
-    p.round(round_id)
-    rp = round_paths(round_id, rounds_data)
-    say(run(p.score, samples or rp.samples, out or rp.scored, pairs or rp.pairs))
+    r = p.round(round_id)
+    rp = round_paths(round_id, r.lineage, rounds_data)
+    # The lineage's rules: its own weights, banned words, tone keywords and language policy.
+    sp = p.score.model_copy(update={"rules": p.lineage(r.lineage).rules})
+    say(run(sp, samples or rp.samples, out or rp.scored, pairs or rp.pairs))

@@ -1,18 +1,37 @@
-"""Reading a dataset version's splits: data/version/splits/<character>/{train,eval,dpo}.jsonl.
-The version stage writes them; sample, train and eval read them through here."""
+"""Reading a dataset version's splits: <dir>/splits/<character>/{train,eval,dpo}.jsonl. The
+version stage writes data/version/splits; the split stage copies a lineage's characters' files to
+data/lineages/<lineage>/splits, which sample, train and eval read through here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .io import read_jsonl
+from .params import DataError
 
 SPLITS = "splits"
 
 
-def load_split(version_dir: Path, split: str) -> list[dict]:
-    """All characters' rows of one split, in a stable order."""
+class ForeignRecord(DataError):
+    """A record of another character where only a lineage's own characters may be."""
+
+
+def load_split(version_dir: Path, split: str, characters: list[str] | None = None) -> list[dict]:
+    """All characters' rows of one split, in a stable order. With `characters`: only theirs, and
+    a row of any other character (a leak between lineages) stops the stage, naming it."""
     out = []
     for path in sorted((Path(version_dir) / SPLITS).glob(f"*/{split}.jsonl")):
-        out.extend(read_jsonl(path))
+        if characters is not None and path.parent.name not in characters:
+            raise ForeignRecord(
+                f"{path}: a split of character {path.parent.name!r} in a lineage of {characters}; "
+                "a lineage reads only its own characters' data"
+            )
+        for lineno, row in enumerate(read_jsonl(path), 1):
+            owner = row.get("character_id")
+            if owner != path.parent.name or (characters is not None and owner not in characters):
+                raise ForeignRecord(
+                    f"{path}:{lineno}: record {row.get('id')!r} belongs to character {owner!r}, not to "
+                    f"{path.parent.name!r}; characters' data never mixes (rebuild with `dvc repro version`)"
+                )
+            out.append(row)
     return out

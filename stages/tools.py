@@ -1,5 +1,5 @@
 """The `loraloop` commands around the pipeline, not stages of it: check params, try the PII
-rules on text, score a filled-in A/B file, roll a release back."""
+rules on text, score a filled-in A/B file, promote and roll back releases, route a user."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from .params import RELEASE_NAME
 def check_params(ctx):
     """Validate params.yaml and exit."""
     p = params_of(ctx)
-    click.echo(f"{ctx.find_root().obj['params']}: ok ({len(p.rounds)} rounds: {', '.join(p.rounds)})")
+    lineages = "; ".join(f"{name}: {', '.join(p.rounds_of(name)) or 'no rounds'}" for name in p.lineages)
+    click.echo(f"{ctx.find_root().obj['params']}: ok ({len(p.lineages)} lineages, {len(p.rounds)} rounds; {lineages})")
 
 
 @click.command("scrub-text")
@@ -50,12 +51,12 @@ def release_group():
 
 
 def release_dir(root: Path, name: str) -> Path:
-    """root/name, for a release name as params.yaml's package.name allows it (no path in it)."""
+    """root/name, for a release name as params.yaml's lineages.<name>.release allows it (no path in it)."""
     if not RELEASE_NAME.match(name):
         raise click.BadParameter(f"{name!r} is not a release name (letters, digits, '.', '_', '-')", param_hint="NAME")
     path = root / name
     if not (path / "history.json").is_file():
-        raise click.ClickException(f"{path}: no release history here (is NAME package.name?)")
+        raise click.ClickException(f"{path}: no release history here (is NAME a lineage's release?)")
     return path
 
 
@@ -74,15 +75,37 @@ DVC_COMMIT = click.option(
 )
 
 
+@release_group.command("promote")
+@click.argument("name")
+@click.option("--share", type=float, required=True, help="Share of users on it: (0, 1); 1 makes it stable.")
+@click.option("--version", "version", default=None, help="A released version (default: the newest).")
+@click.option("--root", type=PATH, default=Path("models/release"), show_default=True)
+@click.option("--routing", type=PATH, default=Path("models/routing.json"), show_default=True)
+@DVC_COMMIT
+def release_promote(name, share, version, root, routing, dvc_commit):
+    """Serve NAME's newest released version to a share of users (canary), or to all (--share 1)."""
+    from . import release
+
+    try:
+        version = release.promote(release_dir(root, name), routing, share, version)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    ro = release.rollout(release_dir(root, name))
+    shown = "stable" if ro["stable"] == version else f"canary for {ro['canary_share']:.0%} (stable: {ro['stable']})"
+    click.echo(f"{name}: {version} is {shown} (back with: loraloop release rollback {name})")
+    record_in_dvc(dvc_commit)
+
+
 @release_group.command("rollback")
 @click.argument("name")
-@click.option("--to", "to_version", default=None, help="A released version (default: the one before the current).")
+@click.option("--to", "to_version", default=None, help="A released version (default: the previous stable).")
 @click.option("--root", type=PATH, default=Path("models/release"), show_default=True)
 @click.option("--routing", type=PATH, default=Path("models/routing.json"), show_default=True)
 @DVC_COMMIT
 def release_rollback(name, to_version, root, routing, dvc_commit):
-    """Point NAME's release and routing back to an earlier version and withdraw the current one
-    (package will not release its adapter again until `loraloop release restore`)."""
+    """Back to the previous stable: drop the canary, or with none, route to the stable before the
+    current one. The version left is withdrawn (package will not release its adapter again until
+    `loraloop release restore`)."""
     from . import release
 
     try:
@@ -109,3 +132,40 @@ def release_restore(name, version, root, dvc_commit):
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name}: {version} is no longer withdrawn; package may release it again")
     record_in_dvc(dvc_commit)
+
+
+@click.command("route")
+@click.argument("route_id", metavar="CHARACTER")
+@click.option("--user", "user_id", required=True, help="The user's id: the same user always gets the same version.")
+@click.option("--routing", type=PATH, default=Path("models/routing.json"), show_default=True)
+def route(route_id, user_id, routing):
+    """The version and adapter serving USER as CHARACTER (a route id in routing.json)."""
+    from . import release
+    from .io import read_json
+
+    try:
+        entry = release.route(read_json(routing), route_id, user_id)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    click.echo(f"{entry['version']}\t{entry['adapter']}")
+
+
+@click.command("stage-times")
+@click.option("--keep", is_flag=True, help="Do not clear the record after printing it.")
+def stage_times(keep):
+    """The wall time of each stage the last `dvc repro` runs ran, slowest first, and the total."""
+    import json
+
+    from .cli import STAGE_TIMES
+
+    path = Path(STAGE_TIMES)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    if not rows:
+        click.echo("no stage times recorded (they are recorded while `dvc repro` runs stages)")
+        return
+    width = max(len(r["stage"]) for r in rows)
+    for r in sorted(rows, key=lambda r: -r["seconds"]):
+        click.echo(f"{r['stage']:<{width}}  {r['seconds']:7.1f} s")
+    click.echo(f"{'all stages':<{width}}  {sum(r['seconds'] for r in rows):7.1f} s")
+    if not keep:
+        path.unlink()

@@ -32,20 +32,23 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .chat import training_ids
-from .cli import PATH, params_of, round_options, say
-from .io import read_json, read_jsonl, replacing, sha256_file, write_json
+from .cli import PATH, lineage_view, params_of, round_options, say
+from .io import read_json, read_jsonl, replacing, sha256_file, sha256_tree, write_json
 from .lm_loss import CountedTokenLoss, collate, split_loss, token_losses, tokenize
 from .model import load_base, load_round, load_tokenizer, round_info
 from .params import Params, TrainParams
 from .paths import round_paths
 from .prompts import in_character, reference_conversations
-from .splits import load_split
+from .splits import SPLITS, load_split
 
 # --- data ---------------------------------------------------------------------------------------
 
 
-def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.Random) -> list[dict]:
-    """The kept on-policy samples and enough train-split conversations for `mix_ratio`."""
+def build_mix(
+    params: Params, system_prompts: dict[str, str], scored_file: Path, version_dir: Path, rng: random.Random
+) -> list[dict]:
+    """The kept on-policy samples and enough train-split conversations of the lineage's characters
+    (the keys of system_prompts) for `mix_ratio`."""
     onpolicy = [
         {
             "messages": r["messages"] + [{"role": "assistant", "content": r["response"]}],
@@ -56,12 +59,12 @@ def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.
         for r in read_jsonl(scored_file)
         if r["keep"] and r["response"].strip()
     ]
-    rows = load_split(version_dir, "train")
+    rows = load_split(version_dir, "train", sorted(system_prompts))
     mix = params.train.mix_ratio
     n_anchor = min(len(rows), round(len(onpolicy) * (1 - mix) / mix)) if onpolicy else len(rows)
     anchors = [
         {
-            "messages": in_character(params.system_prompts, r["character_id"], r["messages"]),
+            "messages": in_character(system_prompts, r["character_id"], r["messages"]),
             "tools": r.get("tools"),
             "weight": r["weight"],
             "kind": "anchor",
@@ -71,20 +74,22 @@ def build_mix(params: Params, scored_file: Path, version_dir: Path, rng: random.
     return onpolicy + anchors
 
 
-def build_pairs(params: Params, pairs_file: Path | None, version_dir: Path) -> list[dict]:
+def build_pairs(
+    params: Params, system_prompts: dict[str, str], pairs_file: Path | None, version_dir: Path
+) -> list[dict]:
     """score's on-policy pairs (best vs worst reply of a prompt) and, with train.feedback_pairs,
     the version's feedback pairs (a reply users marked bad and its correction), system prompt in front."""
     pairs = [{**p, "kind": "pair"} for p in read_jsonl(pairs_file)] if pairs_file and Path(pairs_file).is_file() else []
     if params.train.feedback_pairs:
         pairs += [
             {
-                "messages": in_character(params.system_prompts, r["character_id"], r["prompt"]),
+                "messages": in_character(system_prompts, r["character_id"], r["prompt"]),
                 "tools": r.get("tools"),
                 "chosen": r["chosen"],
                 "rejected": r["rejected"],
                 "kind": "feedback_pair",
             }
-            for r in load_split(version_dir, "dpo")
+            for r in load_split(version_dir, "dpo", sorted(system_prompts))
         ]
     return pairs
 
@@ -337,16 +342,16 @@ def fingerprint(
     params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_dir: Path, data_files: list[Path]
 ) -> str:
     """What a checkpoint belongs to: a checkpoint of other inputs or params is never resumed."""
-    manifest = Path(version_dir) / "manifest.json"
+    splits = Path(version_dir) / SPLITS
     parts = {
         "round": round_id,
         "seed": params.seed,
         "train": params.train.model_dump(mode="json"),
-        "system_prompts": params.system_prompts,
+        "system_prompts": params.lineage_of(round_id).system_prompts,
         "base": read_json(Path(base_dir) / "base.json")["hash"],
         "prev": round_info(prev_dir).get("adapter_hash"),
         "data": [sha256_file(p) for p in data_files],
-        "version": sha256_file(manifest) if manifest.is_file() else None,
+        "splits": sha256_tree(splits)[0] if splits.is_dir() else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -489,7 +494,9 @@ def load_examples(
     """The round's tokenized training examples (SFT mix or DPO pairs); an empty set stops here."""
     tp = params.train
     if tp.method == "dpo":
-        examples, cut = tokenize_pairs(tok, build_pairs(params, pairs_file, version_dir), tp.max_length)
+        examples, cut = tokenize_pairs(
+            tok, build_pairs(params, params.lineage_of(round_id).system_prompts, pairs_file, version_dir), tp.max_length
+        )
         if not examples:
             feedback = "feedback pairs on" if tp.feedback_pairs else "train.feedback_pairs off"
             raise TrainingStopped(
@@ -498,7 +505,8 @@ def load_examples(
                 "or lower score.pair_min_margin, or add feedback data"
             )
         return examples, cut
-    examples, cut = tokenize(tok, build_mix(params, scored_file, version_dir, rng), tp.max_length)
+    prompts = params.lineage_of(round_id).system_prompts
+    examples, cut = tokenize(tok, build_mix(params, prompts, scored_file, version_dir, rng), tp.max_length)
     if not examples:
         raise TrainingStopped(
             f"train@{round_id}: no trainable examples ({cut} dropped because train.max_length="
@@ -526,7 +534,9 @@ def setup(
     rng = random.Random(f"{params.seed}:train:{round_id}")
     tok = load_tokenizer(base_dir)
     examples, truncated_away = load_examples(params, round_id, tok, scored_file, pairs_file, version_dir, rng)
-    held_out = reference_conversations(params.system_prompts, version_dir, "eval", tp.eval_examples)
+    held_out = reference_conversations(
+        params.lineage_of(round_id).system_prompts, version_dir, "eval", tp.eval_examples
+    )
     reference = reference_of(tp, base_dir, prev_dir)
     model = build_model(params, base_dir, prev_dir, reference)
     model.train()
@@ -845,10 +855,12 @@ def accelerate_launch(tp: TrainParams, argv: list[str]) -> int:
 def cli(ctx, round_id, rounds_data, rounds_dir, version_dir, base_dir, scored, pairs, checkpoints):
     """Train the round's LoRA adapter (under `accelerate launch` when train.launcher says so)."""
     p = params_of(ctx)
-    prev = round_paths(p.round(round_id).prev, rounds_data, rounds_dir)
+    r = p.round(round_id)
+    prev = round_paths(r.prev, r.lineage, rounds_data, rounds_dir)
     if p.train.launcher == "accelerate" and not os.environ.get(LAUNCHED):
         sys.exit(accelerate_launch(p.train, sys.argv[1:]))
-    rp = round_paths(round_id, rounds_data, rounds_dir)
+    rp = round_paths(round_id, r.lineage, rounds_data, rounds_dir)
+    version_dir = lineage_view(version_dir, r.lineage)
     ckpt = checkpoints or Path("checkpoints") / round_id
     try:
         result = run(

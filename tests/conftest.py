@@ -62,11 +62,14 @@ def tiny_base(tiny_model_dir, tmp_path_factory) -> Path:
     return models
 
 
-def small_params(**train_overrides):
-    """The shipped params.yaml, shrunk for the tiny model; train keys overridden as given."""
+def small_params(lineages=("tutor",), **train_overrides):
+    """The shipped params.yaml, shrunk for the tiny model, with only the given lineages and their
+    rounds; train keys overridden as given."""
     from stages.params import Params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["lineages"] = {k: v for k, v in raw["lineages"].items() if k in lineages}
+    raw["rounds"] = {k: v for k, v in raw["rounds"].items() if v["lineage"] in lineages}
     raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1)
     raw["score"].update(keep_top_k=None)
     raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
@@ -76,10 +79,16 @@ def small_params(**train_overrides):
 
 @pytest.fixture(scope="session")
 def project(tiny_base, demo_version, tmp_path_factory):
-    """A workspace with models/ (tiny base) and data/version/ from the demo data."""
+    """A workspace with models/ (tiny base), data/version/ from the demo data and every lineage's
+    view of it under lineages/<lineage>."""
+    from stages import view
+
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(tiny_base, root / "models")
     shutil.copytree(demo_version, root / "version")
+    p = small_params(lineages=("tutor", "pirate"))
+    for name in p.lineages:
+        view.run(p.lineage(name).characters, root / "version", root / "lineages" / name)
     return root
 
 
@@ -88,11 +97,12 @@ def run_round(p, root: Path, rid: str, out_name: str | None = None, stop_after: 
     from stages import sample, score, train
     from stages.paths import round_paths
 
-    prev = round_paths(p.round(rid).prev, root / "rounds", root / "models/rounds")
-    here = round_paths(out_name or rid, root / "rounds", root / "models/rounds")
-    base, version = root / "models/base", root / "version"
+    r = p.round(rid)
+    prev = round_paths(r.prev, r.lineage, root / "rounds", root / "models/rounds")
+    here = round_paths(out_name or rid, r.lineage, root / "rounds", root / "models/rounds")
+    base, version = root / "models/base", root / "lineages" / r.lineage
     sample.run(p, rid, base, version, prev.model, here.samples)
-    score.run(p.score, here.samples, here.scored, here.pairs)
+    score.run(p.score.model_copy(update={"rules": p.lineage(r.lineage).rules}), here.samples, here.scored, here.pairs)
     train.run(
         p,
         rid,
@@ -110,14 +120,14 @@ def run_round(p, root: Path, rid: str, out_name: str | None = None, stop_after: 
 
 @pytest.fixture(scope="session")
 def r1(project) -> Path:
-    """Round r1 trained with small_params() (its data under project/rounds/r1)."""
-    return run_round(small_params(), project, "r1")
+    """Round tutor-r1 trained with small_params() (its data under project/rounds/tutor/tutor-r1)."""
+    return run_round(small_params(), project, "tutor-r1")
 
 
 @pytest.fixture(scope="session")
 def r2(project, r1) -> Path:
-    """Round r2, continuing r1's adapter."""
-    return run_round(small_params(), project, "r2")
+    """Round tutor-r2, continuing tutor-r1's adapter."""
+    return run_round(small_params(), project, "tutor-r2")
 
 
 def conversation(user: str, assistant: str, character_id: str = "tutor", **extra) -> dict:
@@ -202,9 +212,16 @@ def edit_params(repo: Path, edit) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
 
+def only_lineages(raw: dict, *names: str) -> None:
+    """Keep only these lineages, and their rounds, in a raw params dict."""
+    raw["lineages"] = {k: v for k, v in raw["lineages"].items() if k in names}
+    raw["rounds"] = {k: v for k, v in raw["rounds"].items() if v["lineage"] in names}
+
+
 def project_repo(dst: Path, edit, setup=None) -> Path:
     """The project copied into a fresh git repo, params edited, committed. `setup(repo)` runs
     before the commit (e.g. to configure a remote)."""
+    dst.mkdir(parents=True, exist_ok=True)
     repo = copy_project(dst)
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "config", "user.email", "ci@example.com")
@@ -215,3 +232,35 @@ def project_repo(dst: Path, edit, setup=None) -> Path:
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "fixture")
     return repo
+
+
+FLEET_LINEAGES = ("tutor", "pirate")
+
+
+@pytest.fixture(scope="session")
+def tiny_fleet(tmp_path_factory, tiny_model_dir):
+    """A project repo on the tiny model with both lineages (one round each), built by `dvc repro`
+    and committed once per session: (repo, the stages that first repro ran). Modules copy it
+    (`copy_repo`) instead of building their own."""
+
+    def shrink(p):
+        p["base"].update(source="local", path=str(tiny_model_dir))
+        p["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=6, samples_per_prompt=1)
+        p["score"].update(keep_top_k=None)
+        p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=6, gates={}, leakage_prompts=2)
+        p["train"].update(steps=2, batch_size=2, max_length=192, eval_examples=2)
+        for lineage in p["lineages"].values():
+            lineage.pop("gates", None)  # the tiny random model passes no real gate
+        p["rounds"] = {f"{name}-r1": {"lineage": name, "prev": "base"} for name in FLEET_LINEAGES}
+
+    repo = project_repo(tmp_path_factory.mktemp("fleet") / "repo", shrink)
+    ran = repro(repo)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "both lineages")
+    return repo, ran
+
+
+def copy_repo(src: Path, dst: Path) -> Path:
+    """A copy of a built repo (workspace, git, DVC cache): its own to change."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst

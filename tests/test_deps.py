@@ -86,7 +86,7 @@ def test_every_stage_runs_a_loraloop_subcommand():
     from stages.cli import COMMANDS
 
     commands = stage_commands()
-    assert len(commands) == 11
+    assert len(commands) == 13
     unknown = {stage: sub for stage, sub in commands.items() if sub not in COMMANDS}
     assert not unknown, f"dvc.yaml runs subcommands the CLI does not have: {unknown}"
 

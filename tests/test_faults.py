@@ -14,8 +14,8 @@ import yaml
 from conftest import conversation, run_round, small_params, write_lines
 
 from stages import collect, score, scrub, train, version
-from stages import eval as eval_stage
 from stages.io import read_json, sha256_file, sha256_tree
+from stages.metrics import check_gates
 from stages.params import CollectParams, ParamsError, ScoreParams, ScrubParams, SourceParams, VersionParams, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,25 +166,25 @@ def test_a_nan_metric_fails_its_gate():
     from stages.params import Gate
 
     gates = {"eval_loss": Gate(max=5.0), "mean_score": Gate(min=0.5)}
-    failed = eval_stage.check_gates({"eval_loss": math.nan, "mean_score": 0.7}, gates)
+    failed = check_gates({"eval_loss": math.nan, "mean_score": 0.7}, gates)
     assert [g["metric"] for g in failed] == ["eval_loss"]
 
 
 def test_training_that_goes_non_finite_stops_naming_step_and_round_and_writes_nothing(project, r1, tmp_path):
-    out = tmp_path / "r2"
+    out = tmp_path / "tutor-r2"
     p = small_params(lr=1e30, steps=4, warmup_fraction=0.0)
     with pytest.raises(
-        train.TrainingStopped, match=r"train@r2: the (loss|gradient norm) is (nan|inf) at step [2-4] of 4"
+        train.TrainingStopped, match=r"train@tutor-r2: the (loss|gradient norm) is (nan|inf) at step [2-4] of 4"
     ):
         train.run(
             p,
-            "r2",
+            "tutor-r2",
             project / "models/base",
-            project / "version",
+            project / "lineages/tutor",
             r1,
-            project / "rounds/r1/scored.jsonl",
+            project / "rounds/tutor/tutor-r1/scored.jsonl",
             out,
-            project / "rounds/r1/pairs.jsonl",
+            project / "rounds/tutor/tutor-r1/pairs.jsonl",
             tmp_path / "ckpt",
         )
     assert not out.exists()
@@ -198,17 +198,17 @@ def test_cuda_out_of_memory_says_which_knobs_to_turn(project, r1, tmp_path, monk
     with pytest.raises(train.TrainingStopped) as exc:
         train.run(
             small_params(),
-            "r2",
+            "tutor-r2",
             project / "models/base",
-            project / "version",
+            project / "lineages/tutor",
             r1,
-            project / "rounds/r1/scored.jsonl",
+            project / "rounds/tutor/tutor-r1/scored.jsonl",
             tmp_path / "out",
             None,
             tmp_path / "ckpt",
         )
     msg = str(exc.value)
-    assert msg.startswith("train@r2: CUDA out of memory")
+    assert msg.startswith("train@tutor-r2: CUDA out of memory")
     assert all(
         k in msg
         for k in ("train.batch_size (2)", "train.grad_accum (1)", "train.max_length (256)", "train.quantize: 4bit")
@@ -232,14 +232,14 @@ def damage_in_place(path: Path) -> None:
 @pytest.mark.parametrize("name", ["weights.safetensors", "optimizer.safetensors"])
 def test_a_damaged_checkpoint_is_reported_and_the_round_restarts_to_the_same_bytes(project, capfd, damage, name):
     p = small_params(steps=4, checkpoint_every=2)
-    whole = run_round(p, project, "r1", out_name="r1_ckpt_whole")
+    whole = run_round(p, project, "tutor-r1", out_name="r1_ckpt_whole")
     tag = f"r1_ckpt_{damage.__name__}_{name.split('.')[0]}"
     with pytest.raises(KeyboardInterrupt):
-        run_round(p, project, "r1", out_name=tag, stop_after=3)
+        run_round(p, project, "tutor-r1", out_name=tag, stop_after=3)
     ckpt = project / "checkpoints" / tag / "last"
     damage(ckpt / name)
     capfd.readouterr()
-    again = run_round(p, project, "r1", out_name=tag)
+    again = run_round(p, project, "tutor-r1", out_name=tag)
     err = capfd.readouterr().err
     assert f"checkpoint {ckpt} is not resumed: {ckpt / name}" in err and "the round starts over" in err
     assert (again / "adapter/adapter_model.safetensors").read_bytes() == (
@@ -250,6 +250,8 @@ def test_a_damaged_checkpoint_is_reported_and_the_round_restarts_to_the_same_byt
 def test_the_train_command_reports_a_stop_without_a_traceback(project, r1, tmp_path):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["train"].update(lr=1e30, steps=3, batch_size=2, max_length=128, eval_examples=0, warmup_fraction=0.0)
+    raw["lineages"] = {"tutor": raw["lineages"]["tutor"]}
+    raw["rounds"] = {k: v for k, v in raw["rounds"].items() if v["lineage"] == "tutor"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     res = subprocess.run(
         [
@@ -260,11 +262,11 @@ def test_the_train_command_reports_a_stop_without_a_traceback(project, r1, tmp_p
             str(tmp_path / "params.yaml"),
             "train",
             "--round",
-            "r2",
+            "tutor-r2",
             "--base",
             str(project / "models/base"),
             "--data",
-            str(project / "version"),
+            str(project / "lineages/tutor"),
             "--rounds-dir",
             str(project / "models/rounds"),
             "--rounds-data",
@@ -272,14 +274,14 @@ def test_the_train_command_reports_a_stop_without_a_traceback(project, r1, tmp_p
             "--checkpoints",
             str(tmp_path / "ckpt"),
             "--scored",
-            str(project / "rounds/r1/scored.jsonl"),
+            str(project / "rounds/tutor/tutor-r1/scored.jsonl"),
         ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
-    assert res.returncode == 1 and "Error: train@r2: the " in res.stderr and "Traceback" not in res.stderr
-    assert read_json(r1 / "ROUND.json")["id"] == "r1"
+    assert res.returncode == 1 and "Error: train@tutor-r2: the " in res.stderr and "Traceback" not in res.stderr
+    assert read_json(r1 / "ROUND.json")["id"] == "tutor-r1"
     # An input that is not there is named, not a traceback.
     res = subprocess.run(
         [
@@ -290,7 +292,7 @@ def test_the_train_command_reports_a_stop_without_a_traceback(project, r1, tmp_p
             str(tmp_path / "params.yaml"),
             "score",
             "--round",
-            "r2",
+            "tutor-r2",
             "--rounds-data",
             str(tmp_path / "nowhere"),
         ],
@@ -299,7 +301,7 @@ def test_the_train_command_reports_a_stop_without_a_traceback(project, r1, tmp_p
         cwd=tmp_path,
     )
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert f"{tmp_path / 'nowhere/r2/samples.jsonl'}: No such file or directory" in res.stderr
+    assert f"{tmp_path / 'nowhere/tutor/tutor-r2/samples.jsonl'}: No such file or directory" in res.stderr
 
 
 # --- paths ----------------------------------------------------------------------------------------
@@ -324,14 +326,15 @@ def test_every_stage_writes_only_where_its_options_say(tiny_model_dir, tmp_path,
     raw["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=4)
     raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=4, gates={})
     raw["train"].update(steps=2, batch_size=2, max_length=128, eval_examples=2, checkpoint_every=1)
-    raw["rounds"] = {"r1": {"prev": "base"}}
+    raw["lineages"] = {"tutor": raw["lineages"]["tutor"]}
+    raw["rounds"] = {"r1": {"lineage": "tutor", "prev": "base"}}
     Path("params.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
     g = "given"
     rounds = [
         "--base",
         f"{g}/models/base",
         "--data",
-        f"{g}/version",
+        f"{g}/lineages/tutor",
         "--rounds-dir",
         f"{g}/models/rounds",
         "--rounds-data",
@@ -352,11 +355,23 @@ def test_every_stage_writes_only_where_its_options_say(tiny_model_dir, tmp_path,
             f"{g}/collected/rejects.jsonl",
         ],
         ["base", "--out", f"{g}/models/base", "--rounds-dir", f"{g}/models/rounds"],
-        ["eval", "--round", "base", *rounds, "--metrics-dir", f"{g}/m"],
+        ["view", "--lineage", "tutor", "--data", f"{g}/version", "--out", f"{g}/lineages/tutor"],
+        ["eval", "--round", "base", "--lineage", "tutor", *rounds, "--metrics-dir", f"{g}/m"],
         ["sample", "--round", "r1", *rounds],
         ["score", "--round", "r1", "--rounds-data", f"{g}/rounds"],
         ["train", "--round", "r1", *rounds, "--checkpoints", f"{g}/ckpt"],
         ["eval", "--round", "r1", *rounds, "--metrics-dir", f"{g}/m"],
+        [
+            "leakage",
+            "--base",
+            f"{g}/models/base",
+            "--rounds-dir",
+            f"{g}/models/rounds",
+            "--views",
+            f"{g}/lineages",
+            "--out",
+            f"{g}/m/leakage.json",
+        ],
         [
             "package",
             "--base",
@@ -381,7 +396,8 @@ def test_every_stage_writes_only_where_its_options_say(tiny_model_dir, tmp_path,
         res = runner.invoke(main, argv, catch_exceptions=False)
         assert res.exit_code == 0, (argv, res.output[-2000:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["given", "params.yaml"]
-    assert (tmp_path / "given/rounds/r1/eval_samples.jsonl").is_file() and (
-        tmp_path / "given/rounds/r1/ab.csv"
+    assert (tmp_path / "given/rounds/tutor/r1/eval_samples.jsonl").is_file() and (
+        tmp_path / "given/rounds/tutor/r1/ab.csv"
     ).is_file()
-    assert read_json(tmp_path / "given/routing.json")["tutor"]["adapter"] == "given/release/tutor/adapter"
+    stable = read_json(tmp_path / "given/routing.json")["tutor"]["stable"]
+    assert stable["adapter"] == f"given/release/tutor/versions/{stable['version']}/adapter"

@@ -37,7 +37,7 @@ def release_from(project, p: Params, metrics, rel, tmp_path) -> dict:
 
 def test_sample_records_settings_and_is_reproducible(project, tmp_path):
     p = small_params()
-    args = (p, "r1", project / "models/base", project / "version", project / "models/rounds/base")
+    args = (p, "tutor-r1", project / "models/base", project / "lineages/tutor", project / "models/rounds/base")
     stats = sample.run(*args, tmp_path / "a.jsonl")
     sample.run(*args, tmp_path / "b.jsonl")
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
@@ -63,9 +63,9 @@ def test_several_samples_per_prompt_give_dpo_pairs(project, tmp_path):
     )
     stats = sample.run(
         p,
-        "r1",
+        "tutor-r1",
         project / "models/base",
-        project / "version",
+        project / "lineages/tutor",
         project / "models/rounds/base",
         tmp_path / "samples.jsonl",
     )
@@ -102,9 +102,9 @@ def test_vllm_engine_is_optional(project, tmp_path):
     with pytest.raises(RuntimeError, match="sample.engine: vllm needs"):
         sample.run(
             p,
-            "r1",
+            "tutor-r1",
             project / "models/base",
-            project / "version",
+            project / "lineages/tutor",
             project / "models/rounds/base",
             tmp_path / "samples.jsonl",
         )
@@ -121,20 +121,20 @@ def test_vllm_engine_samples_with_the_round_adapter(project, r1, tmp_path):
     gives the same file twice. (Written without a GPU at hand: no session has had one yet.)"""
     p = small_params()
     p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
-    args = (p, "r2", project / "models/base", project / "version", project / "models/rounds/r1")
+    args = (p, "tutor-r2", project / "models/base", project / "lineages/tutor", project / "models/rounds/tutor-r1")
     stats = sample.run(*args, tmp_path / "a.jsonl")
     sample.run(*args, tmp_path / "b.jsonl")
     rows = list(read_jsonl(tmp_path / "a.jsonl"))
-    adapter_hash = read_json(project / "models/rounds/r1/ROUND.json")["adapter_hash"]
+    adapter_hash = read_json(project / "models/rounds/tutor-r1/ROUND.json")["adapter_hash"]
     assert len(rows) == 6 and stats["tokens"] > 0
-    assert all(r["engine"] == "vllm" and r["policy"] == "r1" and r["adapter_hash"] == adapter_hash for r in rows)
+    assert all(r["engine"] == "vllm" and r["policy"] == "tutor-r1" and r["adapter_hash"] == adapter_hash for r in rows)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
 def test_train_is_deterministic_and_changes_the_adapter(project, r1):
     p = small_params()
     a = r1
-    b = run_round(p, project, "r1", out_name="r1_again")
+    b = run_round(p, project, "tutor-r1", out_name="r1_again")
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (a / "adapter" / name).read_bytes() == (b / "adapter" / name).read_bytes(), name
     # PEFT's target_modules is a set; across processes its order would differ unless sorted.
@@ -151,7 +151,7 @@ def test_train_is_deterministic_and_changes_the_adapter(project, r1):
 
 def test_all_linear_targets_every_linear_layer_but_the_output_layer(project):
     p = small_params(init="fresh", lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"})
-    out = run_round(p, project, "r1", out_name="r1_all_linear")
+    out = run_round(p, project, "tutor-r1", out_name="r1_all_linear")
     config = read_json(out / "adapter/adapter_config.json")
     # PEFT resolves all-linear into the module names it found (full paths, in this PEFT version).
     assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {
@@ -170,10 +170,10 @@ def test_all_linear_targets_every_linear_layer_but_the_output_layer(project):
 
 def test_init_prev_continues_and_fresh_restarts(project, r1):
     p = small_params()
-    r2_prev = run_round(p, project, "r2", out_name="r2_prev")
+    r2_prev = run_round(p, project, "tutor-r2", out_name="r2_prev")
     assert read_json(r2_prev / "ROUND.json")["init"] == "prev"
     fresh = small_params(init="fresh")
-    r2_fresh = run_round(fresh, project, "r2", out_name="r2_fresh")
+    r2_fresh = run_round(fresh, project, "tutor-r2", out_name="r2_fresh")
     a = load_file(r2_prev / "adapter/adapter_model.safetensors")
     b = load_file(r2_fresh / "adapter/adapter_model.safetensors")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
@@ -293,59 +293,64 @@ def test_eval_and_package(project, r2, tmp_path):
     metrics = tmp_path / "metrics"
     write_json(metrics / "data.json", {"scrub": {"kept": 1}})
     res = {}
+    m = metrics / "tutor"
     for rid, prev in (("base", None), ("r1", "base"), ("r2", "r1")):
+        rid, prev = (rid if rid == "base" else f"tutor-{rid}"), (prev if prev in (None, "base") else f"tutor-{prev}")
         res[rid] = eval_stage.run(
             p,
+            p.lineage("tutor"),
             rid,
             project / "models/base",
-            project / "version",
+            project / "lineages/tutor",
             project / "models/rounds" / rid,
-            prev_metrics=metrics / f"eval_{prev}.json" if prev else None,
-            base_metrics=metrics / "eval_base.json" if prev else None,
-            out_file=metrics / f"eval_{rid}.json",
+            prev_metrics=m / f"eval_{prev}.json" if prev else None,
+            base_metrics=m / "eval_base.json" if prev else None,
+            out_file=m / f"eval_{rid}.json",
             samples_file=tmp_path / rid / "eval_samples.jsonl",
             prev_samples=tmp_path / prev / "eval_samples.jsonl" if prev else None,
         )
     # The metrics are what the rules say of the answers written beside them.
     from stages.rules import score_text
 
-    answers = list(read_jsonl(tmp_path / "r2/eval_samples.jsonl"))
-    assert res["r2"]["n"] == len(answers) == 4
-    assert res["r2"]["mean_response_chars"] == pytest.approx(sum(len(a["response"]) for a in answers) / 4)
+    answers = list(read_jsonl(tmp_path / "tutor-r2/eval_samples.jsonl"))
+    assert res["tutor-r2"]["n"] == len(answers) == 4
+    assert res["tutor-r2"]["mean_response_chars"] == pytest.approx(sum(len(a["response"]) for a in answers) / 4)
     by_rules = [score_text(a["response"], p.score.rules, a["messages"], a["character_id"]) for a in answers]
-    assert res["r2"]["mean_score"] == pytest.approx(sum(s for _, s in by_rules) / 4)
-    assert res["r2"]["followup_rate"] == pytest.approx(sum(v["followup_question"] for v, _ in by_rules) / 4)
-    assert res["r2"]["perplexity"] == pytest.approx(math.exp(res["r2"]["eval_loss"]))
-    assert res["r2"]["delta_vs_prev"]["mean_score"] == pytest.approx(res["r2"]["mean_score"] - res["r1"]["mean_score"])
+    assert res["tutor-r2"]["mean_score"] == pytest.approx(sum(s for _, s in by_rules) / 4)
+    assert res["tutor-r2"]["followup_rate"] == pytest.approx(sum(v["followup_question"] for v, _ in by_rules) / 4)
+    assert res["tutor-r2"]["perplexity"] == pytest.approx(math.exp(res["tutor-r2"]["eval_loss"]))
+    assert res["tutor-r2"]["delta_vs_prev"]["mean_score"] == pytest.approx(
+        res["tutor-r2"]["mean_score"] - res["tutor-r1"]["mean_score"]
+    )
     assert "delta_vs_prev" not in res["base"]
     # A blinded A/B set against the previous round, on the same prompts (4 here: fewer than ab_prompts).
     assert not (tmp_path / "base/ab.csv").exists()
-    ab_rows = (tmp_path / "r2/ab.csv").read_text().splitlines()
+    ab_rows = (tmp_path / "tutor-r2/ab.csv").read_text().splitlines()
     assert ab_rows[0] == "item,context,response_a,response_b,preferred" and len(ab_rows) == 5
-    assert read_json(tmp_path / "r2/ab_key.json")["vs"] == "r1"
+    assert read_json(tmp_path / "tutor-r2/ab_key.json")["vs"] == "tutor-r1"
 
-    failed = {g["metric"] for g in res["r2"]["failed_gates"]}
-    assert res["r2"]["passed"] is (not failed) and failed <= set(p.eval.gates)
+    failed = {g["metric"] for g in res["tutor-r2"]["failed_gates"]}
+    assert res["tutor-r2"]["passed"] is (not failed) and failed <= set(p.eval.gates)
     # The tiny random model cannot pass the shipped gates: release nothing, say why.
     rel = tmp_path / "release"
-    decision = release_from(project, p, metrics, rel, tmp_path)
+    decision = release_from(project, p, metrics, rel, tmp_path)["tutor"]
     assert decision["released"] is False and "failed gates" in decision["reason"]
     assert read_json(tmp_path / "routing.json") == {}
 
     open_gates = Params.model_validate({**p.model_dump(), "eval": {**p.eval.model_dump(), "gates": {}}})
-    for rid in ("r1", "r2"):
-        m = read_json(metrics / f"eval_{rid}.json")
-        write_json(metrics / f"eval_{rid}.json", {**m, "passed": True, "failed_gates": []})
-    decision = release_from(project, open_gates, metrics, rel, tmp_path)
-    assert decision == {**decision, "released": True, "version": "tutor-v0.1", "round": "r2"}
+    for rid in ("tutor-r1", "tutor-r2"):
+        ev = read_json(m / f"eval_{rid}.json")
+        write_json(m / f"eval_{rid}.json", {**ev, "passed": True, "failed_gates": []})
+    decision = release_from(project, open_gates, metrics, rel, tmp_path)["tutor"]
+    assert decision == {**decision, "released": True, "version": "tutor-v0.1", "round": "tutor-r2"}
     out = rel / "tutor"
     assert (out / "adapter/adapter_model.safetensors").read_bytes() == (
-        project / "models/rounds/r2/adapter/adapter_model.safetensors"
+        project / "models/rounds/tutor-r2/adapter/adapter_model.safetensors"
     ).read_bytes()
     meta = yaml.safe_load((out / "metadata.yaml").read_text())
     assert meta["base_model"]["hash"] == read_json(project / "models/base/base.json")["hash"]
-    assert set(meta["evaluation"]) == {"base", "r1", "r2"} and meta["characters"] == ["tutor"]
-    assert read_json(tmp_path / "routing.json")["tutor"]["version"] == "tutor-v0.1"
+    assert set(meta["evaluation"]) == {"base", "tutor-r1", "tutor-r2"} and meta["characters"] == ["tutor"]
+    assert read_json(tmp_path / "routing.json")["tutor"]["stable"]["version"] == "tutor-v0.1"
 
 
 def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp_path):
@@ -359,15 +364,22 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp
 
     p = small_params()
     p = Params.model_validate(
-        {**p.model_dump(), "rounds": {"r1": {"prev": "base"}}, "package": {**p.package.model_dump(), "merge": True}}
+        {
+            **p.model_dump(),
+            "rounds": {"tutor-r1": {"lineage": "tutor", "prev": "base"}},
+            "package": {**p.package.model_dump(), "merge": True},
+        }
     )
     metrics = tmp_path / "metrics"
     write_json(metrics / "data.json", {"scrub": {"kept": 1}})
-    for rid in ("base", "r1"):
-        write_json(metrics / f"eval_{rid}.json", {"round": rid, "mean_score": 0.5, "passed": True, "failed_gates": []})
+    for rid in ("base", "tutor-r1"):
+        write_json(
+            metrics / "tutor" / f"eval_{rid}.json",
+            {"round": rid, "mean_score": 0.5, "passed": True, "failed_gates": []},
+        )
     rel = tmp_path / "release"
     decision = release_from(project, p, metrics, rel, tmp_path)
-    assert decision["released"]
+    assert decision["tutor"]["released"]
 
     ids = torch.tensor([[1, 4093, 198, 1780, 314, 216, 39]])
     with torch.no_grad():
@@ -385,7 +397,7 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp
             str(ROOT / "params.yaml"),
             "chat",
             "--round",
-            "r1",
+            "tutor-r1",
             "--max-new-tokens",
             "4",
         ],
@@ -401,12 +413,12 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp
 
 def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(project):
     p = small_params(steps=5, checkpoint_every=2, grad_accum=2)
-    whole = run_round(p, project, "r1", out_name="r1_whole")
+    whole = run_round(p, project, "tutor-r1", out_name="r1_whole")
     ckpt = project / "checkpoints" / "r1_cut"
     with pytest.raises(KeyboardInterrupt):
-        run_round(p, project, "r1", out_name="r1_cut", stop_after=3)
+        run_round(p, project, "tutor-r1", out_name="r1_cut", stop_after=3)
     assert read_json(ckpt / "last/state.json")["step"] == 2 and not (project / "models/rounds/r1_cut").exists()
-    cut = run_round(p, project, "r1", out_name="r1_cut")
+    cut = run_round(p, project, "tutor-r1", out_name="r1_cut")
     assert (cut / "adapter/adapter_model.safetensors").read_bytes() == (
         whole / "adapter/adapter_model.safetensors"
     ).read_bytes()
@@ -421,19 +433,19 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_adapter(project
 def test_a_checkpoint_of_other_params_is_not_resumed(project):
     p = small_params(steps=4, checkpoint_every=2)
     with pytest.raises(KeyboardInterrupt):
-        run_round(p, project, "r1", out_name="r1_other", stop_after=2)
+        run_round(p, project, "tutor-r1", out_name="r1_other", stop_after=2)
     changed = small_params(steps=4, checkpoint_every=2, lr=0.001)
-    out = run_round(changed, project, "r1", out_name="r1_other")
+    out = run_round(changed, project, "tutor-r1", out_name="r1_other")
     assert read_json(out / "ROUND.json")["train"]["steps"] == 4
-    fresh = run_round(changed, project, "r1", out_name="r1_other_fresh")
+    fresh = run_round(changed, project, "tutor-r1", out_name="r1_other_fresh")
     assert (out / "adapter/adapter_model.safetensors").read_bytes() == (
         fresh / "adapter/adapter_model.safetensors"
     ).read_bytes()
 
 
 def test_rho1_and_dpo_train(project):
-    rho1 = run_round(small_params(token_weighting="rho1", init="fresh"), project, "r1", out_name="r1_rho1")
-    plain = run_round(small_params(init="fresh"), project, "r1", out_name="r1_plain")
+    rho1 = run_round(small_params(token_weighting="rho1", init="fresh"), project, "tutor-r1", out_name="r1_rho1")
+    plain = run_round(small_params(init="fresh"), project, "tutor-r1", out_name="r1_plain")
     a = load_file(rho1 / "adapter/adapter_model.safetensors")
     b = load_file(plain / "adapter/adapter_model.safetensors")
     assert any(not torch.equal(a[k], b[k]) for k in a)  # token selection changed what was learned
@@ -447,7 +459,7 @@ def test_rho1_and_dpo_train(project):
             "score": p.score.model_copy(update={"pair_min_margin": 0.0}),
         }
     )
-    dpo = run_round(p, project, "r1", out_name="r1_dpo")
+    dpo = run_round(p, project, "tutor-r1", out_name="r1_dpo")
     info = read_json(dpo / "ROUND.json")["train"]
     assert info["method"] == "dpo" and info["pairs"] >= 1 and info["onpolicy"] == 0
     acc = (dpo / "live/plots/metrics/train/reward_accuracy.tsv").read_text().splitlines()
@@ -459,15 +471,15 @@ def test_rho1_and_dpo_train(project):
 
 def test_dpo_trains_on_feedback_pairs_alone(project, r1, tmp_path):
     """Users' corrections (the version's dpo split) are DPO pairs too, with no on-policy pairs."""
-    d = project / "rounds" / "r1"
+    d = project / "rounds/tutor/tutor-r1"
     (tmp_path / "pairs.jsonl").write_text("")
     p = small_params(method="dpo", init="fresh")
     out = tmp_path / "out"
     train.run(
         p,
-        "r1",
+        "tutor-r1",
         project / "models/base",
-        project / "version",
+        project / "lineages/tutor",
         project / "models/rounds/base",
         d / "scored.jsonl",
         out,
@@ -482,14 +494,14 @@ def test_dpo_trains_on_feedback_pairs_alone(project, r1, tmp_path):
 
 def test_dpo_without_pairs_says_what_to_do(project, r1, tmp_path):
     p = small_params(method="dpo", feedback_pairs=False)
-    d = project / "rounds" / "r1"
+    d = project / "rounds/tutor/tutor-r1"
     (tmp_path / "pairs.jsonl").write_text("")
     with pytest.raises(RuntimeError, match="samples_per_prompt >= 2"):
         train.run(
             p,
-            "r1",
+            "tutor-r1",
             project / "models/base",
-            project / "version",
+            project / "lineages/tutor",
             project / "models/rounds/base",
             d / "scored.jsonl",
             tmp_path / "out",
@@ -501,13 +513,13 @@ def test_dpo_without_pairs_says_what_to_do(project, r1, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error path; CUDA machines run QLoRA for real")
 def test_qlora_on_cpu_is_a_clear_error(project, r1, tmp_path):
     p = small_params(quantize="4bit")
-    d = project / "rounds" / "r1"
+    d = project / "rounds/tutor/tutor-r1"
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         train.run(
             p,
-            "r1",
+            "tutor-r1",
             project / "models/base",
-            project / "version",
+            project / "lineages/tutor",
             project / "models/rounds/base",
             d / "scored.jsonl",
             tmp_path / "out",
@@ -520,7 +532,7 @@ def test_qlora_on_cpu_is_a_clear_error(project, r1, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and bitsandbytes")
 def test_qlora_trains_on_cuda(project):
     pytest.importorskip("bitsandbytes")
-    out = run_round(small_params(quantize="4bit", init="fresh"), project, "r1", out_name="r1_qlora")
+    out = run_round(small_params(quantize="4bit", init="fresh"), project, "tutor-r1", out_name="r1_qlora")
     assert (out / "adapter/adapter_model.safetensors").is_file()
 
 
@@ -533,7 +545,7 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, r1, tmp_path, 
     import subprocess
     import sys
 
-    d = project / "rounds" / "r1"
+    d = project / "rounds/tutor/tutor-r1"
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     # The shipped config, in float32: it asks for bf16 autocast, which accelerate applies on a CPU
     # too, and the in-process run below compares in float32.
@@ -561,11 +573,11 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, r1, tmp_path, 
             str(tmp_path / "params.yaml"),
             "train",
             "--round",
-            "r1",
+            "tutor-r1",
             "--base",
             str(project / "models/base"),
             "--data",
-            str(project / "version"),
+            str(project / "lineages/tutor"),
             "--rounds-dir",
             str(tmp_path / "rounds"),
             "--scored",
@@ -583,23 +595,23 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, r1, tmp_path, 
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "accelerate.commands.launch" in res.stderr
-    info = read_json(tmp_path / "rounds/r1/ROUND.json")
+    info = read_json(tmp_path / "rounds/tutor-r1/ROUND.json")
     assert info["train"]["steps"] == 2 and info["train"]["processes"] == 2
     # Two processes with grad_accum micro-batches each, gradients averaged, is one process
     # accumulating all of them: the same adapter up to float summation order, if DDP really synced.
     raw["train"].update(launcher="local", num_processes=1, grad_accum=2 * grad_accum)
     train.run(
         Params.model_validate(raw),
-        "r1",
+        "tutor-r1",
         project / "models/base",
-        project / "version",
+        project / "lineages/tutor",
         project / "models/rounds/base",
         d / "scored.jsonl",
         tmp_path / "single",
         d / "pairs.jsonl",
         tmp_path / "ckpt_single",
     )
-    ddp = load_file(tmp_path / "rounds/r1/adapter/adapter_model.safetensors")
+    ddp = load_file(tmp_path / "rounds/tutor-r1/adapter/adapter_model.safetensors")
     single = load_file(tmp_path / "single/adapter/adapter_model.safetensors")
     assert ddp.keys() == single.keys()
     # Adam divides by the gradient's own size, so float-order noise on near-zero gradients grows to

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,20 @@ def edited(tmp_path: Path, edit) -> Path:
 
 def test_shipped_params_are_valid():
     p = load_params(ROOT / "params.yaml")
-    assert [(r.id, r.prev) for r in p.round_list] == [("r1", "base"), ("r2", "r1")]
-    assert p.round("r2").prev == "r1"
+    assert [(r.id, r.lineage, r.prev) for r in p.round_list] == [
+        ("tutor-r1", "tutor", "base"),
+        ("tutor-r2", "tutor", "tutor-r1"),
+        ("pirate-r1", "pirate", "base"),
+        ("pirate-r2", "pirate", "pirate-r1"),
+    ]
+    assert p.round("tutor-r2").prev == "tutor-r1"
+    pirate = p.lineage("pirate")
+    # A lineage's rules are score.rules with its own keys merged over them.
+    assert pirate.rules.language == "ko" and pirate.rules.weights.tone == 1.0
+    assert pirate.rules.weights.followup_question == p.score.rules.weights.followup_question
+    assert pirate.rules.tone_keywords["tutor"] == p.score.rules.tone_keywords["tutor"]
+    assert pirate.gates["language_compliance"].min == 0.6 and "tone_leakage_rate" in pirate.gates
+    assert pirate.characters == ["pirate"] and pirate.release == "pirate" and pirate.routes == {"pirate": "pirate"}
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -45,16 +58,50 @@ def test_nested_wrong_type(tmp_path):
         load_params(path)
 
 
-def test_round_chain_must_point_backwards(tmp_path):
-    path = edited(tmp_path, lambda r: r.update(rounds={"r1": {"prev": "r2"}, "r2": {"prev": "r1"}}))
-    with pytest.raises(ParamsError, match="r1.prev is 'r2'"):
+def test_round_chain_must_point_backwards_within_its_lineage(tmp_path):
+    t = {"lineage": "tutor"}
+    path = edited(tmp_path, lambda r: r.update(rounds={"r1": {**t, "prev": "r2"}, "r2": {**t, "prev": "r1"}}))
+    with pytest.raises(ParamsError, match="rounds.r1.prev is 'r2', which is neither 'base' nor an earlier round"):
+        load_params(path)
+    rounds = {"t1": {**t, "prev": "base"}, "p1": {"lineage": "pirate", "prev": "t1"}}
+    path = edited(tmp_path, lambda r: r.update(rounds=rounds))
+    with pytest.raises(ParamsError, match="rounds.p1.prev is 't1'.*of lineage 'pirate'"):
         load_params(path)
 
 
-def test_round_id_form(tmp_path):
-    path = edited(tmp_path, lambda r: r.update(rounds={"round1": {"prev": "base"}}))
-    with pytest.raises(ParamsError, match="must look like r1"):
+def test_round_and_lineage_names(tmp_path):
+    for rounds, message in (
+        ({"r1/../x": {"lineage": "tutor", "prev": "base"}}, "rounds.r1/../x: a round id is"),
+        ({"base": {"lineage": "tutor", "prev": "base"}}, "rounds.base: a round id"),
+        ({"r1": {"lineage": "nobody", "prev": "base"}}, "rounds.r1.lineage: 'nobody' is not under lineages"),
+        ({"r1": {"prev": "base"}}, "rounds.r1.lineage: required key is missing"),
+    ):
+        path = edited(tmp_path, lambda r, rounds=rounds: r.update(rounds=rounds))
+        with pytest.raises(ParamsError, match=re.escape(message)):
+            load_params(path)
+
+
+def test_lineage_rules_are_validated_where_they_are_written(tmp_path):
+    path = edited(tmp_path, lambda r: r["lineages"]["pirate"]["rules"]["weights"].update(tone=-1))
+    with pytest.raises(
+        ParamsError, match="lineages.pirate.rules.weights.tone: Input should be greater than or equal to 0"
+    ):
         load_params(path)
+    path = edited(tmp_path, lambda r: r["lineages"]["pirate"]["rules"].update(colour="red"))
+    with pytest.raises(ParamsError, match="lineages.pirate.rules.colour: Extra inputs"):
+        load_params(path)
+    path = edited(tmp_path, lambda r: r["lineages"]["pirate"].update(release="tutor"))
+    with pytest.raises(ParamsError, match=r"lineages\.(pirate|tutor)\.release: 'tutor' is already the release of"):
+        load_params(path)
+
+
+def test_a_variant_lineage_is_routed_under_its_own_id(tmp_path):
+    variant = {"system_prompts": {"tutor": "You are an ESL tutor."}, "rules": {"language": "en"}}
+    path = edited(tmp_path, lambda r: r["lineages"].update({"tutor-esl": variant}))
+    p = load_params(path)
+    assert p.lineage("tutor").routes == {"tutor": "tutor"}
+    assert p.lineage("tutor-esl").routes == {"tutor-esl/tutor": "tutor"}
+    assert p.lineage("tutor-esl").rules.language == "en" and p.lineage("tutor-esl").release == "tutor-esl"
 
 
 def test_local_base_needs_path(tmp_path):

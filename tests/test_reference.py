@@ -29,15 +29,15 @@ def pairs_file(tmp_path_factory):
 
 
 def train_r2(project, r1, out, pairs_file, **overrides):
-    """Round r2 (continuing r1) on the given pairs file; returns its output directory."""
+    """Round tutor-r2 (continuing tutor-r1) on the given pairs file; returns its output directory."""
     p = small_params(**{"feedback_pairs": False, **overrides})
     train.run(
         p,
-        "r2",
+        "tutor-r2",
         project / "models/base",
-        project / "version",
+        project / "lineages/tutor",
         r1,
-        project / "rounds/r1/scored.jsonl",
+        project / "rounds/tutor/tutor-r1/scored.jsonl",
         out,
         pairs_file,
         out.parent / f"{out.name}_ckpt",
@@ -84,7 +84,7 @@ def test_start_and_base_references_give_the_hand_computed_dpo_loss(project, r1, 
     r1_info = read_json(r1 / "ROUND.json")
     assert read_json(start / "ROUND.json")["reference"] == {
         "kind": "start",
-        "round": "r1",
+        "round": "tutor-r1",
         "adapter_hash": r1_info["adapter_hash"],
     }
     assert read_json(base / "ROUND.json")["reference"] == {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sh
 
 from stages import package, release
 from stages.io import read_json, write_json
@@ -16,11 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def params(rounds=("r1", "r2"), **package_overrides) -> Params:
+    """The shipped params with only the tutor lineage and these rounds chained."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["lineages"] = {"tutor": raw["lineages"]["tutor"]}
     prev = "base"
     raw["rounds"] = {}
     for rid in rounds:
-        raw["rounds"][rid] = {"prev": prev}
+        raw["rounds"][rid] = {"lineage": "tutor", "prev": prev}
         prev = rid
     raw["package"].update(package_overrides)
     return Params.model_validate(raw)
@@ -35,7 +38,7 @@ class Project:
         write_json(root / "metrics/data.json", {"scrub": {"kept": 12}})
         self.round("base", None, score=0.3, passed=False)
 
-    def round(self, rid, prev, score, passed=True, eval_config="cfg1"):
+    def round(self, rid, prev, score, passed=True, eval_config="cfg1", lineage="tutor"):
         d = self.root / "models/rounds" / rid
         if rid != "base":
             (d / "adapter").mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,7 @@ class Project:
             )
         failed = [] if passed else [{"metric": "mean_score", "value": score, "min": 0.5, "max": None}]
         write_json(
-            self.root / f"metrics/eval_{rid}.json",
+            self.root / f"metrics/{lineage}/eval_{rid}.json",
             {
                 "round": rid,
                 "mean_score": score,
@@ -65,9 +68,10 @@ class Project:
             },
         )
 
-    def package(self, p: Params) -> dict:
+    def package(self, p: Params, lineage: str | None = "tutor") -> dict:
+        """package.run's decision for the lineage (all of them with lineage=None)."""
         r = self.root
-        return package.run(
+        decisions = package.run(
             p,
             r / "models/base",
             r / "models/rounds",
@@ -78,6 +82,7 @@ class Project:
             r / "models/routing.json",
             r / "package.json",
         )
+        return decisions if lineage is None else decisions[lineage]
 
     @property
     def rel(self) -> Path:
@@ -98,13 +103,13 @@ def test_latest_passing_round_is_released_and_reruns_keep_it(proj):
     d = proj.package(params())
     assert d["released"] and d["version"] == "tutor-v0.1" and d["round"] == "r1"
     assert "r1 passed its gates" in d["reason"]
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.1"
     assert (proj.rel / "adapter/adapter_model.safetensors").read_bytes() == b"weights of r1 0.6"
 
     again = proj.package(params())
     assert not again["released"] and again["version"] == "tutor-v0.1"
     assert "r2 failed gates (mean_score=0.700)" in again["reason"] and "already released" in again["reason"]
-    assert read_json(proj.root / "package.json") == again
+    assert read_json(proj.root / "package.json") == {"tutor": again}
     assert [e["action"] for e in release.history(proj.rel)] == ["release", "keep"]
 
 
@@ -163,17 +168,17 @@ def test_rollback_is_recorded_and_reversible(proj):
         release.rollback(proj.rel, proj.root / "models/routing.json", to="tutor-v0.2")
 
     assert release.rollback(proj.rel, proj.root / "models/routing.json") == ("tutor-v0.2", "tutor-v0.1")
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.1"
     assert release.current(proj.rel)["round"] == "r1"
     assert (proj.rel / "adapter/adapter_model.safetensors").read_bytes() == b"weights of r1 0.6"
-    with pytest.raises(RuntimeError, match="first release"):
+    with pytest.raises(RuntimeError, match="first stable version"):
         release.rollback(proj.rel, proj.root / "models/routing.json")
 
     assert release.rollback(proj.rel, proj.root / "models/routing.json", to="tutor-v0.2") == (
         "tutor-v0.1",
         "tutor-v0.2",
     )
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.2"
     assert [e["action"] for e in release.history(proj.rel)] == ["release", "release", "rollback", "rollback"]
     assert "rollback tutor-v0.2 -> tutor-v0.1" in (proj.rel / "CHANGELOG.md").read_text()
 
@@ -191,11 +196,8 @@ def test_rollback_cli(proj):
     assert res.returncode == 1 and "models/release/nobody: no release history here" in res.stderr
 
 
-def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
-    """Under real DVC: two releases through `dvc repro`, then a rollback; dvc.lock follows it, so
-    the workspace is clean and the next repro does not undo it."""
-    from conftest import sh
-
+def package_under_dvc(proj, p: Params) -> Path:
+    """proj as a git + DVC repository with one stage, package; r1 passed and released by `dvc repro`."""
     root = proj.root
     for cmd in (
         ["git", "init", "-q"],
@@ -204,30 +206,55 @@ def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
         ["dvc", "init", "-q"],
     ):
         sh(root, *cmd)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["rounds"] = {"r1": {"prev": "base"}, "r2": {"prev": "r1"}}
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "params.yaml").write_text(yaml.safe_dump(p.model_dump(mode="json")))
     (root / "dvc.yaml").write_text(
         "stages:\n  package:\n"
         "    cmd: loraloop package --data version --out models/release --routing models/routing.json "
         "--report package.json\n"
         "    deps: [models/rounds, metrics, version/manifest.json]\n"
-        "    outs:\n      - models/release/tutor: {persist: true}\n      - models/routing.json: {persist: true}\n"
+        "    outs:\n      - models/release: {persist: true}\n      - models/routing.json: {persist: true}\n"
     )
     proj.round("r1", "base", 0.6)
     proj.round("r2", "r1", 0.55, passed=False)
     sh(root, "dvc", "repro")
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    return root
+
+
+def test_rollback_is_recorded_in_dvc_so_repro_keeps_it(proj):
+    """Under real DVC: two releases through `dvc repro`, then a rollback; dvc.lock follows it, so
+    the workspace is clean and the next repro does not undo it."""
+    root = package_under_dvc(proj, params())
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.1"
     proj.round("r2", "r1", 0.8)
     sh(root, "dvc", "repro")
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.2"
 
     out = sh(root, "loraloop", "release", "rollback", "tutor").stdout
     assert "tutor-v0.2 -> tutor-v0.1" in out
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.1"
     assert sh(root, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
     assert "Running stage" not in sh(root, "dvc", "repro").stdout
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.1"
+
+
+def test_promote_is_recorded_in_dvc_so_repro_keeps_it(proj):
+    """Under real DVC with package.canary_share: the second release goes out as a canary; promote
+    to 1 makes it stable; dvc.lock follows each step, so nothing is dirty and repro undoes nothing."""
+    root = package_under_dvc(proj, params(canary_share=0.25))
+    proj.round("r2", "r1", 0.8)
+    sh(root, "dvc", "repro")
+    entry = proj.routing()["tutor"]
+    assert (entry["stable"]["version"], entry["canary"]["version"], entry["canary_share"]) == (
+        "tutor-v0.1",
+        "tutor-v0.2",
+        0.25,
+    )
+    out = sh(root, "loraloop", "release", "promote", "tutor", "--share", "1").stdout
+    assert "tutor-v0.2 is stable" in out
+    assert sh(root, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert "Running stage" not in sh(root, "dvc", "repro").stdout
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.2" and proj.routing()["tutor"]["canary"] is None
+    assert "promote tutor-v0.2 -> stable" in (proj.rel / "CHANGELOG.md").read_text()
 
 
 def test_a_rolled_back_version_stays_withdrawn_until_restored(proj):
@@ -240,11 +267,13 @@ def test_a_rolled_back_version_stays_withdrawn_until_restored(proj):
     release.rollback(proj.rel, proj.root / "models/routing.json")
     assert release.withdrawn(proj.rel) == {"tutor-v0.2": "r2-0.8"}
     for _ in range(2):  # a plain rerun (dvc repro -f) and one after r3 appears
-        d = proj.package(params(("r1", "r2", "r3")) if (proj.root / "metrics/eval_r3.json").exists() else params())
+        d = proj.package(
+            params(("r1", "r2", "r3")) if (proj.root / "metrics/tutor/eval_r3.json").exists() else params()
+        )
         assert not d["released"] and d["version"] == "tutor-v0.1"
         assert "r2 is tutor-v0.2, withdrawn by a rollback" in d["reason"]
         assert "loraloop release restore tutor tutor-v0.2" in d["reason"]
-        assert proj.routing()["tutor"]["version"] == "tutor-v0.1"
+        assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.1"
         proj.round("r3", "r2", 0.5, passed=False)
     release.restore(proj.rel, "tutor-v0.2")
     assert release.withdrawn(proj.rel) == {}
@@ -262,7 +291,7 @@ def test_rollback_and_restore_take_only_released_versions_and_release_names(proj
     for to in ("../../../outside", "tutor-v0.9", "tutor-v0.2/../../../outside"):
         with pytest.raises(RuntimeError, match="was never released"):
             release.rollback(proj.rel, proj.root / "models/routing.json", to=to)
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.2"
     with pytest.raises(RuntimeError, match="is not withdrawn"):
         release.restore(proj.rel, "tutor-v0.1")
     cli = [sys.executable, "-m", "stages.cli", "release"]
@@ -274,4 +303,148 @@ def test_rollback_and_restore_take_only_released_versions_and_release_names(proj
         res = subprocess.run([*cli, *args, "--no-dvc-commit"], cwd=proj.root, capture_output=True, text=True)
         assert res.returncode != 0 and "Traceback" not in res.stderr, args
         assert "not a release name" in res.stderr or "was never released" in res.stderr, res.stderr
-    assert proj.routing()["tutor"]["version"] == "tutor-v0.2"
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.2"
+
+
+def test_canary_rollout_promote_and_rollback(proj):
+    """package.canary_share sends a new release to a share of users; promote widens it or makes it
+    stable; rollback returns to the previous stable and withdraws what it left."""
+    routing = proj.root / "models/routing.json"
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",), canary_share=0.1))  # nothing stable yet: the first release is stable
+    assert release.rollout(proj.rel) == {"stable": "tutor-v0.1", "canary": None, "canary_share": 0.0}
+    proj.round("r2", "r1", 0.8)
+    d = proj.package(params(canary_share=0.1))
+    assert d["released"] and d["stable"] == "tutor-v0.1" and d["canary"] == "tutor-v0.2"
+    entry = proj.routing()["tutor"]
+    assert entry["stable"]["version"] == "tutor-v0.1" and entry["canary"]["version"] == "tutor-v0.2"
+    assert entry["canary_share"] == 0.1 and entry["canary"]["adapter"].endswith("versions/tutor-v0.2/adapter")
+    assert release.current(proj.rel)["version"] == "tutor-v0.1"  # the top of the release dir stays stable
+    # A rerun does not release r2 again: it is in service as the canary.
+    assert "already released as tutor-v0.2" in proj.package(params(canary_share=0.1))["reason"]
+
+    users = [f"user-{i}" for i in range(10_000)]
+    on_canary = {u for u in users if release.route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2"}
+    assert abs(len(on_canary) / len(users) - 0.1) <= 0.02
+    assert all(release.route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2" for u in sorted(on_canary)[:50])
+
+    assert release.promote(proj.rel, routing, 0.5) == "tutor-v0.2"
+    wider = {u for u in users if release.route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2"}
+    assert on_canary <= wider and abs(len(wider) / len(users) - 0.5) <= 0.02  # nobody on it is moved back
+
+    # Rollback with a canary out: its users go back to the stable; the canary is withdrawn.
+    assert release.rollback(proj.rel, routing) == ("tutor-v0.2", "tutor-v0.1")
+    assert proj.routing()["tutor"]["canary"] is None and release.withdrawn(proj.rel) == {"tutor-v0.2": "r2-0.8"}
+    with pytest.raises(RuntimeError, match="withdrawn"):
+        release.promote(proj.rel, routing, 1.0, "tutor-v0.2")
+    release.restore(proj.rel, "tutor-v0.2")
+    release.promote(proj.rel, routing, 1.0, "tutor-v0.2")
+    assert release.rollout(proj.rel) == {"stable": "tutor-v0.2", "canary": None, "canary_share": 0.0}
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.2"
+    assert release.current(proj.rel)["version"] == "tutor-v0.2"
+    # Rollback with no canary: the stable before the current one.
+    assert release.rollback(proj.rel, routing) == ("tutor-v0.2", "tutor-v0.1")
+    assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.1"
+    actions = [(e["action"], e.get("share")) for e in release.history(proj.rel) if e["action"] != "keep"]
+    assert actions == [
+        ("release", None),
+        ("release", None),
+        ("promote", 0.5),
+        ("rollback", None),
+        ("restore", None),
+        ("promote", 1.0),
+        ("rollback", None),
+    ]
+    log = (proj.rel / "CHANGELOG.md").read_text()
+    assert "(canary for 10% of users)" in log and "promote tutor-v0.2 -> canary for 50% of users" in log
+    assert "promote tutor-v0.2 -> stable" in log and "rollback tutor-v0.2 -> tutor-v0.1" in log
+
+
+def test_promote_and_route_commands(proj):
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))
+    proj.round("r2", "r1", 0.8)
+    proj.package(params(canary_share=0.2))
+    cli = [sys.executable, "-m", "stages.cli"]
+
+    def run(*args):
+        return subprocess.run([*cli, *args], cwd=proj.root, capture_output=True, text=True)
+
+    versions = {run("route", "tutor", "--user", f"u{i}").stdout.split("\t")[0] for i in range(40)}
+    assert versions == {"tutor-v0.1", "tutor-v0.2"}
+    first = run("route", "tutor", "--user", "u7").stdout
+    assert all(run("route", "tutor", "--user", "u7").stdout == first for _ in range(3))
+    res = run("release", "promote", "tutor", "--share", "1", "--no-dvc-commit")
+    assert res.returncode == 0 and "tutor-v0.2 is stable" in res.stdout, res.stderr
+    assert {run("route", "tutor", "--user", f"u{i}").stdout.split("\t")[0] for i in range(10)} == {"tutor-v0.2"}
+    for args, message in (
+        (("route", "pirate", "--user", "u1"), "no route 'pirate'"),
+        (("release", "promote", "tutor", "--share", "1.5", "--no-dvc-commit"), "--share must be in (0, 1]"),
+        (("release", "promote", "tutor", "--share", "1", "--no-dvc-commit"), "tutor-v0.2 is already stable"),
+    ):
+        res = run(*args)
+        assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def fleet_params(**lineage_extra) -> Params:
+    """tutor and pirate lineages (as shipped) plus a tutor variant, two rounds each."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["lineages"]["tutor-esl"] = {
+        "system_prompts": {"tutor": "You are a patient ESL tutor. Use simple English."},
+        "rules": {"language": "en"},
+        **lineage_extra,
+    }
+    raw["rounds"] = {
+        f"{name}-r{i}": {"lineage": name, "prev": "base" if i == 1 else f"{name}-r{i - 1}"}
+        for name in raw["lineages"]
+        for i in (1, 2)
+    }
+    return Params.model_validate(raw)
+
+
+def test_every_lineage_is_released_on_its_own_and_routed(proj):
+    p = fleet_params()
+    for name in p.lineages:
+        proj.round("base", None, score=0.3, passed=False, lineage=name)
+        proj.round(f"{name}-r1", "base", 0.6, lineage=name)
+        proj.round(f"{name}-r2", f"{name}-r1", 0.7 if name != "pirate" else 0.5, passed=name != "pirate", lineage=name)
+    decisions = proj.package(p, lineage=None)
+    assert {k: (d["version"], d["round"]) for k, d in decisions.items()} == {
+        "tutor": ("tutor-v0.1", "tutor-r2"),
+        "pirate": ("pirate-v0.1", "pirate-r1"),
+        "tutor-esl": ("tutor-esl-v0.1", "tutor-esl-r2"),
+    }
+    routing = proj.routing()
+    # The variant serves the same character under its own route id.
+    assert set(routing) == {"tutor", "pirate", "tutor-esl/tutor"}
+    assert routing["tutor-esl/tutor"]["character"] == "tutor" and routing["tutor-esl/tutor"]["release"] == "tutor-esl"
+    assert (
+        routing["pirate"]["stable"]["adapter"]
+        == (proj.root / "models/release/pirate/versions/pirate-v0.1/adapter").as_posix()
+    )
+    meta = release.current(proj.root / "models/release/pirate")
+    assert (
+        meta["characters"] == ["pirate"]
+        and meta["lineage"] == "pirate"
+        and set(meta["evaluation"])
+        == {
+            "base",
+            "pirate-r1",
+            "pirate-r2",
+        }
+    )
+    assert meta["system_prompts"] == {"pirate": p.lineages["pirate"].system_prompts["pirate"]}
+
+
+def test_a_tone_leakage_gate_keeps_a_round_from_release(proj):
+    p = fleet_params()
+    for name in p.lineages:
+        proj.round("base", None, score=0.3, passed=False, lineage=name)
+        proj.round(f"{name}-r1", "base", 0.6, lineage=name)
+        proj.round(f"{name}-r2", f"{name}-r1", 0.7, lineage=name)
+    write_json(
+        proj.root / "metrics/leakage.json",
+        {"tutor-r2": {"tone_leakage_rate": 0.9, "n": 8}, "tutor-r1": {"tone_leakage_rate": 0.1, "n": 8}},
+    )
+    d = proj.package(p)
+    assert d["round"] == "tutor-r1" and "tutor-r2 failed gates (tone_leakage_rate=0.900)" in d["reason"]

@@ -14,7 +14,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import edit_params, project_repo, repro, sh
+from conftest import copy_repo, edit_params, repro, sh
 
 from stages import s3_local
 from stages.io import sha256_file
@@ -45,18 +45,11 @@ def tree_hashes(repo):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, tiny_model_dir, s3):
-    def shrink(p):
-        p["base"].update(source="local", path=str(tiny_model_dir))
-        p["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=6)
-        p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=6, gates={})
-        p["train"].update(steps=2, batch_size=2, max_length=160)
-
-    return project_repo(
-        tmp_path_factory.mktemp("s3repo"),
-        shrink,
-        setup=lambda repo: s3_local.configure_remote(repo, s3["port"], BUCKET),
-    )
+def repo(tiny_fleet, tmp_path_factory, s3):
+    """conftest's tiny two-lineage repo, with the loopback S3 as its remote."""
+    repo = copy_repo(tiny_fleet[0], tmp_path_factory.mktemp("s3repo") / "repo")
+    s3_local.configure_remote(repo, s3["port"], BUCKET)
+    return repo
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,7 @@ def two_tags(repo):
     repro(repo)
     sh(repo, "dvc", "push")
     sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "v1")
+    sh(repo, "git", "commit", "-qm", "v1", "--allow-empty")
     sh(repo, "git", "tag", "v1")
     v1 = tree_hashes(repo)
 
@@ -87,7 +80,7 @@ def fresh_clone(repo, dst, port):
 
 def test_tags_differ_in_adapters(two_tags):
     v1, v2 = two_tags
-    key = "models/rounds/r1/adapter/adapter_model.safetensors"
+    key = "models/rounds/tutor-r1/adapter/adapter_model.safetensors"
     assert v1[key] != v2[key]
     assert any(k.startswith("models/release/tutor/versions/") for k in v1)
 
@@ -116,18 +109,18 @@ def test_experiments_show_round_metrics(repo, two_tags):
     out = sh(repo, "dvc", "exp", "show", "--no-pager", "--csv").stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     exp = next(r for r in rows if r["Experiment"] == "lowlr")
-    for rid in ("base", "r1", "r2"):
-        assert exp[f"metrics/eval_{rid}.json:mean_score"] != ""
+    for lineage, rid in (("tutor", "base"), ("tutor", "tutor-r1"), ("pirate", "pirate-r1")):
+        assert exp[f"metrics/{lineage}/eval_{rid}.json:mean_score"] != ""
     assert exp["train.lr"] == "0.001"
 
 
 def test_plots_render_to_html(repo, two_tags):
     sh(repo, "dvc", "plots", "show", "-o", "plots_html")
     html = (repo / "plots_html/index.html").read_text()
-    assert "reports_plots_trajectory_csv" in html and "reports_plots_train_loss_csv" in html
+    assert "reports_plots_trajectory_tutor_csv" in html and "reports_plots_train_loss_tutor_csv" in html
     assert "Evaluation metrics by round" in html and "question_ratio" in html
-    traj = list(csv.DictReader((repo / "reports/plots/trajectory.csv").open()))
-    assert [r["round"] for r in traj] == ["base", "r1", "r2"]
+    traj = list(csv.DictReader((repo / "reports/plots/trajectory/tutor.csv").open()))
+    assert [r["round"] for r in traj] == ["base", "tutor-r1"]
 
 
 def bucket_objects(port) -> dict[str, bytes]:

@@ -1,0 +1,196 @@
+"""A fleet of characters: lineages kept apart (views, the leak check, tone leakage) in-process, and
+under real DVC on the tiny model: both lineages built and routed, an edit to one lineage dirties
+nothing of the other, new data for one character reruns only its lineage, a leaked record stops
+its stage."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+
+import pytest
+from conftest import FLEET_LINEAGES as BOTH
+from conftest import conversation, copy_repo, edit_params, repro, sh, small_params, write_lines
+
+from stages import leakage, view
+from stages.io import read_json, read_jsonl
+from stages.splits import ForeignRecord, load_split
+
+
+def test_a_view_holds_only_its_characters_and_refuses_a_foreign_record(project, tmp_path):
+    counts = view.run(["pirate"], project / "version", tmp_path / "pirate")
+    rows = load_split(tmp_path / "pirate", "train", ["pirate"])
+    assert counts["train"] == len(rows) > 0 and {r["character_id"] for r in rows} == {"pirate"}
+    assert sorted(p.name for p in (tmp_path / "pirate/splits").iterdir()) == ["pirate"]
+
+    # A pirate record inside the tutor's split (a version bug, a hand edit): the view refuses it.
+    doctored = tmp_path / "version"
+    doctored_tutor = doctored / "splits/tutor"
+    doctored_tutor.mkdir(parents=True)
+    tutor_rows = list(read_jsonl(project / "version/splits/tutor/train.jsonl"))
+    write_lines(doctored_tutor / "train.jsonl", [*tutor_rows[:3], rows[0], *tutor_rows[3:5]])
+    with pytest.raises(ForeignRecord, match=rf"train.jsonl:4: record '{rows[0]['id']}' belongs to character 'pirate'"):
+        view.run(["tutor"], doctored, tmp_path / "tutor")
+    assert not (tmp_path / "tutor").exists()  # nothing half-written
+    # A lineage asked to read another character's directory is refused too.
+    with pytest.raises(ForeignRecord, match="a split of character 'pirate' in a lineage of"):
+        load_split(tmp_path / "pirate", "train", ["tutor"])
+
+
+def test_tone_leakage_is_measured_on_the_other_lineages_prompts_and_remembered(project, r1, monkeypatch):
+    p = small_params(lineages=BOTH)
+    p = p.model_copy(update={"rounds": {"tutor-r1": p.rounds["tutor-r1"]}})
+    out = project / "metrics_leakage/leakage.json"
+    rates = leakage.run(p, project / "models/base", project / "models/rounds", project / "lineages", out)
+    entry = read_json(out)["tutor-r1"]
+    pirate = entry["by_lineage"]["pirate"]
+    # The tutor's own tone words, less any the pirate uses itself, on the pirate's prompts.
+    assert set(pirate["keywords"]) == set(p.lineage("tutor").rules.tone_keywords["tutor"]) - set(
+        p.lineage("pirate").rules.tone_keywords["pirate"]
+    )
+    assert pirate["n"] == len(pirate["replies"]) == p.eval.leakage_prompts
+    leaked = sum(any(k.lower() in r.lower() for k in pirate["keywords"]) for r in pirate["replies"])
+    assert rates["tutor-r1"] == entry["tone_leakage_rate"] == pirate["rate"] == leaked / pirate["n"]
+
+    # Nothing changed: the next run keeps the entry and generates nothing.
+    monkeypatch.setattr(leakage, "measure", lambda *a, **k: pytest.fail("regenerated an unchanged round"))
+    leakage.run(p, project / "models/base", project / "models/rounds", project / "lineages", out)
+    assert read_json(out)["tutor-r1"] == entry
+
+
+# --- under real DVC -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tiny_fleet, tmp_path_factory):
+    """conftest's tiny fleet repo, copied for this module, and the stages its first repro ran."""
+    src, ran = tiny_fleet
+    return copy_repo(src, tmp_path_factory.mktemp("fleet_copy") / "repo"), ran
+
+
+@pytest.fixture(scope="module")
+def repo(built):
+    return built[0]
+
+
+def lineage_stages(lineage: str, rounds=("r1",)) -> set[str]:
+    per_round = {f"{s}@{lineage}-{r}" for s in ("sample", "score", "train", "eval") for r in rounds}
+    return per_round | {f"view@{lineage}", f"eval_base@{lineage}"}
+
+
+@pytest.mark.e2e
+def test_both_lineages_are_built_released_and_routed(built):
+    repo, ran = built
+    assert ran == {"collect", "scrub", "version", "base", "leakage", "package", "report"} | lineage_stages(
+        "tutor"
+    ) | lineage_stages("pirate")
+    # Each stage's wall time, recorded while DVC ran it; printed slowest first and cleared.
+    times = sh(repo, "loraloop", "stage-times").stdout.splitlines()
+    assert {line.split()[0] for line in times[:-1]} == ran and times[-1].startswith("all stages")
+    seconds = [float(line.split()[-2]) for line in times[:-1]]
+    assert seconds == sorted(seconds, reverse=True) and not (repo / ".dvc/tmp/stage-times.jsonl").exists()
+    routing = read_json(repo / "models/routing.json")
+    assert set(routing) == {"tutor", "pirate"}
+    assert routing["pirate"]["release"] == "pirate" and routing["pirate"]["stable"]["version"] == "pirate-v0.1"
+    samples = list(read_jsonl(repo / "data/rounds/pirate/pirate-r1/samples.jsonl"))
+    assert {s["character_id"] for s in samples} == {"pirate"} and "pirate ship" in samples[0]["messages"][0]["content"]
+    leak = read_json(repo / "metrics/leakage.json")
+    assert set(leak) == {"tutor-r1", "pirate-r1"} and set(leak["pirate-r1"]["by_lineage"]) == {"tutor"}
+
+    table = sh(repo, "loraloop", "report").stdout
+    assert [line.split()[:2] for line in table.splitlines()[2:]] == [
+        [lineage, rid] for lineage in BOTH for rid in ("base", f"{lineage}-r1")
+    ]
+    header = next(csv.reader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv").stdout)))
+    for lineage in BOTH:
+        for rid in ("base", f"{lineage}-r1"):
+            assert f"metrics/{lineage}/eval_{rid}.json:mean_score" in header
+    sh(repo, "dvc", "plots", "show", "-o", "plots_html")
+    html = (repo / "plots_html/index.html").read_text()
+    for lineage in BOTH:
+        assert f"reports_plots_trajectory_{lineage}_csv" in html  # one plot per lineage
+    assert repro(repo) == set()
+
+
+@pytest.mark.e2e
+def test_editing_one_lineages_rules_dirties_no_stage_of_another(repo):
+    edit_params(repo, lambda p: p["lineages"]["pirate"]["rules"]["weights"].update(tone=0.5))
+    dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    assert dirty == (lineage_stages("pirate") - {"view@pirate"}) | {"leakage", "package", "report"}
+    assert not {s for s in dirty if "tutor" in s}
+    sh(repo, "git", "checkout", "params.yaml")
+    assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+@pytest.mark.e2e
+def test_new_data_for_one_character_reruns_only_its_lineage(repo):
+    new = conversation(
+        "선장님, 북쪽 빙하 바다에도 보물이 있나요? 얼음섬 지도를 새로 샀어요!",
+        "하하, 얼음섬이라! 이 몸도 그 바다는 두 번밖에 못 가 봤다. 지도에 고래 그림이 있나?",
+        character_id="pirate",
+    )
+    with (repo / "data/raw/pirate_logs.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(new, ensure_ascii=False) + "\n")
+    ran = repro(repo)
+    tutor_rounds = {s for s in lineage_stages("tutor") if s not in {"view@tutor"}}
+    assert not ran & tutor_rounds, ran & tutor_rounds  # the tutor's view was rebuilt, unchanged
+    assert {"collect", "scrub", "version", "view@pirate", "sample@pirate-r1", "train@pirate-r1"} <= ran
+    pirate_texts = [m["content"] for r in load_split(repo / "data/lineages/pirate", "train") for m in r["messages"]]
+    pirate_texts += [m["content"] for r in load_split(repo / "data/lineages/pirate", "eval") for m in r["messages"]]
+    assert any("얼음섬" in t for t in pirate_texts)
+
+
+@pytest.mark.e2e
+def test_adding_a_round_runs_only_that_round(repo):
+    edit_params(repo, lambda p: p["rounds"].update({"tutor-r2": {"lineage": "tutor", "prev": "tutor-r1"}}))
+    r2 = {f"{stage}@tutor-r2" for stage in ("sample", "score", "train", "eval")}
+    assert repro(repo) == r2 | {"leakage", "package", "report"}
+    assert read_json(repo / "metrics/tutor/eval_tutor-r2.json")["delta_vs_prev"]
+    assert read_json(repo / "models/rounds/tutor-r2/ROUND.json")["prev"] == "tutor-r1"
+
+
+@pytest.mark.e2e
+def test_dpo_on_sampled_pairs(repo):
+    """Three samples per prompt, best vs worst as pairs (and the users' feedback pairs), DPO against
+    the adapter-disabled base, in every lineage."""
+    edit_params(
+        repo,
+        lambda p: (
+            p["sample"].update(samples_per_prompt=3),
+            p["score"].update(pair_min_margin=0.0),
+            p["train"].update(method="dpo", init="fresh"),
+        ),
+    )
+    # Only the tutor's first round here (the pirate's stages are as dirty, and would run the same way).
+    out = sh(repo, "dvc", "repro", "eval@tutor-r1").stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"sample@tutor-r1", "score@tutor-r1", "train@tutor-r1", "eval@tutor-r1"}
+    pairs = (repo / "data/rounds/tutor/tutor-r1/pairs.jsonl").read_text().splitlines()
+    info = read_json(repo / "models/rounds/tutor-r1/ROUND.json")
+    assert info["train"]["method"] == "dpo" and info["train"]["pairs"] == len(pairs) >= 1
+    assert info["train"]["feedback_pairs"] >= 1
+    m = read_json(repo / "metrics/tutor/eval_tutor-r1.json")
+    base = read_json(repo / "metrics/tutor/eval_base.json")
+    assert m["perplexity"] == pytest.approx(math.exp(m["eval_loss"]))
+    assert 0.0 <= m["meta_leak_rate"] <= 1.0 and m["mean_turn_depth"] >= 1.0
+    assert m["delta_vs_base"]["eval_loss"] == pytest.approx(m["eval_loss"] - base["eval_loss"])
+
+
+@pytest.mark.e2e
+def test_a_leaked_record_fails_the_stage_that_reads_it(repo):
+    """A pirate record put into the tutor's view (and recorded there with `dvc commit`): the next
+    tutor stage that reads the view stops and names the file, line and record."""
+    pirate_row = load_split(repo / "data/lineages/pirate", "train")[0]
+    path = repo / "data/lineages/tutor/splits/tutor/train.jsonl"
+    n = len(path.read_text(encoding="utf-8").splitlines())
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(pirate_row, ensure_ascii=False) + "\n")
+    sh(repo, "dvc", "commit", "-f", "view@tutor")
+    res = sh(repo, "dvc", "repro", "sample@tutor-r1", check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert f"train.jsonl:{n + 1}: record '{pirate_row['id']}' belongs to character 'pirate'" in out, out[-3000:]
+    assert "Traceback" not in out
