@@ -86,11 +86,12 @@ def release_promote(name, share, version, root, routing, dvc_commit):
     """Serve NAME's newest released version to a share of users (canary), or to all (--share 1)."""
     from . import release
 
+    rel = release_dir(root, name)
     try:
-        version = release.promote(release_dir(root, name), routing, share, version)
+        version = release.promote(rel, routing, share, version)
     except (RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    ro = release.rollout(release_dir(root, name))
+    ro = release.rollout(rel)
     shown = "stable" if ro["stable"] == version else f"canary for {ro['canary_share']:.0%} (stable: {ro['stable']})"
     click.echo(f"{name}: {version} is {shown} (back with: loraloop release rollback {name})")
     record_in_dvc(dvc_commit)
