@@ -43,6 +43,7 @@ COMMANDS = {
     "chat": "stages.chat_cli:cli",
     "s3-local": "stages.s3_local:cli",
     "forget": "stages.forget:cli",
+    "serve": "stages.serve:cli",
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -60,7 +61,7 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float, gens: list
     )
 
 
-def _stop_ids(model, tok) -> set[int]:
+def stop_ids(model, tok) -> set[int]:
     ids = {tok.eos_token_id}
     extra = getattr(model.generation_config, "eos_token_id", None)
     ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
@@ -262,8 +263,10 @@ def _decode(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """New tokens for one batch of prompt tails (sorted by length), end-of-turn included."""
+    """New tokens for one batch of prompt tails (sorted by length), end-of-turn included;
+    on_token(row, token) hears each as it is made (a server streams them)."""
     dev = stop.device
     cache, groups, logits = prefill(model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens)
     end = shared + max(len(t) for t in tails)
@@ -277,6 +280,8 @@ def _decode(
         for r, token, was_done in zip(live, nxt.tolist(), ended.tolist()):
             if not was_done:
                 made[r].append(token)
+                if on_token is not None:
+                    on_token(r, token)
         ended |= torch.isin(nxt, stop)
         if step == max_new_tokens - 1 or bool(ended.all()):
             break
@@ -334,13 +339,16 @@ def generate(
     seed: int,
     desc: str,
     progress: bool = True,
+    seeds: list[int] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> Generation:
-    """Completions of `prompts`; prompt i samples with seed `seed + i`."""
+    """Completions of `prompts`; prompt i samples with seed `seed + i` (or `seeds[i]`).
+    on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included."""
     _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
     model.eval()
     dev = next(model.parameters()).device
     pad = tok.pad_token_id
-    stop = torch.tensor(sorted(_stop_ids(model, tok)), device=dev)
+    stop = torch.tensor(sorted(stop_ids(model, tok)), device=dev)
     shared = common_prefix(prompts)
     prefix_cache = None
     if shared:
@@ -350,7 +358,7 @@ def generate(
 
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     texts: list[str] = [""] * len(prompts)
-    seeds = [seed + i for i in range(len(prompts))]
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
     n_tokens = 0
     attn_before = model.config._attn_implementation
     model.set_attn_implementation(_register_ragged_attention())
@@ -369,6 +377,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 top_p=top_p,
+                on_token=None if on_token is None else (lambda r, t, idx=idx: on_token(idx[r], t)),
             )
             for i, ids in zip(idx, made):
                 n_tokens += len(ids)

@@ -19,6 +19,7 @@ from .io import read_json, replacing, sha256_file, sha256_tree, write_json
 from .metrics import LATER, check_gates, deltas
 from .params import Lineage, Params
 from .paths import METRICS, MODELS, leakage_file, round_paths
+from .vllm_lora import adapter_config, problems
 
 
 def choose(
@@ -28,9 +29,11 @@ def choose(
     adapters: dict[str, str],
     cur: dict | None,
     withdrawn: dict[str, str] | None = None,
+    unservable: dict[str, list[str]] | None = None,
 ) -> tuple[str | None, str]:
     """The round to release and why, or None and why not. `adapters`: round id -> adapter hash;
-    `withdrawn`: version -> adapter hash of the versions rolled back from (never released again)."""
+    `withdrawn`: version -> adapter hash of the versions rolled back from (never released again);
+    `unservable`: round id -> why vLLM could not serve its adapter."""
     withdrawn_by_hash = {h: v for v, h in (withdrawn or {}).items()}
     metric = params.package.primary_metric
     cur_eval = cur["evaluation"][cur["round"]] if cur else None
@@ -43,6 +46,9 @@ def choose(
         if not ev["passed"]:
             failed = ", ".join(f"{g['metric']}={g['value']:.3f}" for g in ev["failed_gates"])
             why_not.append(f"{rid} failed gates ({failed})")
+            continue
+        if (unservable or {}).get(rid):
+            why_not.append(f"{rid} cannot be served by vLLM: {'; '.join(unservable[rid])}")
             continue
         if cur is not None and adapters[rid] == cur["adapter_sha256"]:
             why_not.append(f"{rid} is already released as {cur['version']}")
@@ -216,7 +222,12 @@ def release_round(
         rid: read_json(round_paths(rid, lineage.name, models=rounds_dir).model / "ROUND.json")["adapter_hash"]
         for rid in rounds
     }
-    rid, why = choose(params, lineage, evals, adapters, cur, release.withdrawn(rel))
+    unservable = {}
+    if params.package.vllm_servable:
+        for r in rounds:
+            adapter = round_paths(r, lineage.name, models=rounds_dir).model / "adapter"
+            unservable[r] = problems(adapter_config(adapter)) if (adapter / "adapter_config.json").is_file() else []
+    rid, why = choose(params, lineage, evals, adapters, cur, release.withdrawn(rel), unservable)
     if (rel / "merged").exists():
         shutil.rmtree(rel / "merged")
     ro = release.rollout(rel)

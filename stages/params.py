@@ -262,6 +262,8 @@ class PackageParams(Section):
     # null: a new release serves every user at once (stable). A share in (0, 1): it goes to that
     # share of users as canary; `loraloop release promote NAME --share 1` makes it stable.
     canary_share: float | None = Field(None, gt=0, lt=1)
+    # Release only adapters vLLM can serve (rank, no DoRA, no modules_to_save, no head/embedding LoRA).
+    vllm_servable: bool = True
 
 
 def merged(base: dict, override: dict) -> dict:

@@ -448,3 +448,19 @@ def test_a_tone_leakage_gate_keeps_a_round_from_release(proj):
     )
     d = proj.package(p)
     assert d["round"] == "tutor-r1" and "tutor-r2 failed gates (tone_leakage_rate=0.900)" in d["reason"]
+
+
+def test_an_adapter_vllm_cannot_serve_is_not_released(proj):
+    proj.round("r1", "base", 0.6)
+    proj.round("r2", "r1", 0.7)
+    write_json(proj.root / "models/rounds/r2/adapter/adapter_config.json", {"r": 8, "use_dora": True})
+    d = proj.package(params())
+    assert d["released"] and d["round"] == "r1"
+    assert "r2 cannot be served by vLLM: use_dora: true" in d["reason"]
+    cfg = {"r": 1024, "modules_to_save": ["lm_head"], "target_modules": ["q_proj", "embed_tokens"]}
+    write_json(proj.root / "models/rounds/r2/adapter/adapter_config.json", cfg)
+    d = proj.package(params())
+    assert not d["released"]
+    for why in ("modules_to_save ['lm_head']", "target_modules ['embed_tokens']", "rank 1024"):
+        assert why in d["reason"]
+    assert proj.package(params(vllm_servable=False))["round"] == "r2"  # the check is a choice
