@@ -44,6 +44,8 @@ COMMANDS = {
     "s3-local": "stages.s3_local:cli",
     "forget": "stages.forget:cli",
     "serve": "stages.serve:cli",
+    "monitor": "stages.monitor:cli",
+    "status": "stages.status:cli",
 }
 
 

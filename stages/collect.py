@@ -37,7 +37,8 @@ def record_id(character_id: str, messages: list[dict]) -> str:
 
 def feedback_messages(obj: dict, max_chars: int) -> tuple[list[dict], str | None]:
     """{"messages": [... user], "response", "feedback": good|bad, "corrected"} -> the SFT
-    conversation and, for bad -> corrected, the rejected response of the DPO pair."""
+    conversation and, for bad -> corrected, the rejected response of the DPO pair; a bad one
+    without a correction is a negative (its reply kept at weight 0 and as the rejected side)."""
     context = formats.messages_of(obj.get("messages"), "messages", max_chars)
     if not context or context[-1]["role"] != "user":
         raise Reject("feedback_context_must_end_with_user", "messages")
@@ -55,7 +56,11 @@ def feedback_messages(obj: dict, max_chars: int) -> tuple[list[dict], str | None
             raise Reject("missing_response", "response")
         return context + [{"role": "assistant", "content": corrected or response}], None
     if corrected is None:
-        raise Reject("bad_feedback_without_correction", "corrected")
+        if response is None:
+            raise Reject("missing_response", "response")
+        # A negative: the reply not to give. Its turn has weight 0 (nothing to learn from it by
+        # imitation); sample answers the same prompt and score pairs the best answer against it.
+        return context + [{"role": "assistant", "content": response, "weight": 0}], response
     return context + [{"role": "assistant", "content": corrected}], response
 
 
@@ -142,6 +147,8 @@ def normalize(obj, src: SourceParams, default_character_id: str | None, max_char
         record["tools"] = sh.tools
     if sh.rejected is not None:
         record["rejected"] = sh.rejected
+        if messages[-1].get("weight") == 0:
+            record["negative_only"] = True  # no chosen reply yet: see version's negatives split
     if sh.shape in ("preference", "hh"):
         record["pair_only"] = True  # a preference pair trains DPO, not SFT on its chosen reply
     meta = {k: v for k, v in obj.items() if k not in KNOWN and k not in sh.used}

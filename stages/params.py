@@ -123,6 +123,7 @@ class SampleParams(Section):
     temperature: float = Field(0.9, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     samples_per_prompt: int = Field(1, ge=1)  # >= 2 lets score pair best vs worst for DPO
+    max_negatives: int = Field(32, ge=0)  # also answer the newest n negatives' prompts (paired against them)
     # hf: transformers generate (CPU or GPU). vllm: vLLM with its LoRA support (GPU, `pip install vllm`).
     engine: Literal["hf", "vllm"] = "hf"
 
@@ -266,6 +267,20 @@ class PackageParams(Section):
     vllm_servable: bool = True
 
 
+class MonitorParams(Section):
+    """What `loraloop monitor` judges a served version on (stages/monitor.py)."""
+
+    min_requests: int = Field(20, ge=1)  # a version is judged once it has served this many
+    # metric -> bounds (banned_word_rate, meta_leak_rate, repetition_rate, language_compliance,
+    # latency_p95_ms, reply_chars_p95, thumbs_up_share, ...): outside them a version is unhealthy.
+    alerts: dict[str, Gate] = Field(default_factory=dict)
+    min_unique_ngrams: float = Field(0.5, ge=0, le=1)  # a reply below this share repeats itself: a problem
+
+
+class RetrainParams(Section):
+    min_new_examples: int = Field(50, ge=1)  # new opt-in examples since the release's data: retrain due
+
+
 def merged(base: dict, override: dict) -> dict:
     """base with override's keys put in, mappings merged key by key (a list replaces a list)."""
     out = dict(base)
@@ -324,6 +339,8 @@ class Params(Section):
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     package: PackageParams = PackageParams()
+    monitor: MonitorParams = MonitorParams()
+    retrain: RetrainParams = RetrainParams()
     # A mapping, not a list, so DVC's foreach names stages after the round: train@r2, not train@1.
     rounds: dict[str, RoundSpec] = Field(min_length=1)
 

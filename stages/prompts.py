@@ -45,6 +45,23 @@ def pick_prompts(rows: list[dict], n: int, rng_seed: str, system_prompts: dict[s
     return out
 
 
+def negative_prompts(version_dir: Path, n: int, system_prompts: dict[str, str]) -> list[dict]:
+    """The newest n negatives (replies users should not get), each a prompt that carries its bad
+    reply as `negative`: score pairs the best on-policy answer against it."""
+    rows = load_split(version_dir, "negatives", sorted(system_prompts))[-n:] if n else []
+    return [
+        {
+            "prompt_id": f"neg:{row['id'][:16]}",
+            "record_id": row["id"],
+            "character_id": row["character_id"],
+            "messages": in_character(system_prompts, row["character_id"], row["prompt"]),
+            "negative": row["rejected"],
+            **({"tools": row["tools"]} if row.get("tools") else {}),
+        }
+        for row in rows
+    ]
+
+
 def prompts_from_split(
     version_dir: Path, split: str, n: int, rng_seed: str, system_prompts: dict[str, str]
 ) -> list[dict]:

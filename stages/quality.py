@@ -98,6 +98,8 @@ def reject_reason(messages: list[dict], p: ScrubParams) -> str | None:
     why = tool_problem(messages)
     if why:
         return why
+    # Content rules judge what is learned from: a weight-0 turn (a negative's bad reply) is kept as it is.
+    messages = [m for m in messages if m.get("weight", 1) != 0]
     if too_short(messages, p):
         return "too_short_turn"
     assistant = "\n".join(m["content"] for m in messages if m["role"] == "assistant")

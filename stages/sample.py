@@ -13,7 +13,8 @@ from .io import read_json, write_jsonl
 from .model import round_info
 from .params import Params, SampleParams
 from .paths import round_paths
-from .prompts import prompts_from_split
+from .prompts import negative_prompts, prompts_from_split
+from .vllm_lora import max_lora_rank
 
 
 def generate_hf(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
@@ -30,12 +31,6 @@ def generate_hf(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleP
         seed=seed,
         desc=desc,
     )
-
-
-def vllm_lora_rank(r: int) -> int:
-    """vLLM accepts max_lora_rank from a fixed set (8, 16, 32, ... powers of two): the smallest that
-    holds rank r."""
-    return max(8, 1 << (r - 1).bit_length())
 
 
 def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
@@ -64,7 +59,7 @@ def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: Sampl
     if info["adapter"] is not None:
         adapter_dir = Path(prev_dir) / info["adapter"]
         rank = read_json(adapter_dir / "adapter_config.json")["r"]
-        llm_args.update(enable_lora=True, max_lora_rank=vllm_lora_rank(rank), max_loras=1)
+        llm_args.update(enable_lora=True, max_lora_rank=max_lora_rank([rank]), max_loras=1)
         lora = LoRARequest(info["id"], 1, str(adapter_dir))
     llm = LLM(**llm_args)
     seeds = [seed + i for i in range(len(prompts))]
@@ -86,6 +81,7 @@ def run(params: Params, round_id: str, base_dir: Path, version_dir: Path, prev_d
     prompts = prompts_from_split(
         version_dir, "train", sp.num_prompts, f"{params.seed}:sample:{round_id}", lineage.system_prompts
     )
+    prompts += negative_prompts(version_dir, sp.max_negatives, lineage.system_prompts)
     # Each prompt k times in a row; sample_index tells the copies apart, and each has its own seed.
     jobs = [{**p, "sample_index": k} for p in prompts for k in range(sp.samples_per_prompt)]
     prev = round_info(prev_dir)

@@ -56,8 +56,10 @@ def mark_kept(rows: list[dict], params: ScoreParams) -> int:
     return len(kept)
 
 
-def dpo_pairs(rows: list[dict], min_margin: float) -> list[dict]:
-    """Per prompt with two or more distinct replies: best vs worst, if they differ by min_margin."""
+def dpo_pairs(rows: list[dict], min_margin: float, params: ScoreParams | None = None) -> list[dict]:
+    """Per prompt with two or more distinct replies: best vs worst, if they differ by min_margin.
+    A negative's prompt pairs its best reply against the logged bad one instead (scored by the
+    same rules; any reply beats one a user turned down, so no margin is asked there)."""
     per_prompt = defaultdict(list)
     for r in rows:
         per_prompt[r["prompt_id"]].append(r)
@@ -65,7 +67,11 @@ def dpo_pairs(rows: list[dict], min_margin: float) -> list[dict]:
     for pid in sorted(per_prompt):
         group = sorted(per_prompt[pid], key=lambda r: (-r["score"], r.get("sample_index", 0)))
         best, worst = group[0], group[-1]
-        if len(group) < 2 or best["response"] == worst["response"] or best["score"] - worst["score"] < min_margin:
+        if "negative" in best:
+            if best["response"] == best["negative"]:
+                continue
+            worst = {"response": best["negative"], "score": negative_score(best, params)}
+        elif len(group) < 2 or best["response"] == worst["response"] or best["score"] - worst["score"] < min_margin:
             continue
         pairs.append(
             {
@@ -81,16 +87,25 @@ def dpo_pairs(rows: list[dict], min_margin: float) -> list[dict]:
     return pairs
 
 
+def negative_score(row: dict, params: ScoreParams | None) -> float | None:
+    """The logged bad reply's score under the rules (None without rules to judge by)."""
+    if params is None:
+        return None
+    values = rule_values(row["negative"], params.rules, row["messages"], row.get("character_id"), row.get("tools"))
+    return weighted_total(values, params.rules.weights.model_dump())
+
+
 def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Path) -> dict:
     rows = list(read_jsonl(samples_file))
     score_rows(rows, params)
     n_keep = mark_kept(rows, params)
-    pairs = dpo_pairs(rows, params.pair_min_margin)
+    pairs = dpo_pairs(rows, params.pair_min_margin, params)
     with replacing(out_file, pairs_file) as (out_tmp, pairs_tmp):
         write_jsonl(out_tmp, rows)
         write_jsonl(pairs_tmp, pairs)
     mean = sum(r["score"] for r in rows) / len(rows) if rows else 0.0
-    return {"samples": len(rows), "kept": n_keep, "pairs": len(pairs), "mean_score": mean}
+    against = sum(p["prompt_id"].startswith("neg:") for p in pairs)
+    return {"samples": len(rows), "kept": n_keep, "pairs": len(pairs), "negative_pairs": against, "mean_score": mean}
 
 
 @click.command()

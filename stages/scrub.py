@@ -101,6 +101,16 @@ def dedup_view(record: dict) -> list[dict]:
     return record["messages"]
 
 
+def negative_keys(in_file: Path) -> set[int]:
+    """Content keys of the negatives (replies users turned down) among the collected records."""
+    keys = set()
+    with Path(in_file).open(encoding="utf-8") as f:
+        for line in f:
+            if '"negative_only":true' in line:
+                keys.add(content_key(json.loads(line)["messages"]))
+    return keys
+
+
 class Reservoir:
     """k records drawn uniformly from a stream of unknown length, deterministically."""
 
@@ -141,12 +151,16 @@ def scrub_into(
     files = {}
     try:
         with (out_dir / "rejects.jsonl").open("w", encoding="utf-8") as rej_f:
+            turned_down = negative_keys(in_file)
             for record in read_jsonl(in_file):
                 counts["read"] += 1
                 char = record["character_id"]
+                raw_key = None if record.get("negative_only") else content_key(record["messages"])
                 record, found = scrub_record(record, extra, tuple(params.phone_regions))
                 pii.update(found)
                 reason = reject_reason(record["messages"], params)
+                if reason is None and raw_key in turned_down:
+                    reason = "turned_down"  # a logged exchange whose reply users marked bad: not an example
                 if reason is None:
                     key = content_key(dedup_view(record))
                     first = owner.get(key)

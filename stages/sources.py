@@ -288,20 +288,32 @@ def read_hub(name: str, split: str) -> Iterator[tuple[dict, object]]:
 
 def read_source(path: Path, fmt: str) -> Iterator[tuple[dict, object]]:
     """(where in the file, raw row) for every row of a source file; `where` names the line (text
-    formats; JSON arrays also the item) or the row (tables), for rejects to point at."""
+    formats; JSON arrays also the item) or the row (tables), for rejects to point at. A directory
+    that is not a `datasets` save is a folder of files (served logs, one per day): each of its
+    .jsonl/.json/.parquet files in name order, `where` naming the file too."""
+    if fmt == "auto" and path.is_dir() and not is_datasets_dir(path):
+        return read_folder(path)
     if fmt == "auto":
-        fmt = (
-            "datasets"
-            if path.is_dir()
-            else {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}.get(path.suffix, "jsonl")
-        )
-    return {
-        "jsonl": read_jsonl_raw,
-        "json": read_json_array,
-        "parquet": read_arrow_table,
-        "datasets": read_arrow_table,
-    }[fmt](path)
+        fmt = "datasets" if path.is_dir() else SUFFIXES.get(path.suffix, "jsonl")
+    return READERS[fmt](path)
 
+
+SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+
+
+def is_datasets_dir(path: Path) -> bool:
+    return any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")) or any(
+        path.glob("*.arrow")
+    )
+
+
+def read_folder(path: Path) -> Iterator[tuple[dict, object]]:
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in SUFFIXES):
+        for where, row in READERS[SUFFIXES[file.suffix]](file):
+            yield {"file": file.name, **where}, row
+
+
+READERS = {"jsonl": read_jsonl_raw, "json": read_json_array, "parquet": read_arrow_table, "datasets": read_arrow_table}
 
 MAX_DEPTH = 64  # nesting a record may have; deeper is a reject, not a RecursionError later
 

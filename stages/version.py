@@ -50,6 +50,20 @@ def dpo_row(record: dict) -> dict:
     return row
 
 
+def negative_row(record: dict) -> dict:
+    """A reply users should not get, with no better one yet: sample answers its prompt on-policy
+    and score pairs the best answer against it (the DPO rejected side)."""
+    row = {
+        "id": record["id"],
+        "character_id": record["character_id"],
+        "prompt": record["messages"][:-1],
+        "rejected": record["rejected"],
+    }
+    if record.get("tools"):
+        row["tools"] = record["tools"]
+    return row
+
+
 # --- the previous version, from git and the DVC cache -----------------------------------------
 
 
@@ -98,6 +112,15 @@ def reject_reasons(reject_files: list[Path]) -> dict[str, str]:
     return out
 
 
+def records_by_source(counts: dict) -> dict[str, int]:
+    """manifest counts (character -> split -> {by_source, total}) summed per source."""
+    out: Counter = Counter()
+    for splits in counts.values():
+        for split in splits.values():
+            out.update(split["by_source"])
+    return dict(sorted(out.items()))
+
+
 def changelog_section(
     manifest: dict,
     prev: dict | None,
@@ -131,13 +154,19 @@ def changelog_section(
             + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(why.items()))})" if gone else "")
             + "."
         )
+    by_source = records_by_source(manifest["counts"])
+    lines.append("Records by source: " + ", ".join(f"{k} {v}" for k, v in by_source.items()) + ".")
+    negatives = sum(char.get("negatives", {}).get("total", 0) for char in manifest["counts"].values())
+    if negatives:
+        lines.append(f"Negatives (replies users should not get; trained against): {negatives}.")
     deleted = manifest["upstream"].get("collect", {}).get("reasons", {}).get("deleted_on_request", 0)
     lines.append(f"Deleted on request in this version: {deleted}.")
     return "\n".join(lines) + "\n"
 
 
 def write_splits(scrubbed_dir: Path, splits: Path, eval_fraction: float) -> tuple[dict, dict, dict]:
-    """Every scrubbed record to its character's train or eval split (and the dpo split for a pair),
+    """Every scrubbed record to its character's train or eval split (the dpo split for a pair, the
+    negatives split for a bad reply without a correction),
     streaming, in scrub's (deterministic) order. Returns records per file, counts per
     character/split/source, and the record ids per file."""
     handles: dict[str, object] = {}
@@ -150,8 +179,11 @@ def write_splits(scrubbed_dir: Path, splits: Path, eval_fraction: float) -> tupl
             for record in read_jsonl(src):
                 char = record["character_id"]
                 split = split_of(record["id"], eval_fraction)
-                rows = [] if record.get("pair_only") else [(split, chatml_row(record))]
-                rows += [("dpo", dpo_row(record))] if "rejected" in record else []
+                if record.get("negative_only"):
+                    rows = [("negatives", negative_row(record))]
+                else:
+                    rows = [] if record.get("pair_only") else [(split, chatml_row(record))]
+                    rows += [("dpo", dpo_row(record))] if "rejected" in record else []
                 for name, row in rows:
                     rel = f"{char}/{name}.jsonl"
                     if rel not in handles:

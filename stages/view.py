@@ -26,7 +26,7 @@ def run(characters: list[str], version_dir: Path, out_dir: Path) -> dict:
                     f"(characters with data: {sorted(p.name for p in (Path(version_dir) / SPLITS).iterdir())})"
                 )
             shutil.copytree(src, tmp / SPLITS / character)
-        for split in ("train", "eval", "dpo"):
+        for split in ("train", "eval", "dpo", "negatives"):
             counts[split] = len(load_split(tmp, split, characters))  # checks every record's owner
     return {"characters": characters, **counts}
 

@@ -129,9 +129,12 @@ def test_feedback_becomes_sft_records_and_dpo_pairs(tmp_path):
     ]
     counts = collect.run(src_params(write_lines(tmp_path / "fb.jsonl", rows), kind="feedback"), tmp_path / "out")
     kept = list(read_jsonl(tmp_path / "out/records.jsonl"))
-    assert counts["reasons"] == {"bad_feedback_without_correction": 1, "bad_feedback_label": 1}
+    assert counts["reasons"] == {"bad_feedback_label": 1}
     assert kept[0]["messages"][-1]["content"].startswith("What is 6 times 5") and "rejected" not in kept[0]
     assert kept[1]["messages"][-1]["content"].startswith("What is 6 times 6") and kept[1]["rejected"] == "It is 42."
+    # A bad reply without a correction is a negative: kept at weight 0, the rejected side to come.
+    assert kept[2]["negative_only"] and kept[2]["rejected"] == "It is 42."
+    assert kept[2]["messages"][-1] == {"role": "assistant", "content": "It is 42.", "weight": 0}
 
 
 @pytest.mark.parametrize(

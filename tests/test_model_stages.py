@@ -15,6 +15,7 @@ from stages import eval as eval_stage
 from stages import lm_loss, package, sample, score, train
 from stages.io import read_json, read_jsonl, write_json
 from stages.params import Params
+from stages.vllm_lora import max_lora_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_ON_CUDA = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
@@ -112,7 +113,8 @@ def test_vllm_engine_is_optional(project, tmp_path):
 
 
 def test_vllm_lora_rank_is_one_vllm_accepts():
-    assert [sample.vllm_lora_rank(r) for r in (1, 4, 8, 12, 16, 17, 64, 100)] == [8, 8, 8, 16, 16, 32, 64, 128]
+    ranks = (1, 4, 8, 12, 16, 17, 64, 100, 300)
+    assert [max_lora_rank([r]) for r in ranks] == [1, 8, 8, 16, 16, 32, 64, 128, 320]
 
 
 @pytest.mark.skipif(not VLLM_ON_CUDA, reason="needs CUDA and vLLM")

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx2 as httpx  # what the openai client itself uses
 import openai
 import pytest
-from conftest import copy_repo
+from conftest import copy_repo, edit_params
 from safetensors.torch import load_file, save_file
 
 from stages import release
@@ -300,3 +300,35 @@ def test_vllm_command_from_routing(tiny_fleet, tmp_path):
     cfg_file.write_text(json.dumps(cfg))
     r = subprocess.run(["loraloop", "serve", "--engine", "vllm"], cwd=repo, capture_output=True, text=True)
     assert r.returncode == 1 and "pirate" in r.stderr and "DoRA" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_monitor_reads_what_the_server_logged(served):
+    server, _ = served
+    ask(server.client(), "pirate", "Ahoy", "monitored-user")
+    edit_params(server.repo, lambda p: p["monitor"].update(min_requests=1, alerts={"latency_p50_ms": {"max": 0.001}}))
+    r = subprocess.run(["loraloop", "monitor"], cwd=server.repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    report = read_json(server.repo / "metrics/monitor.json")
+    logged = [row for row in read_rows(server.repo / COUNTERS) if row["event"] == "completion"]
+    served_pirate = sum(row["character"] == "pirate" for row in logged)
+    assert report["characters"]["pirate"]["pirate-v0.1"]["requests"] == served_pirate
+    assert "pirate-v0.1 (stable) is unhealthy: latency_p50_ms=" in r.stdout
+    assert "To roll it back: loraloop release rollback pirate" in r.stdout
+
+
+def test_status_counts_new_examples_and_stale_stages(served):
+    server, _ = served
+    for i in range(3):
+        ask(server.client(), "pirate", f"Ahoy {i}", f"status-user-{i}", opt_in=True)
+    edit_params(server.repo, lambda p: p["retrain"].update(min_new_examples=3))
+    r = subprocess.run(["loraloop", "status", "--json"], cwd=server.repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    pirate = next(s for s in status["lineages"] if s["lineage"] == "pirate")
+    opted = [row for row in read_rows(server.repo / SERVED) if row["character_id"] == "pirate"]
+    assert pirate["new_examples"]["served"] == len(opted) >= 3 and pirate["retrain_due"]
+    # the served logs are collect's input: the data and everything after it is out of date
+    assert "collect" in status["stale"] and "train@pirate-r1" not in status["stale"]
+    assert {"collect", "version", "train@pirate-r1", "package"} <= set(status["repro_would_run"])
+    text = subprocess.run(["loraloop", "status"], cwd=server.repo, capture_output=True, text=True).stdout
+    assert "retrain due" in text and "`dvc repro` would run" in text

@@ -95,3 +95,41 @@ def test_changelog_diffs_against_the_committed_version(tmp_path):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "v2")
     assert "Added 5 records" in sh(repo, "git", "log", "-p", "--", "data/version/CHANGELOG.md").stdout
+
+
+def test_a_negative_goes_from_feedback_to_a_pair_against_it(tmp_path):
+    """A bad reply with no correction: collect keeps it, scrub does not judge its (weight-0) reply,
+    version puts it in the negatives split, sample asks its prompt, score pairs the best answer
+    against it."""
+    from stages import collect, score, scrub
+    from stages.params import CollectParams, ScoreParams, ScrubParams, SourceParams
+    from stages.prompts import negative_prompts
+
+    ctx = [{"role": "user", "content": "How do I solve 2x = 10?"}]
+    bad = "As an AI language model, the answer is x = 5."  # scrub's meta filter would drop it as data
+    rows = [{"character_id": "tutor", "opt_in": True, "messages": ctx, "feedback": "bad", "response": bad}]
+    served = [{"character_id": "tutor", "opt_in": True, "messages": [*ctx, {"role": "assistant", "content": bad}]}]
+    sources = [
+        SourceParams(path=str(write_lines(tmp_path / "served.jsonl", served))),  # the logged exchange
+        SourceParams(path=str(write_lines(tmp_path / "neg.jsonl", rows)), kind="feedback"),
+    ]
+    collect.run(CollectParams(sources=sources), tmp_path / "collected")
+    stats = scrub.run(
+        ScrubParams(meta_filter=False), tmp_path / "collected/records.jsonl", tmp_path / "scrubbed", tmp_path / "d.json"
+    )
+    assert stats["reasons"] == {"turned_down": 1}  # the exchange itself is no example to imitate
+    version.run(VersionParams(), tmp_path / "scrubbed", tmp_path / "version")
+    (neg,) = read_jsonl(tmp_path / "version/splits/tutor/negatives.jsonl")
+    assert neg["prompt"] == ctx and neg["rejected"] == bad
+    assert not (tmp_path / "version/splits/tutor/train.jsonl").exists()  # nothing to imitate
+    (prompt,) = negative_prompts(tmp_path / "version", 8, {"tutor": "Be a tutor."})
+    assert prompt["negative"] == bad and prompt["messages"][0]["content"] == "Be a tutor."
+    samples = [
+        {**prompt, "sample_index": k, "response": text}
+        for k, text in enumerate(["What could you divide both sides by?", "x is 5."])
+    ]
+    sp = ScoreParams()
+    score.score_rows(samples, sp)
+    (pair,) = score.dpo_pairs(samples, sp.pair_min_margin, sp)
+    assert pair["chosen"] == "What could you divide both sides by?" and pair["rejected"] == bad
+    assert pair["rejected_score"] < pair["chosen_score"]
