@@ -40,6 +40,7 @@ COMMANDS = {
     "release": "stages.tools:release_group",
     "route": "stages.tools:route",
     "stage-times": "stages.tools:stage_times",
+    "plots": "stages.tools:plots",
     "chat": "stages.chat_cli:cli",
     "s3-local": "stages.s3_local:cli",
     "forget": "stages.forget:cli",

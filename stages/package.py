@@ -16,6 +16,7 @@ import yaml
 from . import release
 from .cli import PATH, params_of, say
 from .io import read_json, replacing, sha256_file, sha256_tree, write_json
+from .manifest import records_by_source
 from .metrics import LATER, check_gates, deltas
 from .params import Lineage, Params
 from .paths import METRICS, MODELS, leakage_file, round_paths
@@ -30,10 +31,12 @@ def choose(
     cur: dict | None,
     withdrawn: dict[str, str] | None = None,
     unservable: dict[str, list[str]] | None = None,
+    base_hash: str | None = None,
 ) -> tuple[str | None, str]:
     """The round to release and why, or None and why not. `adapters`: round id -> adapter hash;
     `withdrawn`: version -> adapter hash of the versions rolled back from (never released again);
-    `unservable`: round id -> why vLLM could not serve its adapter."""
+    `unservable`: round id -> why vLLM could not serve its adapter; `base_hash`: the base the rounds
+    were trained on (a release on another base does not compare: the gates decide)."""
     withdrawn_by_hash = {h: v for v, h in (withdrawn or {}).items()}
     metric = params.package.primary_metric
     cur_eval = cur["evaluation"][cur["round"]] if cur else None
@@ -61,7 +64,8 @@ def choose(
             )
             continue
         # Scores measured under other rules, prompts or decoding do not compare: then the gates decide.
-        comparable = cur is not None and cur_eval.get("eval_config") == ev.get("eval_config")
+        same_base = cur is None or base_hash is None or cur["base_model"]["hash"] == base_hash
+        comparable = cur is not None and same_base and cur_eval.get("eval_config") == ev.get("eval_config")
         if comparable and ev[metric] <= cur_value:
             why_not.append(f"{rid} {metric}={ev[metric]:.4f} does not beat {cur['version']} ({cur_value:.4f})")
             continue
@@ -69,6 +73,8 @@ def choose(
             beats = "first release"
         elif comparable:
             beats = f"beats {cur['version']} ({cur_value:.4f})"
+        elif not same_base:
+            beats = f"the base model changed since {cur['version']}, so the values do not compare"
         else:
             beats = (
                 f"{cur['version']} ({metric}={cur_value:.4f}) was measured under another eval config "
@@ -118,6 +124,9 @@ def build_metadata(
             "from_version": cur["version"],
             "data_changed": cur["data"]["manifest_sha256"] != manifest_sha256,
             "metric_deltas": deltas(ev, old),
+            "evaluation": old,  # the previous version's own numbers, for the model card's table
+            "base_changed": cur["base_model"]["hash"] != base["hash"],
+            "by_source_before": cur["data"].get("by_source"),
         }
     return {
         "name": lineage.release,
@@ -144,12 +153,30 @@ def build_metadata(
         "data": {
             "manifest_sha256": manifest_sha256,
             "counts": {c: n for c, n in manifest["counts"].items() if c in lineage.characters},
+            "by_source": records_by_source({c: n for c, n in manifest["counts"].items() if c in lineage.characters}),
+            "negatives": sum(
+                n.get("negatives", {}).get("total", 0) for c, n in manifest["counts"].items() if c in lineage.characters
+            ),
             "sources": [s.model_dump() for s in params.collect.sources],
             "scrub": read_json(data_metrics)["scrub"],
         },
         "changes_from_previous": changes,
         "evaluation": {"base": base_eval, **evals},
     }
+
+
+def write_plots(params: Params, lineage: Lineage, evaluation: dict, out: Path) -> list[str]:
+    """The lineage's metrics by round (the primary metric and the gated ones), as SVG and PNG for
+    the model card."""
+    from .charts import line_chart, write_png, write_svg
+
+    names = [params.package.primary_metric] + [g for g in lineage.gates if g != params.package.primary_metric]
+    names = [n for n in names if all(isinstance(ev.get(n), (int, float)) for ev in evaluation.values())]
+    rows = [{"round": rid, **{n: ev[n] for n in names}} for rid, ev in evaluation.items()]
+    chart = line_chart(rows, "round", names, f"{lineage.name}: metrics by round")
+    write_svg(chart, out / "trajectory.svg")
+    write_png(chart, out / "trajectory.png")
+    return ["plots/trajectory.svg", "plots/trajectory.png"]
 
 
 def merge_into(release_dir: Path, base_dir: Path) -> None:
@@ -227,7 +254,8 @@ def release_round(
         for r in rounds:
             adapter = round_paths(r, lineage.name, models=rounds_dir).model / "adapter"
             unservable[r] = problems(adapter_config(adapter)) if (adapter / "adapter_config.json").is_file() else []
-    rid, why = choose(params, lineage, evals, adapters, cur, release.withdrawn(rel), unservable)
+    base_hash = read_json(base_dir / "base.json")["hash"]
+    rid, why = choose(params, lineage, evals, adapters, cur, release.withdrawn(rel), unservable, base_hash)
     if (rel / "merged").exists():
         shutil.rmtree(rel / "merged")
     ro = release.rollout(rel)
@@ -241,7 +269,11 @@ def release_round(
             "canary": ro["canary"],
             "reason": why,
         }
-    version = release.next_version(rel, lineage.release, params.package.major, params.package.tag)
+    major, first = params.package.major, 1
+    base_changed = cur is not None and cur["base_model"]["hash"] != base_hash
+    if base_changed:  # a new base is a new major version: v0.x -> v1.0
+        major, first = max(major, int(release.VERSION.match(cur["version"])["major"]) + 1), 0
+    version = release.next_version(rel, lineage.release, major, params.package.tag, first)
     metadata = build_metadata(
         params, lineage, version, rid, base_dir, rounds_dir, version_dir, evals, base_eval, cur, data_metrics
     )
@@ -250,6 +282,7 @@ def release_round(
         shutil.rmtree(archive)
     shutil.copytree(round_paths(rid, lineage.name, models=rounds_dir).model / "adapter", archive / "adapter")
     metadata["adapter_tree_sha256"] = sha256_tree(archive / "adapter")[0]
+    metadata["plots"] = write_plots(params, lineage, metadata["evaluation"], archive / "plots")
     (archive / "metadata.yaml").write_text(
         yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
@@ -272,7 +305,12 @@ def release_round(
     ev = evals[rid]
     shown = ", ".join(f"{k}={ev[k]:.3f}" for k in ev if isinstance(ev[k], float))
     where = f" (canary for {share:.0%} of users)" if canary else ""
-    release.changelog_line(rel, f"{metadata['created_at']} {version} from {rid}{where}: {shown}")
+    base_note = ""
+    if base_changed:
+        base_note = f"; base model changed ({cur['base_model']['hash'][:12]} -> {base_hash[:12]}), new major version"
+    negatives = metadata["data"]["negatives"]
+    neg_note = f"; trained against {negatives} negatives" if negatives else ""
+    release.changelog_line(rel, f"{metadata['created_at']} {version} from {rid}{where}{base_note}{neg_note}: {shown}")
     ro = release.rollout(rel)
     return {
         "released": True,

@@ -170,3 +170,32 @@ def stage_times(keep):
     click.echo(f"{'all stages':<{width}}  {sum(r['seconds'] for r in rows):7.1f} s")
     if not keep:
         path.unlink()
+
+
+@click.command("plots")
+@click.option("--out", type=PATH, default=Path("dvc_plots"), show_default=True, help="Where the page goes.")
+@click.option(
+    "--template", type=PATH, default=Path(".dvc/tmp/offline_plots.html"), show_default=True, help="Template cache."
+)
+@click.argument("targets", nargs=-1)
+def plots(out, template, targets):
+    """`dvc plots show` with Vega inlined, so the page renders without network (TARGETS: as dvc's)."""
+    from .charts import offline_template
+
+    offline_template(template)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvc",
+        "plots",
+        "show",
+        "--html-template",
+        str(template.resolve()),
+        "--out",
+        str(out),
+        *targets,
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise click.ClickException(f"{' '.join(cmd)} failed:\n{res.stderr.strip() or res.stdout.strip()}")
+    click.echo(f"{out / 'index.html'} (renders offline)")

@@ -19,6 +19,7 @@ import yaml
 
 from .cli import PATH, params_of, say
 from .io import dumps, read_json, read_jsonl, replacing, sha256_file, write_json
+from .manifest import records_by_source
 from .params import VersionParams
 from .splits import SPLITS
 
@@ -110,15 +111,6 @@ def reject_reasons(reject_files: list[Path]) -> dict[str, str]:
                 if r.get("id"):
                     out[r["id"]] = r["reason"]
     return out
-
-
-def records_by_source(counts: dict) -> dict[str, int]:
-    """manifest counts (character -> split -> {by_source, total}) summed per source."""
-    out: Counter = Counter()
-    for splits in counts.values():
-        for split in splits.values():
-            out.update(split["by_source"])
-    return dict(sorted(out.items()))
 
 
 def changelog_section(

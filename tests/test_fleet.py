@@ -134,13 +134,21 @@ def test_new_data_for_one_character_reruns_only_its_lineage(repo):
     )
     with (repo / "data/raw/pirate_logs.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps(new, ensure_ascii=False) + "\n")
-    ran = repro(repo)
-    tutor_rounds = {s for s in lineage_stages("tutor") if s not in {"view@tutor"}}
-    assert not ran & tutor_rounds, ran & tutor_rounds  # the tutor's view was rebuilt, unchanged
-    assert {"collect", "scrub", "version", "view@pirate", "sample@pirate-r1", "train@pirate-r1"} <= ran
+    # Up to the views, then ask DVC what is out of date: the rounds would run as they always do,
+    # and running them here costs a minute of CI.
+    out = sh(repo, "dvc", "repro", "view@tutor", "view@pirate").stdout
+    assert {"collect", "scrub", "version", "view@pirate", "view@tutor"} <= set(
+        re.findall(r"Running stage '([^']+)'", out)
+    )
+    dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    assert dirty == (lineage_stages("pirate") - {"view@pirate"}) | {"leakage", "package", "report"}
+    assert not {s for s in dirty if "tutor" in s}  # the tutor's view was rebuilt, byte-identical
     pirate_texts = [m["content"] for r in load_split(repo / "data/lineages/pirate", "train") for m in r["messages"]]
     pirate_texts += [m["content"] for r in load_split(repo / "data/lineages/pirate", "eval") for m in r["messages"]]
     assert any("얼음섬" in t for t in pirate_texts)
+    sh(repo, "git", "checkout", "data/raw/pirate_logs.jsonl")  # back to the recorded state
+    sh(repo, "dvc", "repro", "view@tutor", "view@pirate")
+    assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
 @pytest.mark.e2e

@@ -34,7 +34,18 @@ class Project:
         self.root = root
         write_json(root / "models/base/base.json", {"source": "embedded", "hash": "b" * 64, "files": {}})
         (root / "models/base/tokenizer.json").write_text("{}")
-        write_json(root / "version/manifest.json", {"counts": {"tutor": {"train": 10, "eval": 2}}, "files": {}})
+        write_json(
+            root / "version/manifest.json",
+            {
+                "counts": {
+                    "tutor": {
+                        "train": {"by_source": {"logs": 10}, "total": 10},
+                        "eval": {"by_source": {"logs": 2}, "total": 2},
+                    }
+                },
+                "files": {},
+            },
+        )
         write_json(root / "metrics/data.json", {"scrub": {"kept": 12}})
         self.round("base", None, score=0.3, passed=False)
 
@@ -464,3 +475,26 @@ def test_an_adapter_vllm_cannot_serve_is_not_released(proj):
     for why in ("modules_to_save ['lm_head']", "target_modules ['embed_tokens']", "rank 1024"):
         assert why in d["reason"]
     assert proj.package(params(vllm_servable=False))["round"] == "r2"  # the check is a choice
+
+
+def test_a_new_base_is_a_new_major_version_and_the_card_says_what_changed(proj):
+    proj.round("r1", "base", 0.8)
+    assert proj.package(params(("r1",)))["version"] == "tutor-v0.1"
+    write_json(proj.root / "models/base/base.json", {"source": "local", "hash": "c" * 64, "files": {}})
+    proj.round("r1", "base", 0.6)  # DVC retrains every round on the new base: lower, but not comparable
+    proj.round("r2", "r1", 0.7)
+    d = proj.package(params())
+    assert d["released"] and d["version"] == "tutor-v1.0" and "base model changed" in d["reason"]
+    log = (proj.rel / "CHANGELOG.md").read_text()
+    assert "base model changed (bbbbbbbbbbbb -> cccccccccccc), new major version" in log
+    card = (proj.rel / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    (result,) = front["model-index"][0]["results"]
+    assert {m["type"]: m["value"] for m in result["metrics"]}["mean_score"] == 0.7
+    # the table: base, each round, the previous version and the change against it
+    assert "| metric | base | r1 | r2 | tutor-v0.1 | change |" in card
+    assert "| mean_score | 0.3000 | 0.6000 | 0.7000 | 0.8000 | -0.1000 |" in card
+    assert "| logs | 12 | +0 |" in card and "**The base model changed**" in card
+    assert "![trajectory](plots/trajectory.svg)" in card
+    assert (proj.rel / "plots/trajectory.svg").read_text().lstrip().startswith("<svg")
+    assert (proj.rel / "plots/trajectory.png").read_bytes()[:4] == b"\x89PNG"
