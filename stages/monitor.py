@@ -8,7 +8,10 @@ numbers compare with the round's evaluation), and the thumbs-up share. A version
 Problem replies (a rule broken, or a thumbs down) of users who opted in are written as feedback
 `bad` records, with the user's correction when there is one, to data/raw/negatives/monitor.jsonl:
 a collect source, so the next data version trains against them. The file is rebuilt from the logs
-on every run (same logs, same bytes), so running monitor twice adds nothing twice."""
+on every run (same logs, same bytes), so running monitor twice adds nothing twice.
+
+The report goes to monitor/monitor.json, not metrics/: package and report read metrics/ whole, and
+a monitor run must not make them out of date."""
 
 from __future__ import annotations
 
@@ -215,8 +218,8 @@ def fmt(v) -> str:
 
 @click.command()
 @click.option("--routing", "routing_file", type=PATH, default=Path("models/routing.json"), show_default=True)
-@click.option("--out", type=PATH, default=Path("metrics/monitor.json"), show_default=True)
-@click.option("--plots-dir", type=PATH, default=Path("reports/monitor"), show_default=True)
+@click.option("--out", type=PATH, default=Path("monitor/monitor.json"), show_default=True)
+@click.option("--plots-dir", type=PATH, default=Path("monitor/plots"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.pass_context
 def cli(ctx, routing_file, out, plots_dir, as_json):

@@ -92,7 +92,7 @@ def logs(tmp_path):
 
 def run(root: Path, **mp):
     params = MonitorParams(**mp)
-    return monitor.run(params, root, root / "models/routing.json", root / "metrics/monitor.json", root / "plots")
+    return monitor.run(params, root, root / "models/routing.json", root / "monitor/monitor.json", root / "plots")
 
 
 def test_metrics_per_character_and_version(logs):
@@ -106,7 +106,7 @@ def test_metrics_per_character_and_version(logs):
     assert v2["repetition_rate"] == pytest.approx(0.8 / 3) and v1["banned_word_rate"] == 0.0
     assert v1["prompt_tokens"] == 800 and v1["completion_tokens"] == 200
     assert v1["rollout"] == "stable" and v2["rollout"] == "canary"
-    assert read_json(root / "metrics/monitor.json") == json.loads(json.dumps(report))
+    assert read_json(root / "monitor/monitor.json") == json.loads(json.dumps(report))
     assert (root / "plots/tutor.csv").read_text().startswith("day,version,requests")
     assert (root / "plots/tutor_latency.svg").read_text().lstrip().startswith("<svg")
 

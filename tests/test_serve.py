@@ -308,7 +308,7 @@ def test_monitor_reads_what_the_server_logged(served):
     edit_params(server.repo, lambda p: p["monitor"].update(min_requests=1, alerts={"latency_p50_ms": {"max": 0.001}}))
     r = subprocess.run(["loraloop", "monitor"], cwd=server.repo, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    report = read_json(server.repo / "metrics/monitor.json")
+    report = read_json(server.repo / "monitor/monitor.json")
     logged = [row for row in read_rows(server.repo / COUNTERS) if row["event"] == "completion"]
     served_pirate = sum(row["character"] == "pirate" for row in logged)
     assert report["characters"]["pirate"]["pirate-v0.1"]["requests"] == served_pirate
