@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-fast lint data clean s3-local s3-local-stop bench-data
+.PHONY: install demo loop-demo plots test test-fast lint data clean s3-local s3-local-stop bench-data
 
 install: $(STAMP)
 
@@ -27,6 +27,16 @@ demo: install
 	$(BIN)/loraloop report
 	@echo; $(BIN)/loraloop stage-times
 	@echo "make demo: $$(( $$(date +%s) - $$(cat .demo-start) )) s wall time"; rm -f .demo-start
+
+# After `make demo`: serve the releases, 60 student messages, feedback, monitor, status, and the
+# next data version and release decision (scripts/loop_demo.py).
+loop-demo: install
+	@test -f models/routing.json || { echo "run make demo first (no releases to serve yet)"; exit 1; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/loop_demo.py
+
+# dvc plots show with Vega inlined: dvc_plots/index.html opens without network.
+plots: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/loraloop plots
 
 test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
