@@ -269,9 +269,9 @@ def test_rollback_mid_traffic_switches_later_responses(served):
     assert all(v == "tutor-v0.1" for t, v in seen if t > switched + 0.01)
 
 
-def test_api_key_required_when_set(tiny_fleet, tmp_path):
-    repo = copy_repo(tiny_fleet[0], tmp_path / "repo")
-    server = Running(repo, env={"LORALOOP_API_KEY": "s3cret-key"})
+def test_api_key_required_when_set(served):
+    repo = served[0].repo
+    server = Running(repo, env={"LORALOOP_API_KEY": "s3cret-key"})  # a second server on the same project
     try:
         with pytest.raises(openai.AuthenticationError):
             server.client("wrong").models.list()
@@ -284,8 +284,8 @@ def test_api_key_required_when_set(tiny_fleet, tmp_path):
     assert "s3cret-key" not in logged and "s3cret-key" not in out
 
 
-def test_vllm_command_from_routing(tiny_fleet, tmp_path):
-    repo = copy_repo(tiny_fleet[0], tmp_path / "repo")
+def test_vllm_command_from_routing(served):
+    repo = served[0].repo
     r = subprocess.run(["loraloop", "serve", "--engine", "vllm"], cwd=repo, capture_output=True, text=True)
     if shutil.which("vllm") is None:
         assert r.returncode == 1 and "vllm is not installed" in r.stdout
@@ -295,10 +295,12 @@ def test_vllm_command_from_routing(tiny_fleet, tmp_path):
         mods = cmd[cmd.index("--lora-modules") + 1 : cmd.index("--max-lora-rank")]
         assert "tutor=" + str(repo / "models/release/tutor/versions/tutor-v0.1/adapter") in mods
     cfg_file = repo / "models/release/pirate/versions/pirate-v0.1/adapter/adapter_config.json"
-    cfg = read_json(cfg_file)
-    cfg["use_dora"] = True
-    cfg_file.write_text(json.dumps(cfg))
-    r = subprocess.run(["loraloop", "serve", "--engine", "vllm"], cwd=repo, capture_output=True, text=True)
+    original = cfg_file.read_text()
+    try:
+        cfg_file.write_text(json.dumps({**json.loads(original), "use_dora": True}))
+        r = subprocess.run(["loraloop", "serve", "--engine", "vllm"], cwd=repo, capture_output=True, text=True)
+    finally:
+        cfg_file.write_text(original)
     assert r.returncode == 1 and "pirate" in r.stderr and "DoRA" in r.stderr and "Traceback" not in r.stderr
 
 
