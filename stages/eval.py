@@ -126,6 +126,11 @@ def run(
         "passed": not failed,
         "failed_gates": failed,
         "eval_config": eval_config(params, lineage),
+        # Which prompts: new eval data changes them, and then only the lift over the base (measured
+        # on the same prompts) compares with a release measured on the old ones.
+        "eval_prompts": hashlib.sha256(
+            json.dumps([p["messages"] for p in prompts], sort_keys=True).encode()
+        ).hexdigest()[:16],
     }
     if prev_metrics is not None:
         result["delta_vs_prev"] = deltas(metrics, read_json(prev_metrics))

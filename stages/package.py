@@ -32,11 +32,13 @@ def choose(
     withdrawn: dict[str, str] | None = None,
     unservable: dict[str, list[str]] | None = None,
     base_hash: str | None = None,
+    base_eval: dict | None = None,
 ) -> tuple[str | None, str]:
     """The round to release and why, or None and why not. `adapters`: round id -> adapter hash;
     `withdrawn`: version -> adapter hash of the versions rolled back from (never released again);
     `unservable`: round id -> why vLLM could not serve its adapter; `base_hash`: the base the rounds
-    were trained on (a release on another base does not compare: the gates decide)."""
+    were trained on (a release on another base does not compare: the gates decide); `base_eval`:
+    the base under the same eval, for the lift when the eval prompts changed."""
     withdrawn_by_hash = {h: v for v, h in (withdrawn or {}).items()}
     metric = params.package.primary_metric
     cur_eval = cur["evaluation"][cur["round"]] if cur else None
@@ -66,11 +68,25 @@ def choose(
         # Scores measured under other rules, prompts or decoding do not compare: then the gates decide.
         same_base = cur is None or base_hash is None or cur["base_model"]["hash"] == base_hash
         comparable = cur is not None and same_base and cur_eval.get("eval_config") == ev.get("eval_config")
-        if comparable and ev[metric] <= cur_value:
-            why_not.append(f"{rid} {metric}={ev[metric]:.4f} does not beat {cur['version']} ({cur_value:.4f})")
+        # Other eval prompts (the eval split grew): compare the lift over the base, which each side
+        # measured on its own prompts.
+        lift = comparable and cur_eval.get("eval_prompts") != ev.get("eval_prompts") and base_eval is not None
+        value, against = ev[metric], cur_value
+        if lift:
+            value, against = ev[metric] - base_eval[metric], cur_value - cur["evaluation"]["base"][metric]
+        if comparable and value <= against:
+            if lift:
+                why_not.append(
+                    f"{rid} {metric} lift over the base {value:+.4f} does not beat {cur['version']}'s "
+                    f"{against:+.4f} (other eval prompts: the eval split changed)"
+                )
+            else:
+                why_not.append(f"{rid} {metric}={ev[metric]:.4f} does not beat {cur['version']} ({cur_value:.4f})")
             continue
         if cur is None:
             beats = "first release"
+        elif lift:
+            beats = f"lift over the base {value:+.4f} beats {cur['version']}'s {against:+.4f} (other eval prompts)"
         elif comparable:
             beats = f"beats {cur['version']} ({cur_value:.4f})"
         elif not same_base:
@@ -255,7 +271,7 @@ def release_round(
             adapter = round_paths(r, lineage.name, models=rounds_dir).model / "adapter"
             unservable[r] = problems(adapter_config(adapter)) if (adapter / "adapter_config.json").is_file() else []
     base_hash = read_json(base_dir / "base.json")["hash"]
-    rid, why = choose(params, lineage, evals, adapters, cur, release.withdrawn(rel), unservable, base_hash)
+    rid, why = choose(params, lineage, evals, adapters, cur, release.withdrawn(rel), unservable, base_hash, base_eval)
     if (rel / "merged").exists():
         shutil.rmtree(rel / "merged")
     ro = release.rollout(rel)

@@ -456,7 +456,8 @@ def vllm_command(routes: Routes, base_dir: Path, host: str, port: int) -> list[s
             raise click.ClickException(f"{name} ({adapter}): vLLM cannot serve it: {'; '.join(bad)}")
         ranks.append(adapter_rank(cfg))
     cmd = ["vllm", "serve", str(base_dir), "--host", host, "--port", str(port), "--enable-lora"]
-    cmd += ["--lora-modules", *(f"{n}={p}" for n, p in modules.items())]
+    # Paths relative to the project, where the command runs.
+    cmd += ["--lora-modules", *(f"{n}={p.relative_to(routes.root)}" for n, p in modules.items())]
     cmd += ["--max-lora-rank", str(max_lora_rank(ranks)), "--max-loras", str(len(set(modules.values())))]
     return cmd
 

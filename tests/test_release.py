@@ -49,7 +49,7 @@ class Project:
         write_json(root / "metrics/data.json", {"scrub": {"kept": 12}})
         self.round("base", None, score=0.3, passed=False)
 
-    def round(self, rid, prev, score, passed=True, eval_config="cfg1", lineage="tutor"):
+    def round(self, rid, prev, score, passed=True, eval_config="cfg1", lineage="tutor", eval_prompts="p1"):
         d = self.root / "models/rounds" / rid
         if rid != "base":
             (d / "adapter").mkdir(parents=True, exist_ok=True)
@@ -76,6 +76,7 @@ class Project:
                 "passed": passed,
                 "failed_gates": failed,
                 "eval_config": eval_config,
+                "eval_prompts": eval_prompts,
             },
         )
 
@@ -498,3 +499,20 @@ def test_a_new_base_is_a_new_major_version_and_the_card_says_what_changed(proj):
     assert "![trajectory](plots/trajectory.svg)" in card
     assert (proj.rel / "plots/trajectory.svg").read_text().lstrip().startswith("<svg")
     assert (proj.rel / "plots/trajectory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_new_eval_prompts_compare_the_lift_over_the_base(proj):
+    proj.round("r1", "base", 0.6)
+    proj.package(params(("r1",)))  # tutor-v0.1: 0.6 on prompts p1, where the base had 0.3
+    # New eval data: every round (the base too) answers other prompts, on which the base does better.
+    proj.round("base", None, 0.5, passed=False, eval_prompts="p2")
+    proj.round("r1", "base", 0.6, eval_prompts="p2")
+    proj.round("r2", "r1", 0.75, eval_prompts="p2")
+    d = proj.package(params())
+    assert (
+        not d["released"]
+        and "r2 mean_score lift over the base +0.2500 does not beat tutor-v0.1's +0.3000" in d["reason"]
+    )
+    proj.round("r2", "r1", 0.85, eval_prompts="p2")
+    d = proj.package(params())
+    assert d["released"] and "lift over the base +0.3500 beats tutor-v0.1's +0.3000" in d["reason"]
