@@ -72,13 +72,16 @@ def choose(
         # measured on its own prompts.
         lift = comparable and cur_eval.get("eval_prompts") != ev.get("eval_prompts") and base_eval is not None
         value, against = ev[metric], cur_value
+        why_lift = "other eval prompts: the eval split changed"
+        if lift and cur_eval.get("eval_prompts") is None:
+            why_lift = f"{cur['version']} did not record its eval prompts"
         if lift:
             value, against = ev[metric] - base_eval[metric], cur_value - cur["evaluation"]["base"][metric]
         if comparable and value <= against:
             if lift:
                 why_not.append(
                     f"{rid} {metric} lift over the base {value:+.4f} does not beat {cur['version']}'s "
-                    f"{against:+.4f} (other eval prompts: the eval split changed)"
+                    f"{against:+.4f} ({why_lift})"
                 )
             else:
                 why_not.append(f"{rid} {metric}={ev[metric]:.4f} does not beat {cur['version']} ({cur_value:.4f})")
@@ -86,7 +89,7 @@ def choose(
         if cur is None:
             beats = "first release"
         elif lift:
-            beats = f"lift over the base {value:+.4f} beats {cur['version']}'s {against:+.4f} (other eval prompts)"
+            beats = f"lift over the base {value:+.4f} beats {cur['version']}'s {against:+.4f} ({why_lift})"
         elif comparable:
             beats = f"beats {cur['version']} ({cur_value:.4f})"
         elif not same_base:
