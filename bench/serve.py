@@ -15,6 +15,7 @@ import argparse
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,9 +46,10 @@ def free_port() -> int:
 
 
 def serve_side(texts: list[str], concurrency: int, max_tokens: int) -> tuple[list[str], list[float], int, float]:
-    port = free_port()
+    port, log_root = free_port(), tempfile.mkdtemp(prefix="bench-serve-")
     server = subprocess.Popen(
-        [sys.executable, "-m", "stages.cli", "serve", "--port", str(port), "--batch-size", str(concurrency)],
+        [sys.executable, "-m", "stages.cli", "serve", "--port", str(port), "--batch-size", str(concurrency)]
+        + ["--log-root", log_root],  # not the project's logs: monitor would count the benchmark
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

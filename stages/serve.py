@@ -470,8 +470,14 @@ def vllm_command(routes: Routes, base_dir: Path, host: str, port: int) -> list[s
 @click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 512))
 @click.option("--batch-wait-ms", default=10.0, show_default=True, type=click.FloatRange(0, 1000))
+@click.option(
+    "--log-root",
+    type=PATH,
+    default=None,
+    help="Where logs/serve and data/raw/served go (default: the project; a benchmark logs elsewhere).",
+)
 @click.pass_context
-def cli(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wait_ms):
+def cli(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wait_ms, log_root):
     """Serve the releases over an OpenAI-compatible API (routing.json decides who gets what)."""
     params = params_of(ctx)
     root = Path.cwd()
@@ -491,6 +497,7 @@ def cli(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wait_
     from .serve_engine import Engine
 
     key = os.environ.get("LORALOOP_API_KEY") or None
-    server = Server(Engine(base_dir, batch_size, batch_wait_ms / 1000), routes, params, root, key)
+    model_engine = Engine(base_dir, batch_size, batch_wait_ms / 1000)
+    server = Server(model_engine, routes, params, log_root or root, key)
     click.echo(f"loraloop serve: http://{host}:{port}/v1 ({', '.join(sorted(routes.current())) or 'no routes yet'})")
     uvicorn.run(create_app(server), host=host, port=port, log_level="warning", access_log=False)
