@@ -161,6 +161,8 @@ def demo_version(tmp_path_factory) -> Path:
         capture_output=True,
     )
     params = load_params(ROOT / "params.yaml")
+    for folder in ("served", "negatives"):  # what serve and monitor write to, empty in the demo
+        (root / "raw" / folder).mkdir(parents=True, exist_ok=True)
     raw = lambda p: str(root / "raw" / Path(p).name)  # noqa: E731
     sources = params.collect.model_copy(
         update={

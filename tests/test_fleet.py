@@ -140,9 +140,11 @@ def test_new_data_for_one_character_reruns_only_its_lineage(repo):
     assert {"collect", "scrub", "version", "view@pirate", "view@tutor"} <= set(
         re.findall(r"Running stage '([^']+)'", out)
     )
+    # dvc status names the stages whose own deps changed: those that read the pirate's view
+    # (the rest of the lineage follows them), and none of the tutor's: its view was rebuilt byte-identical.
     dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
-    assert dirty == (lineage_stages("pirate") - {"view@pirate"}) | {"leakage", "package", "report"}
-    assert not {s for s in dirty if "tutor" in s}  # the tutor's view was rebuilt, byte-identical
+    assert {"sample@pirate-r1", "train@pirate-r1", "eval_base@pirate", "eval@pirate-r1"} <= dirty
+    assert dirty <= lineage_stages("pirate") | {"leakage", "package", "report"}
     pirate_texts = [m["content"] for r in load_split(repo / "data/lineages/pirate", "train") for m in r["messages"]]
     pirate_texts += [m["content"] for r in load_split(repo / "data/lineages/pirate", "eval") for m in r["messages"]]
     assert any("얼음섬" in t for t in pirate_texts)
