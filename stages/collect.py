@@ -191,6 +191,8 @@ def collect_source(src: SourceParams, params: CollectParams, deletions: set[str]
         row = {"reason": reason, "source": source, **where, **{k: v for k, v in extra.items() if v is not None}}
         rejects_f.write(dumps({"field": None, **row}) + "\n")
 
+    if src.path and src.optional and not Path(src.path).exists():
+        return counts
     rows = read_hub(src.hub, src.hub_split) if src.hub else read_source(Path(src.path), src.file_format)
     for where, raw in rows:
         counts["read"] += 1
@@ -244,7 +246,7 @@ def summarize(totals: Counter, per_source: dict) -> dict:
 
 def run(params: CollectParams, out_dir: Path) -> dict:
     for src in params.sources:
-        if src.path and not Path(src.path).exists():
+        if src.path and not src.optional and not Path(src.path).exists():
             raise FileNotFoundError(f"collect: source {src.path} does not exist")
     deletions = load_deletions(params.deletions)
     totals: Counter = Counter()

@@ -49,6 +49,7 @@ class SourceParams(Section):
     dataset_source: str | None = None  # default: the file's stem
     character_id: str | None = None  # default for records that carry none
     require_opt_in: bool = True  # consent required unless the source is public data you may use
+    optional: bool = False  # a path that does not exist (yet) reads as no records, not an error
 
     @model_validator(mode="after")
     def _one_origin(self):

@@ -70,7 +70,7 @@ def small_params(lineages=("tutor",), **train_overrides):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["lineages"] = {k: v for k, v in raw["lineages"].items() if k in lineages}
     raw["rounds"] = {k: v for k, v in raw["rounds"].items() if v["lineage"] in lineages}
-    raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1)
+    raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1, max_negatives=0)
     raw["score"].update(keep_top_k=None)
     raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
     raw["train"].update({"steps": 3, "batch_size": 2, "max_length": 256, "eval_examples": 4, **train_overrides})

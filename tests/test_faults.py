@@ -47,6 +47,7 @@ def test_collect_that_fails_keeps_the_previous_run(tmp_path):
     before = snapshot(out)
     # A source it refuses after the first one was read: a datasets directory with no shards.
     (tmp_path / "empty_dataset").mkdir()
+    (tmp_path / "empty_dataset/dataset_info.json").write_text("{}")
     refused = CollectParams(sources=[SourceParams(path=str(src)), SourceParams(path=str(tmp_path / "empty_dataset"))])
     with pytest.raises(ValueError, match="no \\*.arrow shards"):
         collect.run(refused, out)
@@ -126,7 +127,7 @@ def test_score_that_fails_keeps_scored_and_pairs(tmp_path, monkeypatch):
     scored, pairs = tmp_path / "scored.jsonl", tmp_path / "pairs.jsonl"
     score.run(ScoreParams(), samples, scored, pairs)
     before = snapshot(scored, pairs)
-    monkeypatch.setattr(score, "dpo_pairs", lambda rows, margin: 1 / 0)
+    monkeypatch.setattr(score, "dpo_pairs", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         score.run(ScoreParams(keep_top_fraction=0.2), samples, scored, pairs)
     assert snapshot(scored, pairs) == before and not leftovers(tmp_path)
