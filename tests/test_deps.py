@@ -115,3 +115,17 @@ def test_closure_follows_lazy_and_relative_imports(tmp_path, monkeypatch):
     assert "stages/io.py" in closure("stages.report")  # from .io import read_json
     assert "stages/train.py" not in closure("stages.eval")
     assert "stages/quality.py" not in closure("stages.rules")
+
+
+@pytest.mark.parametrize("module", ["cli", "collect", "scrub", "version", "view", "package", "report"])
+def test_stages_without_a_model_do_not_import_torch(module):
+    """Importing torch and transformers costs seconds; a stage that runs no model must not pay it."""
+    import subprocess
+    import sys
+
+    probe = (
+        f"import sys, stages.{module}; "
+        "print(' '.join(m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

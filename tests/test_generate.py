@@ -80,6 +80,30 @@ def test_a_sample_depends_on_its_seed_not_its_batch(tiny_base):
     assert a.texts != c.texts
 
 
+def test_copies_of_a_prompt_are_prefilled_once_and_sample_as_if_alone(tiny_base):
+    tok, model, prompts = setup(tiny_base)
+    jobs = [p for p in prompts[:4] for _ in range(3)]  # as sample@rN lays out samples_per_prompt 3
+    prefilled = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1 and kwargs.get("past_key_values") is not None:  # a prefill pass (after the prefix)
+            prefilled.append(ids.shape[0])
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    kw = dict(batch_size=12, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3, desc="", progress=False)
+    shared = gen.generate(model, tok, jobs, **kw)
+    rows_shared, prefilled[:] = sum(prefilled), []
+    apart = gen.generate(model, tok, jobs, share_copies=False, **kw)
+    assert (rows_shared, sum(prefilled)) == (4, 12)
+    assert shared.texts == apart.texts and shared.n_tokens == apart.n_tokens
+    assert len(set(shared.texts)) > 4  # the copies sample apart, each with its own seed
+    greedy = gen.generate(model, tok, jobs, **{**kw, "temperature": 0.0})
+    assert all(greedy.texts[i] == greedy.texts[i - i % 3] for i in range(len(jobs)))
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     picks = {int(gen.pick_next(logits, 1.0, 0.7, [torch.Generator().manual_seed(s)])[0]) for s in range(200)}

