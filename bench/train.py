@@ -84,7 +84,8 @@ def side_ours(args) -> dict:
 TRL_CONFIGS = {
     "defaults": {},
     "group_by_length": {"train_sampling_strategy": "group_by_length"},
-    "padding_free": {"train_sampling_strategy": "group_by_length", "padding_free": True},
+    # Our examples come truncated to max_length; TRL enforces it only when packing.
+    "padding_free": {"train_sampling_strategy": "group_by_length", "padding_free": True, "max_length": None},
     "packing": {"packing": True, "packing_strategy": "bfd"},
 }
 
@@ -118,7 +119,7 @@ def side_trl(args) -> dict:
         [{"input_ids": e["ids"], "completion_mask": [int(m) for m in e["mask"]]} for e in examples]
     )
     lp = tp.lora
-    config = SFTConfig(
+    settings = dict(
         output_dir=str(ROOT / "bench/.trl_out"),
         max_steps=tp.steps,
         per_device_train_batch_size=tp.batch_size,
@@ -138,8 +139,8 @@ def side_trl(args) -> dict:
         seed=params.seed,
         dataset_num_proc=None,
         disable_tqdm=False,
-        **TRL_CONFIGS[args.trl_config],
     )
+    config = SFTConfig(**{**settings, **TRL_CONFIGS[args.trl_config]})
     trainer = SFTTrainer(
         model=load_base(ROOT / "models/base"),
         args=config,
