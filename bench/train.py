@@ -11,6 +11,11 @@ attention width x the mean of len^2 / mean len per token, causal); it is printed
 (or GPU's) fp32 matmul peak, measured in the same run with a large torch.mm.
 
     python bench/train.py [--steps 8] [--batch-size 8] [--max-length 192] [--trl defaults,group_by_length,...]
+                          [--before] [--repeat N]
+
+--before also runs loraloop's loop without this round's speed changes (PEFT's LoRA forward, torch's
+cross-entropy), for the before/after ratio in the same run; --repeat N runs every side N times in
+turn and keeps each side's best (the machine's speed drifts between runs).
 
 Needs `make demo` outputs (models/base, data/lineages/tutor, data/rounds/tutor/tutor-r1/scored.jsonl) and the bench
 extra (`pip install -e '.[bench]'`, which pins trl). Each side runs in its own process so its peak
@@ -59,10 +64,24 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def without_speedups() -> None:
+    """loraloop's loop as it was before this round of speed work: PEFT's own LoRA forward and
+    torch's cross-entropy (for the before/after line, measured in the same run)."""
+    import torch.nn.functional as F
+
+    from stages import lean_lora, lm_loss
+
+    lean_lora.install = lambda model: 0
+    lm_loss.cross_entropy = lambda logits, target: F.cross_entropy(logits, target, reduction="none")
+
+
 def side_ours(args) -> dict:
     import tempfile
 
     from stages import train
+
+    if args.side == "before":
+        without_speedups()
 
     params = bench_params(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,23 +212,31 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--trl", default=",".join(TRL_CONFIGS), help="TRL configurations to run, comma-separated")
-    ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--before", action="store_true", help="also run loraloop without its lean LoRA / cross-entropy")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per side; each side's best counts")
+    ap.add_argument("--side", choices=["ours", "before", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--trl-config", choices=list(TRL_CONFIGS), default="defaults", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        child.report(side_ours(args) if args.side == "ours" else side_trl(args))
+        child.report(side_trl(args) if args.side == "trl" else side_ours(args))
         return
     common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
-    results = {"loraloop train": child.run(__file__, ["--side", "ours", *common], "loraloop train")}
-    refused = {}
-    for name in args.trl.split(","):
-        label = f"TRL {name}"
-        try:
-            results[label] = child.run(
-                __file__, ["--side", "trl", "--trl-config", name, *common], label, exit_on_error=False
-            )
-        except child.SideFailed as exc:
-            refused[label] = exc.reason
+    sides = {"loraloop train": ["--side", "ours"]}
+    if args.before:
+        sides["loraloop (before)"] = ["--side", "before"]
+    sides.update({f"TRL {name}": ["--side", "trl", "--trl-config", name] for name in args.trl.split(",")})
+    results, refused = {}, {}
+    for _ in range(args.repeat):  # rounds of every side in turn, so a slow spell of the machine hits all
+        for label, argv in sides.items():
+            if label in refused:
+                continue
+            try:
+                r = child.run(__file__, [*argv, *common], label, exit_on_error=not label.startswith("TRL"))
+            except child.SideFailed as exc:
+                refused[label] = exc.reason
+                continue
+            if label not in results or r["tokens_per_s"] > results[label]["tokens_per_s"]:
+                results[label] = r
     import torch
 
     peak = flops.matmul_peak_gflops()
@@ -228,6 +255,10 @@ def main() -> None:
     for name, reason in refused.items():
         print(f"{name:22s} not run here: {reason}")
     ours = results.pop("loraloop train")
+    before = results.pop("loraloop (before)", None)
+    if before is not None:
+        gain = ours["tokens_per_s"] / before["tokens_per_s"]
+        print(f"speed ratio after / before the lean LoRA and cross-entropy: {gain:.2f}x")
     if not results:
         sys.exit("no TRL configuration ran")
     default = results.get("TRL defaults")

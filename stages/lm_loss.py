@@ -5,7 +5,6 @@ conversations. Shared by train (what it optimizes) and eval (the eval-split loss
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .chat import training_ids
 
@@ -55,6 +54,31 @@ def collate(rows: list[dict], pad_id: int, dev, aligned: bool = False) -> dict:
     }
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy whose backward turns the saved logits into their gradient in place:
+    F.cross_entropy keeps a log-softmax copy of the logits and builds a zeroed one-hot gradient,
+    two more vocabulary-wide buffers (at Qwen's 150k vocabulary, the largest tensors of a step)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, lse, target)
+        return lse - logits.gather(1, target[:, None]).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, target = ctx.saved_tensors
+        g = grad[:, None]
+        out = logits.sub_(lse[:, None]).exp_().mul_(g)  # softmax * grad, in the logits' own memory
+        return out.scatter_add_(1, target[:, None], -g), None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[N]: -log softmax(logits)[target] per row. The logits are overwritten by the backward pass,
+    so they must be a tensor nothing else reads afterwards (fresh output-layer logits are)."""
+    return _CrossEntropy.apply(logits, target)
+
+
 def causal_lm(model):
     """The transformers model under a PEFT wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -101,14 +125,15 @@ class CountedTokenLoss(torch.nn.Module):
         counted = mask[:, 1:]
         if self.split:
             lm = causal_lm(self.model)
-            hidden = lm.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1][counted]
+            hidden = lm.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
+            hidden = hidden[counted]
             n = hidden.shape[0]
             if aligned:
                 hidden = torch.cat([hidden, hidden.new_zeros((n // ALIGN + 1) * ALIGN - n, hidden.shape[1])])
             logits = lm.get_output_embeddings()(hidden)[:n]
         else:
-            logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1][counted]
-        loss = F.cross_entropy(logits.float(), ids[:, 1:][counted], reduction="none")
+            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][counted]
+        loss = cross_entropy(logits.float(), ids[:, 1:][counted])
         return torch.zeros(counted.shape, dtype=loss.dtype, device=loss.device).masked_scatter(counted, loss)
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import lean_lora
 from .chat import training_ids
 from .cli import PATH, lineage_view, params_of, round_options, say
 from .io import read_json, read_jsonl, replacing, sha256_file, sha256_tree, write_json
@@ -539,6 +540,7 @@ def setup(
     )
     reference = reference_of(tp, base_dir, prev_dir)
     model = build_model(params, base_dir, prev_dir, reference)
+    lean_lora.install(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=0.0)
