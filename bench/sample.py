@@ -3,6 +3,7 @@ padding, one batch of all prompts) and one prompt at a time, on the same prompts
 
     python bench/sample.py [--base models/base] [--prompts 64] [--max-new-tokens 128]
     python bench/sample.py --samples-per-prompt 4   # copies prefilled once vs once per copy
+    python bench/sample.py --merge models/rounds/tutor-r1   # a round's adapter merged vs not
 
 Needs a materialized base and data version (`make demo`). Every side decodes greedily with the
 same max_new_tokens from the same prompts (train split, the tutor system prompt, cut at a random
@@ -16,6 +17,10 @@ fastest peer.
 With --samples-per-prompt K, each prompt is asked K times in a row as sample@rN asks them, at
 params.yaml's sample temperature and top_p, and the sampler runs with the copies prefilled once
 (one cache, its rows copied) and with each copy prefilled on its own; the texts must match.
+
+With --merge ROUND_DIR, the sampler runs greedily with that round's adapter as a separate LoRA term
+(PEFT's forward) and merged into the weights (what sample@rN and eval@rN load in fp32), in turns,
+best of two each; the texts are compared.
 """
 
 from __future__ import annotations
@@ -185,6 +190,31 @@ def compare_copies(args, params, model, tok, prompts: list[list[int]]) -> None:
     print(f"ratio: {t_apart / t_shared:.2f}x")
 
 
+def compare_merge(args, tok, prompts: list[list[int]]) -> None:
+    from peft import PeftModel
+
+    from stages.model import load_round, round_info
+
+    adapter = args.merge / round_info(args.merge)["adapter"]
+    sides = {"adapter apart (PEFT)": PeftModel.from_pretrained(load_base(args.base), adapter)}
+    sides["adapter merged"] = load_round(args.base, args.merge)
+    settings = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    for model in sides.values():
+        generate(model, tok, prompts[:8], **{**settings, "max_new_tokens": 8}, desc="warm-up", progress=False)
+    best, texts = {}, {}
+    for _ in range(2):  # in turns, so a slow spell of the machine hits both
+        for name, model in sides.items():
+            gen, seconds = timed(lambda model=model, name=name: generate(model, tok, prompts, **settings, desc=name))
+            best[name], texts[name] = min(seconds, best.get(name, seconds)), gen
+    apart, merged = texts.values()
+    same = sum(a == b for a, b in zip(apart.texts, merged.texts))
+    print(f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, round {args.merge.name}, greedy")
+    for name, seconds in best.items():
+        print(f"{name:22s} {seconds:6.1f} s ({texts[name].n_tokens / seconds:,.1f} tokens/s)")
+    print(f"same text both ways: {same}/{len(prompts)}")
+    print(f"ratio merged vs apart: {best['adapter apart (PEFT)'] / best['adapter merged']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", type=Path, default=ROOT / "models/base")
@@ -194,6 +224,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--samples-per-prompt", type=int, default=1)
+    ap.add_argument("--merge", type=Path, default=None, help="a round's directory: its adapter merged vs not")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     data = args.data or ROOT / "data/lineages" / args.lineage
@@ -201,7 +232,9 @@ def main() -> None:
     tok = load_tokenizer(args.base)
     model = load_base(args.base)
     prompts = [prompt_ids(tok, c["messages"]) for c in convs]
-    if args.samples_per_prompt > 1:
+    if args.merge is not None:
+        compare_merge(args, tok, prompts)
+    elif args.samples_per_prompt > 1:
         compare_copies(args, params, model, tok, prompts)
     else:
         compare_peers(args, model, tok, prompts)

@@ -46,11 +46,18 @@ def round_info(round_dir: Path) -> dict:
 
 
 def load_round(base_dir: Path, round_dir: Path, trainable: bool = False):
-    """The base with the round's adapter applied (or the bare base for the base round)."""
+    """The base with the round's adapter applied (or the bare base for the base round). For
+    inference in fp32 the adapter is merged into the weights: a decode step then runs no LoRA
+    matmuls (sample and eval about 12% faster on the CPU, same greedy texts: bench/sample.py
+    --merge). In bf16 the small LoRA update would lose bits to the weights' rounding, so there
+    it stays a separate term."""
     model = load_base(base_dir)
     info = round_info(round_dir)
     if info["adapter"] is None:
         return model
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, Path(round_dir) / info["adapter"], is_trainable=trainable)
+    model = PeftModel.from_pretrained(model, Path(round_dir) / info["adapter"], is_trainable=trainable)
+    if not trainable and next(model.parameters()).dtype == torch.float32:
+        return model.merge_and_unload()
+    return model

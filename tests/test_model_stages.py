@@ -200,6 +200,26 @@ def test_train_is_deterministic_and_changes_the_adapter(project, r1):
     assert (a / "live/plots/metrics/train/loss.tsv").is_file()
 
 
+def test_inference_loads_the_adapter_merged_and_training_keeps_it_apart(project, r1):
+    from peft import PeftModel
+
+    from stages.model import load_base, load_round
+
+    ids = torch.tensor([[1, 4093, 198, 1780, 314, 216, 39, 77, 12]])
+    merged = load_round(project / "models/base", r1)
+    assert not isinstance(merged, PeftModel)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        apart = PeftModel.from_pretrained(load_base(project / "models/base"), r1 / "adapter")(ids).logits
+        base = load_base(project / "models/base")(ids).logits
+        got = merged(ids).logits
+    torch.testing.assert_close(got, apart, rtol=1e-5, atol=1e-5)
+    assert (got - base).abs().max() > 1e-3  # the adapter is in there
+    trainable = load_round(project / "models/base", r1, trainable=True)
+    assert isinstance(trainable, PeftModel)
+    assert any(p.requires_grad for name, p in trainable.named_parameters() if "lora_" in name)
+
+
 def test_all_linear_targets_every_linear_layer_but_the_output_layer(project):
     p = small_params(init="fresh", lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"})
     out = run_round(p, project, "tutor-r1", out_name="r1_all_linear")
@@ -237,7 +257,7 @@ class FixedLogits(torch.nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
         return type("Out", (), {"logits": self.logits[: input_ids.shape[0]]})
 
 
