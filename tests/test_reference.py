@@ -12,7 +12,7 @@ from conftest import small_params, write_lines
 from stages import lm_loss, train
 from stages.chat import training_ids
 from stages.io import read_json
-from stages.model import load_round, load_tokenizer
+from stages.model import load_base, load_tokenizer
 
 SYSTEM = {"role": "system", "content": "You are a patient tutor."}
 PAIRS = [
@@ -67,7 +67,10 @@ def test_start_and_base_references_give_the_hand_computed_dpo_loss(project, r1, 
 
     # By hand: the policy at step 0 is r1's adapter; the reference is r1 itself or the base.
     tok = load_tokenizer(project / "models/base")
-    model = load_round(project / "models/base", r1).eval()
+    from peft import PeftModel
+
+    # The adapter apart from the base (not merged, as inference loads it), so it can be switched off.
+    model = PeftModel.from_pretrained(load_base(project / "models/base"), r1 / "adapter").eval()
     policy, ref_base = [], []
     for q, c, r in PAIRS:
         msgs = [SYSTEM, {"role": "user", "content": q}]
@@ -125,8 +128,6 @@ def test_a_rows_losses_do_not_depend_on_its_batch(project):
     """What makes computing the reference once exact: in an aligned batch a row's token losses are
     the same alone, beside longer rows or beside shorter ones."""
     import random
-
-    from stages.model import load_base
 
     net = lm_loss.CountedTokenLoss(load_base(project / "models/base")).eval()
     g = torch.Generator().manual_seed(0)
