@@ -230,14 +230,13 @@ def main() -> None:
     data = args.data or ROOT / "data/lineages" / args.lineage
     convs = prompts_from_split(data, "train", args.prompts, "bench", params.lineage(args.lineage).system_prompts)
     tok = load_tokenizer(args.base)
-    model = load_base(args.base)
     prompts = [prompt_ids(tok, c["messages"]) for c in convs]
     if args.merge is not None:
-        compare_merge(args, tok, prompts)
+        compare_merge(args, tok, prompts)  # loads its own two models
     elif args.samples_per_prompt > 1:
-        compare_copies(args, params, model, tok, prompts)
+        compare_copies(args, params, load_base(args.base), tok, prompts)
     else:
-        compare_peers(args, model, tok, prompts)
+        compare_peers(args, load_base(args.base), tok, prompts)
 
 
 if __name__ == "__main__":
