@@ -70,6 +70,38 @@ def test_batched_greedy_equals_one_at_a_time(tiny_base):
     assert out.n_tokens == n
 
 
+@pytest.mark.parametrize("rows", [gen.OUTPUT_BLOCK_ROWS, 3000])  # 3000: a last block shorter than the rest
+def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(tiny_base, monkeypatch, rows):
+    tok, model, prompts = setup(tiny_base)
+    head = model.get_output_embeddings()
+    assert head.out_features > 2 * rows  # else there would be nothing to split
+    blocks = []
+    linear = torch.nn.functional.linear
+
+    def counted(x, w, b=None):
+        blocks.append(w.shape[0])
+        return linear(x, w, b)
+
+    g = torch.Generator().manual_seed(1)
+    for n in (1, 5, 64):
+        x = torch.randn(n, 1, head.in_features, generator=g)
+        whole = head(x)
+        blocks.clear()
+        with gen.output_layer_in_blocks(model, rows), monkeypatch.context() as m:
+            m.setattr(torch.nn.functional, "linear", counted)
+            split = head(x)
+        assert blocks == [rows] * (head.out_features // rows) + [head.out_features % rows] * bool(
+            head.out_features % rows
+        )
+        assert torch.equal(split, whole)
+    assert "forward" not in vars(head)  # the layer is itself again
+    ids = torch.tensor([prompts[0]])
+    with torch.inference_mode():
+        whole = model(input_ids=ids).logits
+        with gen.output_layer_in_blocks(model, rows):
+            assert torch.equal(model(input_ids=ids).logits, whole)
+
+
 def test_a_sample_depends_on_its_seed_not_its_batch(tiny_base):
     tok, model, prompts = setup(tiny_base)
     kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.9, desc="", progress=False)
