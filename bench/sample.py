@@ -4,6 +4,7 @@ padding, one batch of all prompts) and one prompt at a time, on the same prompts
     python bench/sample.py [--base models/base] [--prompts 64] [--max-new-tokens 128]
     python bench/sample.py --samples-per-prompt 4   # copies prefilled once vs once per copy
     python bench/sample.py --merge models/rounds/tutor-r1   # a round's adapter merged vs not
+    python bench/sample.py --before --peers batched   # the last speed change, before vs after
 
 Needs a materialized base and data version (`make demo`). Every side decodes greedily with the
 same max_new_tokens from the same prompts (train split, the tutor system prompt, cut at a random
@@ -12,7 +13,11 @@ the speed is not bought with different output. Every side gets a short warm-up f
 pays the process's one-time costs in its timing. Utilization: the useful forward FLOPs (2 x N per
 prompt and generated token, plus causal attention; bench/flops.py) over the time, against this
 device's fp32 matmul peak measured in the same run. The last line is the ratio against the
-fastest peer.
+fastest peer that ran (--peers picks them; default all three).
+
+With --before, the sampler also runs as it was before its last speed change (the output layer in one
+matmul instead of blocks of vocabulary rows); both run twice, in turns, best of two each, and the
+ratio is printed.
 
 With --samples-per-prompt K, each prompt is asked K times in a row as sample@rN asks them, at
 params.yaml's sample temperature and top_p, and the sampler runs with the copies prefilled once
@@ -26,6 +31,8 @@ best of two each; the texts are compared.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import flops  # noqa: E402  (bench/flops.py, beside this script)
 
+from stages import generate as gen_module  # noqa: E402
 from stages.chat import prompt_ids  # noqa: E402
 from stages.generate import generate, stop_ids  # noqa: E402
 from stages.model import load_base, load_tokenizer  # noqa: E402
@@ -101,6 +109,9 @@ def vllm_generate(args, prompts: list[list[int]]) -> tuple[list[list[int]], floa
     from stages.sample import run_vllm, vllm_request
 
     greedy = SampleParams(temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+    # vLLM's CPU engine drops to one torch thread unless OMP_NUM_THREADS is set; it was 1.13x faster
+    # with the threads the other sides use (96.7 vs 85.8 tokens/s here), so it gets them.
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     try:
         result = run_vllm({**vllm_request(args.base, prompts, list(range(len(prompts))), 0, greedy), "warm_up": True})
     except RuntimeError as exc:
@@ -124,6 +135,20 @@ def decode(tok, made: list[list[int]]) -> list[str]:
     return [tok.decode(ids, skip_special_tokens=True).strip() for ids in made]
 
 
+PEERS = ("batched", "one", "vllm")
+
+
+@contextlib.contextmanager
+def whole_output_layer_patched():
+    """The sampler as it was before its output layer ran in blocks (--before)."""
+    blocks = gen_module.output_layer_in_blocks
+    gen_module.output_layer_in_blocks = lambda model: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        gen_module.output_layer_in_blocks = blocks
+
+
 def compare_peers(args, model, tok, prompts: list[list[int]]) -> None:
     settings = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
     # Warm every side up first (thread pools, kernels, first touches of the weights).
@@ -133,11 +158,19 @@ def compare_peers(args, model, tok, prompts: list[list[int]]) -> None:
 
     (texts, made), t_ours = timed(lambda: ours(model, tok, prompts, **settings, desc="loraloop sampler"))
     sides = {"loraloop batched sampler": (made, t_ours)}
-    sides["generate batched (left pad)"] = timed(
-        lambda: batched_generate(model, tok, prompts, args.max_new_tokens, args.batch_size)
-    )
-    sides["generate one at a time"] = timed(lambda: one_at_a_time(model, tok, prompts, args.max_new_tokens))
-    vllm = vllm_generate(args, prompts)
+    if args.before:
+        # Both sides twice, in turns, best of two each, so a slow spell of the machine hits both.
+        for name in ("loraloop sampler before", "loraloop batched sampler", "loraloop sampler before"):
+            with whole_output_layer_patched() if "before" in name else contextlib.nullcontext():
+                (_, side_made), seconds = timed(lambda name=name: ours(model, tok, prompts, **settings, desc=name))
+            sides[name] = min(sides.get(name, (side_made, seconds)), (side_made, seconds), key=lambda s: s[1])
+    if "batched" in args.peers:
+        sides["generate batched (left pad)"] = timed(
+            lambda: batched_generate(model, tok, prompts, args.max_new_tokens, args.batch_size)
+        )
+    if "one" in args.peers:
+        sides["generate one at a time"] = timed(lambda: one_at_a_time(model, tok, prompts, args.max_new_tokens))
+    vllm = vllm_generate(args, prompts) if "vllm" in args.peers else "vLLM: not asked for (--peers)"
     if isinstance(vllm, str):
         print(vllm)
     else:
@@ -158,6 +191,9 @@ def compare_peers(args, model, tok, prompts: list[list[int]]) -> None:
             f"{useful / seconds / 1e9 / peak:6.1%} of peak  same text as the sampler: {same}/{len(prompts)}"
         )
     mine = rate.pop("loraloop batched sampler")
+    before = rate.pop("loraloop sampler before", None)
+    if before is not None:
+        print(f"ratio vs before (output layer in one matmul): {mine / before:.2f}x")
     fastest = max(rate, key=rate.get)
     for name, r in sorted(rate.items(), key=lambda kv: kv[1]):
         print(f"ratio vs {name}: {mine / r:.2f}x")
@@ -225,7 +261,16 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--samples-per-prompt", type=int, default=1)
     ap.add_argument("--merge", type=Path, default=None, help="a round's directory: its adapter merged vs not")
+    ap.add_argument(
+        "--peers",
+        type=lambda s: s.split(","),
+        default=list(PEERS),
+        help=f"which peers to run, comma-separated from {','.join(PEERS)} (one at a time is the slowest)",
+    )
+    ap.add_argument("--before", action="store_true", help="also run the sampler with its output layer in one matmul")
     args = ap.parse_args()
+    if not args.peers or set(args.peers) - set(PEERS):
+        ap.error(f"--peers: one or more of {','.join(PEERS)}, comma-separated; got {','.join(args.peers)}")
     params = load_params(ROOT / "params.yaml")
     data = args.data or ROOT / "data/lineages" / args.lineage
     convs = prompts_from_split(data, "train", args.prompts, "bench", params.lineage(args.lineage).system_prompts)
