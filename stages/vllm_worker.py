@@ -16,17 +16,26 @@ import sys
 import time
 
 
-def main(request_file: str, result_file: str) -> None:
+def engine_env(req: dict) -> None:
+    """Environment for vLLM's engine processes, set before vLLM is imported."""
     # vLLM's CPU build otherwise asks for 92% of the machine's memory for its cache and stops when
     # less is free; sampling a round needs far less. A GPU build ignores this.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    # On a CPU vLLM drops torch to one thread unless OMP_NUM_THREADS is set; with the threads
+    # loraloop's own sampler uses it was 1.13x faster on 2 cores (96.7 vs 85.8 tokens/s).
+    if req.get("cpu_threads"):
+        os.environ.setdefault("OMP_NUM_THREADS", str(req["cpu_threads"]))
+
+
+def main(request_file: str, result_file: str) -> None:
+    req = json.loads(open(request_file, encoding="utf-8").read())
+    engine_env(req)
     try:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
     except ImportError as exc:
         sys.exit(f"vllm_worker: vLLM cannot be imported with {sys.executable} ({exc})")
 
-    req = json.loads(open(request_file, encoding="utf-8").read())
     llm_args = dict(
         model=req["model"],
         tokenizer=req["model"],

@@ -1,6 +1,7 @@
 """sample → score → train → eval → package on the tiny model, in-process."""
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -122,6 +123,28 @@ def test_vllm_engine_without_vllm_stops_with_what_to_do(project, tmp_path, monke
             tmp_path / "samples.jsonl",
         )
     assert not (tmp_path / "samples.jsonl").exists()
+
+
+def test_vllm_on_a_cpu_gets_the_threads_the_hf_sampler_uses(monkeypatch):
+    """vLLM's CPU engine drops torch to one thread unless OMP_NUM_THREADS is set: the request
+    carries this process's thread count and the worker sets it before vLLM is imported, unless
+    the user set it."""
+    from stages import vllm_worker
+    from stages.params import SampleParams
+
+    sp = SampleParams(temperature=0.0, top_p=1.0, max_new_tokens=4)
+    req = sample.vllm_request(Path("models/base"), [[1, 2, 3]], [0], 0, sp)
+    assert req["cpu_threads"] == torch.get_num_threads() and req["dtype"] == "float32"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # so that what engine_env sets is undone
+    vllm_worker.engine_env(req)
+    assert os.environ["OMP_NUM_THREADS"] == str(torch.get_num_threads())
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    vllm_worker.engine_env(req)
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    vllm_worker.engine_env({**req, "cpu_threads": None})  # a GPU: vLLM's own choice
+    assert "OMP_NUM_THREADS" not in os.environ
 
 
 def test_vllm_lora_rank_is_one_vllm_accepts():
