@@ -158,9 +158,11 @@ OUTPUT_BLOCK_ROWS = 2048
 def output_layer_in_blocks(model, rows: int = OUTPUT_BLOCK_ROWS):
     """While inside, a CPU model's output layer computes its logits `rows` vocabulary entries at a
     time. Each logit is the same dot product as in one matmul, so the logits are bit-identical
-    (tests/test_generate.py); a GPU keeps its one matmul."""
+    (tests/test_generate.py); a GPU keeps its one matmul, and so does a layer whose forward
+    something else (an accelerate hook) has already replaced."""
     head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.weight.device.type != "cpu" or head.out_features <= rows:
+    plain = type(head) is torch.nn.Linear and "forward" not in vars(head)
+    if not plain or head.weight.device.type != "cpu" or head.out_features <= rows:
         yield
         return
 

@@ -95,6 +95,11 @@ def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(t
         )
         assert torch.equal(split, whole)
     assert "forward" not in vars(head)  # the layer is itself again
+    hooked = head.forward = lambda x: linear(x, head.weight)  # as an accelerate hook replaces it
+    with gen.output_layer_in_blocks(model, rows):
+        assert head.forward is hooked  # left alone, not replaced and then deleted
+    assert head.forward is hooked
+    del head.forward
     ids = torch.tensor([prompts[0]])
     with torch.inference_mode():
         whole = model(input_ids=ids).logits
