@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import small_params, write_lines
+from peft import PeftModel
 
 from stages import lm_loss, train
 from stages.chat import training_ids
 from stages.io import read_json
-from stages.model import load_base, load_tokenizer
+from stages.model import load_base, load_tokenizer, round_info
 
 SYSTEM = {"role": "system", "content": "You are a patient tutor."}
 PAIRS = [
@@ -67,10 +68,8 @@ def test_start_and_base_references_give_the_hand_computed_dpo_loss(project, r1, 
 
     # By hand: the policy at step 0 is r1's adapter; the reference is r1 itself or the base.
     tok = load_tokenizer(project / "models/base")
-    from peft import PeftModel
-
     # The adapter apart from the base (not merged, as inference loads it), so it can be switched off.
-    model = PeftModel.from_pretrained(load_base(project / "models/base"), r1 / "adapter").eval()
+    model = PeftModel.from_pretrained(load_base(project / "models/base"), r1 / round_info(r1)["adapter"]).eval()
     policy, ref_base = [], []
     for q, c, r in PAIRS:
         msgs = [SYSTEM, {"role": "user", "content": q}]
