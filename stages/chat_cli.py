@@ -9,7 +9,7 @@ import click
 
 from .chat import prompt_ids
 from .cli import PATH, params_of
-from .generate import generate
+from .generate import cpu_linears, generate
 from .params import Params
 from .paths import MODELS
 from .prompts import in_character
@@ -46,31 +46,33 @@ def run(params: Params, base_dir: Path, release_name, round_id, character, max_n
     tok = load_tokenizer(base_dir)
     interactive = sys.stdin.isatty()
     click.echo(f"chatting with {label} as {character!r}; an empty line or Ctrl-D ends", err=True)
-    history: list[dict] = []
-    turn = 0
-    while True:
-        if interactive:
-            click.echo("you> ", nl=False, err=True)
-        line = sys.stdin.readline()
-        if not line or not line.strip():
-            break
-        history.append({"role": "user", "content": line.strip()})
-        messages = in_character(prompts, character, history) if character else history
-        (reply,) = generate(
-            model,
-            tok,
-            [prompt_ids(tok, messages)],
-            batch_size=1,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=0.95,
-            seed=params.seed + turn,
-            desc="",
-            progress=False,
-        ).texts
-        history.append({"role": "assistant", "content": reply})
-        click.echo(f"{character or 'assistant'}> {reply}")
-        turn += 1
+    # Weights packed for decode once for the conversation, not per turn (see cpu_linears).
+    with cpu_linears(model):
+        history: list[dict] = []
+        turn = 0
+        while True:
+            if interactive:
+                click.echo("you> ", nl=False, err=True)
+            line = sys.stdin.readline()
+            if not line or not line.strip():
+                break
+            history.append({"role": "user", "content": line.strip()})
+            messages = in_character(prompts, character, history) if character else history
+            (reply,) = generate(
+                model,
+                tok,
+                [prompt_ids(tok, messages)],
+                batch_size=1,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=0.95,
+                seed=params.seed + turn,
+                desc="",
+                progress=False,
+            ).texts
+            history.append({"role": "assistant", "content": reply})
+            click.echo(f"{character or 'assistant'}> {reply}")
+            turn += 1
 
 
 @click.command()

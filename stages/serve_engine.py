@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .generate import generate, stop_ids
+from .generate import cpu_linears, generate, stop_ids
 from .model import load_base, load_tokenizer
 
 
@@ -92,13 +92,16 @@ class Engine:
         return jobs
 
     def _work(self) -> None:
-        while (jobs := self._take()) is not None:
-            groups: dict[tuple, list[Job]] = {}
-            for job in jobs:
-                groups.setdefault(job.key, []).append(job)
-            for group in groups.values():
-                for start in range(0, len(group), self.batch_size):
-                    self._run(group[start : start + self.batch_size])
+        # The base's weights packed for decode once for the server's life, not per batch (see
+        # cpu_linears); the adapters loaded later wrap these same layers.
+        with cpu_linears(self.base):
+            while (jobs := self._take()) is not None:
+                groups: dict[tuple, list[Job]] = {}
+                for job in jobs:
+                    groups.setdefault(job.key, []).append(job)
+                for group in groups.values():
+                    for start in range(0, len(group), self.batch_size):
+                        self._run(group[start : start + self.batch_size])
 
     def _run(self, group: list[Job]) -> None:
         try:

@@ -1,5 +1,7 @@
 """The batched sampler against plain one-prompt-at-a-time `generate` on the tiny model."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -87,7 +89,7 @@ def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(t
         x = torch.randn(n, 1, head.in_features, generator=g)
         whole = head(x)
         blocks.clear()
-        with gen.output_layer_in_blocks(model, rows), monkeypatch.context() as m:
+        with gen.cpu_linears(model, rows, pack=False), monkeypatch.context() as m:
             m.setattr(torch.nn.functional, "linear", counted)
             split = head(x)
         assert blocks == [rows] * (head.out_features // rows) + [head.out_features % rows] * bool(
@@ -96,15 +98,61 @@ def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(t
         assert torch.equal(split, whole)
     assert "forward" not in vars(head)  # the layer is itself again
     hooked = head.forward = lambda x: linear(x, head.weight)  # as an accelerate hook replaces it
-    with gen.output_layer_in_blocks(model, rows):
+    with gen.cpu_linears(model, rows, pack=False):
         assert head.forward is hooked  # left alone, not replaced and then deleted
     assert head.forward is hooked
     del head.forward
     ids = torch.tensor([prompts[0]])
     with torch.inference_mode():
         whole = model(input_ids=ids).logits
-        with gen.output_layer_in_blocks(model, rows):
+        with gen.cpu_linears(model, rows, pack=False):
             assert torch.equal(model(input_ids=ids).logits, whole)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_decode_rows_run_on_packed_weights_and_prefill_rows_on_torch_s_matmul(tiny_base, monkeypatch):
+    tok, model, prompts = setup(tiny_base)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    head = model.get_output_embeddings()
+    calls = []
+    linear = torch.nn.functional.linear
+
+    def counted(x, w, b=None):
+        calls.append(w.shape[0])
+        return linear(x, w, b)
+
+    g = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        for n in (1, 7, gen.PACKED_MAX_ROWS, gen.PACKED_MAX_ROWS + 1, 300):
+            x = torch.randn(n, 1, head.in_features, generator=g)
+            whole = [m(x[..., : m.in_features]) for m in (head, linears[0])]
+            calls.clear()
+            with gen.cpu_linears(model, rows=3000), monkeypatch.context() as m:
+                m.setattr(torch.nn.functional, "linear", counted)
+                assert all("forward" in vars(layer) for layer in linears)
+                packed = [layer(x[..., : layer.in_features]) for layer in (head, linears[0])]
+            if n <= gen.PACKED_MAX_ROWS:  # oneDNN: the same products, summed in another order
+                assert calls == []
+                for a, b in zip(packed, whole):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            else:  # torch's matmul, the head in blocks: bit-identical
+                assert calls == [3000] * (head.out_features // 3000) + [
+                    head.out_features % 3000,
+                    linears[0].out_features,
+                ]
+                assert all(torch.equal(a, b) for a, b in zip(packed, whole))
+    assert not any("forward" in vars(layer) for layer in linears)  # every layer is itself again
+
+    # Where free memory would not hold the packed copy twice over, nothing is packed; the head
+    # still runs in blocks.
+    import psutil
+
+    copy = sum(layer.weight.numel() * 4 for layer in linears)
+    assert gen._can_pack(linears)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2 * copy - 1))
+    assert not gen._can_pack(linears)
+    with gen.cpu_linears(model, rows=3000):
+        assert [layer for layer in linears if "forward" in vars(layer)] == [head]
 
 
 def test_a_sample_depends_on_its_seed_not_its_batch(tiny_base):
