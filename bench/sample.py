@@ -4,7 +4,8 @@ padding, one batch of all prompts) and one prompt at a time, on the same prompts
     python bench/sample.py [--base models/base] [--prompts 64] [--max-new-tokens 128]
     python bench/sample.py --samples-per-prompt 4   # copies prefilled once vs once per copy
     python bench/sample.py --merge models/rounds/tutor-r1   # a round's adapter merged vs not
-    python bench/sample.py --before --peers batched   # the last speed change, before vs after
+    python bench/sample.py --before packing --peers batched   # a speed change, before vs after
+    python bench/sample.py --before refill --batch-size 16    # more prompts than a batch holds
 
 Needs a materialized base and data version (`make demo`). Every side decodes greedily with the
 same max_new_tokens from the same prompts (train split, the tutor system prompt, cut at a random
@@ -15,9 +16,11 @@ prompt and generated token, plus causal attention; bench/flops.py) over the time
 device's fp32 matmul peak measured in the same run. The last line is the ratio against the
 fastest peer that ran (--peers picks them; default all three).
 
-With --before, the sampler also runs as it was before its last speed change (decode steps on
-torch's matmul instead of oneDNN over packed weights); both run twice, in turns, best of two each,
-and the ratio is printed.
+With --before CHANGE, the sampler also runs as it was before that speed change: `packing`, decode
+steps on torch's matmul instead of oneDNN over packed weights; `refill`, each batch run until its
+last row ends instead of topped up with waiting prompts once down to half (it shows with
+--batch-size below --prompts). Both sides run twice, in turns, best of two each, and the ratio is
+printed.
 
 With --samples-per-prompt K, each prompt is asked K times in a row as sample@rN asks them, at
 params.yaml's sample temperature and top_p, and the sampler runs with the copies prefilled once
@@ -136,15 +139,20 @@ PEERS = ("batched", "one", "vllm")
 
 
 @contextlib.contextmanager
-def unpacked_linears_patched():
-    """The sampler as it was before its decode steps ran on packed weights (--before): torch's
-    matmul for every layer, the output layer still in blocks."""
-    cpu_linears = gen_module.cpu_linears
+def as_before(change: str):
+    """The sampler as it was before `change` (--before); yields generate()'s extra settings."""
+    if change == "refill":
+        yield {"refill": False}
+        return
+    cpu_linears = gen_module.cpu_linears  # packing: torch's matmul everywhere, the output layer in blocks
     gen_module.cpu_linears = functools.partial(cpu_linears, pack=False)
     try:
-        yield
+        yield {}
     finally:
         gen_module.cpu_linears = cpu_linears
+
+
+BEFORE = {"packing": "decode steps on torch's matmul, no packed weights", "refill": "no refill of a half-empty batch"}
 
 
 def compare_peers(args, model, tok, prompts: list[list[int]]) -> None:
@@ -159,8 +167,10 @@ def compare_peers(args, model, tok, prompts: list[list[int]]) -> None:
     if args.before:
         # Both sides twice, in turns, best of two each, so a slow spell of the machine hits both.
         for name in ("loraloop sampler before", "loraloop batched sampler", "loraloop sampler before"):
-            with unpacked_linears_patched() if "before" in name else contextlib.nullcontext():
-                (_, side_made), seconds = timed(lambda name=name: ours(model, tok, prompts, **settings, desc=name))
+            with as_before(args.before) if "before" in name else contextlib.nullcontext({}) as extra:
+                (_, side_made), seconds = timed(
+                    lambda name=name, extra=extra: ours(model, tok, prompts, **settings, **extra, desc=name)
+                )
             sides[name] = min(sides.get(name, (side_made, seconds)), (side_made, seconds), key=lambda s: s[1])
     if "batched" in args.peers:
         sides["generate batched (left pad)"] = timed(
@@ -191,7 +201,7 @@ def compare_peers(args, model, tok, prompts: list[list[int]]) -> None:
     mine = rate.pop("loraloop batched sampler")
     before = rate.pop("loraloop sampler before", None)
     if before is not None:
-        print(f"ratio vs before (decode steps on torch's matmul, no packed weights): {mine / before:.2f}x")
+        print(f"ratio vs before ({BEFORE[args.before]}): {mine / before:.2f}x")
     fastest = max(rate, key=rate.get)
     for name, r in sorted(rate.items(), key=lambda kv: kv[1]):
         print(f"ratio vs {name}: {mine / r:.2f}x")
@@ -265,9 +275,7 @@ def main() -> None:
         default=list(PEERS),
         help=f"which peers to run, comma-separated from {','.join(PEERS)} (one at a time is the slowest)",
     )
-    ap.add_argument(
-        "--before", action="store_true", help="also run the sampler without packed weights (its last speed change)"
-    )
+    ap.add_argument("--before", choices=sorted(BEFORE), default=None, help="also run the sampler without this change")
     args = ap.parse_args()
     if not args.peers or set(args.peers) - set(PEERS):
         ap.error(f"--peers: one or more of {','.join(PEERS)}, comma-separated; got {','.join(args.peers)}")

@@ -9,7 +9,8 @@
 - in decode each group attends only over the cache columns its rows use (a batch's cache is as
   wide as its longest prompt, and masked columns still cost their reads);
 - rows that have finished (end-of-turn) leave the batch, moving few cache rows, so later steps
-  compute mostly live rows;
+  compute mostly live rows; and when a batch is down to half its rows, the next waiting prompts
+  are prefilled and join it, so it does not finish its longest rows alone;
 - the key/value cache has room reserved for the new tokens, so a step writes instead of copying;
 - each row samples with its own seeded generator, so a sample depends on its seed, not on which
   other prompts shared its batch;
@@ -328,14 +329,12 @@ def prefill(
     return _cache(layer_class, buffers, end), groups, logits
 
 
-def _decode_mask(tails: list[list[int]], groups, shared: int, end: int, reserve: int, dev) -> torch.Tensor:
-    """An additive mask over the cache columns, one row per prompt: 0 on its prefix, its tail and the
-    room for new tokens, -inf elsewhere."""
-    col = torch.arange(end + reserve, device=dev)[None]
-    first = torch.tensor([f for a, b, f in groups for _ in range(a, b)], device=dev)[:, None]
-    tail_from = torch.tensor([end - len(t) for t in tails], device=dev)[:, None]
-    seen = (col >= first) & ((col < first + shared) | (col >= tail_from))
-    return torch.zeros(seen.shape, device=dev).masked_fill(~seen, float("-inf"))[:, None, None]
+def _decode_mask(first: torch.Tensor, tail_from: torch.Tensor, shared: int, width: int) -> torch.Tensor:
+    """An additive mask over the cache columns, one row per prompt: 0 on its prefix (`shared`
+    columns from `first`), on its tail and what follows (from `tail_from`), -inf elsewhere."""
+    col = torch.arange(width, device=first.device)[None]
+    seen = (col >= first[:, None]) & ((col < first[:, None] + shared) | (col >= tail_from[:, None]))
+    return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None, None]
 
 
 def compaction_order(groups, keep: list[int]):
@@ -356,6 +355,109 @@ def compaction_order(groups, keep: list[int]):
     return order, out
 
 
+@dataclass
+class _Batch:
+    """The rows being decoded. Row r is job jobs[r]; all rows share one cache, write their next
+    token at its column `n`, and come in groups of contiguous rows (first row, end row, first
+    cache column the group uses)."""
+
+    cache: object
+    groups: list[tuple[int, int, int]]
+    jobs: list[int]
+    first: torch.Tensor  # per row: the first cache column it uses (its prefix starts there)
+    tail_from: torch.Tensor  # per row: the cache column its tail starts at; new tokens follow it
+    next_pos: torch.Tensor  # per row: the position of its next token, [rows, 1]
+    logits: torch.Tensor  # per row: the logits its next token is picked from
+    made: torch.Tensor  # per row: how many tokens it has made
+
+    @property
+    def n(self) -> int:
+        return self.cache.layers[0]._n
+
+    def take(self, order: list[int], groups) -> _Batch:
+        """The rows `order` (a compaction_order whose cache rows have moved), with `groups`."""
+        idx = torch.tensor(order, dtype=torch.long, device=self.first.device)
+        return _Batch(
+            self.cache,
+            groups,
+            [self.jobs[r] for r in order],
+            self.first[idx],
+            self.tail_from[idx],
+            self.next_pos[idx],
+            self.logits[idx],
+            self.made[idx],
+        )
+
+
+def _compact(batch: _Batch, keep: list[int]) -> _Batch:
+    """`batch` with only the rows `keep`, their cache rows moved in place."""
+    order, groups = compaction_order(batch.groups, keep)
+    firsts = [first for a, b, first in groups for _ in range(a, b)]
+    for layer in batch.cache.layers:
+        layer.keep_rows(order, firsts)
+    return batch.take(order, groups)
+
+
+def _start(model, tails, jobs: list[int], shared, prefix_cache, pad, dev, reserve: int, share_copies: bool) -> _Batch:
+    """A batch of the given jobs, prefilled, with room for `reserve` new tokens."""
+    ts = [tails[j] for j in jobs]
+    cache, groups, logits = prefill(
+        model, ts, shared, prefix_cache, pad, dev, reserve=reserve, share_copies=share_copies
+    )
+    end = cache.layers[0]._n
+    return _Batch(
+        cache=cache,
+        groups=groups,
+        jobs=list(jobs),
+        first=torch.tensor([f for a, b, f in groups for _ in range(a, b)], device=dev),
+        tail_from=torch.tensor([end - len(t) for t in ts], device=dev),
+        next_pos=torch.tensor([[shared + len(t)] for t in ts], device=dev),
+        logits=logits,
+        made=torch.zeros(len(ts), dtype=torch.long, device=dev),
+    )
+
+
+def _merge(old: _Batch, new: _Batch, reserve: int) -> _Batch:
+    """One batch of `old`'s rows and then `new`'s, in a cache where all of them write their next
+    token at the same column: each side's columns shift right as far as the other side needs,
+    and `reserve` columns of room follow."""
+    write = max(side.n - min(f for a, b, f in side.groups) for side in (old, new))
+    d_old, d_new = write - old.n, write - new.n
+    rows, buffers = len(old.jobs) + len(new.jobs), []
+    for lo, ln in zip(old.cache.layers, new.cache.layers):
+        k = lo._k.new_empty((rows, lo._k.shape[1], write + reserve, lo._k.shape[3]))
+        v = torch.empty_like(k)
+        for side, offset, d, layer in ((old, 0, d_old, lo), (new, len(old.jobs), d_new, ln)):
+            for a, b, f in side.groups:
+                k[offset + a : offset + b, :, f + d : write] = layer._k[a:b, :, f : side.n]
+                v[offset + a : offset + b, :, f + d : write] = layer._v[a:b, :, f : side.n]
+        buffers.append((k, v))
+    return _Batch(
+        cache=_cache(_reserved_layer_class(), buffers, write),
+        groups=[(a, b, f + d_old) for a, b, f in old.groups]
+        + [(len(old.jobs) + a, len(old.jobs) + b, f + d_new) for a, b, f in new.groups],
+        jobs=old.jobs + new.jobs,
+        first=torch.cat([old.first + d_old, new.first + d_new]),
+        tail_from=torch.cat([old.tail_from + d_old, new.tail_from + d_new]),
+        next_pos=torch.cat([old.next_pos, new.next_pos]),
+        logits=torch.cat([old.logits, new.logits]),
+        made=torch.cat([old.made, new.made]),
+    )
+
+
+def _next_jobs(waiting: list[int], tails, room: int) -> list[int]:
+    """Up to `room` jobs taken from the front of `waiting`, not cutting a run of copies of one
+    tail in two (copies are prefilled once) unless the run alone is longer than the room."""
+    k = min(room, len(waiting))
+    if k < len(waiting):
+        cut = k
+        while cut > 0 and tails[waiting[cut]] == tails[waiting[cut - 1]]:
+            cut -= 1
+        k = cut or k
+    jobs, waiting[:] = waiting[:k], waiting[k:]
+    return jobs
+
+
 def _decode(
     model,
     tails: list[list[int]],
@@ -365,57 +467,82 @@ def _decode(
     stop: torch.Tensor,
     gens: list[torch.Generator],
     *,
+    batch_size: int,
     max_new_tokens: int,
     temperature: float,
     top_p: float,
     on_token: Callable[[int, int], None] | None = None,
+    on_done: Callable[[int, int], None] | None = None,
     share_copies: bool = True,
+    refill: bool = True,
 ) -> list[list[int]]:
-    """New tokens for one batch of prompt tails (sorted by length), end-of-turn included;
-    on_token(row, token) hears each as it is made (a server streams them)."""
+    """New tokens for every prompt tail (sorted by length), end-of-turn included, at most
+    batch_size rows in the model at once. When the rows still running are down to half of that,
+    the next waiting prompts are prefilled and join them, so the batch stays full rather than
+    finishing its longest rows alone. on_token(job, token) hears each token as it is made (a
+    server streams them); on_done(job, n) hears that a job has finished, with n tokens."""
     dev = stop.device
-    cache, groups, logits = prefill(
-        model, tails, shared, prefix_cache, pad, dev, reserve=max_new_tokens, share_copies=share_copies
-    )
-    end = shared + max(len(t) for t in tails)
-    mask = _decode_mask(tails, groups, shared, end, max_new_tokens, dev).to(cache.layers[0].keys.dtype)
-    next_pos = torch.tensor([[shared + len(t)] for t in tails], device=dev)
-    live = list(range(len(tails)))  # rows of this batch still in the model's batch
-    ended = torch.zeros(len(tails), dtype=torch.bool, device=dev)  # of those, the finished ones
     made: list[list[int]] = [[] for _ in tails]
-    for step in range(max_new_tokens):
-        nxt = pick_next(logits, temperature, top_p, [gens[r] for r in live])
-        for r, token, was_done in zip(live, nxt.tolist(), ended.tolist()):
+
+    def pick(jobs: list[int], logits, ended, count):
+        """Each row's next token; recorded for the rows still running. Returns it and which rows
+        have ended now (end-of-turn or max_new_tokens made); count (tokens made) is updated."""
+        nxt = pick_next(logits, temperature, top_p, [gens[j] for j in jobs])
+        for j, token, was_done in zip(jobs, nxt.tolist(), ended.tolist()):
             if not was_done:
-                made[r].append(token)
+                made[j].append(token)
                 if on_token is not None:
-                    on_token(r, token)
-        ended |= torch.isin(nxt, stop)
-        if step == max_new_tokens - 1 or bool(ended.all()):
-            break
+                    on_token(j, token)
+        count += (~ended).long()
+        now = ended | torch.isin(nxt, stop) | (count >= max_new_tokens)
+        if on_done is not None:
+            for r in (now & ~ended).nonzero().flatten().tolist():
+                on_done(jobs[r], len(made[jobs[r]]))
+        return nxt, now
+
+    waiting = list(range(len(tails)))
+    batch, nxt, ended = None, None, None
+    while True:
+        running = 0 if batch is None else int((~ended).sum())
+        if waiting and (running == 0 or refill and running * 2 <= batch_size):
+            jobs = _next_jobs(waiting, tails, batch_size - running)
+            new = _start(model, tails, jobs, shared, prefix_cache, pad, dev, max_new_tokens, share_copies)
+            new_nxt, new_ended = pick(
+                new.jobs, new.logits, torch.zeros(len(jobs), dtype=torch.bool, device=dev), new.made
+            )
+            if running:
+                keep = (~ended).nonzero().flatten().tolist()
+                order, _ = compaction_order(batch.groups, keep)
+                batch = _merge(_compact(batch, keep), new, max_new_tokens)
+                nxt = torch.cat([nxt[torch.tensor(order, device=dev)], new_nxt])
+                ended = torch.cat([torch.zeros(running, dtype=torch.bool, device=dev), new_ended])
+            else:
+                batch, nxt, ended = new, new_nxt, new_ended
+            continue  # the new rows may all have ended already, or leave room for more
+        if bool(ended.all()):
+            if waiting:
+                continue
+            return made
         # Finished rows leave the batch once they are a sixteenth of it: leaving moves cache rows,
         # so it is not done for every single row.
-        if int(ended.sum()) * 16 >= len(live):
-            order, groups = compaction_order(groups, (~ended).nonzero().flatten().tolist())
-            firsts = [first for a, b, first in groups for _ in range(a, b)]
-            for layer in cache.layers:
-                layer.keep_rows(order, firsts)
-            live = [live[r] for r in order]
-            keep = torch.tensor(order, device=dev)
-            nxt, mask, next_pos, ended = nxt[keep], mask[keep], next_pos[keep], ended[keep]
-        n = end + step + 1  # cache columns once this step's token is in
-        spans = [(a, b, first, mask[a:b, ..., first:n]) for a, b, first in groups]
+        if int(ended.sum()) * 16 >= len(batch.jobs):
+            keep = (~ended).nonzero().flatten().tolist()
+            order = torch.tensor(compaction_order(batch.groups, keep)[0], device=dev)
+            batch, nxt, ended = _compact(batch, keep), nxt[order], ended[order]
+        n = batch.n + 1  # cache columns once this step's token is in
+        mask = _decode_mask(batch.first, batch.tail_from, shared, n).to(batch.cache.layers[0].keys.dtype)
+        spans = [(a, b, first, mask[a:b, ..., first:n]) for a, b, first in batch.groups]
         # No attention_mask: the spans carry the masks, so transformers builds none.
         out = model(
             input_ids=nxt[:, None],
-            position_ids=next_pos,
-            past_key_values=cache,
+            position_ids=batch.next_pos,
+            past_key_values=batch.cache,
             use_cache=True,
             logits_to_keep=1,
             ragged_spans=spans,
         )
-        cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1]
-    return made
+        batch.cache, batch.next_pos, batch.logits = out.past_key_values, batch.next_pos + 1, out.logits[:, -1]
+        nxt, ended = pick(batch.jobs, batch.logits, ended, batch.made)
 
 
 def _check_full_attention(cfg, context: int) -> None:
@@ -450,10 +577,12 @@ def generate(
     seeds: list[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     share_copies: bool = True,
+    refill: bool = True,
 ) -> Generation:
     """Completions of `prompts`; prompt i samples with seed `seed + i` (or `seeds[i]`).
     on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included.
-    share_copies: identical prompts are prefilled once (off only to measure what it saves)."""
+    share_copies: identical prompts are prefilled once; refill: a batch down to half its rows takes
+    in waiting prompts (both off only to measure what they save)."""
     _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
     model.eval()
     dev = next(model.parameters()).device
@@ -474,29 +603,35 @@ def generate(
     attn_before = model.config._attn_implementation
     model.set_attn_implementation(_register_ragged_attention())
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
+    made_so_far = [0]
+
+    def finished(job: int, n: int) -> None:
+        made_so_far[0] += n
+        bar.set_postfix(tokens=made_so_far[0], refresh=False)
+        bar.update(1)
+
     try:
         with cpu_linears(model):
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                made = _decode(
-                    model,
-                    [prompts[i][shared:] for i in idx],
-                    shared,
-                    prefix_cache,
-                    pad,
-                    stop,
-                    [torch.Generator().manual_seed(seeds[i]) for i in idx],
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    on_token=None if on_token is None else (lambda r, t, idx=idx: on_token(idx[r], t)),
-                    share_copies=share_copies,
-                )
-                for i, ids in zip(idx, made):
-                    n_tokens += len(ids)
-                    texts[i] = tok.decode(ids, skip_special_tokens=True).strip()
-                bar.set_postfix(tokens=n_tokens, refresh=False)
-                bar.update(len(idx))
+            made = _decode(
+                model,
+                [prompts[i][shared:] for i in order],
+                shared,
+                prefix_cache,
+                pad,
+                stop,
+                [torch.Generator().manual_seed(seeds[i]) for i in order],
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                on_token=None if on_token is None else (lambda j, t: on_token(order[j], t)),
+                on_done=finished,
+                share_copies=share_copies,
+                refill=refill,
+            )
+        for i, ids in zip(order, made):
+            n_tokens += len(ids)
+            texts[i] = tok.decode(ids, skip_special_tokens=True).strip()
     finally:
         model.set_attn_implementation(attn_before)
         bar.close()

@@ -216,9 +216,9 @@ def test_rows_that_stop_early_leave_the_batch_and_the_others_go_on(tiny_base, mo
     tok, model, prompts = setup(tiny_base)
     refs = greedy_one_at_a_time(model, tok, prompts, 16, tok.eos_token_id)
     assert len({tuple(r) for r in refs}) == len(refs)
-    # Stop tokens that three prompts emit at different steps: those rows end early, the rest go on,
+    # Stop tokens that some prompts emit at different steps: those rows end early, the rest go on,
     # and the finished ones leave the batch mid-generation.
-    stops = [tok.eos_token_id, refs[0][3], refs[2][6], refs[4][1]]
+    stops = early_stops(tok, refs)
     monkeypatch.setattr(model.generation_config, "eos_token_id", stops)
     compactions = []
     real = gen.compaction_order
@@ -240,6 +240,33 @@ def test_rows_that_stop_early_leave_the_batch_and_the_others_go_on(tiny_base, mo
     assert compactions
     assert out.texts == [tok.decode(r, skip_special_tokens=True).strip() for r in refs]
     assert out.n_tokens == sum(map(len, refs))
+
+
+def early_stops(tok, refs):
+    """Stop tokens that some prompts emit at different steps (as refs, greedy, show them)."""
+    return [tok.eos_token_id, refs[0][3], refs[2][6], refs[4][1], refs[5][2]]
+
+
+def test_a_batch_down_to_half_takes_in_waiting_prompts_and_greedy_still_equals_generate(tiny_base, monkeypatch):
+    tok, model, prompts = setup(tiny_base)
+    stops = early_stops(tok, greedy_one_at_a_time(model, tok, prompts, 16, tok.eos_token_id))
+    monkeypatch.setattr(model.generation_config, "eos_token_id", stops)
+    joined = []
+    real = gen._merge
+    monkeypatch.setattr(gen, "_merge", lambda old, new, reserve: joined.append(new.jobs) or real(old, new, reserve))
+    kw = dict(max_new_tokens=16, temperature=0.0, top_p=1.0, seed=0, desc="", progress=False)
+    out = gen.generate(model, tok, prompts, batch_size=3, **kw)
+    refs = greedy_one_at_a_time(model, tok, prompts, 16, stops)
+    assert len({len(r) for r in refs}) > 2
+    assert joined  # rows still running were joined by waiting prompts, their caches merged
+    assert out.texts == [tok.decode(r, skip_special_tokens=True).strip() for r in refs]
+    assert out.n_tokens == sum(map(len, refs))
+    # Sampling too: a sample depends on its seed, not on which rows joined its batch when.
+    sampled = dict(kw, temperature=1.0, top_p=0.9)
+    alone = [
+        gen.generate(model, tok, [p], batch_size=1, seeds=[9 + i], **sampled).texts[0] for i, p in enumerate(prompts)
+    ]
+    assert gen.generate(model, tok, prompts, batch_size=3, seeds=list(range(9, 16)), **sampled).texts == alone
 
 
 def test_rows_are_grouped_by_length_within_the_cap():
