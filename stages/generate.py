@@ -583,6 +583,10 @@ def generate(
     on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included.
     share_copies: identical prompts are prefilled once; refill: a batch down to half its rows takes
     in waiting prompts (both off only to measure what they save)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not prompts:
+        return Generation(texts=[], seeds=[], n_tokens=0)
     _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
     model.eval()
     dev = next(model.parameters()).device

@@ -165,6 +165,14 @@ def test_a_sample_depends_on_its_seed_not_its_batch(tiny_base):
     assert a.texts != c.texts
 
 
+def test_no_prompts_make_nothing_and_no_new_tokens_is_refused(tiny_base):
+    tok, model, prompts = setup(tiny_base)
+    kw = dict(batch_size=4, temperature=0.0, top_p=1.0, seed=0, desc="", progress=False)
+    assert gen.generate(model, tok, [], max_new_tokens=4, **kw) == gen.Generation(texts=[], seeds=[], n_tokens=0)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        gen.generate(model, tok, prompts, max_new_tokens=0, **kw)
+
+
 def test_copies_of_a_prompt_are_prefilled_once_and_sample_as_if_alone(tiny_base):
     tok, model, prompts = setup(tiny_base)
     jobs = [p for p in prompts[:4] for _ in range(3)]  # as sample@rN lays out samples_per_prompt 3
