@@ -374,13 +374,12 @@ class _Batch:
     def n(self) -> int:
         return self.cache.layers[0]._n
 
-    def take(self, order: list[int], groups) -> _Batch:
-        """The rows `order` (a compaction_order whose cache rows have moved), with `groups`."""
-        idx = torch.tensor(order, dtype=torch.long, device=self.first.device)
+    def take(self, idx: torch.Tensor, groups) -> _Batch:
+        """The rows `idx` (a compaction_order whose cache rows have moved), with `groups`."""
         return _Batch(
             self.cache,
             groups,
-            [self.jobs[r] for r in order],
+            [self.jobs[r] for r in idx.tolist()],
             self.first[idx],
             self.tail_from[idx],
             self.next_pos[idx],
@@ -389,13 +388,15 @@ class _Batch:
         )
 
 
-def _compact(batch: _Batch, keep: list[int]) -> _Batch:
-    """`batch` with only the rows `keep`, their cache rows moved in place."""
+def _compact(batch: _Batch, keep: list[int]) -> tuple[_Batch, torch.Tensor]:
+    """`batch` with only the rows `keep`, their cache rows moved in place, and where each row
+    came from (index into the old rows, for what the caller holds per row)."""
     order, groups = compaction_order(batch.groups, keep)
     firsts = [first for a, b, first in groups for _ in range(a, b)]
     for layer in batch.cache.layers:
         layer.keep_rows(order, firsts)
-    return batch.take(order, groups)
+    idx = torch.tensor(order, dtype=torch.long, device=batch.first.device)
+    return batch.take(idx, groups), idx
 
 
 def _start(model, tails, jobs: list[int], shared, prefix_cache, pad, dev, reserve: int, share_copies: bool) -> _Batch:
@@ -511,10 +512,9 @@ def _decode(
                 new.jobs, new.logits, torch.zeros(len(jobs), dtype=torch.bool, device=dev), new.made
             )
             if running:
-                keep = (~ended).nonzero().flatten().tolist()
-                order, _ = compaction_order(batch.groups, keep)
-                batch = _merge(_compact(batch, keep), new, max_new_tokens)
-                nxt = torch.cat([nxt[torch.tensor(order, device=dev)], new_nxt])
+                kept, idx = _compact(batch, (~ended).nonzero().flatten().tolist())
+                batch = _merge(kept, new, max_new_tokens)
+                nxt = torch.cat([nxt[idx], new_nxt])
                 ended = torch.cat([torch.zeros(running, dtype=torch.bool, device=dev), new_ended])
             else:
                 batch, nxt, ended = new, new_nxt, new_ended
@@ -526,9 +526,8 @@ def _decode(
         # Finished rows leave the batch once they are a sixteenth of it: leaving moves cache rows,
         # so it is not done for every single row.
         if int(ended.sum()) * 16 >= len(batch.jobs):
-            keep = (~ended).nonzero().flatten().tolist()
-            order = torch.tensor(compaction_order(batch.groups, keep)[0], device=dev)
-            batch, nxt, ended = _compact(batch, keep), nxt[order], ended[order]
+            batch, idx = _compact(batch, (~ended).nonzero().flatten().tolist())
+            nxt, ended = nxt[idx], ended[idx]
         n = batch.n + 1  # cache columns once this step's token is in
         mask = _decode_mask(batch.first, batch.tail_from, shared, n).to(batch.cache.layers[0].keys.dtype)
         spans = [(a, b, first, mask[a:b, ..., first:n]) for a, b, first in batch.groups]

@@ -72,6 +72,13 @@ def test_batched_greedy_equals_one_at_a_time(tiny_base):
     assert out.n_tokens == n
 
 
+def count_linear_calls(m, calls: list[int]) -> None:
+    """While `m` (a monkeypatch context) lasts, torch's linear appends each weight's row count to
+    `calls`."""
+    linear = torch.nn.functional.linear
+    m.setattr(torch.nn.functional, "linear", lambda x, w, b=None: calls.append(w.shape[0]) or linear(x, w, b))
+
+
 @pytest.mark.parametrize("rows", [gen.OUTPUT_BLOCK_ROWS, 3000])  # 3000: a last block shorter than the rest
 def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(tiny_base, monkeypatch, rows):
     tok, model, prompts = setup(tiny_base)
@@ -79,18 +86,13 @@ def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(t
     assert head.out_features > 2 * rows  # else there would be nothing to split
     blocks = []
     linear = torch.nn.functional.linear
-
-    def counted(x, w, b=None):
-        blocks.append(w.shape[0])
-        return linear(x, w, b)
-
     g = torch.Generator().manual_seed(1)
     for n in (1, 5, 64):
         x = torch.randn(n, 1, head.in_features, generator=g)
         whole = head(x)
         blocks.clear()
         with gen.cpu_linears(model, rows, pack=False), monkeypatch.context() as m:
-            m.setattr(torch.nn.functional, "linear", counted)
+            count_linear_calls(m, blocks)
             split = head(x)
         assert blocks == [rows] * (head.out_features // rows) + [head.out_features % rows] * bool(
             head.out_features % rows
@@ -115,12 +117,6 @@ def test_decode_rows_run_on_packed_weights_and_prefill_rows_on_torch_s_matmul(ti
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     head = model.get_output_embeddings()
     calls = []
-    linear = torch.nn.functional.linear
-
-    def counted(x, w, b=None):
-        calls.append(w.shape[0])
-        return linear(x, w, b)
-
     g = torch.Generator().manual_seed(2)
     with torch.inference_mode():
         for n in (1, 7, gen.PACKED_MAX_ROWS, gen.PACKED_MAX_ROWS + 1, 300):
@@ -128,7 +124,7 @@ def test_decode_rows_run_on_packed_weights_and_prefill_rows_on_torch_s_matmul(ti
             whole = [m(x[..., : m.in_features]) for m in (head, linears[0])]
             calls.clear()
             with gen.cpu_linears(model, rows=3000), monkeypatch.context() as m:
-                m.setattr(torch.nn.functional, "linear", counted)
+                count_linear_calls(m, calls)
                 assert all("forward" in vars(layer) for layer in linears)
                 packed = [layer(x[..., : layer.in_features]) for layer in (head, linears[0])]
             if n <= gen.PACKED_MAX_ROWS:  # oneDNN: the same products, summed in another order
