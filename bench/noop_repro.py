@@ -3,7 +3,7 @@ pipeline with 3 lineages x 5 rounds declared, and `loraloop collect --help`.
 
     python bench/noop_repro.py [--lineages 3] [--rounds 5] [--repeat 3]
 
-Builds a throwaway git + DVC repo from this project's dvc.yaml, stages/ and data/raw, with
+Builds a throwaway git + DVC repo from this project's dvc.yaml, stages/, loraloop/ and data/raw, with
 params.yaml's lineages and rounds widened (a third lineage copies the tutor's), writes a small
 placeholder for every output, records them all with `dvc commit`, and times the commands
 (median of --repeat). No stage runs: this measures DVC's and loraloop's own start-up and checks.
@@ -87,7 +87,8 @@ def main() -> None:
         repo.mkdir(parents=True)
         for name in ("dvc.yaml", "pyproject.toml"):
             shutil.copy(ROOT / name, repo / name)
-        shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+        for package in ("stages", "loraloop"):
+            shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "data/raw", repo / "data/raw")
         params = widen(yaml.safe_load((ROOT / "params.yaml").read_text()), args.lineages, args.rounds)
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))

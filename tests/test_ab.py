@@ -5,8 +5,8 @@ import sys
 import pytest
 from conftest import write_lines
 
-from stages import ab
-from stages.io import read_json
+from loraloop.files import read_json
+from loraloop.judge import ab
 
 
 def samples(tag, n=6):
@@ -80,6 +80,6 @@ def test_win_rate(ab_set):
 def test_bad_label_names_line_and_field(ab_set):
     fill(ab_set / "ab.csv", lambda r: "left")
     res = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "ab-score", str(ab_set / "ab.csv")], capture_output=True, text=True
+        [sys.executable, "-m", "loraloop.cli", "ab-score", str(ab_set / "ab.csv")], capture_output=True, text=True
     )
     assert res.returncode == 1 and "ab.csv:2: field preferred: 'left'" in res.stderr

@@ -2,8 +2,9 @@ import random
 
 import pytest
 
-from stages.chat import cut_for_prompt, prompt_ids, training_ids, with_system
-from stages.model import load_tokenizer
+from loraloop.data.prompts import cut_for_prompt, with_system
+from loraloop.lm.chat import prompt_ids, training_ids
+from loraloop.lm.model import load_tokenizer
 
 CONV = [
     {"role": "system", "content": "You are a tutor."},

@@ -5,9 +5,9 @@ import sys
 import pytest
 from conftest import conversation, write_lines
 
-from stages import collect
-from stages.io import read_json, read_jsonl
-from stages.params import CollectParams, SourceParams
+from loraloop.data import collect
+from loraloop.files import read_json, read_jsonl
+from loraloop.params import CollectParams, SourceParams
 
 
 def run_on(tmp_path, lines, default_character_id=None):
@@ -203,7 +203,7 @@ def test_standalone_collect_cli(tmp_path):
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "--params",
             str(tmp_path / "absent.yaml"),
             "collect",
@@ -228,7 +228,7 @@ def test_standalone_collect_cli(tmp_path):
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "collect",
             "--source",
             str(tmp_path / "missing.jsonl"),

@@ -77,11 +77,11 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_a_code_or_param_edit_reruns_what_reads_it_and_what_follows(repo):
-    """stages/score.py runs only in score@<round> (tests/test_deps.py keeps dvc.yaml's deps equal to
+    """loraloop/judge/score.py runs only in score@<round> (tests/test_deps.py keeps dvc.yaml's deps equal to
     each stage's imports) and score.keep_top_fraction is read only by score: each edit dirties
     exactly the two score stages; the repro reruns them, what their outputs feed, and nothing
     upstream. (One repro for both edits: the pipeline on the real model is the slow part.)"""
-    path = repo / "stages/score.py"
+    path = repo / "loraloop/judge/score.py"
     code = path.read_text()
     assert code.count('max(row["score"], params.weight_floor)') == 1
     path.write_text(
@@ -89,13 +89,13 @@ def test_a_code_or_param_edit_reruns_what_reads_it_and_what_follows(repo):
     )
     status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
     assert status == {
-        f"score@{r}": [{"changed deps": {"stages/score.py": "modified"}}] for r in ("tutor-r1", "tutor-r2")
+        f"score@{r}": [{"changed deps": {"loraloop/judge/score.py": "modified"}}] for r in ("tutor-r1", "tutor-r2")
     }
     edit_params(repo, lambda p: p["score"].update(keep_top_fraction=0.25))
     status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
     assert set(status) == {"score@tutor-r1", "score@tutor-r2"}
     shown = json.dumps(status["score@tutor-r1"])
-    assert "params.yaml" in shown and "stages/score.py" in shown
+    assert "params.yaml" in shown and "loraloop/judge/score.py" in shown
     assert repro(repo) == round_stages("tutor-r1", "tutor-r2") - {"sample@tutor-r1"} | FLEET
 
 

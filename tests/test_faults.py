@@ -11,12 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import conversation, run_round, small_params, write_lines
+from conftest import conversation, round_in, run_round, small_params, write_lines
 
-from stages import collect, score, scrub, train, version
-from stages.io import read_json, sha256_file, sha256_tree
-from stages.metrics import check_gates
-from stages.params import CollectParams, ParamsError, ScoreParams, ScrubParams, SourceParams, VersionParams, load_params
+from loraloop.data import collect, scrub, version
+from loraloop.files import read_json, sha256_file, sha256_tree
+from loraloop.judge import score
+from loraloop.judge.gates import check_gates
+from loraloop.params import (
+    CollectParams,
+    ParamsError,
+    ScoreParams,
+    ScrubParams,
+    SourceParams,
+    VersionParams,
+    load_params,
+)
+from loraloop.train import loop as train
+from loraloop.train.errors import TrainingStopped
+from loraloop.workspace import Base
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +101,7 @@ def test_scrub_that_fails_keeps_its_outputs_and_metrics(tmp_path):
 
 
 def test_version_that_fails_midway_keeps_splits_manifest_and_changelog(tmp_path, monkeypatch):
-    from stages.collect import record_id
+    from loraloop.data.collect import record_id
 
     rows = [{**c, "id": record_id("tutor", c["messages"]), "dataset_source": "x", "weight": 1.0} for c in GOOD]
     write_lines(tmp_path / "scrubbed/tutor/records.jsonl", rows)
@@ -164,7 +176,7 @@ def test_non_finite_numbers_are_refused_with_their_key(tmp_path, key, value):
 
 
 def test_a_nan_metric_fails_its_gate():
-    from stages.params import Gate
+    from loraloop.params import Gate
 
     gates = {"eval_loss": Gate(max=5.0), "mean_score": Gate(min=0.5)}
     failed = check_gates({"eval_loss": math.nan, "mean_score": 0.7}, gates)
@@ -175,18 +187,15 @@ def test_training_that_goes_non_finite_stops_naming_step_and_round_and_writes_no
     out = tmp_path / "tutor-r2"
     p = small_params(lr=1e30, steps=4, warmup_fraction=0.0)
     with pytest.raises(
-        train.TrainingStopped, match=r"train@tutor-r2: the (loss|gradient norm) is (nan|inf) at step [2-4] of 4"
+        TrainingStopped, match=r"train@tutor-r2: the (loss|gradient norm) is (nan|inf) at step [2-4] of 4"
     ):
         train.run(
             p,
-            "tutor-r2",
-            project / "models/base",
-            project / "lineages/tutor",
-            r1,
-            project / "rounds/tutor/tutor-r1/scored.jsonl",
-            out,
-            project / "rounds/tutor/tutor-r1/pairs.jsonl",
+            round_in(p, project, "tutor-r2", out),
+            Base(project / "models/base"),
             tmp_path / "ckpt",
+            scored=project / "rounds/tutor/tutor-r1/scored.jsonl",
+            pairs=project / "rounds/tutor/tutor-r1/pairs.jsonl",
         )
     assert not out.exists()
 
@@ -196,17 +205,13 @@ def test_cuda_out_of_memory_says_which_knobs_to_turn(project, r1, tmp_path, monk
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train, "optimizer_step", oom)
-    with pytest.raises(train.TrainingStopped) as exc:
+    with pytest.raises(TrainingStopped) as exc:
         train.run(
             small_params(),
-            "tutor-r2",
-            project / "models/base",
-            project / "lineages/tutor",
-            r1,
-            project / "rounds/tutor/tutor-r1/scored.jsonl",
-            tmp_path / "out",
-            None,
+            round_in(small_params(), project, "tutor-r2", tmp_path / "out"),
+            Base(project / "models/base"),
             tmp_path / "ckpt",
+            scored=project / "rounds/tutor/tutor-r1/scored.jsonl",
         )
     msg = str(exc.value)
     assert msg.startswith("train@tutor-r2: CUDA out of memory")
@@ -258,7 +263,7 @@ def test_the_train_command_reports_a_stop_without_a_traceback(project, r1, tmp_p
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "--params",
             str(tmp_path / "params.yaml"),
             "train",
@@ -288,7 +293,7 @@ def test_the_train_command_reports_a_stop_without_a_traceback(project, r1, tmp_p
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "--params",
             str(tmp_path / "params.yaml"),
             "score",
@@ -313,7 +318,7 @@ def test_every_stage_writes_only_where_its_options_say(tiny_model_dir, tmp_path,
     afterwards nothing else is there (a hard-coded default path would show up beside it)."""
     from click.testing import CliRunner
 
-    from stages.cli import main
+    from loraloop.cli import main
 
     monkeypatch.chdir(tmp_path)
     subprocess.run(

@@ -13,15 +13,15 @@ import re
 
 import pytest
 from conftest import FLEET_LINEAGES as BOTH
-from conftest import conversation, copy_repo, edit_params, repro, sh, small_params, write_lines
+from conftest import conversation, copy_repo, edit_params, repro, sh, small_params, workspace, write_lines
 
-from stages import leakage, view
-from stages.io import read_json, read_jsonl
-from stages.splits import ForeignRecord, load_split
+from loraloop.data.splits import ForeignRecord, load_split, write_view
+from loraloop.files import read_json, read_jsonl
+from loraloop.judge import leakage
 
 
 def test_a_view_holds_only_its_characters_and_refuses_a_foreign_record(project, tmp_path):
-    counts = view.run(["pirate"], project / "version", tmp_path / "pirate")
+    counts = write_view(["pirate"], project / "version", tmp_path / "pirate")
     rows = load_split(tmp_path / "pirate", "train", ["pirate"])
     assert counts["train"] == len(rows) > 0 and {r["character_id"] for r in rows} == {"pirate"}
     assert sorted(p.name for p in (tmp_path / "pirate/splits").iterdir()) == ["pirate"]
@@ -33,7 +33,7 @@ def test_a_view_holds_only_its_characters_and_refuses_a_foreign_record(project, 
     tutor_rows = list(read_jsonl(project / "version/splits/tutor/train.jsonl"))
     write_lines(doctored_tutor / "train.jsonl", [*tutor_rows[:3], rows[0], *tutor_rows[3:5]])
     with pytest.raises(ForeignRecord, match=rf"train.jsonl:4: record '{rows[0]['id']}' belongs to character 'pirate'"):
-        view.run(["tutor"], doctored, tmp_path / "tutor")
+        write_view(["tutor"], doctored, tmp_path / "tutor")
     assert not (tmp_path / "tutor").exists()  # nothing half-written
     # A lineage asked to read another character's directory is refused too.
     with pytest.raises(ForeignRecord, match="a split of character 'pirate' in a lineage of"):
@@ -44,7 +44,7 @@ def test_tone_leakage_is_measured_on_the_other_lineages_prompts_and_remembered(p
     p = small_params(lineages=BOTH)
     p = p.model_copy(update={"rounds": {"tutor-r1": p.rounds["tutor-r1"]}})
     out = project / "metrics_leakage/leakage.json"
-    rates = leakage.run(p, project / "models/base", project / "models/rounds", project / "lineages", out)
+    rates = leakage.run(workspace(p, project), out)
     entry = read_json(out)["tutor-r1"]
     pirate = entry["by_lineage"]["pirate"]
     # The tutor's own tone words, less any the pirate uses itself, on the pirate's prompts.
@@ -57,7 +57,7 @@ def test_tone_leakage_is_measured_on_the_other_lineages_prompts_and_remembered(p
 
     # Nothing changed: the next run keeps the entry and generates nothing.
     monkeypatch.setattr(leakage, "measure", lambda *a, **k: pytest.fail("regenerated an unchanged round"))
-    leakage.run(p, project / "models/base", project / "models/rounds", project / "lineages", out)
+    leakage.run(workspace(p, project), out)
     assert read_json(out)["tutor-r1"] == entry
 
 

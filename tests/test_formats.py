@@ -6,9 +6,9 @@ import json
 import pytest
 from conftest import write_lines
 
-from stages import collect, formats, scrub, version
-from stages.io import read_json, read_jsonl
-from stages.params import CollectParams, ScrubParams, SourceParams, VersionParams
+from loraloop.data import collect, formats, scrub, version
+from loraloop.files import read_json, read_jsonl
+from loraloop.params import CollectParams, ScrubParams, SourceParams, VersionParams
 
 Q1, A1 = "How do I add 3/4 and 1/8?", "What denominator could both fractions share?"
 Q2, A2 = "Is it 8?", "Yes! Now rewrite 3/4 with eighths: what do you get?"
@@ -221,7 +221,7 @@ def test_the_cli_takes_a_format(tmp_path):
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "collect",
             "--source",
             str(src),

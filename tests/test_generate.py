@@ -5,9 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stages import generate as gen
-from stages.chat import prompt_ids, with_system
-from stages.model import load_base, load_tokenizer
+from loraloop.data.prompts import with_system
+from loraloop.lm import cpu_matmul, prefill
+from loraloop.lm import generate as gen
+from loraloop.lm.chat import prompt_ids
+from loraloop.lm.model import load_base, load_tokenizer
 
 SYSTEM = "You are a patient tutor. Ask one short guiding question at a time."
 QUESTIONS = [
@@ -36,14 +38,14 @@ def setup(tiny_base):
 
 
 def test_shared_prefix_is_found_and_leaves_each_prompt_a_token():
-    assert gen.common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert gen.common_prefix([[1, 2], [1, 2]]) == 1
-    assert gen.common_prefix([[7], [8, 9]]) == 0
+    assert prefill.common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert prefill.common_prefix([[1, 2], [1, 2]]) == 1
+    assert prefill.common_prefix([[7], [8, 9]]) == 0
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_base):
     tok, model, prompts = setup(tiny_base)
-    assert gen.common_prefix(prompts) > 10  # the system prompt is shared and computed once
+    assert prefill.common_prefix(prompts) > 10  # the system prompt is shared and computed once
     out = gen.generate(
         model,
         tok,
@@ -79,7 +81,7 @@ def count_linear_calls(m, calls: list[int]) -> None:
     m.setattr(torch.nn.functional, "linear", lambda x, w, b=None: calls.append(w.shape[0]) or linear(x, w, b))
 
 
-@pytest.mark.parametrize("rows", [gen.OUTPUT_BLOCK_ROWS, 3000])  # 3000: a last block shorter than the rest
+@pytest.mark.parametrize("rows", [cpu_matmul.OUTPUT_BLOCK_ROWS, 3000])  # 3000: a last block shorter than the rest
 def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(tiny_base, monkeypatch, rows):
     tok, model, prompts = setup(tiny_base)
     head = model.get_output_embeddings()
@@ -91,7 +93,7 @@ def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(t
         x = torch.randn(n, 1, head.in_features, generator=g)
         whole = head(x)
         blocks.clear()
-        with gen.cpu_linears(model, rows, pack=False), monkeypatch.context() as m:
+        with cpu_matmul.cpu_linears(model, rows, pack=False), monkeypatch.context() as m:
             count_linear_calls(m, blocks)
             split = head(x)
         assert blocks == [rows] * (head.out_features // rows) + [head.out_features % rows] * bool(
@@ -100,14 +102,14 @@ def test_the_output_layer_in_blocks_gives_bit_identical_logits_and_is_put_back(t
         assert torch.equal(split, whole)
     assert "forward" not in vars(head)  # the layer is itself again
     hooked = head.forward = lambda x: linear(x, head.weight)  # as an accelerate hook replaces it
-    with gen.cpu_linears(model, rows, pack=False):
+    with cpu_matmul.cpu_linears(model, rows, pack=False):
         assert head.forward is hooked  # left alone, not replaced and then deleted
     assert head.forward is hooked
     del head.forward
     ids = torch.tensor([prompts[0]])
     with torch.inference_mode():
         whole = model(input_ids=ids).logits
-        with gen.cpu_linears(model, rows, pack=False):
+        with cpu_matmul.cpu_linears(model, rows, pack=False):
             assert torch.equal(model(input_ids=ids).logits, whole)
 
 
@@ -119,15 +121,15 @@ def test_decode_rows_run_on_packed_weights_and_prefill_rows_on_torch_s_matmul(ti
     calls = []
     g = torch.Generator().manual_seed(2)
     with torch.inference_mode():
-        for n in (1, 7, gen.PACKED_MAX_ROWS, gen.PACKED_MAX_ROWS + 1, 300):
+        for n in (1, 7, cpu_matmul.PACKED_MAX_ROWS, cpu_matmul.PACKED_MAX_ROWS + 1, 300):
             x = torch.randn(n, 1, head.in_features, generator=g)
             whole = [m(x[..., : m.in_features]) for m in (head, linears[0])]
             calls.clear()
-            with gen.cpu_linears(model, rows=3000), monkeypatch.context() as m:
+            with cpu_matmul.cpu_linears(model, rows=3000), monkeypatch.context() as m:
                 count_linear_calls(m, calls)
                 assert all("forward" in vars(layer) for layer in linears)
                 packed = [layer(x[..., : layer.in_features]) for layer in (head, linears[0])]
-            if n <= gen.PACKED_MAX_ROWS:  # oneDNN: the same products, summed in another order
+            if n <= cpu_matmul.PACKED_MAX_ROWS:  # oneDNN: the same products, summed in another order
                 assert calls == []
                 for a, b in zip(packed, whole):
                     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -144,10 +146,10 @@ def test_decode_rows_run_on_packed_weights_and_prefill_rows_on_torch_s_matmul(ti
     import psutil
 
     copy = sum(layer.weight.numel() * 4 for layer in linears)
-    assert gen._can_pack(linears)
+    assert cpu_matmul._can_pack(linears)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2 * copy - 1))
-    assert not gen._can_pack(linears)
-    with gen.cpu_linears(model, rows=3000):
+    assert not cpu_matmul._can_pack(linears)
+    with cpu_matmul.cpu_linears(model, rows=3000):
         assert [layer for layer in linears if "forward" in vars(layer)] == [head]
 
 
@@ -275,12 +277,12 @@ def test_a_batch_down_to_half_takes_in_waiting_prompts_and_greedy_still_equals_g
 
 def test_rows_are_grouped_by_length_within_the_cap():
     sizes = [3, 4, 4, 5, 20, 21, 22, 90]
-    runs = gen.split_rows(sizes, group_cost=8, cap=80)
+    runs = prefill.split_rows(sizes, group_cost=8, cap=80)
     assert [r for a, b in runs for r in range(a, b)] == list(range(len(sizes)))  # every row once, in order
     assert runs == [(0, 4), (4, 7), (7, 8)]  # the short, the middling and the long one
-    assert gen.split_rows(sizes, group_cost=8, cap=64)[1] == (4, 6)  # 3 x 22 would pass the cap
-    assert gen.split_rows(sizes, group_cost=10_000) == [(0, 8)]  # calls so dear that one group is best
-    assert gen.split_rows([5] * 6, group_cost=1, cap=10) == [(0, 2), (2, 4), (4, 6)]
+    assert prefill.split_rows(sizes, group_cost=8, cap=64)[1] == (4, 6)  # 3 x 22 would pass the cap
+    assert prefill.split_rows(sizes, group_cost=10_000) == [(0, 8)]  # calls so dear that one group is best
+    assert prefill.split_rows([5] * 6, group_cost=1, cap=10) == [(0, 2), (2, 4), (4, 6)]
 
 
 def test_compaction_keeps_groups_contiguous_and_never_overwrites_a_row_before_it_moves():

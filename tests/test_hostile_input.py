@@ -9,9 +9,9 @@ import sys
 import pytest
 from conftest import conversation, write_lines
 
-from stages import collect, sources
-from stages.io import read_json, read_jsonl
-from stages.params import CollectParams, SourceParams
+from loraloop.data import collect, sources
+from loraloop.files import read_json, read_jsonl
+from loraloop.params import CollectParams, SourceParams
 
 GOOD = conversation("What is 2+2?", "What do you get if you count on two from two?")
 
@@ -169,7 +169,7 @@ def test_a_missing_source_is_named_by_its_path(tmp_path):
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "collect",
             "--source",
             str(tmp_path / "nope.jsonl"),

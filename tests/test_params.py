@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import ParamsError, load_params
+from loraloop.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_cli_fails_before_work_with_the_key(tmp_path):
     path = edited(tmp_path, lambda r: r["sample"].update(temperature="hot"))
     out = tmp_path / "collected"
     res = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "--params", str(path), "collect", "--out", str(out)],
+        [sys.executable, "-m", "loraloop.cli", "--params", str(path), "collect", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -146,7 +146,7 @@ def test_a_round_not_in_params_is_a_message_not_a_traceback(tmp_path):
         [
             sys.executable,
             "-m",
-            "stages.cli",
+            "loraloop.cli",
             "--params",
             str(ROOT / "params.yaml"),
             "score",
@@ -175,7 +175,7 @@ def test_a_yaml_alias_bomb_is_refused_before_any_work(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("\n".join(bomb) + "\n" + text)
     res = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "--params", str(path), "check-params"],
+        [sys.executable, "-m", "loraloop.cli", "--params", str(path), "check-params"],
         capture_output=True,
         text=True,
         timeout=300,

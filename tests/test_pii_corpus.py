@@ -3,7 +3,7 @@
 import pytest
 from pii_corpus import NEGATIVES, POSITIVES
 
-from stages.pii import mask
+from loraloop.data.pii import mask
 
 
 @pytest.mark.parametrize("text,kind,value", POSITIVES, ids=[f"{k}-{i}" for i, (_, k, _) in enumerate(POSITIVES)])

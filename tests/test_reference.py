@@ -7,13 +7,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_params, write_lines
+from conftest import round_in, small_params, write_lines
 from peft import PeftModel
 
-from stages import lm_loss, train
-from stages.chat import training_ids
-from stages.io import read_json
-from stages.model import load_base, load_tokenizer, round_info
+from loraloop.files import read_json
+from loraloop.lm import loss as lm_loss
+from loraloop.lm.chat import training_ids
+from loraloop.lm.model import load_base, load_tokenizer
+from loraloop.train import loop as train
+from loraloop.workspace import Base
 
 SYSTEM = {"role": "system", "content": "You are a patient tutor."}
 PAIRS = [
@@ -34,14 +36,11 @@ def train_r2(project, r1, out, pairs_file, **overrides):
     p = small_params(**{"feedback_pairs": False, **overrides})
     train.run(
         p,
-        "tutor-r2",
-        project / "models/base",
-        project / "lineages/tutor",
-        r1,
-        project / "rounds/tutor/tutor-r1/scored.jsonl",
-        out,
-        pairs_file,
+        round_in(p, project, "tutor-r2", out),
+        Base(project / "models/base"),
         out.parent / f"{out.name}_ckpt",
+        scored=project / "rounds/tutor/tutor-r1/scored.jsonl",
+        pairs=pairs_file,
     )
     return out
 
@@ -69,7 +68,8 @@ def test_start_and_base_references_give_the_hand_computed_dpo_loss(project, r1, 
     # By hand: the policy at step 0 is r1's adapter; the reference is r1 itself or the base.
     tok = load_tokenizer(project / "models/base")
     # The adapter apart from the base (not merged, as inference loads it), so it can be switched off.
-    model = PeftModel.from_pretrained(load_base(project / "models/base"), r1 / round_info(r1)["adapter"]).eval()
+    adapter = round_in(small_params(), project, "tutor-r1").adapter
+    model = PeftModel.from_pretrained(load_base(project / "models/base"), adapter).eval()
     policy, ref_base = [], []
     for q, c, r in PAIRS:
         msgs = [SYSTEM, {"role": "user", "content": q}]

@@ -9,9 +9,12 @@ import pytest
 import yaml
 from conftest import sh
 
-from stages import package, release
-from stages.io import read_json, write_json
-from stages.params import Params
+from loraloop.files import read_json, write_json
+from loraloop.params import Params
+from loraloop.release import package
+from loraloop.release import registry as release
+from loraloop.release.routing import route
+from loraloop.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,17 +86,8 @@ class Project:
     def package(self, p: Params, lineage: str | None = "tutor") -> dict:
         """package.run's decision for the lineage (all of them with lineage=None)."""
         r = self.root
-        decisions = package.run(
-            p,
-            r / "models/base",
-            r / "models/rounds",
-            r / "metrics",
-            r / "version",
-            r / "metrics/data.json",
-            r / "models/release",
-            r / "models/routing.json",
-            r / "package.json",
-        )
+        ws = Workspace(p, r / "models/base", r / "models/rounds", metrics=r / "metrics", version=r / "version")
+        decisions = package.run(ws, r / "models/release", r / "models/routing.json", r / "package.json")
         return decisions if lineage is None else decisions[lineage]
 
     @property
@@ -200,7 +194,7 @@ def test_rollback_cli(proj):
     proj.package(params(("r1",)))
     proj.round("r2", "r1", 0.8)
     proj.package(params())
-    cmd = [sys.executable, "-m", "stages.cli", "release", "rollback", "tutor", "--no-dvc-commit"]
+    cmd = [sys.executable, "-m", "loraloop.cli", "release", "rollback", "tutor", "--no-dvc-commit"]
     res = subprocess.run(cmd, cwd=proj.root, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "tutor-v0.2 -> tutor-v0.1" in res.stdout and "--to tutor-v0.2" in res.stdout
@@ -306,7 +300,7 @@ def test_rollback_and_restore_take_only_released_versions_and_release_names(proj
     assert proj.routing()["tutor"]["stable"]["version"] == "tutor-v0.2"
     with pytest.raises(RuntimeError, match="is not withdrawn"):
         release.restore(proj.rel, "tutor-v0.1")
-    cli = [sys.executable, "-m", "stages.cli", "release"]
+    cli = [sys.executable, "-m", "loraloop.cli", "release"]
     for args in (
         ["rollback", "../release/tutor"],
         ["rollback", "tutor", "--to", "../../outside"],
@@ -336,12 +330,12 @@ def test_canary_rollout_promote_and_rollback(proj):
     assert "already released as tutor-v0.2" in proj.package(params(canary_share=0.1))["reason"]
 
     users = [f"user-{i}" for i in range(10_000)]
-    on_canary = {u for u in users if release.route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2"}
+    on_canary = {u for u in users if route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2"}
     assert abs(len(on_canary) / len(users) - 0.1) <= 0.02
-    assert all(release.route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2" for u in sorted(on_canary)[:50])
+    assert all(route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2" for u in sorted(on_canary)[:50])
 
     assert release.promote(proj.rel, routing, 0.5) == "tutor-v0.2"
-    wider = {u for u in users if release.route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2"}
+    wider = {u for u in users if route(proj.routing(), "tutor", u)["version"] == "tutor-v0.2"}
     assert on_canary <= wider and abs(len(wider) / len(users) - 0.5) <= 0.02  # nobody on it is moved back
 
     # Rollback with a canary out: its users go back to the stable; the canary is withdrawn.
@@ -377,7 +371,7 @@ def test_promote_and_route_commands(proj):
     proj.package(params(("r1",)))
     proj.round("r2", "r1", 0.8)
     proj.package(params(canary_share=0.2))
-    cli = [sys.executable, "-m", "stages.cli"]
+    cli = [sys.executable, "-m", "loraloop.cli"]
 
     def run(*args):
         return subprocess.run([*cli, *args], cwd=proj.root, capture_output=True, text=True)

@@ -1,9 +1,9 @@
 import pytest
 from conftest import write_lines
 
-from stages import rules, score
-from stages.io import read_jsonl
-from stages.params import RuleParams, ScoreParams
+from loraloop.files import read_jsonl
+from loraloop.judge import rules, score
+from loraloop.params import RuleParams, ScoreParams
 
 
 def test_question_ratio_and_followup():

@@ -16,8 +16,8 @@ import subprocess
 import pytest
 from conftest import copy_repo, edit_params, repro, sh
 
-from stages import s3_local
-from stages.io import sha256_file
+from loraloop.commands import s3_local
+from loraloop.files import sha256_file
 
 pytestmark = pytest.mark.e2e
 BUCKET = "loraloop-test"

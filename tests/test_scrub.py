@@ -4,10 +4,10 @@ import sys
 import pytest
 from conftest import conversation, write_lines
 
-from stages import scrub
-from stages.io import read_json, read_jsonl
-from stages.params import ScrubParams
-from stages.pii import mask
+from loraloop.data import scrub
+from loraloop.data.pii import mask
+from loraloop.files import read_json, read_jsonl
+from loraloop.params import ScrubParams
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_scrub_stage_counts_and_rejects(tmp_path):
 def test_scrub_text_cli_is_line_for_line():
     text = "call 010-1234-5678\n\nplain line\n"
     res = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "scrub-text"], input=text, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "loraloop.cli", "scrub-text"], input=text, capture_output=True, text=True, check=True
     )
     assert res.stdout == "call <PHONE_1>\n\nplain line\n"
 
@@ -133,7 +133,7 @@ def test_more_non_pii_left_alone(text):
 
 
 def test_rrn_checksum_is_confidence_not_a_filter():
-    from stages.pii import rrn_checksum_ok
+    from loraloop.data.pii import rrn_checksum_ok
 
     assert rrn_checksum_ok("9001011234568") != rrn_checksum_ok("9001011234567")
     # Both are masked: numbers issued after October 2020 carry no valid check digit.

@@ -19,9 +19,9 @@ import pytest
 from conftest import copy_repo, edit_params
 from safetensors.torch import load_file, save_file
 
-from stages import release
-from stages.io import read_json
-from stages.servelog import COUNTERS, FEEDBACK, SERVED, read_rows
+from loraloop.files import read_json
+from loraloop.release import registry as release
+from loraloop.serve.logs import COUNTERS, FEEDBACK, SERVED, read_rows
 
 
 def free_port() -> int:
@@ -110,9 +110,9 @@ def reference_reply(repo: Path, version_dir: Path, character: str, text: str) ->
     import yaml
     from peft import PeftModel
 
-    from stages.chat import prompt_ids
-    from stages.generate import generate
-    from stages.model import load_base, load_tokenizer
+    from loraloop.lm.chat import prompt_ids
+    from loraloop.lm.generate import generate
+    from loraloop.lm.model import load_base, load_tokenizer
 
     meta = yaml.safe_load((version_dir / "metadata.yaml").read_text())
     tok = load_tokenizer(repo / "models/base")

@@ -7,11 +7,13 @@ import json
 import torch
 from conftest import write_lines
 
-from stages import collect, lm_loss, rules, scrub
-from stages.chat import prompt_ids, training_ids
-from stages.io import read_jsonl
-from stages.model import load_base, load_tokenizer
-from stages.params import CollectParams, RuleParams, ScrubParams, SourceParams
+from loraloop.data import collect, scrub
+from loraloop.files import read_jsonl
+from loraloop.judge import rules
+from loraloop.lm import loss as lm_loss
+from loraloop.lm.chat import prompt_ids, training_ids
+from loraloop.lm.model import load_base, load_tokenizer
+from loraloop.params import CollectParams, RuleParams, ScrubParams, SourceParams
 
 TOOLS = [
     {

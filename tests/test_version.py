@@ -2,10 +2,10 @@ from pathlib import Path
 
 from conftest import conversation, write_lines
 
-from stages import version
-from stages.collect import record_id
-from stages.io import read_json, read_jsonl, sha256_file
-from stages.params import VersionParams
+from loraloop.data import version
+from loraloop.data.collect import record_id
+from loraloop.files import read_json, read_jsonl, sha256_file
+from loraloop.params import VersionParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,9 +101,10 @@ def test_a_negative_goes_from_feedback_to_a_pair_against_it(tmp_path):
     """A bad reply with no correction: collect keeps it, scrub does not judge its (weight-0) reply,
     version puts it in the negatives split, sample asks its prompt, score pairs the best answer
     against it."""
-    from stages import collect, score, scrub
-    from stages.params import CollectParams, ScoreParams, ScrubParams, SourceParams
-    from stages.prompts import negative_prompts
+    from loraloop.data import collect, scrub
+    from loraloop.data.prompts import negative_prompts
+    from loraloop.judge import score
+    from loraloop.params import CollectParams, ScoreParams, ScrubParams, SourceParams
 
     ctx = [{"role": "user", "content": "How do I solve 2x = 10?"}]
     bad = "As an AI language model, the answer is x = 5."  # scrub's meta filter would drop it as data

@@ -1,0 +1,1 @@
+"""The `loraloop` commands that are not DVC stages (the stages are in stages/)."""

@@ -1,0 +1,1 @@
+"""Data: raw sources to records, scrubbed, versioned and split per character."""

@@ -1,0 +1,101 @@
+"""The per-round metrics table `make demo` ends with (every lineage's rounds), and the plot files
+dvc.yaml declares, one file per lineage in each directory: reports/plots/trajectory/ (every metric
+against round), train_loss/ (loss and learning rate of the lineage's rounds of training, one step
+axis) and eval_loss/ (the eval-split loss logged during training, on the same axis)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..files import read_json
+from ..workspace import Workspace
+
+COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
+# Every metric eval writes, for the trajectory plot (the table keeps to the four above).
+TRAJECTORY = COLUMNS + (
+    "followup_rate_deep",
+    "mean_turn_depth",
+    "balance",
+    "politeness",
+    "verbosity",
+    "language_compliance",
+    "meta_leak_rate",
+    "repetition_rate",
+    "banned_word_rate",
+    "tone_keyword_rate",
+    "tool_call_valid_rate",
+    "eval_loss",
+    "perplexity",
+    "tone_leakage_rate",
+)
+
+
+def _evals(ws: Workspace, lineage: str) -> list[tuple[str, dict]]:
+    """(round, its evaluation with its tone leakage) for the lineage's base and rounds."""
+    leakage = read_json(ws.leakage) if ws.leakage.is_file() else {}
+    out = []
+    for round_id in ["base", *ws.params.rounds_of(lineage)]:
+        path = ws.round(round_id, lineage).metrics
+        m = read_json(path) if path.is_file() else {}
+        if m and leakage.get(round_id, {}).get("tone_leakage_rate") is not None:
+            m["tone_leakage_rate"] = leakage[round_id]["tone_leakage_rate"]
+        out.append((round_id, m))
+    return out
+
+
+def table(ws: Workspace) -> str:
+    """Every lineage's rounds: the headline metrics, tone leakage and whether the gates passed."""
+    rows = [
+        [lineage, round_id]
+        + [f"{m[c]:.3f}" if isinstance(m.get(c), float) else "-" for c in (*COLUMNS, "tone_leakage_rate")]
+        + [("yes" if m.get("passed") else "no") if m else "-"]
+        for lineage in ws.params.lineages
+        for round_id, m in _evals(ws, lineage)
+    ]
+    header = ["lineage", "round", *COLUMNS, "leakage", "gates"]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+
+    def fmt(r):
+        return "  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _tsv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def write_plots(ws: Workspace, out_dir: Path) -> None:
+    for kind in ("trajectory", "train_loss", "eval_loss"):
+        (out_dir / kind).mkdir(parents=True, exist_ok=True)
+        for stale in (out_dir / kind).glob("*.csv"):
+            stale.unlink()
+    for lineage in ws.params.lineages:
+        write_lineage_plots(ws, lineage, out_dir)
+
+
+def write_lineage_plots(ws: Workspace, lineage: str, out_dir: Path) -> None:
+    with (out_dir / "trajectory" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["round_index", "round", *TRAJECTORY])
+        for i, (round_id, m) in enumerate(_evals(ws, lineage)):
+            w.writerow([i, round_id, *("" if m.get(c) is None else m[c] for c in TRAJECTORY)])
+    with (
+        (out_dir / "train_loss" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as f,
+        (out_dir / "eval_loss" / f"{lineage}.csv").open("w", newline="", encoding="utf-8") as g,
+    ):
+        w, we = csv.writer(f), csv.writer(g)
+        w.writerow(["step", "round", "loss", "lr"])
+        we.writerow(["step", "round", "eval_loss"])
+        offset = 0
+        for round_id in ws.params.rounds_of(lineage):
+            live = ws.round(round_id).model / "live/plots/metrics"
+            loss, lr = _tsv(live / "train/loss.tsv"), _tsv(live / "train/lr.tsv")
+            for a, b in zip(loss, lr):
+                w.writerow([offset + int(a["step"]), round_id, a["loss"], b["lr"]])
+            if (live / "eval/loss.tsv").is_file():
+                for e in _tsv(live / "eval/loss.tsv"):
+                    we.writerow([offset + int(e["step"]), round_id, e["loss"]])
+            offset += len(loss)

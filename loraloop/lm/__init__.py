@@ -1,0 +1,1 @@
+"""The model: loading, the chat template, generation, losses, LoRA and vLLM."""

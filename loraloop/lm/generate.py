@@ -1,0 +1,408 @@
+"""Batched generation, written to waste little compute on a CPU or a GPU:
+
+- the prefix every prompt shares (the system prompt) is run through the model once, and its
+  key/value cache is copied into each batch instead of being recomputed per prompt;
+- copies of one prompt (sample's samples_per_prompt) are prefilled once and their cache rows
+  copied, as if one cache were forked;
+- prompts are sorted by length and prefilled in groups of similar length, chosen to pad little
+  without many small passes;
+- in decode each group attends only over the cache columns its rows use (a batch's cache is as
+  wide as its longest prompt, and masked columns still cost their reads);
+- rows that have finished (end-of-turn) leave the batch, moving few cache rows, so later steps
+  compute mostly live rows; and when a batch is down to half its rows, the next waiting prompts
+  are prefilled and join it, so it does not finish its longest rows alone;
+- the key/value cache has room reserved for the new tokens, so a step writes instead of copying;
+- each row samples with its own seeded generator, so a sample depends on its seed, not on which
+  other prompts shared its batch;
+- on a CPU the output layer (hidden -> vocabulary) runs in blocks of vocabulary rows: the same
+  dot products, a faster matmul shape; and a decode step's few rows run on oneDNN over weights
+  packed once per call, which streams them from memory faster than torch's matmul does.
+
+Greedy texts are the same as transformers' `generate` one prompt at a time gives
+(tests/test_generate.py, bench/sample.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from .cpu_matmul import cpu_linears
+from .kv_cache import batch_cache, ragged_attention, reserved_layer_class
+from .prefill import common_prefix, prefill
+
+
+@dataclass
+class Generation:
+    texts: list[str]  # in the order of the prompts
+    seeds: list[int]  # the sampling seed of each
+    n_tokens: int  # tokens generated, end-of-turn included
+
+
+def pick_next(logits: torch.Tensor, temperature: float, top_p: float, gens: list[torch.Generator]) -> torch.Tensor:
+    """Greedy at temperature 0; otherwise nucleus sampling, each row with its own generator."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    cpu = probs.cpu()
+    return torch.tensor(
+        [int(torch.multinomial(cpu[i], 1, generator=g)) for i, g in enumerate(gens)], device=logits.device
+    )
+
+
+def stop_ids(model, tok) -> set[int]:
+    ids = {tok.eos_token_id}
+    extra = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    return {i for i in ids if i is not None}
+
+
+def _decode_mask(first: torch.Tensor, tail_from: torch.Tensor, shared: int, width: int) -> torch.Tensor:
+    """An additive mask over the cache columns, one row per prompt: 0 on its prefix (`shared`
+    columns from `first`), on its tail and what follows (from `tail_from`), -inf elsewhere."""
+    col = torch.arange(width, device=first.device)[None]
+    seen = (col >= first[:, None]) & ((col < first[:, None] + shared) | (col >= tail_from[:, None]))
+    return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None, None]
+
+
+def compaction_order(groups, keep: list[int]):
+    """Where the rows `keep` go when the others leave the batch: `order[i]` is the row that ends up
+    at row i, and the groups after. A group must stay a run of rows, but its rows' order does not
+    matter, so rows that can stay put do, and each group fills its gaps from its own far end:
+    leaving costs a few row moves rather than shifting every row behind."""
+    kept = set(keep)
+    order, out = [], []
+    for a, b, first in groups:
+        mine = [r for r in range(a, b) if r in kept]
+        lo, hi = len(order), len(order) + len(mine)
+        stay = {r for r in mine if lo <= r < hi}
+        movers = iter(r for r in mine if r not in stay)
+        order += [i if i in stay else next(movers) for i in range(lo, hi)]
+        if mine:
+            out.append((lo, hi, first))
+    return order, out
+
+
+@dataclass
+class _Batch:
+    """The rows being decoded. Row r is job jobs[r]; all rows share one cache, write their next
+    token at its column `n`, and come in groups of contiguous rows (first row, end row, first
+    cache column the group uses)."""
+
+    cache: object
+    groups: list[tuple[int, int, int]]
+    jobs: list[int]
+    first: torch.Tensor  # per row: the first cache column it uses (its prefix starts there)
+    tail_from: torch.Tensor  # per row: the cache column its tail starts at; new tokens follow it
+    next_pos: torch.Tensor  # per row: the position of its next token, [rows, 1]
+    logits: torch.Tensor  # per row: the logits its next token is picked from
+    made: torch.Tensor  # per row: how many tokens it has made
+
+    @property
+    def n(self) -> int:
+        return self.cache.layers[0]._n
+
+    def take(self, idx: torch.Tensor, groups) -> _Batch:
+        """The rows `idx` (a compaction_order whose cache rows have moved), with `groups`."""
+        return _Batch(
+            self.cache,
+            groups,
+            [self.jobs[r] for r in idx.tolist()],
+            self.first[idx],
+            self.tail_from[idx],
+            self.next_pos[idx],
+            self.logits[idx],
+            self.made[idx],
+        )
+
+
+def _compact(batch: _Batch, keep: list[int]) -> tuple[_Batch, torch.Tensor]:
+    """`batch` with only the rows `keep`, their cache rows moved in place, and where each row
+    came from (index into the old rows, for what the caller holds per row)."""
+    order, groups = compaction_order(batch.groups, keep)
+    firsts = [first for a, b, first in groups for _ in range(a, b)]
+    for layer in batch.cache.layers:
+        layer.keep_rows(order, firsts)
+    idx = torch.tensor(order, dtype=torch.long, device=batch.first.device)
+    return batch.take(idx, groups), idx
+
+
+def _start(model, tails, jobs: list[int], shared, prefix_cache, pad, dev, reserve: int, share_copies: bool) -> _Batch:
+    """A batch of the given jobs, prefilled, with room for `reserve` new tokens."""
+    ts = [tails[j] for j in jobs]
+    cache, groups, logits = prefill(
+        model, ts, shared, prefix_cache, pad, dev, reserve=reserve, share_copies=share_copies
+    )
+    end = cache.layers[0]._n
+    return _Batch(
+        cache=cache,
+        groups=groups,
+        jobs=list(jobs),
+        first=torch.tensor([f for a, b, f in groups for _ in range(a, b)], device=dev),
+        tail_from=torch.tensor([end - len(t) for t in ts], device=dev),
+        next_pos=torch.tensor([[shared + len(t)] for t in ts], device=dev),
+        logits=logits,
+        made=torch.zeros(len(ts), dtype=torch.long, device=dev),
+    )
+
+
+def _merge(old: _Batch, new: _Batch, reserve: int) -> _Batch:
+    """One batch of `old`'s rows and then `new`'s, in a cache where all of them write their next
+    token at the same column: each side's columns shift right as far as the other side needs,
+    and `reserve` columns of room follow."""
+    write = max(side.n - min(f for a, b, f in side.groups) for side in (old, new))
+    d_old, d_new = write - old.n, write - new.n
+    rows, buffers = len(old.jobs) + len(new.jobs), []
+    for lo, ln in zip(old.cache.layers, new.cache.layers):
+        k = lo._k.new_empty((rows, lo._k.shape[1], write + reserve, lo._k.shape[3]))
+        v = torch.empty_like(k)
+        for side, offset, d, layer in ((old, 0, d_old, lo), (new, len(old.jobs), d_new, ln)):
+            for a, b, f in side.groups:
+                k[offset + a : offset + b, :, f + d : write] = layer._k[a:b, :, f : side.n]
+                v[offset + a : offset + b, :, f + d : write] = layer._v[a:b, :, f : side.n]
+        buffers.append((k, v))
+    return _Batch(
+        cache=batch_cache(reserved_layer_class(), buffers, write),
+        groups=[(a, b, f + d_old) for a, b, f in old.groups]
+        + [(len(old.jobs) + a, len(old.jobs) + b, f + d_new) for a, b, f in new.groups],
+        jobs=old.jobs + new.jobs,
+        first=torch.cat([old.first + d_old, new.first + d_new]),
+        tail_from=torch.cat([old.tail_from + d_old, new.tail_from + d_new]),
+        next_pos=torch.cat([old.next_pos, new.next_pos]),
+        logits=torch.cat([old.logits, new.logits]),
+        made=torch.cat([old.made, new.made]),
+    )
+
+
+def _next_jobs(waiting: list[int], tails, room: int) -> list[int]:
+    """Up to `room` jobs taken from the front of `waiting`, not cutting a run of copies of one
+    tail in two (copies are prefilled once) unless the run alone is longer than the room."""
+    k = min(room, len(waiting))
+    if k < len(waiting):
+        cut = k
+        while cut > 0 and tails[waiting[cut]] == tails[waiting[cut - 1]]:
+            cut -= 1
+        k = cut or k
+    jobs, waiting[:] = waiting[:k], waiting[k:]
+    return jobs
+
+
+@dataclass
+class _Picker:
+    """Picks each row's next token (each job with its own seeded generator) and keeps what every
+    job has made; on_token(job, token) hears each token as it is made (a server streams them),
+    on_done(job, n) that a job has finished, with n tokens."""
+
+    gens: list[torch.Generator]
+    temperature: float
+    top_p: float
+    stop: torch.Tensor
+    max_new_tokens: int
+    made: list[list[int]]
+    on_token: Callable[[int, int], None] | None = None
+    on_done: Callable[[int, int], None] | None = None
+
+    def __call__(self, jobs: list[int], logits, ended, count):
+        """Each row's next token, recorded for the rows still running, and which rows have ended
+        now (end-of-turn or max_new_tokens made); count (tokens made) is updated."""
+        nxt = pick_next(logits, self.temperature, self.top_p, [self.gens[j] for j in jobs])
+        for j, token, was_done in zip(jobs, nxt.tolist(), ended.tolist()):
+            if not was_done:
+                self.made[j].append(token)
+                if self.on_token is not None:
+                    self.on_token(j, token)
+        count += (~ended).long()
+        now = ended | torch.isin(nxt, self.stop) | (count >= self.max_new_tokens)
+        if self.on_done is not None:
+            for r in (now & ~ended).nonzero().flatten().tolist():
+                self.on_done(jobs[r], len(self.made[jobs[r]]))
+        return nxt, now
+
+
+def _step(model, batch: _Batch, nxt: torch.Tensor, shared: int) -> None:
+    """One decode step of every row of the batch: its cache, positions and logits move on."""
+    n = batch.n + 1  # cache columns once this step's token is in
+    mask = _decode_mask(batch.first, batch.tail_from, shared, n).to(batch.cache.layers[0].keys.dtype)
+    spans = [(a, b, first, mask[a:b, ..., first:n]) for a, b, first in batch.groups]
+    # No attention_mask: the spans carry the masks, so transformers builds none.
+    out = model(
+        input_ids=nxt[:, None],
+        position_ids=batch.next_pos,
+        past_key_values=batch.cache,
+        use_cache=True,
+        logits_to_keep=1,
+        ragged_spans=spans,
+    )
+    batch.cache, batch.next_pos, batch.logits = out.past_key_values, batch.next_pos + 1, out.logits[:, -1]
+
+
+def _decode(
+    model,
+    tails: list[list[int]],
+    shared: int,
+    prefix_cache,
+    pad: int,
+    pick: _Picker,
+    *,
+    batch_size: int,
+    share_copies: bool = True,
+    refill: bool = True,
+) -> list[list[int]]:
+    """New tokens for every prompt tail (sorted by length), end-of-turn included, at most
+    batch_size rows in the model at once. When the rows still running are down to half of that,
+    the next waiting prompts are prefilled and join them, so the batch stays full rather than
+    finishing its longest rows alone."""
+    dev, reserve = pick.stop.device, pick.max_new_tokens
+    waiting = list(range(len(tails)))
+    batch, nxt, ended = None, None, None
+    while True:
+        running = 0 if batch is None else int((~ended).sum())
+        if waiting and (running == 0 or refill and running * 2 <= batch_size):
+            jobs = _next_jobs(waiting, tails, batch_size - running)
+            new = _start(model, tails, jobs, shared, prefix_cache, pad, dev, reserve, share_copies)
+            new_nxt, new_ended = pick(
+                new.jobs, new.logits, torch.zeros(len(jobs), dtype=torch.bool, device=dev), new.made
+            )
+            if running:
+                kept, idx = _compact(batch, (~ended).nonzero().flatten().tolist())
+                batch = _merge(kept, new, reserve)
+                nxt = torch.cat([nxt[idx], new_nxt])
+                ended = torch.cat([torch.zeros(running, dtype=torch.bool, device=dev), new_ended])
+            else:
+                batch, nxt, ended = new, new_nxt, new_ended
+            continue  # the new rows may all have ended already, or leave room for more
+        if bool(ended.all()):
+            if waiting:
+                continue
+            return pick.made
+        # Finished rows leave the batch once they are a sixteenth of it: leaving moves cache rows,
+        # so it is not done for every single row.
+        if int(ended.sum()) * 16 >= len(batch.jobs):
+            batch, idx = _compact(batch, (~ended).nonzero().flatten().tolist())
+            nxt, ended = nxt[idx], ended[idx]
+        _step(model, batch, nxt, shared)
+        nxt, ended = pick(batch.jobs, batch.logits, ended, batch.made)
+
+
+def _check_full_attention(cfg, context: int) -> None:
+    """The decode attention here is full causal attention: refuse models whose layers would attend
+    differently within `context` tokens, rather than sample from them wrongly."""
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and window < context:
+        raise ValueError(
+            f"{cfg.model_type}: sliding-window attention ({window} tokens) is not supported by the "
+            f"hf sampler at {context} tokens of context; use sample.engine: vllm"
+        )
+    if getattr(cfg, "attn_logit_softcapping", None):
+        raise ValueError(
+            f"{cfg.model_type}: attention logit soft-capping is not supported by the hf sampler; "
+            "use sample.engine: vllm"
+        )
+
+
+def _prefix_cache(model, prompts: list[list[int]], dev):
+    """The length of the prefix every prompt shares and its key/value cache (None without one)."""
+    shared = common_prefix(prompts)
+    if not shared:
+        return 0, None
+    out = model(input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True, logits_to_keep=1)
+    return shared, out.past_key_values
+
+
+class _Progress(contextlib.AbstractContextManager):
+    """A bar of finished prompts, with the tokens made so far; closed on exit."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.bar = tqdm(total=total, desc=desc, unit="prompt", disable=not enabled)
+        self.tokens = 0
+
+    def finished(self, job: int, n: int) -> None:
+        self.tokens += n
+        self.bar.set_postfix(tokens=self.tokens, refresh=False)
+        self.bar.update(1)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+@contextlib.contextmanager
+def _ragged(model):
+    """The model attends with ragged_attention inside, as it did before on exit."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(ragged_attention())
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tok,
+    prompts: list[list[int]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    desc: str,
+    progress: bool = True,
+    seeds: list[int] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    share_copies: bool = True,
+    refill: bool = True,
+) -> Generation:
+    """Completions of `prompts`; prompt i samples with seed `seed + i` (or `seeds[i]`).
+    on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included.
+    share_copies: identical prompts are prefilled once; refill: a batch down to half its rows takes
+    in waiting prompts (both off only to measure what they save)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not prompts:
+        return Generation(texts=[], seeds=[], n_tokens=0)
+    _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
+    model.eval()
+    dev = next(model.parameters()).device
+    shared, prefix_cache = _prefix_cache(model, prompts, dev)
+    # By length; identical prompts next to each other, so a batch prefills them once.
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i], i))
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
+    bar = _Progress(len(prompts), desc, progress)
+    decoding = {"batch_size": batch_size, "share_copies": share_copies, "refill": refill}
+    pick = _Picker(
+        gens=[torch.Generator().manual_seed(seeds[i]) for i in order],
+        temperature=temperature,
+        top_p=top_p,
+        stop=torch.tensor(sorted(stop_ids(model, tok)), device=dev),
+        max_new_tokens=max_new_tokens,
+        made=[[] for _ in order],
+        on_token=None if on_token is None else (lambda j, t: on_token(order[j], t)),
+        on_done=bar.finished,
+    )
+    tails = [prompts[i][shared:] for i in order]
+    with _ragged(model), cpu_linears(model), bar:
+        made = _decode(model, tails, shared, prefix_cache, tok.pad_token_id, pick, **decoding)
+    texts = dict(zip(order, (tok.decode(ids, skip_special_tokens=True).strip() for ids in made)))
+    return Generation(texts=[texts[i] for i in range(len(prompts))], seeds=seeds, n_tokens=sum(map(len, made)))
+
+
+def answer(base_dir, adapter, prompts: list[dict], **settings) -> Generation:
+    """The base with `adapter` (a round's; None: the bare base) answering prompt conversations;
+    `settings` as generate()."""
+    from .chat import prompt_ids
+    from .model import load_model, load_tokenizer
+
+    tok = load_tokenizer(base_dir)
+    model = load_model(base_dir, adapter)
+    return generate(model, tok, [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts], **settings)

@@ -1,0 +1,498 @@
+"""params.yaml: its schema, and a loader that names the bad key and the expected type."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+# Round and lineage ids name DVC stages (train@tutor-r2) and directories: no '@', no path.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a directory name, never a path
+
+
+class Section(BaseModel):
+    # allow_inf_nan: a NaN bound passes every comparison and an infinite lr trains to NaN, so
+    # every float in params.yaml must be finite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class BaseParams(Section):
+    source: Literal["embedded", "local", "hub"] = "embedded"
+    path: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "local" and not self.path:
+            raise ValueError("base.source 'local' needs base.path (a directory)")
+        if self.source == "hub" and not (self.hub_id and self.revision):
+            raise ValueError("base.source 'hub' needs base.hub_id and a pinned base.revision")
+        return self
+
+
+class SourceParams(Section):
+    path: str | None = None  # a file (.jsonl/.json/.parquet) or a datasets.save_to_disk dir
+    hub: str | None = None  # anchor data from the hub by name: needs network, never a default
+    hub_split: str = "train"
+    kind: Literal["conversations", "feedback", "gold", "anchor"] = "conversations"
+    # The records' shape (loraloop/data/formats.py); auto decides per record, from the fields it has.
+    format: Literal["auto", "openai", "sharegpt", "alpaca", "preference", "hh", "lmsys", "magpie", "prosocial"] = "auto"
+    # The file's container; auto goes by the suffix (.jsonl, .json array, .parquet, a directory).
+    file_format: Literal["auto", "jsonl", "json", "parquet", "datasets"] = "auto"
+    dataset_source: str | None = None  # default: the file's stem
+    character_id: str | None = None  # default for records that carry none
+    require_opt_in: bool = True  # consent required unless the source is public data you may use
+    optional: bool = False  # a path that does not exist (yet) reads as no records, not an error
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("a source needs exactly one of path or hub")
+        if self.hub is not None and self.kind != "anchor":
+            raise ValueError("hub sources are only for kind: anchor")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.dataset_source or (Path(self.path).stem if self.path else self.hub)
+
+
+class CollectParams(Section):
+    sources: list[SourceParams] = Field(min_length=1)
+    default_character_id: str | None = None
+    max_message_chars: int = Field(32000, ge=1)
+    # Deletion requests: files with one user id or record id per line (# comments allowed).
+    # Matching records are removed from this and every later version.
+    deletions: list[str] = Field(default_factory=list)
+
+
+class RepetitionParams(Section):
+    min_words: int = Field(50, ge=1)  # shorter texts are not judged
+    dup_line_frac: float = Field(0.3, ge=0, le=1)
+    top_2gram_frac: float = Field(0.2, ge=0, le=1)
+    dup_5gram_frac: float = Field(0.15, ge=0, le=1)
+
+
+class SpamParams(Section):
+    max_links: int = Field(3, ge=0)
+    max_link_density: float = Field(0.2, ge=0, le=1)  # links per word
+    max_char_run: int = Field(10, ge=2)  # the same character this many times in a row
+
+
+class ScrubParams(Section):
+    min_user_chars: int = Field(2, ge=0)
+    min_assistant_chars: int = Field(8, ge=0)
+    names: list[str] = Field(default_factory=list)  # names/ids masked everywhere, beside each record's own
+    names_file: str | None = None  # more of them, one per line
+    # any, or an ISO 639-1 code: ko/ja/zh/ru by script; en, es, fr, de, ... by script and language ID
+    language: str = Field("any", pattern=r"^(?:any|[a-z]{2})$")
+    min_language_ratio: float = Field(0.5, ge=0, le=1)  # share of letters in the language's script
+    phone_regions: list[str] = Field(["KR", "US"], min_length=1)  # national phone formats (ISO 3166 codes)
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _regions(cls, v):
+        import phonenumbers
+
+        unknown = [r for r in v if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone regions {unknown}; use ISO 3166 codes such as KR, US, GB, JP")
+        return v
+
+    meta_filter: bool = True  # drop "as an AI language model" / "저는 AI" answers
+    repetition: RepetitionParams = RepetitionParams()
+    spam: SpamParams = SpamParams()
+    near_dup_threshold: float | None = Field(0.8, gt=0, le=1)  # MinHash Jaccard; null disables
+    review_sample: int = Field(20, ge=0)  # per character, for a human to read
+
+
+class VersionParams(Section):
+    eval_fraction: float = Field(0.15, gt=0, lt=1)
+
+
+class SampleParams(Section):
+    num_prompts: int = Field(48, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.9, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    samples_per_prompt: int = Field(1, ge=1)  # >= 2 lets score pair best vs worst for DPO
+    max_negatives: int = Field(32, ge=0)  # also answer the newest n negatives' prompts (paired against them)
+    # hf: transformers generate (CPU or GPU). vllm: vLLM with its LoRA support (GPU, `pip install vllm`).
+    engine: Literal["hf", "vllm"] = "hf"
+
+
+class ScoreWeights(Section):
+    """Weight of each rule in the total score; 0 keeps a rule informative only."""
+
+    question_ratio: float = Field(1.0, ge=0)
+    length: float = Field(0.5, ge=0)
+    followup_question: float = Field(1.0, ge=0)
+    balance: float = Field(0.0, ge=0)
+    politeness: float = Field(0.0, ge=0)
+    verbosity: float = Field(0.0, ge=0)
+    meta_leakage: float = Field(0.0, ge=0)
+    repetition: float = Field(0.0, ge=0)
+    language: float = Field(0.0, ge=0)
+    banned_words: float = Field(0.0, ge=0)
+    tone: float = Field(0.0, ge=0)
+    tool_call_valid: float = Field(0.0, ge=0)  # a tool call parses and names a declared tool
+
+
+class RewardModelParams(Section):
+    # A local transformers sequence-classification model directory (safetensors); null: rules only.
+    path: str | None = None
+    mode: Literal["add", "replace"] = "add"  # add: one more weighted rule; replace: the score is the reward
+    weight: float = Field(1.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class RuleParams(Section):
+    """What a reply is judged on: shared by score (training weights) and eval (metrics), so that
+    both stages list this one key and eval_config hashes it once. A lineage overrides any of it."""
+
+    weights: ScoreWeights = ScoreWeights()
+    length_window: tuple[int, int] = (40, 400)
+    balance_target: float = Field(0.5, ge=0, le=1)  # share of question sentences
+    max_words_per_sentence: int = Field(25, ge=1)
+    repetition_ngram: int = Field(3, ge=1)
+    banned_words: list[str] = Field(default_factory=list)
+    tone_keywords: dict[str, list[str]] = Field(default_factory=dict)  # character -> words its replies use
+    # match: answer in the script the student wrote in; an ISO 639-1 code (ko, en, ...): always that language
+    language: str = Field("match", pattern=r"^(?:match|[a-z]{2})$")
+
+    @field_validator("length_window")
+    @classmethod
+    def _ordered(cls, v):
+        if not 0 <= v[0] < v[1]:
+            raise ValueError("length_window must be [low, high] with 0 <= low < high")
+        return v
+
+
+class ScoreParams(Section):
+    rules: RuleParams = RuleParams()
+    reward_model: RewardModelParams = RewardModelParams()
+    weight_floor: float = Field(0.05, ge=0, le=1)
+    keep_top_fraction: float = Field(0.5, gt=0, le=1)
+    keep_top_k: int | None = Field(None, ge=1)  # also at most k samples per prompt
+    pair_min_margin: float = Field(0.1, ge=0)  # best - worst score needed for a DPO pair
+
+
+class LoraParams(Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainParams(Section):
+    init: Literal["prev", "fresh"] = "prev"
+    method: Literal["sft", "dpo"] = "sft"
+    dpo_beta: float = Field(0.1, gt=0)
+    # What DPO and Rho-1 measure against. base: the base, adapter switched off. start: the adapter
+    # this round starts from (init: prev), a second frozen adapter on the same base.
+    reference: Literal["base", "start"] = "base"
+    # precompute: the reference's values once, before the loop; per_step: a reference forward in
+    # every step (holds nothing in memory; the same adapter bytes).
+    reference_logps: Literal["precompute", "per_step"] = "precompute"
+    feedback_pairs: bool = True  # dpo: also the version's feedback pairs (bad vs corrected)
+    token_weighting: Literal["none", "rho1"] = "none"
+    rho1_keep: float = Field(0.6, gt=0, le=1)
+    quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA through bitsandbytes (CUDA only)
+    steps: int = Field(24, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    checkpoint_every: int = Field(0, ge=0)  # steps; 0: no checkpoints
+    eval_examples: int = Field(16, ge=0)  # eval-split conversations for the eval loss
+    # Where training runs: here (CPU or one GPU), or `accelerate launch` with a config file.
+    launcher: Literal["local", "accelerate"] = "local"
+    accelerate_config: str = "configs/accelerate/ddp.yaml"
+    num_processes: int = Field(1, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(192, ge=16)
+    mix_ratio: float = Field(0.5, gt=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    lora: LoraParams = LoraParams()
+
+    @model_validator(mode="after")
+    def _rho1_is_sft(self):
+        if self.method == "dpo" and self.token_weighting != "none":
+            raise ValueError("token_weighting: rho1 selects tokens of the SFT loss; with method: dpo set it to none")
+        if self.reference == "start" and self.init == "fresh":
+            raise ValueError(
+                "reference: start is the adapter the round starts from (init: prev); a fresh "
+                "adapter starts as the base, so set reference: base"
+            )
+        return self
+
+
+class Gate(Section):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self):
+        if self.min is None and self.max is None:
+            raise ValueError("a gate needs min, max or both")
+        return self
+
+
+class EvalParams(Section):
+    num_prompts: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    ab_prompts: int = Field(30, ge=0)  # blinded A/B pairs vs the previous round for human labels
+    leakage_prompts: int = Field(8, ge=1)  # per other lineage, for the tone_leakage_rate
+    # metric name -> bounds; a round passes when every gated metric is inside its bounds.
+    gates: dict[str, Gate] = Field(default_factory=dict)
+
+
+class PackageParams(Section):
+    primary_metric: str = "mean_score"
+    major: int = Field(0, ge=0)
+    tag: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.]*$")  # tutor-v0.3-rc
+    merge: bool = False  # also save base+adapter merged, for single-model serving
+    # null: a new release serves every user at once (stable). A share in (0, 1): it goes to that
+    # share of users as canary; `loraloop release promote NAME --share 1` makes it stable.
+    canary_share: float | None = Field(None, gt=0, lt=1)
+    # Release only adapters vLLM can serve (rank, no DoRA, no modules_to_save, no head/embedding LoRA).
+    vllm_servable: bool = True
+
+
+class MonitorParams(Section):
+    """What `loraloop monitor` judges a served version on (loraloop/serve/monitor.py)."""
+
+    min_requests: int = Field(20, ge=1)  # a version is judged once it has served this many
+    # metric -> bounds (banned_word_rate, meta_leak_rate, repetition_rate, language_compliance,
+    # latency_p95_ms, reply_chars_p95, thumbs_up_share, ...): outside them a version is unhealthy.
+    alerts: dict[str, Gate] = Field(default_factory=dict)
+    min_unique_ngrams: float = Field(0.5, ge=0, le=1)  # a reply below this share repeats itself: a problem
+
+
+class RetrainParams(Section):
+    min_new_examples: int = Field(50, ge=1)  # new opt-in examples since the release's data: retrain due
+
+
+def merged(base: dict, override: dict) -> dict:
+    """base with override's keys put in, mappings merged key by key (a list replaces a list)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class LineageParams(Section):
+    """One adapter lineage: the characters it is trained on (the keys of system_prompts), and what
+    it is judged on where that differs from score.rules and eval.gates."""
+
+    system_prompts: dict[str, str] = Field(min_length=1)  # character id -> its system prompt
+    rules: dict = Field(default_factory=dict)  # any score.rules keys, merged over score.rules
+    gates: dict[str, Gate] = Field(default_factory=dict)  # beside eval.gates; the lineage's bound wins
+    release: str | None = Field(None, pattern=RELEASE_NAME.pattern)  # models/release/<release>; default: the name
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A lineage with its defaults filled in: what the stages of its rounds read."""
+
+    name: str
+    system_prompts: dict[str, str]
+    rules: RuleParams
+    gates: dict[str, Gate]
+    release: str
+    routes: dict[str, str]  # route id (what a client asks for) -> character
+
+    @property
+    def characters(self) -> list[str]:
+        return sorted(self.system_prompts)
+
+
+class RoundSpec(Section):
+    lineage: str
+    prev: str
+
+
+class Round(BaseModel):
+    id: str
+    prev: str
+    lineage: str
+
+
+class Params(Section):
+    seed: int = 1234
+    base: BaseParams = BaseParams()
+    collect: CollectParams
+    scrub: ScrubParams = ScrubParams()
+    version: VersionParams = VersionParams()
+    # Adapter lineages: each trains on its own characters' data only and is released on its own.
+    lineages: dict[str, LineageParams] = Field(min_length=1)
+    sample: SampleParams = SampleParams()
+    score: ScoreParams = ScoreParams()
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
+    package: PackageParams = PackageParams()
+    monitor: MonitorParams = MonitorParams()
+    retrain: RetrainParams = RetrainParams()
+    # A mapping, not a list, so DVC's foreach names stages after the round: train@r2, not train@1.
+    rounds: dict[str, RoundSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lineages_and_rounds(self):
+        releases: dict[str, str] = {}
+        for name, lp in self.lineages.items():
+            if not NAME.match(name) or name == "base":
+                raise ValueError(f"lineages.{name}: a lineage name is letters, digits, '_' and '-', and not 'base'")
+            try:
+                RuleParams.model_validate(merged(self.score.rules.model_dump(), lp.rules))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"lineages.{name}.rules.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            release = lp.release or name
+            if release in releases:
+                raise ValueError(f"lineages.{name}.release: {release!r} is already the release of {releases[release]}")
+            releases[release] = name
+        seen: dict[str, str] = {}  # round -> lineage
+        for round_id, spec in self.rounds.items():
+            if not NAME.match(round_id) or round_id == "base":
+                raise ValueError(
+                    f"rounds.{round_id}: a round id is letters, digits, '_' and '-' (e.g. tutor-r1), not 'base'"
+                )
+            if spec.lineage not in self.lineages:
+                raise ValueError(
+                    f"rounds.{round_id}.lineage: {spec.lineage!r} is not under lineages ({list(self.lineages)})"
+                )
+            if spec.prev != "base" and seen.get(spec.prev) != spec.lineage:
+                raise ValueError(
+                    f"rounds.{round_id}.prev is {spec.prev!r}, which is neither 'base' nor an earlier round of "
+                    f"lineage {spec.lineage!r}"
+                )
+            seen[round_id] = spec.lineage
+        return self
+
+    @property
+    def round_list(self) -> list[Round]:
+        """Rounds in the order params.yaml lists them."""
+        return [self.round(round_id) for round_id in self.rounds]
+
+    def round(self, round_id: str) -> Round:
+        if round_id not in self.rounds:
+            raise ParamsError(
+                f"round {round_id!r} is not listed under rounds in params.yaml (have {list(self.rounds)})"
+            )
+        spec = self.rounds[round_id]
+        return Round(id=round_id, prev=spec.prev, lineage=spec.lineage)
+
+    def lineage_of(self, round_id: str) -> Lineage:
+        return self.lineage(self.round(round_id).lineage)
+
+    def rounds_of(self, lineage: str) -> list[str]:
+        return [round_id for round_id, spec in self.rounds.items() if spec.lineage == lineage]
+
+    def lineage(self, name: str) -> Lineage:
+        if name not in self.lineages:
+            raise ParamsError(
+                f"lineage {name!r} is not listed under lineages in params.yaml (have {list(self.lineages)})"
+            )
+        lp = self.lineages[name]
+        return Lineage(
+            name=name,
+            system_prompts=dict(lp.system_prompts),
+            rules=RuleParams.model_validate(merged(self.score.rules.model_dump(), lp.rules)),
+            gates={**self.eval.gates, **lp.gates},
+            release=lp.release or name,
+            routes=self._routes(name),
+        )
+
+    def _routes(self, name: str) -> dict[str, str]:
+        """The first lineage (in params.yaml's order) that covers a character serves it under the
+        character's id; a later one (a variant: another prompt and rules on the same data) under
+        <lineage>/<character>."""
+        routes = {}
+        for character in sorted(self.lineages[name].system_prompts):
+            first = next(n for n, lp in self.lineages.items() if character in lp.system_prompts)
+            routes[character if first == name else f"{name}/{character}"] = character
+        return routes
+
+    def score_of(self, lineage: str) -> ScoreParams:
+        """score with the lineage's rules: its own weights, banned words, tone keywords, language."""
+        return self.score.model_copy(update={"rules": self.lineage(lineage).rules})
+
+    def lineage_of_release(self, release: str) -> Lineage:
+        for name in self.lineages:
+            if (self.lineages[name].release or name) == release:
+                return self.lineage(name)
+        raise ParamsError(
+            f"no lineage releases as {release!r} (releases: {[self.lineage(n).release for n in self.lineages]})"
+        )
+
+
+class ParamsError(Exception):
+    """A params.yaml problem, worded for the person who edits the file."""
+
+
+class DataError(Exception):
+    """Data a stage refuses (a record where it must not be), worded for the person who fixes it."""
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (check the spelling against params.yaml's documented keys)"
+    if err["type"] == "missing":
+        return f"{loc}: required key is missing"
+    if err["type"] == "value_error" and not err["loc"]:  # a check across sections: its message names the key
+        return err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = f"{got!r} ({type(got).__name__})" if not isinstance(got, (dict, list)) else type(got).__name__
+    return f"{loc}: {err['msg']}; got {shown}"
+
+
+MAX_VALUES = 100_000  # a params file that expands past this is an alias bomb, not configuration
+
+
+def expands_beyond(value, limit: int) -> bool:
+    """Whether the data, with every YAML alias expanded, holds more than `limit` values. PyYAML
+    shares aliased nodes, so loading is cheap; validating or hashing them would expand them."""
+    count, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root or pass --params)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    if expands_beyond(raw, MAX_VALUES):
+        raise ParamsError(
+            f"{path}: expands to more than {MAX_VALUES:,} values; YAML aliases that nest (a 'billion laughs') "
+            "are refused. Write the values out, or use fewer aliases."
+        )
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ParamsError(f"{path}: invalid parameters:\n  {lines}") from None

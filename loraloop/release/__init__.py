@@ -1,0 +1,1 @@
+"""Releases: choosing a round, the registry of versions, model cards and routing."""

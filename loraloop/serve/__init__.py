@@ -1,0 +1,1 @@
+"""Production: the OpenAI-compatible server, its logs, monitoring, status and terminal chat."""

@@ -1,0 +1,139 @@
+"""The model side of `loraloop serve`: one base model in memory with every served adapter loaded on
+it (PEFT multi-adapter), and one worker thread that runs queued requests in batches. Requests that
+arrive within `batch_wait` seconds of each other and want the same adapter and decoding are
+generated together (loraloop/lm/generate.py's batched sampler); tokens go back to each request as they
+are made, so a client can stream them."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..lm.cpu_matmul import cpu_linears
+from ..lm.generate import generate, stop_ids
+from ..lm.model import load_base, load_tokenizer
+
+
+@dataclass
+class Job:
+    prompt: list[int]  # token ids, chat template applied
+    adapter: Path  # the adapter directory this request is served by
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    on_token: Callable[[int], None]  # called from the worker thread with each new token
+    on_done: Callable[[BaseException | None], None]  # called once, from the worker thread
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple:
+        return (str(self.adapter), self.max_tokens, self.temperature, self.top_p)
+
+
+class Engine:
+    def __init__(self, base_dir: Path, batch_size: int = 16, batch_wait: float = 0.01):
+        self.tok = load_tokenizer(base_dir)
+        self.base = load_base(base_dir)
+        self.model = None  # the PeftModel, once the first adapter is loaded
+        self.adapters: dict[str, str] = {}  # adapter directory -> PEFT adapter name
+        self.stop = stop_ids(self.base, self.tok)
+        self.context = getattr(self.base.config, "max_position_embeddings", None)
+        self.batch_size, self.batch_wait = batch_size, batch_wait
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.batches = 0  # generate() calls made; with `batched` requests, how well batching works
+        self.batched = 0
+        self.worker = threading.Thread(target=self._work, name="loraloop-engine", daemon=True)
+        self.worker.start()
+
+    def submit(self, job: Job) -> None:
+        self.jobs.put(job)
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.worker.join(timeout=30)
+
+    def _adapter_name(self, adapter: Path) -> str:
+        """The PEFT name of an adapter directory, loading it on first use. Names are a0, a1, ...:
+        PEFT keys modules by adapter name, and a version id's dots are not allowed there."""
+        key = str(adapter)
+        if key not in self.adapters:
+            from peft import PeftModel
+
+            name = f"a{len(self.adapters)}"
+            if self.model is None:
+                self.model = PeftModel.from_pretrained(self.base, adapter, adapter_name=name)
+            else:
+                self.model.load_adapter(adapter, adapter_name=name)
+            self.model.eval()
+            self.adapters[key] = name
+        return self.adapters[key]
+
+    def _take(self) -> list[Job] | None:
+        """The next job and whatever arrives within batch_wait of it; None: shut down."""
+        first = self.jobs.get()
+        if first is None:
+            return None
+        jobs, deadline = [first], time.monotonic() + self.batch_wait
+        while len(jobs) < 4 * self.batch_size:
+            try:
+                job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)  # shut down after this batch
+                break
+            jobs.append(job)
+        return jobs
+
+    def _work(self) -> None:
+        # The base's weights packed for decode once for the server's life, not per batch (see
+        # cpu_linears); the adapters loaded later wrap these same layers.
+        with cpu_linears(self.base):
+            while (jobs := self._take()) is not None:
+                groups: dict[tuple, list[Job]] = {}
+                for job in jobs:
+                    groups.setdefault(job.key, []).append(job)
+                for group in groups.values():
+                    for start in range(0, len(group), self.batch_size):
+                        self._run(group[start : start + self.batch_size])
+
+    def _run(self, group: list[Job]) -> None:
+        try:
+            name = self._adapter_name(group[0].adapter)
+            self.model.set_adapter(name)
+
+            def heard(i: int, token: int) -> None:
+                group[i].tokens.append(token)
+                group[i].on_token(token)
+
+            first = group[0]
+            with torch.inference_mode():
+                generate(
+                    self.model,
+                    self.tok,
+                    [j.prompt for j in group],
+                    batch_size=len(group),
+                    max_new_tokens=first.max_tokens,
+                    temperature=first.temperature,
+                    top_p=first.top_p,
+                    seed=0,
+                    seeds=[j.seed for j in group],
+                    desc="",
+                    progress=False,
+                    on_token=heard,
+                )
+            self.batches += 1
+            self.batched += len(group)
+        except BaseException as exc:  # a failed batch fails its requests, not the server
+            for job in group:
+                job.on_done(exc)
+            return
+        for job in group:
+            job.on_done(None)

@@ -1,0 +1,211 @@
+"""The serving logic behind the HTTP routes (app.py): a request resolved to the version that
+serves it and queued on the engine, its reply logged when it ends (text only for a user who opted
+in, counters for everyone), feedback on a reply, and the API key check."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..judge.rules import rule_values
+from ..params import Params
+from .logs import COUNTERS, FEEDBACK, SERVED, DailyLog, Recent, stamp, utc_now
+from .protocol import ApiError, ChatRequest, FeedbackRequest
+from .routes import Routes
+
+MONITORED_RULES = ("banned_words", "repetition", "meta_leakage", "language")
+
+
+def text_of(tok, ids: list[int]) -> str:
+    return tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def opted_in(req: ChatRequest) -> bool:
+    return str((req.metadata or {}).get("opt_in", "")).lower() in ("true", "1", "yes")
+
+
+def conversation(req: ChatRequest) -> list[dict]:
+    """The request's turns without system or developer messages (the version's own system prompt
+    goes in front: the adapter was trained under it); they must end with the user's."""
+    msgs = [{"role": m.role, "content": m.content} for m in req.messages if m.role not in ("system", "developer")]
+    if not msgs or msgs[-1]["role"] != "user":
+        raise ApiError(400, "messages must end with a user message", "messages")
+    return msgs
+
+
+@dataclass
+class Pending:
+    """A request queued on the engine: what serves it, its turns and prompt, the engine's job, the
+    queue its tokens and its end arrive on ("token", id) ... ("done", error or None), its start."""
+
+    target: dict
+    messages: list[dict]
+    prompt: list[int]
+    job: object  # engine.Job
+    events: asyncio.Queue
+    t0: float
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str
+    usage: dict
+
+
+class Server:
+    """The state behind the HTTP handlers: engine, routes, rules per lineage, logs."""
+
+    def __init__(self, engine, routes: Routes, params: Params, root: Path, api_key: str | None):
+        self.engine, self.routes, self.root, self.api_key = engine, routes, root, api_key
+        self.rules = {name: params.lineage(name).rules for name in params.lineages}
+        self.default_max_tokens = params.eval.max_new_tokens
+        self.log = DailyLog(root)
+        self.recent = Recent()
+        self.seq = 0
+
+    def check_key(self, authorization: str | None) -> None:
+        if not self.api_key:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise ApiError(
+                401, "missing or wrong API key (Authorization: Bearer <LORALOOP_API_KEY>)", None, "invalid_api_key"
+            )
+
+    def prompt_of(self, req: ChatRequest, target: dict, msgs: list[dict]) -> tuple[list[int], int]:
+        """The prompt's token ids and the reply's token budget, refused past the model's context."""
+        from ..lm.chat import prompt_ids
+
+        prompt = prompt_ids(self.engine.tok, [{"role": "system", "content": target["system_prompt"]}, *msgs])
+        max_tokens = req.max_completion_tokens or req.max_tokens or self.default_max_tokens
+        if self.engine.context and len(prompt) + max_tokens > self.engine.context:
+            raise ApiError(
+                400,
+                f"the conversation is {len(prompt)} tokens; with max_tokens {max_tokens} that passes the "
+                f"model's context of {self.engine.context}",
+                "messages",
+                "context_length_exceeded",
+            )
+        return prompt, max_tokens
+
+    def submit(self, req: ChatRequest) -> Pending:
+        """Resolve the request and queue it on the engine."""
+        from .engine import Job
+
+        t0 = time.perf_counter()
+        target = self.routes.resolve(req.model, req.user)
+        msgs = conversation(req)
+        prompt, max_tokens = self.prompt_of(req, target, msgs)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        self.seq += 1
+        job = Job(
+            prompt=prompt,
+            adapter=target["adapter"],
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed if req.seed is not None else self.seq,
+            on_token=lambda t: loop.call_soon_threadsafe(events.put_nowait, ("token", t)),
+            on_done=lambda exc: loop.call_soon_threadsafe(events.put_nowait, ("done", exc)),
+        )
+        self.engine.submit(job)
+        return Pending(target, msgs, prompt, job, events, t0)
+
+    def finish(self, req: ChatRequest, p: Pending, response_id: str) -> Reply:
+        """The reply's text, finish reason and usage; logs the exchange."""
+        tokens = p.job.tokens
+        text = text_of(self.engine.tok, tokens)
+        finish = "stop" if tokens and tokens[-1] in self.engine.stop else "length"
+        usage = {
+            "prompt_tokens": len(p.prompt),
+            "completion_tokens": len(tokens),
+            "total_tokens": len(p.prompt) + len(tokens),
+        }
+        reply = Reply(text, finish, usage)
+        self.log_exchange(req, p, response_id, reply)
+        return reply
+
+    def log_exchange(self, req: ChatRequest, p: Pending, response_id: str, reply: Reply) -> None:
+        """Counters for every exchange; for a user who opted in, the conversation too, in collect's
+        record schema (data/raw/served/, a collect source)."""
+        target, when, opt_in = p.target, utc_now(), opted_in(req)
+        rules = rule_values(reply.text, self.rules[target["lineage"]], p.messages, target["character"])
+        counters = {
+            "event": "completion",
+            "response_id": response_id,
+            "timestamp": stamp(when),
+            **{k: target[k] for k in ("route", "release", "lineage", "character", "version", "rollout")},
+            "opt_in": opt_in,
+            "stream": req.stream,
+            "latency_ms": round((time.perf_counter() - p.t0) * 1000, 1),
+            "finish_reason": reply.finish_reason,
+            "reply_chars": len(reply.text),
+            "rules": {k: round(rules[k], 4) for k in MONITORED_RULES if k in rules},
+            **reply.usage,
+        }
+        self.log.append(COUNTERS, counters, when)
+        kept = {k: target[k] for k in ("route", "character", "version")} | {"opt_in": opt_in}
+        if opt_in:
+            record = {
+                "response_id": response_id,
+                "character_id": target["character"],
+                "dataset_source": "served",
+                "timestamp": stamp(when),
+                "opt_in": True,
+                "user_id": req.user,
+                "messages": [*p.messages, {"role": "assistant", "content": reply.text}],
+                "version": target["version"],
+                "route": target["route"],
+            }
+            self.log.append(SERVED, record, when)
+            kept.update({"messages": record["messages"], "user_id": req.user})
+        self.recent.put(response_id, kept)
+
+    def feedback(self, fb: FeedbackRequest) -> dict:
+        """A reaction to a reply served here: counted for everyone, and for a user who opted in a
+        feedback record (good, or bad with the correction if given) for the next round."""
+        ex = self.recent.get(fb.response_id, self.root)
+        if ex is None:
+            raise ApiError(404, f"no response {fb.response_id!r} was served here", "response_id")
+        when = utc_now()
+        self.log.append(
+            COUNTERS,
+            {
+                "event": "feedback",
+                "response_id": fb.response_id,
+                "timestamp": stamp(when),
+                **{k: ex[k] for k in ("route", "character", "version", "opt_in")},
+                "reaction": fb.reaction,
+                "corrected": fb.corrected is not None,
+            },
+            when,
+        )
+        if not ex["opt_in"]:
+            return {"recorded": "counter"}
+        self.log.append(FEEDBACK, feedback_record(fb, ex, when), when)
+        return {"recorded": "feedback"}
+
+
+def feedback_record(fb: FeedbackRequest, ex: dict, when) -> dict:
+    """An opted-in user's reaction in collect's feedback shape."""
+    *context, reply = ex["messages"]
+    row = {
+        "response_id": fb.response_id,
+        "character_id": ex["character"],
+        "dataset_source": "served_feedback",
+        "timestamp": stamp(when),
+        "opt_in": True,
+        "user_id": ex.get("user_id"),
+        "messages": context,
+        "response": reply["content"],
+        "feedback": "good" if fb.reaction == "up" else "bad",
+        "version": ex["version"],
+    }
+    if fb.corrected is not None:
+        row["corrected"] = fb.corrected
+    return row

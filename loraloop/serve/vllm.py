@@ -1,0 +1,39 @@
+"""`loraloop serve --engine vllm`: vLLM's own OpenAI server over the same routes, every routed
+adapter checked (lm/vllm_lora.py) and passed as a LoRA module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..lm.vllm_lora import adapter_config, adapter_rank, max_lora_rank, problems
+from .routes import Routes
+
+
+class NotServable(RuntimeError):
+    """What vLLM cannot serve, worded for the person who runs the server."""
+
+
+def vllm_command(routes: Routes, base_dir: Path, host: str, port: int) -> list[str]:
+    """vLLM's OpenAI server with every routed adapter: route ids serve the stable version (vLLM has
+    no per-user canary split), <release>@<version> ids every version in service."""
+    modules: dict[str, Path] = {}
+    for route, e in sorted(routes.current().items()):
+        modules[route] = routes.adapter_dir(e["stable"]["adapter"])
+        for side in ("stable", "canary"):
+            if e.get(side):
+                pin = f"{e['release']}@{e[side]['version']}"
+                modules[pin] = routes.adapter_dir(e[side]["adapter"])
+    if not modules:
+        raise NotServable("models/routing.json routes nothing yet: run `dvc repro package` first")
+    ranks = []
+    for name, adapter in modules.items():
+        cfg = adapter_config(adapter)
+        bad = problems(cfg)
+        if bad:
+            raise NotServable(f"{name} ({adapter}): vLLM cannot serve it: {'; '.join(bad)}")
+        ranks.append(adapter_rank(cfg))
+    cmd = ["vllm", "serve", str(base_dir), "--host", host, "--port", str(port), "--enable-lora"]
+    # Paths relative to the project, where the command runs.
+    cmd += ["--lora-modules", *(f"{n}={p.relative_to(routes.root)}" for n, p in modules.items())]
+    cmd += ["--max-lora-rank", str(max_lora_rank(ranks)), "--max-loras", str(len(set(modules.values())))]
+    return cmd

@@ -1,0 +1,66 @@
+"""Supervised fine-tuning, one method of a round (train.method: sft): its examples, its step, and
+the reference values Rho-1 compares against (train.token_weighting: rho1)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..lm.loss import collate, token_losses, tokenize
+from ..params import Params
+from .data import Inputs, build_mix
+from .errors import TrainingStopped
+from .losses import rho1_mask, weighted_loss
+
+
+def examples(params: Params, inputs: Inputs, tok, rng: random.Random) -> tuple[list[dict], int]:
+    """The kept on-policy samples mixed with train-split anchors, tokenized; and how many examples
+    max_length emptied."""
+    tp, r = params.train, inputs.round
+    mix = build_mix(params, params.lineage(r.lineage).system_prompts, inputs.scored, r.view, rng)
+    out, cut = tokenize(tok, mix, tp.max_length)
+    if not out:
+        raise TrainingStopped(
+            f"train@{r.id}: no trainable examples ({cut} dropped because train.max_length="
+            f"{tp.max_length} leaves no assistant token; empty samples and train split otherwise)"
+        )
+    return out, cut
+
+
+def reference_values(net, rows: list[dict], pad_id: int, dev) -> torch.Tensor:
+    """The reference's per-token losses [B, T'-1] of the rows over an aligned batch (T' its width),
+    so a row's values are the same whichever rows it is computed with."""
+    return token_losses(net, collate(rows, pad_id, dev, aligned=True))[0]
+
+
+def keep_reference(rows: list[dict], values: torch.Tensor) -> None:
+    """Each row's own values of reference_values, kept on the row as `ref`."""
+    for j, row in enumerate(rows):
+        row["ref"] = values[j, : len(row["ids"]) - 1].clone()
+
+
+def stored_reference(rows: list[dict], width: int, dev) -> torch.Tensor:
+    """The kept values laid out as a step's batch of `width` columns has its losses."""
+    out = torch.zeros(len(rows), width - 1)
+    for i, r in enumerate(rows):
+        out[i, : len(r["ref"])] = r["ref"]
+    return out.to(dev)
+
+
+def fit_reference(values: torch.Tensor, width: int) -> torch.Tensor:
+    """reference_values cut to a step's batch of `width` columns."""
+    return values[:, : width - 1]
+
+
+def step(r, rows: list[dict]) -> tuple[torch.Tensor, int]:
+    """The loss of one SFT micro-batch of the run `r` (Rho-1: on the tokens furthest behind the
+    reference) and its token count."""
+    from .reference import batch_reference
+
+    tp = r.params.train
+    batch = collate(rows, r.tok.pad_token_id, r.acc.device)
+    tok_loss, tmask = token_losses(r.net, batch)
+    if tp.token_weighting == "rho1":
+        tmask = rho1_mask(tok_loss, batch_reference(r, rows, batch["ids"].shape[1]), tmask, tp.rho1_keep)
+    return weighted_loss(tok_loss, tmask, batch["weight"]), int(batch["attn"].sum())
