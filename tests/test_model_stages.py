@@ -587,6 +587,7 @@ def test_qlora_on_cpu_is_a_clear_error(project, r1, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and bitsandbytes")
 def test_qlora_trains_on_cuda(project):
     pytest.importorskip("bitsandbytes")
