@@ -56,3 +56,5 @@ def cli(ctx, out, source, kind, character_id, no_opt_in_required, fmt):
         listed = "" if source is not None else f" (listed in {ctx.find_root().obj['params']} collect.sources)"
         raise click.ClickException(f"{exc}{listed}") from None
     say({k: counts[k] for k in ("read", "kept", "rejected", "reasons", "shapes")})
+    for line in counts["hints"]:  # a source that kept nothing for a reason an option fixes
+        click.echo(f"hint: {line}", err=True)

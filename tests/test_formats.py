@@ -30,7 +30,7 @@ WELL_FORMED = {
                 {"role": "assistant", "content": A2, "weight": 1},
             ]
         },
-        {"prompt": Q1, "completion": A1},
+        {"prompt": Q2, "completion": A2},  # (Q1/A1 again would be a near-duplicate of the first)
     ],
     "sharegpt": [
         {"conversations": [{"from": "human", "value": Q1}, {"from": "gpt", "value": A1}], "system": "Be patient."},
@@ -199,17 +199,74 @@ def test_malformed_records_are_rejects_with_reason_field_and_line(tmp_path, fmt)
 
 
 def test_kto_labels_read_like_feedback_and_unknown_fields_are_kept_under_meta(tmp_path):
+    """label true keeps the conversation; label false keeps it as a negative (the reply not to
+    give, at weight 0, the rejected side an on-policy answer is paired against), as a feedback
+    source's `bad` without a correction is."""
     rows = [
         {"prompt": Q1, "completion": A1, "label": True, "quality": 4, "annotator": {"team": "b"}},
         {"prompt": Q1, "completion": "7/8.", "label": False},
         {"prompt": Q1, "completion": A1, "label": "yes"},
     ]
     counts, kept, rejects = run_collect(tmp_path, rows)
-    assert counts["kept"] == 1 and kept[0]["meta"] == {"quality": 4, "annotator": {"team": "b"}}
+    assert counts["kept"] == 2 and kept[0]["meta"] == {"quality": 4, "annotator": {"team": "b"}}
+    negative = kept[1]
+    assert negative["negative_only"] and negative["rejected"] == "7/8." and negative["messages"][-1]["weight"] == 0
+    assert [(r["reason"], r["field"]) for r in rejects] == [("bad_feedback_label", "label")]
+    scrub.run(
+        ScrubParams(min_assistant_chars=2), tmp_path / "collected/records.jsonl", tmp_path / "s", tmp_path / "d.json"
+    )
+    manifest = version.run(VersionParams(), tmp_path / "s", tmp_path / "v")
+    assert manifest["records"].get("tutor/negatives.jsonl") == 1
+
+
+def test_multimodal_records_are_refused_naming_their_media_field(tmp_path):
+    """LLaVA / LLaMA-Factory rows carry their media beside the text (`<image>` in it): a
+    non_text_content reject naming the field, as an OpenAI image part is."""
+    rows = [
+        {"messages": [{"role": "user", "content": "<image>What is this?"}, {"role": "assistant", "content": A1}],
+         "images": ["cat.jpg"]},
+        {"conversations": [{"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": A1}],
+         "image": "coco/0001.jpg"},
+        {"messages": [{"role": "user", "content": "<video>Summarize."}, {"role": "assistant", "content": A1}],
+         "videos": ["clip.mp4"]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                      {"role": "assistant", "content": A1}]},
+    ]  # fmt: skip
+    counts, kept, rejects = run_collect(tmp_path, rows)
+    assert counts["kept"] == 0
     assert [(r["reason"], r["field"]) for r in rejects] == [
-        ("bad_feedback_without_correction", "label"),
-        ("bad_feedback_label", "label"),
+        ("non_text_content", "images"),
+        ("non_text_content", "image"),
+        ("non_text_content", "videos"),
+        ("non_text_content", "messages[0].content[0]"),
     ]
+
+
+def test_text_parts_written_with_value_and_a_sources_row_id(tmp_path):
+    rows = [
+        {"id": "row-17", "messages": [{"role": "user", "content": [{"type": "text", "value": Q1}]},
+                                      {"role": "assistant", "content": A1}]},
+        {"conversation_id": 42,
+         "conversation": [{"role": "user", "content": Q2}, {"role": "assistant", "content": A2}]},
+    ]  # fmt: skip
+    counts, kept, rejects = run_collect(tmp_path, rows)
+    assert not rejects and kept[0]["messages"][0]["content"] == Q1
+    assert [r["source_id"] for r in kept] == ["row-17", "42"]
+
+
+def test_a_source_rejected_whole_for_a_reason_an_option_fixes_says_which(tmp_path):
+    turns = [{"role": "user", "content": Q1}, {"role": "assistant", "content": A1}]
+    src = write_lines(tmp_path / "public.jsonl", [{"messages": turns}] * 3)
+    counts = collect.run(CollectParams(sources=[SourceParams(path=str(src), require_opt_in=False)]), tmp_path / "o")
+    assert counts["kept"] == 0 and len(counts["hints"]) == 1
+    assert "missing_character_id" in counts["hints"][0] and "character_id:" in counts["hints"][0]
+    assert "--character-id" in counts["hints"][0]
+    counts = collect.run(CollectParams(sources=[SourceParams(path=str(src), character_id="t")]), tmp_path / "o")
+    assert "require_opt_in: false" in counts["hints"][0]
+    ok = collect.run(
+        CollectParams(sources=[SourceParams(path=str(src), character_id="t", require_opt_in=False)]), tmp_path / "o"
+    )
+    assert ok["kept"] == 3 and ok["hints"] == []
 
 
 def test_the_cli_takes_a_format(tmp_path):

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -264,3 +265,51 @@ def test_characters_are_partitioned_and_must_not_share_a_conversation(tmp_path):
     ]
     with pytest.raises(scrub.CharacterConflict, match="appear under two characters"):
         scrub_rows(tmp_path, shared)
+
+
+def drone(direction: str, distance: int, unit: str, call_id: str = "call_1", result: str = "ok") -> dict:
+    """A tool-use conversation as collect writes OpenAI's fine-tuning shape: one system prompt and
+    tool list for all of them, the user's request, the call, its result and the reply."""
+    args = json.dumps({"direction": direction, "distance": distance, "unit": unit})
+    return {
+        "character_id": "tutor",
+        "opt_in": True,
+        "tools": [{"type": "function", "function": {"name": "move", "parameters": {"type": "object"}}}],
+        "messages": [
+            {"role": "system", "content": "You control a drone. Use the tools to move it as the user asks, exactly."},
+            {"role": "user", "content": f"move {direction} by {distance} {unit}"},
+            {
+                "role": "assistant",
+                "content": "",  # a turn that only calls (collect writes a missing content so)
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "move", "arguments": args}}],
+            },
+            {"role": "tool", "tool_call_id": call_id, "content": result},
+            {"role": "assistant", "content": f"Moved {direction} by {distance} {unit}."},
+        ],
+    }
+
+
+def test_tool_conversations_that_differ_in_a_call_are_all_kept(tmp_path):
+    """Near-identical words, other arguments: every conversation is its own example. The same
+    conversation with other call ids is an exact duplicate; another result or tool list is not."""
+    moves = [(d, n, u) for d in ("left", "right", "up", "down") for n in (10, 20) for u in ("units", "feet")]
+    rows = [drone(*m) for m in moves]
+    rows.append(drone("left", 10, "units", call_id="call_99"))  # the first again, other ids
+    rows.append(drone("left", 10, "units", result="blocked by a wall"))  # another result
+    other_tools = drone("left", 10, "units")
+    other_tools["tools"] = other_tools["tools"] + [{"type": "function", "function": {"name": "land"}}]
+    rows.append(other_tools)
+    stats, reasons = scrub_rows(tmp_path, rows)
+    assert reasons == {str(len(moves)): "exact_duplicate"}, reasons
+    assert stats["kept"] == len(moves) + 2
+
+
+def test_near_duplicates_ignore_a_shared_system_prompt(tmp_path):
+    """A long system prompt every conversation shares does not make them near-duplicates."""
+    system = {"role": "system", "content": "You are a patient tutor who always answers with a question. " * 8}
+    rows = [
+        {**conversation(q, a), "messages": [system, *conversation(q, a)["messages"]]}
+        for q, a in (("What is 3/4?", "What does the 4 tell you?"), ("What is a verb?", "Can you name an action?"))
+    ]
+    _, reasons = scrub_rows(tmp_path, rows)
+    assert reasons == {}

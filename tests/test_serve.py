@@ -99,9 +99,7 @@ def ask(client, model="tutor", text="How do I add fractions?", user="u1", opt_in
         messages=[{"role": "user", "content": text}],
         user=user,
         metadata={"opt_in": "true" if opt_in else "false"},
-        temperature=0,
-        max_tokens=8,
-        **kw,
+        **{"temperature": 0, "max_tokens": 8, **kw},
     )
 
 
@@ -142,10 +140,11 @@ def test_each_character_answers_from_its_own_adapter(served):
         r = ask(client, model, text)
         assert r.system_fingerprint == Path(version_dir).name
         assert r.choices[0].message.content == reference_reply(server.repo, server.repo / version_dir, character, text)
-    assert (
-        ask(client, "tutor", text).choices[0].message.content
-        != ask(client, f"tutor@{v2}", text).choices[0].message.content
-    )
+    # v2's adapter is v1's with lora_B scaled up: sampled with the same seed, its replies differ
+    # (greedy, the tiny random model can answer nothing but newlines under both).
+    sampled = dict(temperature=1.0, seed=7)
+    replies = [ask(client, m, text, **sampled).choices[0].message.content for m in ("tutor", f"tutor@{v2}")]
+    assert replies[0] != replies[1], replies
 
 
 def test_parallel_requests_none_lost_each_logged_once(served):

@@ -84,7 +84,10 @@ KNOWN = {
 
 def shaped(obj: dict, src: SourceParams, max_chars: int) -> formats.Shaped:
     """The record's messages from its shape; feedback sources and KTO-style `label` read as
-    good/bad feedback (a bad one needs a correction to become a pair)."""
+    good/bad feedback (a bad reply is kept as a negative: the reply not to give)."""
+    media = formats.media_field(obj)
+    if media is not None:
+        raise Reject("non_text_content", media, f"a multimodal record ({media}); only text is trained on")
     if src.kind == "feedback":
         messages, rejected = feedback_messages(obj, max_chars)
         return formats.Shaped(
@@ -95,8 +98,16 @@ def shaped(obj: dict, src: SourceParams, max_chars: int) -> formats.Shaped:
         if not isinstance(obj["label"], bool):
             raise Reject("bad_feedback_label", "label", "label must be true or false")
         if not obj["label"]:
-            raise Reject("bad_feedback_without_correction", "label", "label false and no corrected reply to pair")
+            return formats.as_negative(out)
     return out
+
+
+# A source's own id of a row, kept as source_id (the first of these it has).
+SOURCE_IDS = ("_id", "source_id", "id", "conversation_id", "uuid")
+
+
+def source_id(obj: dict) -> str | None:
+    return next((str(obj[k]) for k in SOURCE_IDS if isinstance(obj.get(k), (str, int)) and str(obj[k]).strip()), None)
 
 
 def normalize(obj, src: SourceParams, default_character_id: str | None, max_chars: int) -> dict:
@@ -137,7 +148,7 @@ def normalize(obj, src: SourceParams, default_character_id: str | None, max_char
         "weight": float(weight),
         # Provenance without the raw id; deletion requests match on the raw id here in collect.
         "user_ref": hashlib.sha256(str(user_id).encode()).hexdigest()[:16] if user_id is not None else None,
-        "source_id": str(obj["_id"]) if obj.get("_id") is not None else obj.get("source_id"),
+        "source_id": source_id(obj),
         "pii_names": names,
     }
     if sh.tools:
@@ -232,11 +243,34 @@ def unencodable_field(value, path: str = "") -> str | None:
     return None
 
 
+# Reasons an option fixes, and the options (in params.yaml; for `loraloop collect --source`).
+FIXES = {
+    "missing_character_id": (
+        "`character_id:` on the source in collect.sources, or collect.default_character_id",
+        "--character-id NAME",
+    ),
+    "no_opt_in": ("`require_opt_in: false` on the source (public data you may train on)", "--no-opt-in-required"),
+}
+
+
+def hint(source: str, counts: Counter) -> str | None:
+    """When a source kept nothing and most of it was rejected for one reason an option fixes: which."""
+    reasons = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.")}
+    if counts["kept"] or not reasons:
+        return None
+    reason, n = max(reasons.items(), key=lambda kv: kv[1])
+    if reason not in FIXES or n * 2 <= counts["rejected"]:
+        return None
+    in_params, on_cli = FIXES[reason]
+    return f"{source}: {n} of {counts['read']} records rejected as {reason}; set {in_params} (or {on_cli})"
+
+
 def summarize(totals: Counter, per_source: dict) -> dict:
     counts = {"read": totals["read"], "kept": totals["kept"], "rejected": totals["rejected"]}
     counts["reasons"] = {k.split(".", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("rejected.")}
     counts["shapes"] = {k.split(".", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith("shape.")}
     counts["per_source"] = per_source
+    counts["hints"] = [h for source, c in per_source.items() if (h := hint(source, Counter(c)))]
     assert counts["read"] == counts["kept"] + counts["rejected"]
     return counts
 

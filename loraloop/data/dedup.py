@@ -1,20 +1,68 @@
-"""Duplicate detection: exact (normalized content hash) and near (MinHash LSH over character
-5-grams, which works for Korean as well as English). The index is the only memory scrub keeps
-per record: a 64 x uint32 signature and 8 band keys."""
+"""Duplicate detection: exact (normalized content hash, tool calls and tools included) and near
+(MinHash LSH over character 5-grams, which works for Korean as well as English, among
+conversations with the same tool calls, results and tools). The index is the only memory scrub
+keeps per record: a 64 x uint32 signature and 8 band keys."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 
 _SHIFT = np.uint64(32)
 
 
-def content_key(messages: list[dict]) -> int:
-    """64-bit key of a conversation's turns, whitespace- and case-normalized (no character)."""
-    norm = "\x1e".join(f"{m['role']}\x1f{' '.join(m['content'].lower().split())}" for m in messages)
-    return int.from_bytes(hashlib.blake2b(norm.encode(), digest_size=8).digest(), "little")
+def _key(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _canonical(value) -> str:
+    """JSON with sorted keys and no spacing: the same arguments or schema, the same text."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def calls_of(m: dict) -> str:
+    """An assistant turn's tool calls, canonical: names and arguments (parsed JSON re-dumped with
+    sorted keys; arguments that are not JSON as written), never the calls' ids."""
+    out = []
+    for c in m.get("tool_calls") or []:
+        fn = c.get("function", {})
+        args = fn.get("arguments", "")
+        try:
+            args = _canonical(json.loads(args)) if isinstance(args, str) else _canonical(args)
+        except ValueError:
+            args = args.strip()
+        out.append(f"{fn.get('name')}({args})")
+    return "\x1d".join(out)
+
+
+def _turn(m: dict) -> str:
+    return f"{m['role']}\x1f{' '.join(m['content'].lower().split())}\x1f{calls_of(m)}"
+
+
+def content_key(messages: list[dict], tools: list | None = None) -> int:
+    """64-bit key of a conversation: its turns whitespace- and case-normalized, their tool calls,
+    the tools it declares (no character, no call ids)."""
+    return _key("\x1e".join(map(_turn, messages)) + "\x1e" + (_canonical(tools) if tools else ""))
+
+
+def structure_key(messages: list[dict], tools: list | None = None) -> int:
+    """64-bit key of what no two near-duplicates may differ in: the tool calls (names, arguments),
+    the tool results, the tools declared. Two conversations that differ only in a call's argument
+    are two examples, however alike their words."""
+    parts = [
+        calls_of(m) if m["role"] == "assistant" else m["content"]
+        for m in messages
+        if m["role"] in ("assistant", "tool")
+    ]
+    return _key("\x1e".join(p for p in parts if p) + "\x1e" + (_canonical(tools) if tools else ""))
+
+
+def near_text(messages: list[dict]) -> str:
+    """The words near-duplicates are measured on: every turn but the system prompt (which many
+    conversations of a data set share), tool calls included."""
+    return "\n".join(f"{m['content']} {calls_of(m)}".strip() for m in messages if m["role"] != "system")
 
 
 _K = 5
@@ -55,10 +103,11 @@ class NearDupIndex:
         x = _shingles(text)[None, :]
         return ((self.a * x + self.b) >> _SHIFT).min(axis=1).astype(np.uint32)
 
-    def add(self, text: str) -> bool:
-        """Index the text unless it near-duplicates one already indexed; True if it does."""
+    def add(self, text: str, group: int = 0) -> bool:
+        """Index the text unless it near-duplicates one already indexed in its group; True if it
+        does. Texts of different groups (structure_key) never match."""
         sig = self.signature(text)
-        keys = [hash((i, sig[i * self.rows : (i + 1) * self.rows].tobytes())) for i in range(self.bands)]
+        keys = [hash((group, i, sig[i * self.rows : (i + 1) * self.rows].tobytes())) for i in range(self.bands)]
         for key in keys:
             j = self.buckets.get(key)
             if j is not None:

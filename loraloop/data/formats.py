@@ -1,7 +1,8 @@
 """Chat-data shapes to the record's messages. A source's `format` names one shape, or `auto`
 decides per record:
 
-- openai: `messages` of role/content (content a string or a list of text parts), `name`, assistant
+- openai: `messages` of role/content (content a string or a list of text parts, `text` or
+  `value`), `name`, assistant
   `tool_calls` (and the legacy `function_call`), `tool` messages with `tool_call_id`, and the
   per-message `weight` (0/1) of OpenAI's fine-tuning format; also `prompt` + `completion`.
 - sharegpt: `conversations` of from/value (human/user, gpt/assistant/model, system, function_call,
@@ -58,9 +59,10 @@ def text_of(content, where: str) -> str:
             if isinstance(part, str):
                 texts.append(part)
             elif isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
-                if not isinstance(part.get("text"), str):
-                    raise Reject("content_not_a_string", f"{where}[{j}].text")
-                texts.append(part["text"])
+                key = "text" if "text" in part or "value" not in part else "value"  # {"type": "text", "value"}
+                if not isinstance(part.get(key), str):
+                    raise Reject("content_not_a_string", f"{where}[{j}].{key}")
+                texts.append(part[key])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise Reject("non_text_content", f"{where}[{j}]", f"a {kind} part; only text is trained on")
@@ -82,6 +84,26 @@ def tool_call(call, where: str) -> dict:
     if isinstance(call.get("id"), str):
         out["id"] = call["id"]
     return out
+
+
+# Multimodal records (LLaVA, LLaMA-Factory): the media beside the text, `<image>` placeholders in it.
+MEDIA_FIELDS = ("images", "videos", "audios", "image", "video", "audio")
+
+
+def media_field(obj: dict) -> str | None:
+    """The field that makes a record multimodal, if any."""
+    return next((k for k in MEDIA_FIELDS if obj.get(k) not in (None, "", [], {})), None)
+
+
+def as_negative(shaped: Shaped) -> Shaped:
+    """A conversation whose last reply is one not to give (KTO's label: false): that reply at weight
+    0, and the rejected side of the pair an on-policy answer will be paired against."""
+    *context, reply = shaped.messages
+    if reply["role"] != "assistant" or reply.get("tool_calls"):
+        raise Reject("label_without_reply", "label", "label false needs the conversation to end with the reply")
+    shaped.messages = [*context, {**reply, "weight": 0}]
+    shaped.rejected = reply["content"]
+    return shaped
 
 
 def message(m, where: str, max_chars: int) -> dict:

@@ -8,6 +8,7 @@ account patterns to half-match), and each is skipped when a cheap test shows it 
 from __future__ import annotations
 
 import calendar
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -55,15 +56,17 @@ class Detector:
 
 # Every digit-based kind (phone, card, RRN, account, IPv4) needs a run of 7+ digit-ish characters;
 # most chat turns have none, and one search rules all of them out.
-_NUMBER_RUN = re.compile(r"[0-9][0-9 .()+-]{5,}[0-9]")
+_NUMBER_RUN = re.compile(r"[0-9][0-9 .()+-]{3,}[0-9]")
 _THIRTEEN_DIGITS = re.compile(r"[0-9](?:[ -]?[0-9]){12}")
 _DOTTED = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]")
-_EN_ADDRESS_HINT = re.compile(r"[0-9][A-Za-z]?\s+[A-Z0-9]")
+_EN_ADDRESS_HINT = re.compile(r"[0-9][A-Za-z]?\s+(?:[a-z]{1,3}\s+){0,2}[A-Z0-9]")
 
 
 _KO_ADDRESS_HINT = re.compile(r"[로길동리가]\s?[0-9]")
 _KO_LOT_HINT = re.compile(r"[동리가]\s?[0-9]")
 _IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}")
+_SSN_WORD = re.compile(r"\bSSN\b|social security|\bSS#", re.IGNORECASE)
+_INTERNATIONAL_BEFORE = re.compile(r"\+[0-9]{1,3}\s?$")
 _BANK_WORD = re.compile(
     r"계좌|은행|입금|송금|이체|예금|뱅크|농협|국민|신한|우리|하나|기업|카카오|토스|우체국|새마을|수협|"
     r"\b(?:account|acct|bank|banking|routing|deposit|wire|transfer|savings|checking|a/c)\b",
@@ -88,12 +91,36 @@ _SUFFIXES = (
     "Vista|Vis|Walk|Wall|Way|Well|Wl|Wells|Wls"
 )
 _DIRECTION = r"(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West|Northeast|Northwest|Southeast|Southwest)\.?"
-_WORD_OF_NAME = r"(?:[A-Z][a-z]+|[A-Z]{2,}|[0-9]{1,3}(?:st|nd|rd|th|ST|ND|RD|TH))"
+# A word of a street's name: Capitalized (O'Farrell, Mary-Ann, McAllister), ALL CAPS, an ordinal
+# (16th), an initial (the B of "Carlton B Goodlett"); particles (de la, van, of the) between them.
+_WORD_OF_NAME = (
+    r"(?:[A-Z][a-z]*(?:['-][A-Z]?[a-z]+)+|[A-Z][a-z]+|[A-Z]{2,}|[0-9]{1,3}(?:st|nd|rd|th|ST|ND|RD|TH)|[A-Z]\.?)"
+)
+_PARTICLE = r"(?:(?:de|del|la|las|los|le|van|von|der|den|of|the|el|da|di|du)\s+)"
+_STREET_NAME = rf"(?:{_PARTICLE}{{0,2}}{_WORD_OF_NAME}\s+){{1,6}}"
 _EN_STREET = re.compile(
-    rf"(?<![0-9A-Za-z])[0-9]{{1,6}}[A-Za-z]?\s+(?:{_DIRECTION}\s+)?(?:{_WORD_OF_NAME}\s+){{0,3}}"
-    rf"(?:{_WORD_OF_NAME}\s+)(?:{_SUFFIXES}|{_SUFFIXES.upper()})\b\.?(?:\s+{_DIRECTION}(?![A-Za-z]))?"
+    rf"(?<![0-9A-Za-z])[0-9]{{1,6}}[A-Za-z]?\s+(?:{_DIRECTION}\s+[0-9]{{1,3}}\s+|(?:{_DIRECTION}\s+)?{_STREET_NAME})"
+    rf"(?:{_SUFFIXES}|{_SUFFIXES.upper()})\b\.?(?:\s+{_DIRECTION}(?![A-Za-z]))?"
     r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|Bldg|#)\.?\s*#?[0-9A-Za-z-]+)?"
 )
+# Chat is often lowercase ("i live at 221 baker street"): lowercase names count where the text
+# says an address follows.
+_EN_STREET_LOWER = re.compile(
+    rf"(?<![0-9a-z])[0-9]{{1,6}}[a-z]?\s+(?:[a-z]+\s+){{1,4}}(?:{_SUFFIXES.lower()})\b\.?"
+    r"(?:,?\s+(?:apt|apartment|suite|ste|unit|rm|room|fl|floor|#)\.?\s*#?[0-9a-z-]+)?"
+)
+_ADDRESS_WORDS = re.compile(
+    r"live at|living at|address|ship to|send (?:it )?to|mail (?:it )?to|deliver(?:ed)? to|moved to|move to|"
+    r"located at|my place|come to|주소|住所|adresse|direcci[oó]n|endere[cç]o",
+    re.IGNORECASE,
+)
+
+
+def _ssn_context(text: str, start: int, end: int) -> bool:
+    """AAA-GG-SSSS is an SSN unless it ends an international number; other spacings need the word."""
+    if _SSN_WORD.search(text, max(0, start - 24), start):
+        return True
+    return text[start + 3] == "-" and not _INTERNATIONAL_BEFORE.search(text, max(0, start - 8), start)
 
 
 def iban_ok(candidate: str) -> bool:
@@ -108,35 +135,151 @@ def iban_ok(candidate: str) -> bool:
 PHONE_REGIONS = ("KR", "US")
 # Right before a number, these make it an identifier, not a phone: "SN-2024-000123", "#1234567".
 _GLUED = re.compile(r"(?:[A-Za-z0-9][-/#]|[A-Za-z#])$")
+# Separators people write numbers with that libphonenumber does not read, each as one it does
+# (one character for one, so offsets hold): middle dots, dashes and minus signs, thin and wide
+# spaces; and full-width digits.
+_SEPARATORS = str.maketrans(
+    {**{c: "-" for c in "\u00b7\u2027\u30fb\uff65\u2010\u2011\u2012\u2013\u2014\u2015\u2212\uff0d"},
+     **{c: " " for c in "\u00a0\u2009\u202f\u3000"},
+     **{chr(0xFF10 + d): str(d) for d in range(10)}}
+)  # fmt: skip
+_EXOTIC = re.compile("[" + "".join(map(chr, _SEPARATORS)) + "]")
+# A phone-shaped run: an optional +, then groups of digits with one separator between them, an
+# area code maybe in parentheses, a trunk (0) maybe after the country code. Not glued to a word.
+_PHONE_SHAPE = re.compile(
+    r"(?<![0-9A-Za-z+])(?:\+\s?)?(?:\(\s?[0-9]{1,5}(?:[ -][0-9]{1,5})?\s?\)\s?)?[0-9]{1,15}"
+    r"(?:(?:[ .\-/]|\s?\(0\)\s?)(?:\([0-9]{1,5}\)|[0-9]{1,12})){0,7}(?![0-9])"
+)
+# Dates, date-times and times: never a phone number, whatever libphonenumber would make of them.
+_MM, _DD = r"(?:0?[1-9]|1[0-2])", r"(?:0?[1-9]|[12][0-9]|3[01])"
+_DATE_OR_TIME = re.compile(
+    rf"(?<![0-9])(?:(?:19|20)[0-9]{{2}}([./-]){_MM}\1{_DD}|{_DD}([./-]){_MM}\2(?:(?:19|20)?[0-9]{{2}})"
+    rf"|{_MM}([./-]){_DD}\3(?:19|20)[0-9]{{2}}|(?:19|20)[0-9]{{2}}[./-]{_MM}(?![./-]?[0-9])"
+    r"|(?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9])?)(?![0-9])"
+)
+# Words that make a nearby number a phone (before it, or just after: "02-3456-7890로 전화주세요").
+_PHONE_WORDS = re.compile(
+    r"phone|call|\btel\b|tel\.|telephone|mobile|\bcell|whats\s?app|text me|\bsms\b|\bfax\b|contact|reach me|"
+    r"my number|number is|\bdial|연락|전화|휴대폰|핸드폰|폰번호|제 번호|번호는|電話|携帯|ケータイ|telefon|tel[eé]fono|"
+    r"telefone|t[ée]l[ée]phone|portable|\bhandy\b|m[oó]vil|celular|numaram|\bcep\b|טלפון|נייד|телефон|номер",
+    re.IGNORECASE,
+)
+# Labels that make the number after them something else: an order, a tracking or registration
+# number, an account (the ACCOUNT detector's), an ISBN.
+_NOT_A_PHONE = re.compile(
+    r"(?:order|주문|tracking|운송장|송장|invoice|serial|isbn|사업자|registration|등록번호|receipt|영수증|transaction|"
+    r"거래|confirmation|reference|\bref\b|case|ticket|booking|예약|model|part|sku|barcode|바코드|zip|postal|우편|"
+    r"account|acct|계좌|passport|여권|license|면허|policy|claim|patient|student id|학번|사번|employee|\bEIN\b|"
+    r"\bTIN\b|\bVAT\b|tax id|납세|세금)"
+    r"[^0-9\n]{0,12}$",
+    re.IGNORECASE,
+)
 
 
-# Where a phone number could be: a run of 7+ digits with the separators numbers are written with.
-_PHONE_CANDIDATE = re.compile(r"\+?\(?[0-9][0-9 .()/-]{5,}[0-9]")
+def _hotline(number) -> bool:
+    """A company's number, not a person's: toll-free, premium, shared-cost, universal access
+    (1588-xxxx), voicemail."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberType as T
+
+    return phonenumbers.number_type(number) in (T.TOLL_FREE, T.PREMIUM_RATE, T.SHARED_COST, T.UAN, T.VOICEMAIL)
+
+
+# After scrub.phone_regions, the regions whose reading of an ambiguous national number is the
+# likeliest one: the most populous and the most online first, then every region alphabetically.
+_LIKELY_REGIONS = ("US", "GB", "IN", "CN", "JP", "DE", "FR", "BR", "MX", "ES", "IT", "RU", "TR", "IL", "CA", "AU")
+_LIKELY_REGIONS += ("KR", "ID", "PH", "VN", "TH", "PL", "NL", "UA", "EG", "NG", "ZA", "AR", "CO", "SA", "AE")
+
+
+@functools.cache
+def _region_order(regions: tuple) -> tuple:
+    """scrub.phone_regions, then the likely regions, then every region libphonenumber knows."""
+    import phonenumbers
+
+    rest = sorted(set(phonenumbers.SUPPORTED_REGIONS) - set(regions) - set(_LIKELY_REGIONS))
+    return tuple(dict.fromkeys(regions + _LIKELY_REGIONS + tuple(rest)))
+
+
+def is_phone(raw: str, regions: tuple, context: bool) -> bool:
+    """Whether this phone-shaped string is a person's number. With a +, it is international: valid
+    (or, with a phone word nearby, possible) and not a hotline. Otherwise valid in one of
+    scrub.phone_regions, written with separators unless a phone word is nearby (a bare number
+    needs context); or, with a phone word nearby, a person's number in any region. Hotlines
+    (toll-free, 1588-xxxx, ...) never."""
+    import phonenumbers
+
+    def parse(region):
+        try:
+            return phonenumbers.parse(raw, region)
+        except phonenumbers.NumberParseException:
+            return None
+
+    if raw.startswith("+"):
+        n = parse(None)
+        if n is None:
+            return False
+        if phonenumbers.is_valid_number(n):
+            return not _hotline(n)
+        return context and phonenumbers.is_possible_number(n)
+    if sum(c.isdigit() for c in raw) < 7 and not context:  # a short number is a phone where the text says so
+        return False
+    for region in regions:  # the regions of scrub.phone_regions read it first
+        n = parse(region)
+        if n is not None and phonenumbers.is_valid_number(n):
+            return not _hotline(n) and (context or not raw.isdigit())
+    if not context:
+        return False
+    # Where the text says it is a phone, the likely regions' readings vote: "090-1234-5678" is a
+    # mobile in most (JP, IN, ...) and premium in one (GB), "0800 123 4567" toll-free in most; a
+    # tie is a person's. With no likely region's reading, any region's counts.
+    for group in (_LIKELY_REGIONS, _region_order(regions)):
+        readings = [_hotline(n) for n in map(parse, group) if n is not None and phonenumbers.is_valid_number(n)]
+        if readings:
+            return readings.count(False) >= readings.count(True)
+    return False
+
+
+def _phone_context(text: str, start: int, end: int) -> bool:
+    return _PHONE_WORDS.search(text, max(0, start - 40), start) is not None or (
+        _PHONE_WORDS.search(text, end, min(len(text), end + 16)) is not None
+    )
 
 
 def phone_spans(text: str, regions: tuple = PHONE_REGIONS) -> list[tuple[int, int]]:
-    """Phone numbers libphonenumber finds valid in any of the regions (a number with +CC in any).
-    It reads only a window around each candidate digit run: its cost grows with the text it is
-    given, and a chat turn is mostly words."""
-    import phonenumbers
+    """Personal phone numbers (is_phone) in the text; dates, times, identifiers (SN-2024-...) and
+    labelled numbers (order, tracking, account, ...) are left alone."""
+    norm = text.translate(_SEPARATORS) if _EXOTIC.search(text) else text
+    blocked = [m.span() for m in _DATE_OR_TIME.finditer(norm)]
+    spans = []
+    for m in _PHONE_SHAPE.finditer(norm):
+        for start, end in _numbers_in(m):
+            raw = norm[start:end]
+            if _covered(raw, start, blocked) or _GLUED.search(norm[max(0, start - 2) : start]):
+                continue
+            if _NOT_A_PHONE.search(norm, max(0, start - 40), start):
+                continue
+            if is_phone(raw, regions, _phone_context(norm, start, end)):
+                spans.append((start, end))
+    return spans
 
-    spans: set[tuple[int, int]] = set()
-    for cand in _PHONE_CANDIDATE.finditer(text):
-        lo, hi = max(0, cand.start() - 8), min(len(text), cand.end() + 8)
-        window = text[lo:hi]
-        for region in regions:
-            found = [
-                (lo + m.start, lo + m.end)
-                for m in phonenumbers.PhoneNumberMatcher(window, region, leniency=phonenumbers.Leniency.VALID)
-            ]
-            spans.update(s for s in found if not _GLUED.search(text[max(0, s[0] - 2) : s[0]]))
-            if found:
-                break  # one region's reading is enough; the next would find the same number
-    kept: list[tuple[int, int]] = []  # the longest of overlapping finds
-    for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
-        if not kept or start >= kept[-1][1]:
-            kept.append((start, end))
-    return kept
+
+def _covered(raw: str, start: int, spans: list[tuple[int, int]]) -> bool:
+    """Every digit of the run lies in one of the spans (it is dates and times, nothing more)."""
+    return all(any(a <= start + i < b for a, b in spans) for i, c in enumerate(raw) if c.isdigit())
+
+
+def _numbers_in(m: re.Match) -> list[tuple[int, int]]:
+    """The run itself; or, with more digits than a number has (15), the runs between its spaces
+    that could each be one ("010-1234-5678 010-9876-5432")."""
+    run = m.group(0)
+    if sum(c.isdigit() for c in run) <= 15:
+        return [m.span()] if sum(c.isdigit() for c in run) >= 5 else []
+    out, pos = [], m.start()
+    for chunk in run.split(" "):
+        if 5 <= sum(c.isdigit() for c in chunk) <= 15:
+            out.append((pos, pos + len(chunk)))
+        pos += len(chunk) + 1
+    return out
 
 
 def _is_ipv6(text: str) -> bool:
@@ -168,17 +311,24 @@ DETECTORS: list[Detector] = [
         lambda m: 13 <= len(d := re.sub(r"\D", "", m)) <= 19 and luhn_ok(d),
     ),
     # US Social Security numbers: AAA-GG-SSSS (never area 000, 666 or 9xx, group 00, serial 0000);
-    # nine digits in a row only right after "SSN" / "social security".
+    # with spaces, or nine digits in a row, only after "SSN" / "social security" (without it the
+    # spaced shape is as often a phone number's tail: "+55 800 12 3456").
     Detector(
         "SSN",
-        re.compile(
-            r"(?<![0-9-])(?!000|666|9)[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-])"
-            r"|(?<=SSN )(?!000|666|9)[0-9]{9}(?![0-9])|(?<=SSN: )(?!000|666|9)[0-9]{9}(?![0-9])"
-        ),
+        re.compile(r"(?<![0-9-])(?!000|666|9)[0-9]{3}([ -]?)(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9-])"),
         "number",
+        context=lambda text, start, end: _ssn_context(text, start, end),
     ),
-    # Phones: Google's libphonenumber, for international numbers (+CC ...) in any spacing and the
-    # national formats of scrub.phone_regions, numbers valid by its metadata only.
+    # IPv4, also when a sentence ends right after it ("... at 10.0.0.1."); before the phones, since
+    # four dotted numbers can read as one.
+    Detector(
+        "IP",
+        re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?!\.?[0-9])"),
+        "dotted",
+        lambda m: all(int(part) <= 255 for part in m.split(".")),
+    ),
+    # Phones: Google's libphonenumber (is_phone): international numbers (+CC ...) in any spacing,
+    # national formats of scrub.phone_regions, and of any region where a phone word is nearby.
     Detector("PHONE", None, "number", find=lambda text, regions: phone_spans(text, regions)),
     # IBAN: country, check digits, up to 30 letters/digits (in groups of 4), mod-97 valid.
     Detector(
@@ -197,13 +347,6 @@ DETECTORS: list[Detector] = [
         context=lambda text, start, end: (
             _BANK_WORD.search(text, max(0, start - 40), min(len(text), end + 20)) is not None
         ),
-    ),
-    # IPv4, also when a sentence ends right after it ("... at 10.0.0.1.").
-    Detector(
-        "IP",
-        re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?!\.?[0-9])"),
-        "dotted",
-        lambda m: all(int(part) <= 255 for part in m.split(".")),
     ),
     # IPv6, not glued to letters: `std::cout` and `Class::method` are code, not addresses.
     Detector(
@@ -244,6 +387,12 @@ DETECTORS: list[Detector] = [
     # name words (Capitalized, ALL CAPS or ordinals like 16th), a street suffix, an optional
     # direction and unit; and PO boxes.
     Detector("ADDRESS", _EN_STREET, "en_address"),
+    Detector(
+        "ADDRESS",
+        _EN_STREET_LOWER,
+        "address_words",
+        context=lambda text, start, end: _ADDRESS_WORDS.search(text, max(0, start - 30), start) is not None,
+    ),
     Detector("ADDRESS", re.compile(r"\b(?:P\.?\s?O\.?|Post Office)\s?Box\s+[0-9]{1,6}\b", re.IGNORECASE), "box"),
 ]
 
@@ -258,6 +407,7 @@ PRETESTS: dict[str, Callable[[str], bool]] = {
     "dotted": lambda t: _DOTTED.search(t) is not None,
     "ko_address": lambda t: _KO_ADDRESS_HINT.search(t) is not None,
     "en_address": lambda t: _EN_ADDRESS_HINT.search(t) is not None,
+    "address_words": lambda t: _ADDRESS_WORDS.search(t) is not None,
 }
 
 
@@ -299,13 +449,17 @@ def mask(
         return seen[key]
 
     passed: dict[str, bool] = {}
+    exotic = _EXOTIC.search(text) is not None
     for det in DETECTORS:
+        # Detectors read the text with its unusual separators and full-width digits as ASCII ones
+        # (one character for one), and replace in the text itself.
+        view = text.translate(_SEPARATORS) if exotic else text
         ok = passed.get(det.needs)
         if ok is None:
-            ok = passed[det.needs] = PRETESTS[det.needs](text)
+            ok = passed[det.needs] = PRETESTS[det.needs](view)
         if not ok:
             continue
-        spans = spans_of(det, text, regions)
+        spans = spans_of(det, view, regions)
         marks = [placeholder(det.kind, text[start:end]) for start, end in spans]  # numbered in reading order
         for (start, end), mark in reversed(list(zip(spans, marks))):  # replaced from the end: offsets hold
             text = text[:start] + mark + text[end:]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..files import dumps, read_json, read_jsonl, replacing, write_json, write_jsonl
 from ..params import ScrubParams
-from .dedup import NearDupIndex, content_key
+from .dedup import NearDupIndex, content_key, near_text, structure_key
 from .pii import PHONE_REGIONS, mask, names_pattern
 from .quality import reject_reason
 
@@ -104,7 +104,8 @@ def negative_keys(in_file: Path) -> set[int]:
     with Path(in_file).open(encoding="utf-8") as f:
         for line in f:
             if '"negative_only":true' in line:
-                keys.add(content_key(json.loads(line)["messages"]))
+                row = json.loads(line)
+                keys.add(content_key(row["messages"], row.get("tools")))
     return keys
 
 
@@ -135,7 +136,8 @@ def run(
 
 class Duplicates:
     """Which kept conversations were seen before: exactly (under this character or another, which
-    is a conflict) or nearly (MinHash, within the character)."""
+    is a conflict) or nearly (MinHash, within the character, among conversations with the same
+    tool calls, results and tools)."""
 
     def __init__(self, near_dup_threshold: float | None):
         self.threshold = near_dup_threshold
@@ -145,7 +147,8 @@ class Duplicates:
 
     def reason(self, record: dict, char: str) -> str | None:
         """Why the record repeats one kept before, or None (and it is kept in mind from now on)."""
-        key = content_key(dedup_view(record))
+        view, tools = dedup_view(record), record.get("tools")
+        key = content_key(view, tools)
         first = self.owner.get(key)
         if first is None:
             self.owner[key] = char
@@ -157,7 +160,7 @@ class Duplicates:
         if self.threshold:
             if char not in self.near:
                 self.near[char] = NearDupIndex(self.threshold)
-            if self.near[char].add("\n".join(m["content"] for m in dedup_view(record))):
+            if self.near[char].add(near_text(view), structure_key(view, tools)):
                 return "near_duplicate"
         return None
 
@@ -236,7 +239,7 @@ def scrub_into(
             for record in read_jsonl(in_file):
                 counts["read"] += 1
                 char = record["character_id"]
-                raw_key = None if record.get("negative_only") else content_key(record["messages"])
+                raw_key = None if record.get("negative_only") else content_key(record["messages"], record.get("tools"))
                 record, found = scrub_record(record, extra, tuple(params.phone_regions))
                 pii.update(found)
                 reason = reject_reason(record["messages"], params)
