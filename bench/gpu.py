@@ -154,7 +154,7 @@ def bench_params(tp):
     return Params.model_validate(
         {
             "collect": {"sources": [{"path": "unused.jsonl"}]},
-            "lineages": {"bench": {"system_prompts": {"bench": "You are a benchmark."}}},
+            "lineages": {"bench": {"system_prompts": {"bench": "You are a benchmark."}, "rules": {}}},
             "rounds": {"bench-r1": {"lineage": "bench", "prev": "base"}},
             "train": tp.model_dump(),
         }

@@ -32,7 +32,10 @@ def widen(params: dict, lineages: int, rounds: int) -> dict:
     names = list(params["lineages"])
     while len(names) < lineages:
         name = f"guide{len(names)}"
-        params["lineages"][name] = {"system_prompts": {name: params["lineages"]["tutor"]["system_prompts"]["tutor"]}}
+        params["lineages"][name] = {
+            "system_prompts": {name: params["lineages"]["tutor"]["system_prompts"]["tutor"]},
+            "rules": {},
+        }
         names.append(name)
     params["rounds"] = {
         f"{name}-r{k}": {"lineage": name, "prev": "base" if k == 1 else f"{name}-r{k - 1}"}

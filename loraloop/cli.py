@@ -67,6 +67,10 @@ class LazyGroup(click.Group):
             raise click.ClickException(
                 f"{exc.filename}: {exc.strerror} (run the stage that makes it first, e.g. `dvc repro`)"
             ) from None
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            if exc.filename is None:  # a path option naming the wrong kind of thing: name it
+                raise
+            raise click.ClickException(f"{exc.filename}: {exc.strerror} (check the path options)") from None
 
 
 @click.group(cls=LazyGroup)

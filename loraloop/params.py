@@ -115,6 +115,9 @@ class ScrubParams(Section):
 
 class VersionParams(Section):
     eval_fraction: float = Field(0.15, gt=0, lt=1)
+    # A character with little data still gets this many eval records (at most half of its
+    # records): the hash split alone can leave a small character none.
+    min_eval: int = Field(8, ge=0)
 
 
 class SampleParams(Section):
@@ -295,7 +298,9 @@ class LineageParams(Section):
     it is judged on where that differs from score.rules and eval.gates."""
 
     system_prompts: dict[str, str] = Field(min_length=1)  # character id -> its system prompt
-    rules: dict = Field(default_factory=dict)  # any score.rules keys, merged over score.rules
+    # Any score.rules keys, merged over score.rules. Required (`rules: {}` for none): score@ stages
+    # read this key alone, so editing a lineage's gates or prompts does not rescore its rounds.
+    rules: dict
     gates: dict[str, Gate] = Field(default_factory=dict)  # beside eval.gates; the lineage's bound wins
     release: str | None = Field(None, pattern=RELEASE_NAME.pattern)  # models/release/<release>; default: the name
 
@@ -319,6 +324,10 @@ class Lineage:
 class RoundSpec(Section):
     lineage: str
     prev: str
+    # This round's own budget: any sample / train keys, over the sections' (a small character
+    # trains fewer steps; a round at full size samples more), without touching other rounds.
+    sample: dict = Field(default_factory=dict)
+    train: dict = Field(default_factory=dict)
 
 
 class Round(BaseModel):
@@ -376,7 +385,28 @@ class Params(Section):
                     f"lineage {spec.lineage!r}"
                 )
             seen[round_id] = spec.lineage
+            for section, model in (("sample", SampleParams), ("train", TrainParams)):
+                try:
+                    model.model_validate(merged(getattr(self, section).model_dump(), getattr(spec, section)))
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    where = ".".join(map(str, err["loc"]))
+                    raise ValueError(
+                        f"rounds.{round_id}.{section}{'.' + where if where else ''}: {err['msg']}"
+                    ) from None
         return self
+
+    def for_round(self, round_id: str) -> Params:
+        """These params with the round's own sample and train keys over the sections'."""
+        spec = self.rounds[round_id] if round_id in self.rounds else RoundSpec(lineage="", prev="base")
+        if not spec.sample and not spec.train:
+            return self
+        return self.model_copy(
+            update={
+                "sample": SampleParams.model_validate(merged(self.sample.model_dump(), spec.sample)),
+                "train": TrainParams.model_validate(merged(self.train.model_dump(), spec.train)),
+            }
+        )
 
     @property
     def round_list(self) -> list[Round]:
@@ -447,6 +477,8 @@ def _describe(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown key (check the spelling against params.yaml's documented keys)"
+    if err["type"] == "missing" and err["loc"][0] == "lineages" and err["loc"][-1] == "rules":
+        return f"{loc}: required key is missing (write `rules: {{}}` to judge the lineage by score.rules alone)"
     if err["type"] == "missing":
         return f"{loc}: required key is missing"
     if err["type"] == "value_error" and not err["loc"]:  # a check across sections: its message names the key

@@ -32,6 +32,7 @@ VIEWS = Path("data/lineages")
 VERSION = Path("data/version")
 RELEASES = Path("models/release")
 ROUTING = Path("models/routing.json")
+PACKAGE_REPORT = Path("reports/package.json")  # package's decision per lineage, and why
 
 
 def written(path: Path, run: str) -> dict:

@@ -4,13 +4,11 @@ maps every lineage's routes to its release (loraloop/release/)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from loraloop.options import PATH, params_of, say
 from loraloop.release import package
-from loraloop.workspace import BASE, METRICS, RELEASES, ROUNDS, ROUTING, VERSION, Workspace
+from loraloop.workspace import BASE, METRICS, PACKAGE_REPORT, RELEASES, ROUNDS, ROUTING, VERSION, Workspace
 
 
 @click.command()
@@ -20,7 +18,7 @@ from loraloop.workspace import BASE, METRICS, RELEASES, ROUNDS, ROUTING, VERSION
 @click.option("--data", "version_dir", type=PATH, default=VERSION, show_default=True)
 @click.option("--out", type=PATH, default=RELEASES, show_default=True)
 @click.option("--routing", type=PATH, default=ROUTING, show_default=True)
-@click.option("--report", "report_file", type=PATH, default=Path("reports/package.json"), show_default=True)
+@click.option("--report", "report_file", type=PATH, default=PACKAGE_REPORT, show_default=True)
 @click.pass_context
 def cli(ctx, base_dir, rounds_dir, metrics_dir, version_dir, out, routing, report_file):
     """Release the latest round that passed its gates and beats the current release."""

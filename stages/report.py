@@ -21,3 +21,5 @@ def cli(ctx, metrics_dir, rounds_dir, plots_dir):
     if plots_dir is not None:
         report.write_plots(ws, plots_dir)
     click.echo(report.table(ws))
+    for warning in report.warnings(ws):
+        click.echo(f"warning: {warning}", err=True)

@@ -19,4 +19,4 @@ from loraloop.workspace import VERSION, VIEWS
 def cli(ctx, lineage, version_dir, out):
     """Copy a lineage's characters' splits out of the dataset version."""
     lin = params_of(ctx).lineage(lineage)
-    say(write_view(lin.characters, version_dir, out or VIEWS / lineage))
+    say(write_view(lineage, lin.characters, version_dir, out or VIEWS / lineage))

@@ -68,7 +68,7 @@ def project(tiny_base, demo_version, tmp_path_factory):
     shutil.copytree(demo_version, root / "version")
     p = small_params(lineages=("tutor", "pirate"))
     for name in p.lineages:
-        write_view(p.lineage(name).characters, root / "version", root / "lineages" / name)
+        write_view(name, p.lineage(name).characters, root / "version", root / "lineages" / name)
     return root
 
 

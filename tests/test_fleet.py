@@ -21,7 +21,7 @@ from loraloop.judge import leakage
 
 
 def test_a_view_holds_only_its_characters_and_refuses_a_foreign_record(project, tmp_path):
-    counts = write_view(["pirate"], project / "version", tmp_path / "pirate")
+    counts = write_view("pirate", ["pirate"], project / "version", tmp_path / "pirate")
     rows = load_split(tmp_path / "pirate", "train", ["pirate"])
     assert counts["train"] == len(rows) > 0 and {r["character_id"] for r in rows} == {"pirate"}
     assert sorted(p.name for p in (tmp_path / "pirate/splits").iterdir()) == ["pirate"]
@@ -33,7 +33,7 @@ def test_a_view_holds_only_its_characters_and_refuses_a_foreign_record(project, 
     tutor_rows = list(read_jsonl(project / "version/splits/tutor/train.jsonl"))
     write_lines(doctored_tutor / "train.jsonl", [*tutor_rows[:3], rows[0], *tutor_rows[3:5]])
     with pytest.raises(ForeignRecord, match=rf"train.jsonl:4: record '{rows[0]['id']}' belongs to character 'pirate'"):
-        write_view(["tutor"], doctored, tmp_path / "tutor")
+        write_view("tutor", ["tutor"], doctored, tmp_path / "tutor")
     assert not (tmp_path / "tutor").exists()  # nothing half-written
     # A lineage asked to read another character's directory is refused too.
     with pytest.raises(ForeignRecord, match="a split of character 'pirate' in a lineage of"):
@@ -117,10 +117,16 @@ def test_both_lineages_are_built_released_and_routed(built):
 
 @pytest.mark.e2e
 def test_editing_one_lineages_rules_dirties_no_stage_of_another(repo):
+    """Rules are read by score and eval (sample and train follow score's output if it changes);
+    gates by eval and package alone, so a gate-only edit rescores, resamples and retrains nothing."""
     edit_params(repo, lambda p: p["lineages"]["pirate"]["rules"]["weights"].update(tone=0.5))
     dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
-    assert dirty == (lineage_stages("pirate") - {"view@pirate"}) | {"leakage", "package", "report"}
-    assert not {s for s in dirty if "tutor" in s}
+    judged = {"score@pirate-r1", "eval@pirate-r1", "eval_base@pirate"}
+    assert dirty == judged | {"leakage", "package", "report"}
+    sh(repo, "git", "checkout", "params.yaml")
+    edit_params(repo, lambda p: p["lineages"]["pirate"].update(gates={"language_compliance": {"min": 0.7}}))
+    dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    assert dirty == {"eval@pirate-r1", "eval_base@pirate", "leakage", "package", "report"}
     sh(repo, "git", "checkout", "params.yaml")
     assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
 

@@ -10,7 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_LINES, MODULE_LINES, FUNCTION_LINES = 150, 500, 60
-EXCEPTIONS: dict[str, str] = {}  # "path:function" or "path" -> why it may be longer
+EXCEPTIONS: dict[str, str] = {  # "path:function" or "path" -> why it may be longer
+    "loraloop/params.py": "params.yaml's whole schema in one file, so one read shows every key and its bounds",
+}
 
 
 def lines(path: Path) -> int:

@@ -14,12 +14,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_plots_page_renders_offline_in_chromium(tiny_fleet, tmp_path):
     repo = tiny_fleet[0]
     out = tmp_path / "plots"
-    subprocess.run(
-        ["loraloop", "plots", "--out", str(out), "--template", str(tmp_path / "template.html")],
+    res = subprocess.run(
+        ["loraloop", "plots", "--out", "plots", "--template", str(tmp_path / "template.html")],
         cwd=repo,
         check=True,
         capture_output=True,
+        text=True,
     )
+    shutil.move(repo / "plots", out)
+    # A relative --out is printed as the absolute path of the page.
+    assert res.stdout.split()[0] == str((repo / "plots/index.html").resolve())
     page = (out / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page  # nothing to fetch
     charts = re.findall(r"vegaEmbed\('#([^']+)'", page)

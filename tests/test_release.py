@@ -119,6 +119,18 @@ def test_latest_passing_round_is_released_and_reruns_keep_it(proj):
     assert [e["action"] for e in release.history(proj.rel)] == ["release", "keep"]
 
 
+def test_a_rerun_never_releases_an_earlier_round_over_the_latest(proj):
+    """The first run releases the latest passing round though an earlier one scores higher; a
+    rerun with nothing changed keeps it (the earlier round beats it, but came before it)."""
+    proj.round("r1", "base", 0.8)
+    proj.round("r2", "r1", 0.7)
+    first = proj.package(params())
+    assert first["released"] and first["round"] == "r2"
+    again = proj.package(params())
+    assert not again["released"] and again["version"] == "tutor-v0.1"
+    assert again["reason"] == "r2 is already released as tutor-v0.1; r1 came before tutor-v0.1's round"
+
+
 def test_a_round_must_beat_the_current_release(proj):
     proj.round("r1", "base", 0.6)
     proj.package(params(("r1",)))

@@ -138,3 +138,33 @@ def test_reward_model_adds_or_replaces(tiny_model_dir, tmp_path):
         score.run(
             ScoreParams(reward_model={"path": str(tmp_path / "nope")}), src, tmp_path / "x.jsonl", tmp_path / "y.jsonl"
         )
+
+
+SELF_AS_MODEL = [
+    "I'm Vicuna, a language model trained by LMSYS.",
+    "I am Aria, a large language model.",
+    "I am just a language model, so I can't.",
+    "My name is ChatGPT.",
+    "I am an AI assistant developed by Alibaba Cloud.",
+    "I was trained by OpenAI.",
+    "I'm Claude, an AI assistant made by Anthropic.",
+    "I am Qwen, created by Alibaba Cloud.",
+    "저는 OpenAI가 개발한 AI 언어 모델입니다.",
+]
+IN_CHARACTER = [
+    "I'm Claude, your guide today.",  # a character may be called Claude
+    "I was trained by the old captain of this ship!",
+    "I'm Aria, a student like you. What shall we study?",
+    "My name is Gemini.",
+    "Language models are trained by companies.",
+]
+
+
+@pytest.mark.parametrize("text", SELF_AS_MODEL)
+def test_a_reply_that_names_itself_another_model_leaks(text):
+    assert rules.meta_leakage(text) == 0.0
+
+
+@pytest.mark.parametrize("text", IN_CHARACTER)
+def test_a_character_introducing_itself_does_not(text):
+    assert rules.meta_leakage(text) == 1.0

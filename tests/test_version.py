@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import yaml
 from conftest import conversation, write_lines
 
 from loraloop.data import version
@@ -68,7 +69,12 @@ def test_changelog_diffs_against_the_committed_version(tmp_path):
         ["dvc", "init", "-q"],
     ):
         sh(repo, *cmd)
-    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    # The plain hash split (no min_eval: 20 records are a small character, whose eval share it
+    # would raise, and a raised share moves records as data is added).
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["version"]["min_eval"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+
     (repo / "dvc.yaml").write_text(
         "stages:\n  version:\n"
         "    cmd: loraloop version --in scrubbed --out data/version --metrics m.json --collect-rejects rejects.jsonl\n"
@@ -134,3 +140,23 @@ def test_a_negative_goes_from_feedback_to_a_pair_against_it(tmp_path):
     (pair,) = score.dpo_pairs(samples, sp.pair_min_margin, sp)
     assert pair["chosen"] == "What could you divide both sides by?" and pair["rejected"] == bad
     assert pair["rejected_score"] < pair["chosen_score"]
+
+
+def test_a_small_character_still_gets_its_eval_records_and_a_large_one_keeps_its_split(tmp_path):
+    """version.min_eval: 21 records of a new character get 8 eval records (the hash split alone
+    gives it about 3), while a character with enough data splits exactly as the hash says."""
+    small = [{**r, "character_id": "aria"} for r in records(21, start=1000)]
+    for r in small:
+        r["id"] = record_id("aria", r["messages"])
+    large = records(200)
+    write_lines(tmp_path / "scrubbed/aria/records.jsonl", small)
+    write_lines(tmp_path / "scrubbed/tutor/records.jsonl", large)
+    manifest = version.run(VersionParams(), tmp_path / "scrubbed", tmp_path / "v")
+    assert manifest["records"]["aria/eval.jsonl"] == 8 and manifest["records"]["aria/train.jsonl"] == 13
+    plain = version.run(VersionParams(min_eval=0), tmp_path / "scrubbed", tmp_path / "plain")
+    assert plain["records"].get("aria/eval.jsonl", 0) < 8
+    assert split_map(tmp_path / "v") == split_map(tmp_path / "plain")  # the tutor's files, as the hash says
+    tiny = [{**r, "character_id": "solo", "id": record_id("solo", r["messages"])} for r in records(5, start=5000)]
+    write_lines(tmp_path / "scrubbed/solo/records.jsonl", tiny)
+    few = version.run(VersionParams(), tmp_path / "scrubbed", tmp_path / "few")
+    assert few["records"]["solo/eval.jsonl"] == 2  # at most half of what it has

@@ -11,15 +11,22 @@ from pathlib import Path
 import click
 
 from ..options import PATH, STAGE_TIMES, params_of
+from ..workspace import VERSION
 
 
 @click.command("check-params")
 @click.pass_context
 def check_params(ctx):
-    """Validate params.yaml and exit."""
+    """Validate params.yaml, compare its characters with the data's, and exit."""
+    from ..data.manifest import character_warnings
+    from ..files import read_json
+
     p = params_of(ctx)
     lineages = "; ".join(f"{name}: {', '.join(p.rounds_of(name)) or 'no rounds'}" for name in p.lineages)
     click.echo(f"{ctx.find_root().obj['params']}: ok ({len(p.lineages)} lineages, {len(p.rounds)} rounds; {lineages})")
+    manifest = VERSION / "manifest.json"
+    for warning in character_warnings(p, read_json(manifest) if manifest.is_file() else None):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.command("stage-times")
@@ -65,4 +72,4 @@ def plots(out, template, targets):
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise click.ClickException(f"{' '.join(cmd)} failed:\n{res.stderr.strip() or res.stdout.strip()}")
-    click.echo(f"{out / 'index.html'} (renders offline)")
+    click.echo(f"{(out / 'index.html').resolve()} (renders offline)")

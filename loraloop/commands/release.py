@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..options import PATH
+from ..options import PATH, params_of
 from ..params import RELEASE_NAME
-from ..workspace import RELEASES, ROUTING
+from ..workspace import PACKAGE_REPORT, RELEASES, ROUTING
 
 
 @click.group("release")
@@ -108,13 +108,19 @@ def release_restore(name, version, root, dvc_commit):
 @click.argument("route_id", metavar="CHARACTER")
 @click.option("--user", "user_id", required=True, help="The user's id: the same user always gets the same version.")
 @click.option("--routing", type=PATH, default=ROUTING, show_default=True)
-def route(route_id, user_id, routing):
+@click.option("--report", "report_file", type=PATH, default=PACKAGE_REPORT, show_default=True)
+@click.pass_context
+def route(ctx, route_id, user_id, routing, report_file):
     """The version and adapter serving USER as CHARACTER (a route id in routing.json)."""
     from ..files import read_json
+    from ..release.routing import missing_route
     from ..release.routing import route as route_of
 
-    try:
-        entry = route_of(read_json(routing), route_id, user_id)
-    except KeyError as exc:
-        raise click.ClickException(exc.args[0]) from None
+    table = read_json(routing)
+    if route_id not in table:
+        decisions = read_json(report_file) if report_file.is_file() else {}
+        # A serving host may hold routing.json alone.
+        params = params_of(ctx) if Path(ctx.find_root().obj["params"]).is_file() else None
+        raise click.ClickException(missing_route(route_id, table, params, decisions))
+    entry = route_of(table, route_id, user_id)
     click.echo(f"{entry['version']}\t{entry['adapter']}")

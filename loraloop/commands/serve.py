@@ -101,13 +101,22 @@ def monitor(ctx, routing_file, out, plots_dir, as_json):
 @click.pass_context
 def status(ctx, release_dir, as_json):
     """New examples since each release, whether a retrain is due, and what `dvc repro` would run."""
-    from ..serve.status import lineage_status, stale_stages
+    from ..serve.status import change_warnings, lineage_status, stale_stages
 
-    root = Path.cwd()
-    lineages = lineage_status(params_of(ctx), root, release_dir)
-    stale, would_run = stale_stages(root)
+    root, params = Path.cwd(), params_of(ctx)
+    lineages = lineage_status(params, root, release_dir)
+    stale, would_run, will_run = stale_stages(root)
+    warnings = change_warnings(params, root, will_run)
     if as_json:
-        return say({"lineages": lineages, "stale": stale, "repro_would_run": would_run})
+        return say(
+            {
+                "lineages": lineages,
+                "stale": stale,
+                "repro_would_run": would_run,
+                "repro_will_run": will_run,
+                "warnings": warnings,
+            }
+        )
     for s in lineages:
         serving = s["stable"] or "nothing released"
         canary = f", canary {s['canary']}" if s["canary"] else ""
@@ -122,6 +131,8 @@ def status(ctx, release_dir, as_json):
         # DVC skips a stage whose deps come out byte-identical (a lineage's view after another's
         # new data), so this is the most it runs.
         click.echo(f"`dvc repro` would run up to {len(would_run)}: {', '.join(would_run)}")
+    for w in warnings:
+        click.echo(f"warning: {w}")
 
 
 @click.command("chat")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..params import DataError
 from .splits import load_split
 
 
@@ -82,7 +83,10 @@ def prompts_from_split(
 ) -> list[dict]:
     rows = load_split(version_dir, split, sorted(system_prompts))
     if not rows:
-        raise RuntimeError(f"{version_dir}: the {split} split is empty; add data or change version.eval_fraction")
+        raise DataError(
+            f"{version_dir}: the {split} split of {sorted(system_prompts)} is empty; add conversations, "
+            "or raise version.min_eval (the eval records a small character gets)"
+        )
     return pick_prompts(rows, n, rng_seed, system_prompts)
 
 

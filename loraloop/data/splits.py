@@ -38,9 +38,14 @@ def load_split(version_dir: Path, split: str, characters: list[str] | None = Non
     return out
 
 
-def write_view(characters: list[str], version_dir: Path, out_dir: Path) -> dict:
+class EmptySplit(DataError):
+    """A lineage whose view has no train or no eval records: its rounds could not be trained or judged."""
+
+
+def write_view(lineage: str, characters: list[str], version_dir: Path, out_dir: Path) -> dict:
     """The characters' split files copied out of the dataset version into out_dir; the rows of each
-    split, every record's owner checked."""
+    split, every record's owner checked. A view without train or eval records is refused here,
+    before any of the lineage's rounds sample or train."""
     counts = {}
     with replacing(out_dir) as tmp:
         for character in characters:
@@ -53,4 +58,15 @@ def write_view(characters: list[str], version_dir: Path, out_dir: Path) -> dict:
             shutil.copytree(src, tmp / SPLITS / character)
         for split in ("train", "eval", "dpo", "negatives"):
             counts[split] = len(load_split(tmp, split, characters))  # checks every record's owner
+        for split in ("train", "eval"):
+            if not counts[split]:
+                raise EmptySplit(empty_split_message(lineage, split, counts))
     return {"characters": characters, **counts}
+
+
+def empty_split_message(lineage: str, split: str, counts: dict) -> str:
+    have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no records"
+    return (
+        f"lineage {lineage!r}: no {split} records in its characters' data ({have}); add conversations, "
+        "or raise version.min_eval (the eval records a small character gets, at most half of its records)"
+    )

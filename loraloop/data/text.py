@@ -7,10 +7,29 @@ import re
 
 _PLACEHOLDER = re.compile(r"<[A-Z]+_[0-9]+>")
 
+# Chat models a reply may name itself as. Names that are also people's, animals' or words
+# (Claude, Gemini, Falcon, Alpaca, Bard) count only with "a language model"/"an AI" after them.
+_MODEL_NAMES = (
+    r"chatgpt|gpt-?[345](?:\.5)?(?:-?turbo|o)?|vicuna|openassistant|wizardlm|chatglm|qwen[\w.-]*|baichuan|"
+    r"llama-?[234][\w.-]*|mistral|mixtral|deepseek|internlm|ernie bot|smollm\d?"
+)
+_I_AM = r"\bi(?:'m|’m| am)\s+(?:just\s+|only\s+|simply\s+)?"
+_MODEL_KIND = r"(?:large\s+|ai\s+|artificial\s+)?(?:language\s+model|llm|ai\b|chatbot|artificial intelligence)"
+_SELF_AS_MODEL = (
+    rf"{_I_AM}(?:a|an)\s+{_MODEL_KIND}|"  # I'm a large language model
+    rf"{_I_AM}(?:called\s+)?(?:{_MODEL_NAMES})\b|my name is (?:{_MODEL_NAMES})\b|"  # I'm Vicuna
+    rf"{_I_AM}[\w.-]+,\s+(?:a|an)\s+{_MODEL_KIND}|"  # I'm Aria, a language model ...
+    r"\b(?:language model|ai assistant|ai model|chatbot)\s*,?\s+(?:trained|developed|created|made|built)\s+by\b|"
+    r"\bi (?:was|have been|'ve been) (?:trained|developed|created|built|programmed) by "
+    r"(?:openai|lmsys|anthropic|google|meta|alibaba|mistral|microsoft|deepmind|hugging ?face)\b|\bi was programmed\b"
+)
+
 META = re.compile(
     r"as an ai\b|as a language model|i am an ai\b|i'm an ai\b|i'?m just an ai|i am just an ai|ai language model|"
     r"my (?:system prompt|instructions say|guidelines)|the system prompt|openai'?s policy|"
-    r"저는\s?(?:ai|인공지능)|ai\s?언어\s?모델|인공지능\s?언어\s?모델|언어\s?모델로서|시스템\s?프롬프트",
+    + _SELF_AS_MODEL
+    + r"|저는\s?(?:ai|인공지능)|ai\s?언어\s?모델|인공지능\s?언어\s?모델|언어\s?모델로서|시스템\s?프롬프트|"
+    r"언어\s?모델(?:입니다|이에요|예요)|(?:개발한|만든|훈련한|학습시킨)\s?(?:ai|인공지능|언어\s?모델|챗봇)",
     re.IGNORECASE,
 )
 

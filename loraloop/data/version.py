@@ -9,7 +9,9 @@ cache when it is there), so `git log -p data/version/CHANGELOG.md` tells the dat
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
+import math
 import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,9 +26,42 @@ from .splits import SPLITS
 SCHEMA_VERSION = 2
 
 
+def bucket_of(record_id: str) -> float:
+    """A record's fixed place in [0, 1): a hash of its id."""
+    return int(hashlib.sha256(record_id.encode()).hexdigest()[:12], 16) / float(1 << 48)
+
+
 def split_of(record_id: str, eval_fraction: float) -> str:
-    bucket = int(hashlib.sha256(record_id.encode()).hexdigest()[:12], 16) / float(1 << 48)
-    return "eval" if bucket < eval_fraction else "train"
+    return "eval" if bucket_of(record_id) < eval_fraction else "train"
+
+
+def trains(record: dict) -> bool:
+    """A record of the train/eval splits (not a preference pair, not a negative alone)."""
+    return not record.get("negative_only") and not record.get("pair_only")
+
+
+def eval_fractions(scrubbed_dir: Path, params: VersionParams) -> dict[str, float]:
+    """Each character's eval threshold: version.eval_fraction, raised for a character whose share
+    would hold fewer than version.min_eval records (at most half of its records) to the bucket of
+    its min_eval-th lowest record. A character with enough data keeps the plain split, so new
+    data never moves its records between train and eval."""
+    out = {}
+    for src in sorted(scrubbed_dir.glob("*/records.jsonl")):
+        lowest, n, under = [], 0, 0  # the k lowest buckets (a max-heap by negation), counts
+        for record in read_jsonl(src):
+            if not trains(record):
+                continue
+            b, n = bucket_of(record["id"]), n + 1
+            under += b < params.eval_fraction
+            heapq.heappush(lowest, -b)
+            if len(lowest) > params.min_eval:
+                heapq.heappop(lowest)
+        k = min(params.min_eval, n // 2)
+        fraction = params.eval_fraction
+        if under < k:
+            fraction = math.nextafter(sorted(-x for x in lowest)[k - 1], 1.0)
+        out[src.parent.name] = fraction
+    return out
 
 
 def chatml_row(record: dict) -> dict:
@@ -154,7 +189,7 @@ def changelog_section(
     return "\n".join(lines) + "\n"
 
 
-def write_splits(scrubbed_dir: Path, splits: Path, eval_fraction: float) -> tuple[dict, dict, dict]:
+def write_splits(scrubbed_dir: Path, splits: Path, fractions: dict[str, float]) -> tuple[dict, dict, dict]:
     """Every scrubbed record to its character's train or eval split (the dpo split for a pair, the
     negatives split for a bad reply without a correction),
     streaming, in scrub's (deterministic) order. Returns records per file, counts per
@@ -168,11 +203,11 @@ def write_splits(scrubbed_dir: Path, splits: Path, eval_fraction: float) -> tupl
         for src in sorted(scrubbed_dir.glob("*/records.jsonl")):
             for record in read_jsonl(src):
                 char = record["character_id"]
-                split = split_of(record["id"], eval_fraction)
+                split = split_of(record["id"], fractions[char])
                 if record.get("negative_only"):
                     rows = [("negatives", negative_row(record))]
                 else:
-                    rows = [] if record.get("pair_only") else [(split, chatml_row(record))]
+                    rows = [(split, chatml_row(record))] if trains(record) else []
                     rows += [("dpo", dpo_row(record))] if "rejected" in record else []
                 for name, row in rows:
                     rel = f"{char}/{name}.jsonl"
@@ -199,7 +234,7 @@ def run(
     """splits/, manifest.json and CHANGELOG.md under out_dir, replacing the previous ones only when
     all three are written; the previous version is read from git at out_dir's place in the repo."""
     with replacing(out_dir / SPLITS, out_dir / "manifest.json", out_dir / "CHANGELOG.md") as (splits, man, log):
-        records, counts, now_ids = write_splits(scrubbed_dir, splits, params.eval_fraction)
+        records, counts, now_ids = write_splits(scrubbed_dir, splits, eval_fractions(scrubbed_dir, params))
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "params_hash": hashlib.sha256(dumps(params.model_dump()).encode()).hexdigest(),

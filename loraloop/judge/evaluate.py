@@ -48,6 +48,7 @@ def metrics_of(prompts: list[dict], texts: list[str], rules: RuleParams) -> dict
         "mean_response_chars": _mean([len(t) for t in texts]),
         "mean_turn_depth": _mean(depths),
         "followup_rate_deep": _mean(deep),  # follow-ups at student turn 2 and later
+        "n_deep": len(deep),  # the replies followup_rate_deep is over
         "balance": _mean(col("balance")),
         "politeness": _mean(col("politeness")),
         "verbosity": _mean(col("verbosity")),
@@ -58,6 +59,7 @@ def metrics_of(prompts: list[dict], texts: list[str], rules: RuleParams) -> dict
         "tone_keyword_rate": _mean(col("tone")),
         # Over the replies that call a tool (None when none did).
         "tool_call_valid_rate": _mean(col("tool_call_valid")) if col("tool_call_valid") else None,
+        "n_tool_calls": len(col("tool_call_valid")),
         "mean_score": _mean([s for _, s in scored]),
     }
 

@@ -12,6 +12,8 @@ from ..files import read_json
 from ..workspace import Workspace
 
 COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
+# Under this many eval prompts one reply moves a rate by more than 0.12: the report says so.
+FEW_PROMPTS = 8
 # Every metric eval writes, for the trajectory plot (the table keeps to the four above).
 TRAJECTORY = COLUMNS + (
     "followup_rate_deep",
@@ -47,19 +49,38 @@ def _evals(ws: Workspace, lineage: str) -> list[tuple[str, dict]]:
 def table(ws: Workspace) -> str:
     """Every lineage's rounds: the headline metrics, tone leakage and whether the gates passed."""
     rows = [
-        [lineage, round_id]
+        [lineage, round_id, m.get("n", "-")]
         + [f"{m[c]:.3f}" if isinstance(m.get(c), float) else "-" for c in (*COLUMNS, "tone_leakage_rate")]
         + [("yes" if m.get("passed") else "no") if m else "-"]
         for lineage in ws.params.lineages
         for round_id, m in _evals(ws, lineage)
     ]
-    header = ["lineage", "round", *COLUMNS, "leakage", "gates"]
+    header = ["lineage", "round", "n", *COLUMNS, "leakage", "gates"]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
     def fmt(r):
         return "  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
 
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def warnings(ws: Workspace) -> list[str]:
+    """What the table cannot be trusted on: an eval of few prompts, rounds that score below the base."""
+    out, metric = [], ws.params.package.primary_metric
+    for lineage in ws.params.lineages:
+        evals = [(r, m) for r, m in _evals(ws, lineage) if m]
+        few = sorted({m["n"] for _, m in evals if m.get("n", FEW_PROMPTS) < FEW_PROMPTS})
+        if few:
+            out.append(
+                f"{lineage}: its eval rests on {'/'.join(map(str, few))} prompt(s) (under {FEW_PROMPTS}): one reply "
+                f"moves a rate by {1 / few[0]:.2f}; add conversations or raise version.min_eval"
+            )
+        base = dict(evals).get("base", {}).get(metric)
+        below = [(r, m[metric]) for r, m in evals if r != "base" and base is not None and m.get(metric, base) < base]
+        if below:
+            shown = ", ".join(f"{r} {v:.3f}" for r, v in below)
+            out.append(f"{lineage}: {shown} score below the base on {metric} ({base:.3f})")
+    return out
 
 
 def _tsv(path: Path) -> list[dict]:

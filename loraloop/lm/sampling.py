@@ -48,7 +48,9 @@ def sample_jobs(params: Params, r: Round) -> tuple[list[dict], int]:
 
 
 def run(params: Params, r: Round, base: Base, out_file: Path | None = None) -> dict:
-    """Samples of round `r` from its prev round's model to out_file (default: r.samples)."""
+    """Samples of round `r` from its prev round's model to out_file (default: r.samples), with the
+    round's own sample keys (rounds.<round>.sample) over the section's."""
+    params = params.for_round(r.id)
     sp, policy = params.sample, r.prev
     jobs, n_prompts = sample_jobs(params, r)
     t0 = time.perf_counter()

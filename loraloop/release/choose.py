@@ -1,6 +1,7 @@
 """Which round of a lineage package releases: the latest that passed its gates (tone leakage
-included), that vLLM can serve, that is not already released or withdrawn, and that beats the
-version in service on package.primary_metric (higher is better). Scores measured under other
+included), that vLLM can serve, that is not already released or withdrawn, that is not earlier
+than the round in service, and that beats the version in service on package.primary_metric
+(higher is better). Scores measured under other
 rules, prompts, decoding or another base do not compare: then the gates decide; other eval
 prompts alone (the eval split grew) compare by the lift over the base each side measured."""
 
@@ -110,4 +111,11 @@ def choose(
                 skipped = f"; passed over: {'; '.join(why_not)}" if why_not else ""
                 return round_id, f"{round_id} passed its gates, {metric}={ev[metric]:.4f}, {reason}{skipped}"
         why_not.append(reason)
+        if cur is not None and round_id == cur["round"]:
+            # An earlier round never replaces a later one in service: the first package run
+            # released the latest passing round, and a rerun must not decide otherwise.
+            earlier = params.rounds_of(lineage.name)[: params.rounds_of(lineage.name).index(round_id)]
+            if earlier:
+                why_not.append(f"{', '.join(earlier)} came before {cur['version']}'s round")
+            break
     return None, "; ".join(why_not) or "no rounds"

@@ -66,7 +66,7 @@ def build_metadata(ws: Workspace, lineage: Lineage, version: str, round_id: str,
             # What DPO / Rho-1 optimized against (the base, or the adapter the round started
             # from), by hash; None for plain SFT.
             "reference": info.get("reference"),
-            "params": params.train.model_dump(),
+            "params": params.for_round(round_id).train.model_dump(),
             "stats": info["train"],
         },
         "data": data_section(ws, lineage, manifest_sha256),

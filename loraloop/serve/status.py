@@ -51,9 +51,11 @@ def lineage_status(params: Params, root: Path, release_root: Path) -> list[dict]
     return out
 
 
-def stale_stages(root: Path) -> tuple[list[str], list[str]]:
-    """(stages whose deps, params or outputs changed, every stage `dvc repro` would run: those and
-    all downstream of them; DVC itself skips one whose inputs come out unchanged)."""
+def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
+    """(stages whose deps, params or outputs changed; every stage `dvc repro` may run: those and
+    all downstream of them, as DVC skips one whose inputs come out unchanged; the stages it will
+    run for certain: downstream too, but not past a lineage's view that is not itself stale, since
+    new data passes a view only for the lineages whose characters it is of)."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -64,5 +66,61 @@ def stale_stages(root: Path) -> tuple[list[str], list[str]]:
         would_run = {s.addressing for s in stale}
         for s in stale:
             would_run |= {a.addressing for a in nx.ancestors(graph, s)}
+        certain, todo = set(), list(stale)
+        while todo:
+            s = todo.pop()
+            if s.addressing in certain:
+                continue
+            certain.add(s.addressing)
+            if not s.addressing.startswith("view@") or s.addressing in changed:
+                todo.extend(graph.predecessors(s))
         order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]
-    return sorted(changed & set(order), key=order.index), [s for s in order if s in would_run]
+    ordered = lambda names: [s for s in order if s in names]  # noqa: E731
+    return ordered(changed), ordered(would_run), ordered(certain)
+
+
+def locked_params(root: Path, stage: str) -> dict | None:
+    """The params.yaml values `stage` last ran with (dvc.lock), or None before its first run."""
+    import yaml
+
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    entry = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+    return (entry or {}).get("params", {}).get("params.yaml")
+
+
+def change_warnings(params: Params, root: Path, will_run: list[str]) -> list[str]:
+    """What a pending `dvc repro` does beyond one lineage: a changed split (every character's
+    records move between train and eval), and retraining (so possibly re-releasing) several
+    lineages. `will_run`: the stages it runs for certain (stale_stages)."""
+    out = []
+    ran = (locked_params(root, "version") or {}).get("version")
+    if ran is not None:
+        now = params.version.model_dump()
+        moved = {k: (ran.get(k), v) for k, v in now.items() if ran.get(k, v) != v}
+        if "eval_fraction" in moved:
+            out.append(
+                "version.eval_fraction changed ({} -> {}): every character's train/eval split is redrawn and "
+                "every lineage retrains; for one small character raise version.min_eval instead".format(
+                    *moved["eval_fraction"]
+                )
+            )
+        elif "min_eval" in moved:
+            out.append(
+                "version.min_eval changed ({} -> {}): the splits of characters with fewer eval records "
+                "than that are redrawn, and their lineages retrain".format(*moved["min_eval"])
+            )
+    retrained: dict[str, list[str]] = {}
+    for stage in will_run:
+        kind, _, round_id = stage.partition("@")
+        if kind == "train" and round_id in params.rounds:
+            retrained.setdefault(params.rounds[round_id].lineage, []).append(round_id)
+    if len(retrained) > 1:
+        which = "; ".join(f"{lin}: {', '.join(rs)}" for lin, rs in sorted(retrained.items()))
+        out.append(
+            f"`dvc repro` would retrain {len(retrained)} lineages ({which}), and package may release a new "
+            "version of each to its users; to change one lineage, edit its own keys "
+            "(lineages.<lineage>, rounds.<round>.sample / .train)"
+        )
+    return out

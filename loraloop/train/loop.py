@@ -74,7 +74,9 @@ def run(
 ) -> dict:
     """Train round `r` into r.model, from score's files of the round (or `scored`, `pairs`).
     `ckpt_dir` holds checkpoints and the live logs while training (outside the DVC outputs, which
-    DVC clears before a run); `stop_after`: stop as if killed after that many steps."""
+    DVC clears before a run); `stop_after`: stop as if killed after that many steps. The round's
+    own train keys (rounds.<round>.train) go over the section's."""
+    params = params.for_round(r.id)
     try:
         return train_loop(setup(params, Inputs.of(r, scored, pairs), base, ckpt_dir), stop_after)
     except torch.cuda.OutOfMemoryError:
