@@ -255,6 +255,9 @@ class EvalParams(Section):
     temperature: float = Field(0.0, ge=0)
     ab_prompts: int = Field(30, ge=0)  # blinded A/B pairs vs the previous round for human labels
     leakage_prompts: int = Field(8, ge=1)  # per other lineage, for the tone_leakage_rate
+    # Items (assistant turns) of the eval split's tool conversations, for the tool metrics
+    # (judge/tool_eval.py); 0 turns them off.
+    tool_prompts: int = Field(16, ge=0)
     # metric name -> bounds; a round passes when every gated metric is inside its bounds.
     gates: dict[str, Gate] = Field(default_factory=dict)
 
@@ -263,6 +266,9 @@ class PackageParams(Section):
     primary_metric: str = "mean_score"
     major: int = Field(0, ge=0)
     tag: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.]*$")  # tutor-v0.3-rc
+    # The tag of a version whose round was judged on gold tool conversations (tutor-v0.3-tools),
+    # when package.tag is not set; null: no tag.
+    tools_tag: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.]*$")
     merge: bool = False  # also save base+adapter merged, for single-model serving
     # null: a new release serves every user at once (stable). A share in (0, 1): it goes to that
     # share of users as canary; `loraloop release promote NAME --share 1` makes it stable.

@@ -101,6 +101,7 @@ class Round:
     scored = DataFile("scored.jsonl")  # with their rule values, score, weight and keep flag (score)
     pairs = DataFile("pairs.jsonl")  # each prompt's best vs worst reply, for DPO (score)
     eval_samples = DataFile("eval_samples.jsonl")  # the round's answers to the eval prompts (eval)
+    tool_samples = DataFile("tool_samples.jsonl")  # its answers to the gold tool items (eval)
 
     @property
     def ab_files(self) -> tuple[Path, Path]:

@@ -294,6 +294,7 @@ def conversation(rng: random.Random, i: int) -> dict:
 
 
 # The tutor's tools: a homework to-do list and a study calendar (OpenAI function schemas).
+# Their results echo what they saved or found, so a good reply can use them.
 TOOLS = [
     {"type": "function", "function": {
         "name": "add_task", "description": "Add a homework task to the student's to-do list",
@@ -303,6 +304,9 @@ TOOLS = [
         "name": "schedule_session", "description": "Put a study session on the student's calendar",
         "parameters": {"type": "object", "properties": {"topic": {"type": "string"}, "when": {"type": "string"}},
                        "required": ["topic", "when"]}}},
+    {"type": "function", "function": {
+        "name": "list_tasks", "description": "The student's open homework tasks",
+        "parameters": {"type": "object", "properties": {}}}},
 ]  # fmt: skip
 EN_TASKS = ["fraction worksheet", "essay outline", "chemistry lab report", "vocabulary list", "geometry problems"]
 KO_TASKS = ["분수 문제지", "독후감 개요", "과학 실험 보고서", "영어 단어장", "도형 문제"]
@@ -311,44 +315,58 @@ KO_WHEN = ["내일 오후 5시", "금요일 오후 4시", "토요일 오전", "�
 
 
 def tool_conversation(rng: random.Random, i: int) -> dict:
-    """A tutor that keeps the student's to-do list and calendar: a call, its result, a guiding reply."""
+    """A tutor that keeps the student's to-do list and calendar: a call, its result, a guiding reply
+    that uses the result; or, a quarter of the time, a question the tools are not for, answered
+    without a call."""
     korean = rng.random() < 0.3
     task = rng.choice(KO_TASKS if korean else EN_TASKS)
     when = rng.choice(KO_WHEN if korean else WHEN)
-    if rng.random() < 0.5:
+    kind = rng.random()
+    if kind < 0.25:
+        question, _, hint, _ = numeric_topic(rng, korean)
+        return tool_record(rng, korean, [{"role": "user", "content": question}, {"role": "assistant", "content": hint}])
+    if kind < 0.55:
         name, args = "add_task", {"title": task, "due": when}
         ask = (
             f"{when}까지 {task} 해야 하는 거 기억해 주세요."
             if korean
             else f"Can you remind me to do my {task} by {when}?"
         )
-        result = {"ok": True, "task_id": 100 + i}
+        result = {"ok": True, "task_id": 100 + i, "title": task, "due": when}
         reply = (
-            f"할 일에 넣었어요. {task}에서 가장 먼저 해 볼 부분은 무엇일까요?"
+            f"할 일에 넣었어요: {task}, {when}까지. 가장 먼저 해 볼 부분은 무엇일까요?"
             if korean
-            else f"Added to your list. Which part of the {task} could you start with today?"
+            else f"Added {task} to your list, due {when}. Which part could you start with today?"
         )
-    else:
+    elif kind < 0.85:
         name, args = "schedule_session", {"topic": task, "when": when}
         ask = (
             f"{when}에 {task} 공부 시간 잡아 주세요."
             if korean
             else f"Please schedule a study session on my {task} {when}."
         )
-        result = {"ok": True, "event_id": f"evt-{i}"}
+        result = {"ok": True, "event_id": f"evt-{i}", "topic": task, "when": when}
         reply = (
-            f"{when}에 잡아 두었어요. 그 시간에 무엇을 목표로 해 볼까요?"
+            f"{when}에 {task} 시간을 잡아 두었어요. 그 시간에 무엇을 목표로 해 볼까요?"
             if korean
-            else f"It's on your calendar for {when}. What would you like to have finished by the end of it?"
+            else f"Your {task} session is on the calendar for {when}. "
+            "What would you like to have finished by the end of it?"
+        )
+    else:
+        name, args = "list_tasks", {}
+        other = rng.choice([t for t in (KO_TASKS if korean else EN_TASKS) if t != task])
+        ask = "제 숙제 뭐 남았어요?" if korean else "What homework do I still have?"
+        result = {"tasks": [{"title": task, "due": when}, {"title": other, "due": None}]}
+        reply = (
+            f"{task}({when}까지)와 {other}가 남았어요. 어느 것부터 시작해 볼까요?"
+            if korean
+            else f"You still have the {task} (due {when}) and the {other}. Which one would you like to start with?"
         )
     call_id = f"call_{i}"
-    user = rng.randrange(60)
-    return {
-        "character_id": "tutor",
-        "user_id": f"user_{user:04d}",
-        "opt_in": True,
-        "tools": TOOLS,
-        "messages": [
+    return tool_record(
+        rng,
+        korean,
+        [
             {"role": "user", "content": ask},
             {
                 "role": "assistant",
@@ -361,9 +379,19 @@ def tool_conversation(rng: random.Random, i: int) -> dict:
                     }
                 ],
             },
-            {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)},
+            {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result, ensure_ascii=False)},
             {"role": "assistant", "content": reply},
         ],
+    )
+
+
+def tool_record(rng: random.Random, korean: bool, messages: list[dict]) -> dict:
+    return {
+        "character_id": "tutor",
+        "user_id": f"user_{rng.randrange(60):04d}",
+        "opt_in": True,
+        "tools": TOOLS,
+        "messages": messages,
         "style_tags": ["ko" if korean else "en", "tools"],
     }
 
@@ -520,7 +548,7 @@ def main() -> None:
     (args.out / "feedback.jsonl").write_text("\n".join(feedback) + "\n", encoding="utf-8")
 
     # The tutor keeping a to-do list and a calendar with tools (OpenAI's tool-calling format).
-    tool_logs = [json.dumps(tool_conversation(rng, i), ensure_ascii=False) for i in range(36)]
+    tool_logs = [json.dumps(tool_conversation(rng, i), ensure_ascii=False) for i in range(48)]
     (args.out / "tool_logs.jsonl").write_text("\n".join(tool_logs) + "\n", encoding="utf-8")
 
     # General chat "anchor" data in the Magpie shape, so the tutor keeps ordinary manners.

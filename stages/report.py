@@ -21,5 +21,8 @@ def cli(ctx, metrics_dir, rounds_dir, plots_dir):
     if plots_dir is not None:
         report.write_plots(ws, plots_dir)
     click.echo(report.table(ws))
+    tools = report.tool_table(ws)
+    if tools:
+        click.echo(f"\ntool use on the gold tool conversations:\n{tools}")
     for warning in report.warnings(ws):
         click.echo(f"warning: {warning}", err=True)

@@ -63,7 +63,7 @@ def test_first_repro_runs_every_stage_and_writes_outputs(repo):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == ALL_STAGES_R2
     table = sh(repo, "loraloop", "report").stdout
-    assert [line.split()[:2] for line in table.splitlines()[2:]] == [
+    assert [line.split()[:2] for line in table.split("\n\n")[0].splitlines()[2:]] == [
         ["tutor", "base"],
         ["tutor", "tutor-r1"],
         ["tutor", "tutor-r2"],

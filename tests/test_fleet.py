@@ -101,9 +101,11 @@ def test_both_lineages_are_built_released_and_routed(built):
     assert set(leak) == {"tutor-r1", "pirate-r1"} and set(leak["pirate-r1"]["by_lineage"]) == {"tutor"}
 
     table = sh(repo, "loraloop", "report").stdout
-    assert [line.split()[:2] for line in table.splitlines()[2:]] == [
+    main, tools = table.split("\n\ntool use on the gold tool conversations:\n")
+    assert [line.split()[:2] for line in main.splitlines()[2:]] == [
         [lineage, rid] for lineage in BOTH for rid in ("base", f"{lineage}-r1")
     ]
+    assert [line.split()[:2] for line in tools.splitlines()[2:]] == [["tutor", "base"], ["tutor", "tutor-r1"]]
     header = next(csv.reader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv").stdout)))
     for lineage in BOTH:
         for rid in ("base", f"{lineage}-r1"):
@@ -157,6 +159,26 @@ def test_new_data_for_one_character_reruns_only_its_lineage(repo):
     sh(repo, "git", "checkout", "data/raw/pirate_logs.jsonl")  # back to the recorded state
     sh(repo, "dvc", "repro", "view@tutor", "view@pirate")
     assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+@pytest.mark.e2e
+def test_tool_metrics_are_measured_and_gated_under_dvc(repo):
+    """The tutor's eval split holds gold tool conversations: every tutor round has the tool metrics
+    (and the pirate's, without tool data, has none), and a gate on one reruns eval and package
+    only (leakage rereads lineages, keeps its entries) and keeps a failing round from release, saying which gate."""
+    m = read_json(repo / "metrics/tutor/eval_tutor-r1.json")
+    assert m["n_tool_items"] > 0 and m["tool_selection"] is not None
+    assert 0.0 <= m["tool_selection"] <= 1.0 and "tool_call_accuracy" in m["delta_vs_base"]
+    samples = list(read_jsonl(repo / "data/rounds/tutor/tutor-r1/tool_samples.jsonl"))
+    assert len(samples) == m["n_tool_items"] and all(s["tools"] and "response" in s for s in samples)
+    assert read_json(repo / "metrics/pirate/eval_pirate-r1.json")["n_tool_items"] == 0
+    edit_params(repo, lambda p: p["lineages"]["tutor"].update(gates={"tool_selection": {"min": 1.01}}))
+    ran = repro(repo)
+    assert ran == {"eval_base@tutor", "eval@tutor-r1", "leakage", "package", "report"}, ran
+    decision = read_json(repo / "reports/package.json")["tutor"]
+    assert not decision["released"] and "tutor-r1 failed gates (tool_selection=" in decision["reason"]
+    sh(repo, "git", "checkout", "params.yaml")
+    repro(repo)
 
 
 @pytest.mark.e2e

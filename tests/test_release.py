@@ -52,7 +52,7 @@ class Project:
         write_json(root / "metrics/data.json", {"scrub": {"kept": 12}})
         self.round("base", None, score=0.3, passed=False)
 
-    def round(self, rid, prev, score, passed=True, eval_config="cfg1", lineage="tutor", eval_prompts="p1"):
+    def round(self, rid, prev, score, passed=True, eval_config="cfg1", lineage="tutor", eval_prompts="p1", **metrics):
         d = self.root / "models/rounds" / rid
         if rid != "base":
             (d / "adapter").mkdir(parents=True, exist_ok=True)
@@ -80,6 +80,7 @@ class Project:
                 "failed_gates": failed,
                 "eval_config": eval_config,
                 "eval_prompts": eval_prompts,
+                **metrics,
             },
         )
 
@@ -166,6 +167,41 @@ def test_version_major_and_tag(proj):
     assert proj.package(params(("r1",), major=1, tag="rc"))["version"] == "tutor-v1.1-rc"
     assert release.next_version(proj.rel, "tutor", 1, None) == "tutor-v1.2"
     assert release.next_version(proj.rel, "tutor", 2, None) == "tutor-v2.1"
+
+
+TOOLS = {
+    "n_tool_items": 6,
+    "n_tool_calls": 4,
+    "tool_call_valid_rate": 0.75,
+    "tool_call_accuracy": 0.5,
+    "tool_selection": 5 / 6,
+    "tool_result_use": 1.0,
+}
+
+
+def test_a_round_judged_on_tool_conversations_is_a_tools_version_with_its_tool_accuracy(proj):
+    """package.tools_tag names a round measured on gold tool conversations (v0.1-tools);
+    metadata.yaml carries tool_accuracy and every tool metric, the model card shows them; a
+    round without tool items gets neither, and package.tag wins over tools_tag."""
+    proj.round("r1", "base", 0.6, **TOOLS)
+    d = proj.package(params(("r1",), tools_tag="tools"))
+    assert d["released"] and d["version"] == "tutor-v0.1-tools"
+    meta = yaml.safe_load((proj.rel / "metadata.yaml").read_text())
+    assert meta["tool_accuracy"] == 0.5 and meta["tool_use"] == TOOLS
+    assert "tool_call_accuracy" in (proj.rel / "README.md").read_text()
+    proj.round("r2", "r1", 0.7, **TOOLS)
+    assert proj.package(params(("r1", "r2"), tools_tag="tools", tag="rc"))["version"] == "tutor-v0.2-rc"
+    proj.round("r3", "r2", 0.8, n_tool_items=0)
+    d = proj.package(params(("r1", "r2", "r3"), tools_tag="tools"))
+    meta = yaml.safe_load((proj.rel / "metadata.yaml").read_text())
+    assert d["version"] == "tutor-v0.3" and "tool_accuracy" not in meta
+
+
+def test_a_gate_on_a_metric_with_nothing_to_measure_says_so(proj):
+    gate = {"metric": "tool_selection", "value": None, "min": 0.5, "max": None}
+    proj.round("r1", "base", 0.6, passed=False, failed_gates=[gate], tool_selection=None)
+    d = proj.package(params(("r1",)))
+    assert not d["released"] and "r1 failed gates (tool_selection=null (nothing to measure))" in d["reason"]
 
 
 def test_model_card_front_matter(proj):

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx2 as httpx  # what the openai client itself uses
 import openai
 import pytest
+import torch
 from conftest import copy_repo, edit_params
 from safetensors.torch import load_file, save_file
 
@@ -69,14 +70,19 @@ class Running:
 
 
 def second_version(repo: Path) -> str:
-    """tutor-v0.2: tutor-v0.1's adapter with lora_B scaled, released as a canary the way package
-    does (archive, history), so it answers differently and can be promoted and rolled back."""
+    """tutor-v0.2: tutor-v0.1's adapter with lora_B drawn at random (a few training steps leave it
+    near zero, where any scaling of it changes little), released as a canary the way package does
+    (archive, history), so it answers differently and can be promoted and rolled back."""
     rel = repo / "models/release/tutor"
     v1 = release.rollout(rel)["stable"]
     v2 = v1.replace("v0.1", "v0.2")
     shutil.copytree(rel / "versions" / v1, rel / "versions" / v2)
     weights = rel / "versions" / v2 / "adapter/adapter_model.safetensors"
-    tensors = {k: (v * 40 if "lora_B" in k else v) for k, v in load_file(weights).items()}
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        k: (torch.randn(v.shape, generator=g).to(v.dtype) if "lora_B" in k else v)
+        for k, v in load_file(weights).items()
+    }
     save_file(tensors, weights)
     meta = (rel / "versions" / v2 / "metadata.yaml").read_text().replace(v1, v2)
     (rel / "versions" / v2 / "metadata.yaml").write_text(meta)
@@ -140,7 +146,7 @@ def test_each_character_answers_from_its_own_adapter(served):
         r = ask(client, model, text)
         assert r.system_fingerprint == Path(version_dir).name
         assert r.choices[0].message.content == reference_reply(server.repo, server.repo / version_dir, character, text)
-    # v2's adapter is v1's with lora_B scaled up: sampled with the same seed, its replies differ
+    # v2's adapter is v1's with another lora_B: sampled with the same seed, its replies differ
     # (greedy, the tiny random model can answer nothing but newlines under both).
     sampled = dict(temperature=1.0, seed=7)
     replies = [ask(client, m, text, **sampled).choices[0].message.content for m in ("tutor", f"tutor@{v2}")]

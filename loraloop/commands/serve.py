@@ -53,12 +53,18 @@ def serve(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wai
 
 def exec_vllm(routes, base_dir: Path, host: str, port: int) -> None:
     """This process becomes vLLM's server over the routed adapters (or says what it would run)."""
-    from ..serve.vllm import NotServable, vllm_command
+    from ..serve.vllm import NotServable, template_renders_tools, vllm_command
 
     try:
         cmd = vllm_command(routes, base_dir, host, port)
     except NotServable as exc:
         raise click.ClickException(str(exc)) from None
+    if not template_renders_tools(base_dir):
+        click.echo(
+            f"warning: {base_dir}'s chat template does not render tools, so vLLM will not show them to the "
+            "model (training used loraloop's fallback rendering); serve tool use with --engine hf",
+            err=True,
+        )
     if shutil.which("vllm") is None:
         click.echo("vllm is not installed here (pip install vllm, on a GPU machine); its command would be:")
         click.echo(" ".join(cmd))

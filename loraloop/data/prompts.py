@@ -102,3 +102,35 @@ def reference_conversations(system_prompts: dict[str, str], version_dir: Path, s
         }
         for r in load_split(version_dir, split, sorted(system_prompts))[:n]
     ]
+
+
+def tool_items(rows: list[dict], n: int, rng_seed: str, system_prompts: dict[str, str]) -> list[dict]:
+    """Tool-use eval items: every assistant turn of the rows that declare tools, the conversation
+    before it in character as the prompt, the turn's calls (OpenAI's shape) or text as the gold and
+    the tool results it answers; up to n of them (every one if fewer), chosen with the seed."""
+    items = []
+    for row in rows:
+        if not row.get("tools"):
+            continue
+        for i, m in enumerate(row["messages"]):
+            if m["role"] != "assistant" or i == 0:
+                continue
+            context = row["messages"][:i]
+            results = []
+            for prior in reversed(context):
+                if prior["role"] != "tool":
+                    break
+                results.insert(0, prior["content"])
+            items.append(
+                {
+                    "prompt_id": f"{row['id'][:16]}:{i}",
+                    "record_id": row["id"],
+                    "character_id": row["character_id"],
+                    "messages": in_character(system_prompts, row["character_id"], context),
+                    "tools": row["tools"],
+                    "gold_calls": m.get("tool_calls") or [],
+                    "gold_text": m.get("content") or "",
+                    "results": results,
+                }
+            )
+    return random.Random(rng_seed).sample(items, min(n, len(items)))

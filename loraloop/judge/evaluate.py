@@ -8,7 +8,8 @@ import hashlib
 import json
 import math
 
-from ..data.prompts import prompts_from_split, reference_conversations
+from ..data.prompts import prompts_from_split, reference_conversations, tool_items
+from ..data.splits import load_split
 from ..files import read_json, replacing, write_json, write_jsonl
 from ..lm.chat import prompt_ids
 from ..lm.generate import generate
@@ -19,6 +20,7 @@ from ..workspace import Base, Round
 from . import ab
 from .gates import check_gates, deltas
 from .rules import score_text
+from .tool_eval import TOOL_METRICS, tool_metrics
 
 
 def _mean(xs: list[float]) -> float:
@@ -68,7 +70,9 @@ def eval_config(params: Params, lineage: Lineage) -> str:
     """A short hash of everything that defines the metrics' scale: rules, prompts, decoding. Package
     compares a round with the current release only when both were measured under the same one."""
     rules = lineage.rules.model_dump(mode="json")
-    ep = params.eval.model_dump(mode="json", exclude={"gates", "ab_prompts", "batch_size", "leakage_prompts"})
+    # What does not change a metric's scale: gates, how many A/B, leakage or tool items.
+    unscaled = {"gates", "ab_prompts", "batch_size", "leakage_prompts", "tool_prompts"}
+    ep = params.eval.model_dump(mode="json", exclude=unscaled)
     parts = {
         "rules": rules,
         "eval": ep,
@@ -79,12 +83,10 @@ def eval_config(params: Params, lineage: Lineage) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def answer_eval_prompts(params: Params, lineage: Lineage, r: Round, model, tok) -> tuple[list[dict], list[str]]:
-    """The lineage's eval prompts (the same seed for every round: all rounds answer the same ones)
-    and the round's greedy answers."""
+def answer(params: Params, model, tok, prompts: list[dict], desc: str) -> list[str]:
+    """The model's answers to the prompts, decoded as eval decodes (greedy by default)."""
     ep = params.eval
-    prompts = prompts_from_split(r.view, "eval", ep.num_prompts, f"{params.seed}:eval", lineage.system_prompts)
-    texts = generate(
+    return generate(
         model,
         tok,
         [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts],
@@ -93,9 +95,23 @@ def answer_eval_prompts(params: Params, lineage: Lineage, r: Round, model, tok) 
         temperature=ep.temperature,
         top_p=1.0,
         seed=params.seed,
-        desc=f"eval@{r.id}",
+        desc=desc,
     ).texts
-    return prompts, texts
+
+
+def answer_eval_prompts(params: Params, lineage: Lineage, r: Round, model, tok) -> tuple[list[dict], list[str]]:
+    """The lineage's eval prompts (the same seed for every round: all rounds answer the same ones)
+    and the round's greedy answers."""
+    prompts = prompts_from_split(r.view, "eval", params.eval.num_prompts, f"{params.seed}:eval", lineage.system_prompts)
+    return prompts, answer(params, model, tok, prompts, f"eval@{r.id}")
+
+
+def answer_tool_items(params: Params, lineage: Lineage, r: Round, model, tok) -> tuple[list[dict], list[str]]:
+    """The lineage's gold tool items (eval.tool_prompts of them, the same for every round) and the
+    round's answers."""
+    rows = load_split(r.view, "eval", lineage.characters)
+    items = tool_items(rows, params.eval.tool_prompts, f"{params.seed}:tools", lineage.system_prompts)
+    return items, answer(params, model, tok, items, f"eval tools@{r.id}") if items else []
 
 
 def held_out_loss(params: Params, lineage: Lineage, r: Round, model, tok) -> float:
@@ -120,6 +136,11 @@ def run(params: Params, r: Round, base: Base) -> dict:
     model = load_model(base.dir, r.adapter)
     prompts, texts = answer_eval_prompts(params, lineage, r, model, tok)
     metrics = metrics_of(prompts, texts, lineage.rules)
+    items, tool_texts = answer_tool_items(params, lineage, r, model, tok)
+    if items:  # the gold tool items judge tool calls; the eval prompts' own count stays beside
+        metrics.update(tool_metrics(items, tool_texts))
+    else:
+        metrics.update({k: None for k in TOOL_METRICS[1:]} | {"n_tool_items": 0})
     metrics["eval_loss"] = held_out_loss(params, lineage, r, model, tok)
     metrics["perplexity"] = math.exp(metrics["eval_loss"])
     failed = check_gates(metrics, lineage.gates)
@@ -136,8 +157,9 @@ def run(params: Params, r: Round, base: Base) -> dict:
         result["delta_vs_prev"] = deltas(metrics, read_json(r.prev.metrics))
         result["delta_vs_base"] = deltas(metrics, read_json(r.root.metrics))
     ab_files = list(r.ab_files) if r.prev is not None else []
-    with replacing(r.eval_samples, r.metrics, *ab_files) as (samples_tmp, out_tmp, *ab_tmp):
+    with replacing(r.eval_samples, r.tool_samples, r.metrics, *ab_files) as (samples_tmp, tools_tmp, out_tmp, *ab_tmp):
         write_jsonl(samples_tmp, ({**p, "response": t} for p, t in zip(prompts, texts)))
+        write_jsonl(tools_tmp, ({**p, "response": t} for p, t in zip(items, tool_texts)))
         if ab_tmp:
             ab.make(r.id, samples_tmp, r.prev.id, r.prev.eval_samples, *ab_tmp, params.eval.ab_prompts, params.seed)
         write_json(out_tmp, result)

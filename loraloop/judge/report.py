@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..files import read_json
 from ..workspace import Workspace
+from .tool_eval import TOOL_METRICS
 
 COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
 # Under this many eval prompts one reply moves a rate by more than 0.12: the report says so.
@@ -27,6 +28,9 @@ TRAJECTORY = COLUMNS + (
     "banned_word_rate",
     "tone_keyword_rate",
     "tool_call_valid_rate",
+    "tool_call_accuracy",
+    "tool_selection",
+    "tool_result_use",
     "eval_loss",
     "perplexity",
     "tone_leakage_rate",
@@ -46,16 +50,35 @@ def _evals(ws: Workspace, lineage: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _value(m: dict, c: str) -> str:
+    return f"{m[c]:.3f}" if isinstance(m.get(c), float) else "-"
+
+
 def table(ws: Workspace) -> str:
     """Every lineage's rounds: the headline metrics, tone leakage and whether the gates passed."""
     rows = [
         [lineage, round_id, m.get("n", "-")]
-        + [f"{m[c]:.3f}" if isinstance(m.get(c), float) else "-" for c in (*COLUMNS, "tone_leakage_rate")]
+        + [_value(m, c) for c in (*COLUMNS, "tone_leakage_rate")]
         + [("yes" if m.get("passed") else "no") if m else "-"]
         for lineage in ws.params.lineages
         for round_id, m in _evals(ws, lineage)
     ]
-    header = ["lineage", "round", "n", *COLUMNS, "leakage", "gates"]
+    return _aligned(["lineage", "round", "n", *COLUMNS, "leakage", "gates"], rows)
+
+
+def tool_table(ws: Workspace) -> str | None:
+    """The tool metrics of the lineages with gold tool items (judge/tool_eval.py), or None."""
+    rows = [
+        [lineage, round_id, m["n_tool_items"], m.get("n_tool_calls", 0)] + [_value(m, c) for c in TOOL_METRICS]
+        for lineage in ws.params.lineages
+        for round_id, m in _evals(ws, lineage)
+        if m.get("n_tool_items")
+    ]
+    header = ["lineage", "round", "items", "calls", "valid", "accuracy", "selection", "result_use"]
+    return _aligned(header, rows) if rows else None
+
+
+def _aligned(header: list[str], rows: list[list]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
     def fmt(r):

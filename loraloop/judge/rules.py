@@ -4,11 +4,12 @@ exactly what evaluation reports."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 
 from ..data.text import META, SCRIPTS, in_language, script_share
+from ..lm.tool_calls import CLOSE, OPEN
+from ..lm.tool_calls import parse as parse_calls
 from ..params import RuleParams
 
 # A sentence ends at ., !, ? (and their full-width forms) or a line break.
@@ -27,7 +28,7 @@ _POLITE = re.compile(
     re.IGNORECASE,
 )
 
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_TOOL_CALL = re.compile(re.escape(OPEN) + r".*?" + re.escape(CLOSE), re.DOTALL)
 
 RULES = (
     "question_ratio",
@@ -135,32 +136,12 @@ def tone(text: str, keywords: list[str]) -> float:
     return 1.0 if any(k.lower() in low for k in keywords) else 0.0
 
 
-def tool_names(tools: list | None) -> set[str]:
-    """The names of the declared tools (OpenAI's {"type": "function", "function": {...}} or bare)."""
-    return {(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)}
-
-
 def tool_call_valid(text: str, tools: list | None) -> float | None:
     """1 when every <tool_call>...</tool_call> in the reply is JSON naming a declared tool with
-    object arguments, else 0; None (not judged) for a reply that calls nothing."""
-    calls = _TOOL_CALL.findall(text)
-    if not calls:
-        return 0.0 if "<tool_call>" in text else None  # an opened call never closed
-    names = tool_names(tools)
-    for body in calls:
-        try:
-            call = json.loads(body)
-        except ValueError:
-            return 0.0
-        args = call.get("arguments") if isinstance(call, dict) else None
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                return 0.0
-        if not isinstance(call, dict) or call.get("name") not in names or not isinstance(args, dict):
-            return 0.0
-    return 1.0
+    arguments that satisfy its parameters schema, else 0; None (not judged) for a reply that
+    calls nothing."""
+    parsed = parse_calls(text, tools)
+    return None if not parsed.called else float(not parsed.problems)
 
 
 def rule_values(
@@ -177,7 +158,7 @@ def rule_values(
     calls alone."""
     call = tool_call_valid(text, tools)
     if call is not None:
-        text = _TOOL_CALL.sub("", text).replace("<tool_call>", "").strip()
+        text = _TOOL_CALL.sub("", text).replace(OPEN, "").strip()
         if not text:
             return {"tool_call_valid": call}
     user_text = next((m["content"] for m in reversed(messages or []) if m["role"] == "user"), None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .tool_calls import as_text
+
 
 def supports_tools(tok) -> bool:
     """Whether the tokenizer's chat template renders tool calls itself."""
@@ -51,9 +53,7 @@ def for_template(tok, messages: list[dict], tools: list | None) -> tuple[list[di
     for m in messages:
         turn = {k: v for k, v in m.items() if k in ("role", "content", "weight")}
         if m.get("tool_calls"):
-            calls = "\n".join(
-                f"<tool_call>\n{json.dumps(_call_json(c), ensure_ascii=False)}\n</tool_call>" for c in m["tool_calls"]
-            )
+            calls = "\n".join(as_text(_call_json(c)) for c in m["tool_calls"])
             text = m.get("content") or ""
             turn["content"] = f"{text}\n{calls}" if text.strip() else calls
         out.append(turn)

@@ -37,11 +37,15 @@ def leakage_gates(evals: dict[str, dict], leakage: dict, gates: dict) -> None:
             ev["passed"] = ev["passed"] and not failed
 
 
+def _shown(value: float | None) -> str:
+    return "null (nothing to measure)" if value is None else f"{value:.3f}"
+
+
 def passed_over(round_id: str, lineage: Lineage, c: Candidates, cur: dict | None, withdrawn: dict) -> str | None:
     """Why the round cannot be released whatever its score, or None."""
     ev = c.evals[round_id]
     if not ev["passed"]:
-        failed = ", ".join(f"{g['metric']}={g['value']:.3f}" for g in ev["failed_gates"])
+        failed = ", ".join(f"{g['metric']}={_shown(g['value'])}" for g in ev["failed_gates"])
         return f"{round_id} failed gates ({failed})"
     if c.unservable.get(round_id):
         return f"{round_id} cannot be served by vLLM: {'; '.join(c.unservable[round_id])}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..data.manifest import records_by_source
 from ..files import read_json, sha256_file
 from ..judge.gates import deltas
+from ..judge.tool_eval import TOOL_METRICS
 from ..params import Lineage
 from ..workspace import Workspace
 from .choose import Candidates
@@ -71,5 +72,15 @@ def build_metadata(ws: Workspace, lineage: Lineage, version: str, round_id: str,
         },
         "data": data_section(ws, lineage, manifest_sha256),
         "changes_from_previous": changes_since(cur, c.evals[round_id], manifest_sha256, ws.base.hash),
+        **tool_use(c.evals[round_id]),
         "evaluation": {"base": c.base_eval, **c.evals},
     }
+
+
+def tool_use(ev: dict) -> dict:
+    """For a lineage judged on gold tool conversations: tool_accuracy (the round's
+    tool_call_accuracy) and every tool metric with what it was measured on."""
+    if not ev.get("n_tool_items"):
+        return {}
+    keys = (*TOOL_METRICS, "n_tool_items", "n_tool_calls")
+    return {"tool_accuracy": ev.get("tool_call_accuracy"), "tool_use": {k: ev.get(k) for k in keys}}

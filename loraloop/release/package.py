@@ -104,12 +104,14 @@ def decision(released: bool, version: str | None, round_id: str | None, rel: Pat
     }
 
 
-def next_version(params: Params, lineage: Lineage, rel: Path, cur: dict | None, base_hash: str) -> str:
-    """The next minor of package.major; a new base is a new major version: v0.x -> v1.0."""
+def next_version(params: Params, lineage: Lineage, rel: Path, cur: dict | None, base_hash: str, ev: dict) -> str:
+    """The next minor of package.major; a new base is a new major version: v0.x -> v1.0. Tagged
+    package.tag, or package.tools_tag when the round was judged on tool conversations (v0.3-tools)."""
     major, first = params.package.major, 1
     if cur is not None and cur["base_model"]["hash"] != base_hash:
         major, first = max(major, int(registry.VERSION.match(cur["version"])["major"]) + 1), 0
-    return registry.next_version(rel, lineage.release, major, params.package.tag, first)
+    tag = params.package.tag or (params.package.tools_tag if ev.get("n_tool_items") else None)
+    return registry.next_version(rel, lineage.release, major, tag, first)
 
 
 def release_round(ws: Workspace, lineage: Lineage, rel: Path, leakage: dict) -> dict:
@@ -123,7 +125,7 @@ def release_round(ws: Workspace, lineage: Lineage, rel: Path, leakage: dict) -> 
     if round_id is None:
         registry.record(rel, {"action": "keep", "version": cur["version"] if cur else None, "reason": why})
         return decision(False, cur["version"] if cur else None, cur["round"] if cur else None, rel, why)
-    version = next_version(ws.params, lineage, rel, cur, ws.base.hash)
+    version = next_version(ws.params, lineage, rel, cur, ws.base.hash, c.evals[round_id])
     metadata = build_metadata(ws, lineage, version, round_id, c, cur)
     archive = rel / "versions" / version
     if archive.exists():

@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 
+from ..lm.tool_calls import OPEN
 from .protocol import ApiError, ChatRequest, FeedbackRequest, error_body
 from .server import Pending, Server, text_of
 
@@ -33,7 +34,8 @@ def create_app(server: Server):
     async def _invalid(request: Request, exc: RequestValidationError):
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
-        return JSONResponse(error_body(400, f"{loc}: {err['msg']}", loc), status_code=400)
+        msg = err["msg"].removeprefix("Value error, ")
+        return JSONResponse(error_body(400, f"{loc}: {msg}", loc), status_code=400)
 
     @app.get("/v1/models")
     async def models(authorization: str | None = Header(None)):
@@ -63,7 +65,9 @@ def create_app(server: Server):
         if item[1] is not None:
             raise ApiError(500, f"generation failed: {type(item[1]).__name__}")
         reply = server.finish(req, pending, head["id"])
-        message = {"role": "assistant", "content": reply.text}
+        message = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
         return {
             **head,
             "object": "chat.completion",
@@ -78,9 +82,38 @@ def sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def visible(text: str, tools: bool) -> str:
+    """What of the text so far can be streamed as content: with tools, nothing from a call block
+    on (nor a piece of its opening tag at the end), since a call goes out as tool_calls."""
+    if not tools:
+        return text
+    cut = text.find(OPEN)
+    if cut >= 0:
+        return text[:cut]
+    held = next((k for k in range(len(OPEN) - 1, 0, -1) if text.endswith(OPEN[:k])), 0)
+    return text[: len(text) - held]
+
+
+def tool_call_deltas(calls: list[dict]) -> list[dict]:
+    """OpenAI's streamed form of the calls: per call its id, type and name, then its arguments."""
+    out = []
+    for i, c in enumerate(calls):
+        fn = c["function"]
+        out.append(
+            {
+                "tool_calls": [
+                    {"index": i, "id": c["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+                ]
+            }
+        )
+        out.append({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]})
+    return out
+
+
 async def stream(server: Server, req: ChatRequest, pending: Pending, head: dict):
-    """Server-sent events: the reply's new text as its tokens come, then finish_reason (and usage
-    when stream_options.include_usage), then [DONE]."""
+    """Server-sent events: the reply's new text as its tokens come (up to a tool call), then the
+    rest of its content and its tool calls, finish_reason (and usage when
+    stream_options.include_usage), then [DONE]."""
 
     def event(delta: dict, finish: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -88,13 +121,13 @@ async def stream(server: Server, req: ChatRequest, pending: Pending, head: dict)
 
     yield event({"role": "assistant", "content": ""})
     ids: list[int] = []
-    sent = ""
+    sent, tools = "", req.tool_mode[0] != "none"
     while True:
         kind, value = await pending.events.get()
         if kind == "done":
             break
         ids.append(value)
-        text = text_of(server.engine.tok, ids)
+        text = visible(text_of(server.engine.tok, ids), tools)
         if not text.endswith("\ufffd") and text.startswith(sent) and len(text) > len(sent):
             yield event({"content": text[len(sent) :]})
             sent = text
@@ -102,8 +135,11 @@ async def stream(server: Server, req: ChatRequest, pending: Pending, head: dict)
         yield sse(error_body(500, f"generation failed: {type(value).__name__}"))
         return
     reply = server.finish(req, pending, head["id"])
-    if reply.text != sent and reply.text.startswith(sent):
-        yield event({"content": reply.text[len(sent) :]})
+    content = reply.content or ""
+    if content != sent and content.startswith(sent):
+        yield event({"content": content[len(sent) :]})
+    for delta in tool_call_deltas(reply.tool_calls):
+        yield event(delta)
     yield event({}, reply.finish_reason)
     if (req.stream_options or {}).get("include_usage"):
         yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": reply.usage})

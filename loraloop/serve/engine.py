@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from ..lm.cpu_matmul import cpu_linears
+from ..lm.forced_call import forced_call
 from ..lm.generate import generate, stop_ids
 from ..lm.model import load_base, load_tokenizer
 
@@ -30,6 +31,9 @@ class Job:
     seed: int
     on_token: Callable[[int], None]  # called from the worker thread with each new token
     on_done: Callable[[BaseException | None], None]  # called once, from the worker thread
+    # (tools, name or None): the reply must be a call (tool_choice required or named), decoded
+    # under the tools' schemas (lm/forced_call.py), one request at a time.
+    forced: tuple[list, str | None] | None = None
     tokens: list[int] = field(default_factory=list)
 
     @property
@@ -99,6 +103,9 @@ class Engine:
             while (jobs := self._take()) is not None:
                 groups: dict[tuple, list[Job]] = {}
                 for job in jobs:
+                    if job.forced is not None:
+                        self._run([job])
+                        continue
                     groups.setdefault(job.key, []).append(job)
                 for group in groups.values():
                     for start in range(0, len(group), self.batch_size):
@@ -114,21 +121,35 @@ class Engine:
                 group[i].on_token(token)
 
             first = group[0]
-            with torch.inference_mode():
-                generate(
+            if first.forced is not None:
+                tools, tool = first.forced
+                forced_call(
                     self.model,
                     self.tok,
-                    [j.prompt for j in group],
-                    batch_size=len(group),
-                    max_new_tokens=first.max_tokens,
-                    temperature=first.temperature,
-                    top_p=first.top_p,
-                    seed=0,
-                    seeds=[j.seed for j in group],
-                    desc="",
-                    progress=False,
-                    on_token=heard,
+                    first.prompt,
+                    tools,
+                    tool,
+                    first.max_tokens,
+                    first.temperature,
+                    first.seed,
+                    on_token=lambda t: heard(0, t),
                 )
+            else:
+                with torch.inference_mode():
+                    generate(
+                        self.model,
+                        self.tok,
+                        [j.prompt for j in group],
+                        batch_size=len(group),
+                        max_new_tokens=first.max_tokens,
+                        temperature=first.temperature,
+                        top_p=first.top_p,
+                        seed=0,
+                        seeds=[j.seed for j in group],
+                        desc="",
+                        progress=False,
+                        on_token=heard,
+                    )
             self.batches += 1
             self.batched += len(group)
         except BaseException as exc:  # a failed batch fails its requests, not the server

@@ -1,8 +1,9 @@
 """`loraloop monitor`: how each served version is doing, from what `loraloop serve` logged.
 
 Per character and version: requests, reply length (mean, p95), latency (p50, p95), tokens in and
-out, banned-word, repetition, meta-leak and language-compliance rates (the rules eval uses, so the
-numbers compare with the round's evaluation), and the thumbs-up share. A version in service outside
+out, banned-word, repetition, meta-leak and language-compliance rates and the tool-call validity
+of the replies that call (the rules eval uses, so the numbers compare with the round's
+evaluation), and the thumbs-up share. A version in service outside
 `monitor.alerts` is unhealthy: monitor says so and prints the rollback command.
 
 Problem replies (a rule broken, or a thumbs down) of users who opted in are written as feedback
@@ -23,6 +24,7 @@ from pathlib import Path
 from ..files import read_json, replacing, write_json, write_jsonl
 from ..judge.charts import line_chart, write_svg
 from ..judge.gates import check_gates
+from ..lm.tool_calls import written
 from ..params import MonitorParams
 from .logs import COUNTERS, FEEDBACK, NEGATIVES, SERVED, read_rows
 
@@ -50,6 +52,8 @@ def problems_of(rules: dict, mp: MonitorParams) -> list[str]:
         out.append("language")
     if rules.get("repetition", 1.0) < mp.min_unique_ngrams:
         out.append("repetition")
+    if rules.get("tool_call_valid", 1.0) < 1:
+        out.append("tool_call_invalid")
     return out
 
 
@@ -71,6 +75,9 @@ def summarize(rows: list[dict], reactions: list[dict]) -> dict:
         "meta_leak_rate": mean([1.0 - v for v in rules("meta_leakage")]),
         "repetition_rate": mean([1.0 - v for v in rules("repetition")]),
         "language_compliance": mean(rules("language")),
+        # Over the replies that tried to call a tool: every call parsed, declared and schema-valid.
+        "tool_call_valid_rate": mean(rules("tool_call_valid")),
+        "tool_call_replies": len(rules("tool_call_valid")),
         "reactions": len(reactions),
         "thumbs_up": up,
         "thumbs_down": len(reactions) - up,
@@ -123,7 +130,8 @@ def negatives(completions: list[dict], reactions: list[dict], root: Path, mp: Mo
             "opt_in": True,
             "user_id": ex.get("user_id"),
             "messages": context,
-            "response": reply["content"],
+            "response": written(reply),
+            **({"tools": ex["tools"]} if ex.get("tools") else {}),
             "feedback": "bad",
             "problems": sorted(set(problems)),
             "version": ex["version"],

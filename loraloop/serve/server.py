@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..judge.rules import rule_values
+from ..lm.tool_calls import parse as parse_calls
+from ..lm.tool_calls import to_openai, written
 from ..params import Params
 from .logs import COUNTERS, FEEDBACK, SERVED, DailyLog, Recent, stamp, utc_now
 from .protocol import ApiError, ChatRequest, FeedbackRequest
 from .routes import Routes
 
-MONITORED_RULES = ("banned_words", "repetition", "meta_leakage", "language")
+MONITORED_RULES = ("banned_words", "repetition", "meta_leakage", "language", "tool_call_valid")
 
 
 def text_of(tok, ids: list[int]) -> str:
@@ -28,12 +30,60 @@ def opted_in(req: ChatRequest) -> bool:
 
 
 def conversation(req: ChatRequest) -> list[dict]:
-    """The request's turns without system or developer messages (the version's own system prompt
-    goes in front: the adapter was trained under it); they must end with the user's."""
-    msgs = [{"role": m.role, "content": m.content} for m in req.messages if m.role not in ("system", "developer")]
-    if not msgs or msgs[-1]["role"] != "user":
-        raise ApiError(400, "messages must end with a user message", "messages")
+    """The request's turns in collect's record schema, without system or developer messages (the
+    version's own system prompt goes in front: the adapter was trained under it). They end with
+    the user's turn or a tool result, and a tool result answers a call made before it."""
+    msgs, called = [], set()
+    for i, m in enumerate(req.messages):
+        if m.role in ("system", "developer"):
+            continue
+        turn = {"role": m.role, "content": m.text}
+        if m.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in m.tool_calls
+            ]
+            called |= {c.id for c in m.tool_calls}
+        if m.role == "tool":
+            if m.tool_call_id not in called:
+                raise ApiError(
+                    400,
+                    f"messages[{i}]: tool_call_id {m.tool_call_id!r} answers no tool call made before it",
+                    f"messages[{i}].tool_call_id",
+                )
+            turn["tool_call_id"] = m.tool_call_id
+        msgs.append(turn)
+    if not msgs or msgs[-1]["role"] not in ("user", "tool"):
+        raise ApiError(400, "messages must end with a user message or a tool result", "messages")
     return msgs
+
+
+def tools_of(req: ChatRequest) -> list[dict] | None:
+    """The request's tools as the chat template takes them, each parameters schema checked."""
+    from jsonschema import validators
+    from jsonschema.exceptions import SchemaError
+
+    if not req.tools:
+        return None
+    out, seen = [], set()
+    for i, t in enumerate(req.tools):
+        tool = t.model_dump(exclude_none=True)
+        fn = tool["function"]
+        if fn["name"] in seen:
+            raise ApiError(400, f"tools[{i}]: a second tool named {fn['name']!r}", f"tools[{i}].function.name")
+        seen.add(fn["name"])
+        if "parameters" in fn:
+            try:
+                validators.validator_for(fn["parameters"]).check_schema(fn["parameters"])
+            except SchemaError as exc:
+                where = f"tools[{i}].function.parameters"
+                raise ApiError(400, f"{where} is not a JSON schema: {exc.message}", where) from None
+        out.append(tool)
+    return out
 
 
 @dataclass
@@ -43,6 +93,7 @@ class Pending:
 
     target: dict
     messages: list[dict]
+    tools: list[dict] | None
     prompt: list[int]
     job: object  # engine.Job
     events: asyncio.Queue
@@ -51,9 +102,16 @@ class Pending:
 
 @dataclass
 class Reply:
+    """The reply: its text (every call written out, as generated), what the client gets (content
+    beside the valid calls, as OpenAI's tool_calls), why other call blocks stayed text."""
+
     text: str
     finish_reason: str
     usage: dict
+    content: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    extra_calls: int = 0  # valid calls past the first when parallel_tool_calls is false: not returned
 
 
 class Server:
@@ -76,11 +134,14 @@ class Server:
                 401, "missing or wrong API key (Authorization: Bearer <LORALOOP_API_KEY>)", None, "invalid_api_key"
             )
 
-    def prompt_of(self, req: ChatRequest, target: dict, msgs: list[dict]) -> tuple[list[int], int]:
-        """The prompt's token ids and the reply's token budget, refused past the model's context."""
+    def prompt_of(self, req: ChatRequest, target: dict, msgs: list[dict], tools: list | None) -> tuple[list[int], int]:
+        """The prompt's token ids (rendered as training rendered it: the template's tools, or the
+        fallback's) and the reply's token budget, refused past the model's context. With
+        tool_choice none the tools are not shown: the reply is text."""
         from ..lm.chat import prompt_ids
 
-        prompt = prompt_ids(self.engine.tok, [{"role": "system", "content": target["system_prompt"]}, *msgs])
+        shown = tools if req.tool_mode[0] != "none" else None
+        prompt = prompt_ids(self.engine.tok, [{"role": "system", "content": target["system_prompt"]}, *msgs], shown)
         max_tokens = req.max_completion_tokens or req.max_tokens or self.default_max_tokens
         if self.engine.context and len(prompt) + max_tokens > self.engine.context:
             raise ApiError(
@@ -98,8 +159,9 @@ class Server:
 
         t0 = time.perf_counter()
         target = self.routes.resolve(req.model, req.user)
-        msgs = conversation(req)
-        prompt, max_tokens = self.prompt_of(req, target, msgs)
+        msgs, tools = conversation(req), tools_of(req)
+        prompt, max_tokens = self.prompt_of(req, target, msgs, tools)
+        mode, name = req.tool_mode
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         self.seq += 1
@@ -112,9 +174,10 @@ class Server:
             seed=req.seed if req.seed is not None else self.seq,
             on_token=lambda t: loop.call_soon_threadsafe(events.put_nowait, ("token", t)),
             on_done=lambda exc: loop.call_soon_threadsafe(events.put_nowait, ("done", exc)),
+            forced=(tools, name) if mode == "forced" else None,
         )
         self.engine.submit(job)
-        return Pending(target, msgs, prompt, job, events, t0)
+        return Pending(target, msgs, tools, prompt, job, events, t0)
 
     def finish(self, req: ChatRequest, p: Pending, response_id: str) -> Reply:
         """The reply's text, finish reason and usage; logs the exchange."""
@@ -126,7 +189,14 @@ class Server:
             "completion_tokens": len(tokens),
             "total_tokens": len(p.prompt) + len(tokens),
         }
-        reply = Reply(text, finish, usage)
+        reply = Reply(text, finish, usage, content=text)
+        if req.tool_mode[0] != "none":
+            parsed = parse_calls(text, p.tools)
+            calls = parsed.calls if req.parallel_tool_calls else parsed.calls[:1]
+            reply.extra_calls, reply.problems = len(parsed.calls) - len(calls), parsed.problems
+            if calls:
+                reply.tool_calls = to_openai(calls, response_id)
+                reply.content, reply.finish_reason = parsed.content or None, "tool_calls"
         self.log_exchange(req, p, response_id, reply)
         return reply
 
@@ -134,7 +204,7 @@ class Server:
         """Counters for every exchange; for a user who opted in, the conversation too, in collect's
         record schema (data/raw/served/, a collect source)."""
         target, when, opt_in = p.target, utc_now(), opted_in(req)
-        rules = rule_values(reply.text, self.rules[target["lineage"]], p.messages, target["character"])
+        rules = rule_values(reply.text, self.rules[target["lineage"]], p.messages, target["character"], p.tools)
         counters = {
             "event": "completion",
             "response_id": response_id,
@@ -146,11 +216,18 @@ class Server:
             "finish_reason": reply.finish_reason,
             "reply_chars": len(reply.text),
             "rules": {k: round(rules[k], 4) for k in MONITORED_RULES if k in rules},
+            "tool_choice": req.tool_mode[0],
+            "tool_calls": len(reply.tool_calls),
+            "tool_call_problems": len(reply.problems),
+            "extra_tool_calls": reply.extra_calls,
             **reply.usage,
         }
         self.log.append(COUNTERS, counters, when)
         kept = {k: target[k] for k in ("route", "character", "version")} | {"opt_in": opt_in}
         if opt_in:
+            answer = {"role": "assistant", "content": reply.content}
+            if reply.tool_calls:
+                answer["tool_calls"] = reply.tool_calls
             record = {
                 "response_id": response_id,
                 "character_id": target["character"],
@@ -158,12 +235,13 @@ class Server:
                 "timestamp": stamp(when),
                 "opt_in": True,
                 "user_id": req.user,
-                "messages": [*p.messages, {"role": "assistant", "content": reply.text}],
+                "messages": [*p.messages, answer],
+                **({"tools": p.tools} if p.tools else {}),
                 "version": target["version"],
                 "route": target["route"],
             }
             self.log.append(SERVED, record, when)
-            kept.update({"messages": record["messages"], "user_id": req.user})
+            kept.update({"messages": record["messages"], "user_id": req.user, "tools": p.tools})
         self.recent.put(response_id, kept)
 
     def feedback(self, fb: FeedbackRequest) -> dict:
@@ -202,9 +280,10 @@ def feedback_record(fb: FeedbackRequest, ex: dict, when) -> dict:
         "opt_in": True,
         "user_id": ex.get("user_id"),
         "messages": context,
-        "response": reply["content"],
+        "response": written(reply),
         "feedback": "good" if fb.reaction == "up" else "bad",
         "version": ex["version"],
+        **({"tools": ex["tools"]} if ex.get("tools") else {}),
     }
     if fb.corrected is not None:
         row["corrected"] = fb.corrected
