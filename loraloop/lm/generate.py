@@ -210,6 +210,7 @@ class _Picker:
     made: list[list[int]]
     on_token: Callable[[int, int], None] | None = None
     on_done: Callable[[int, int], None] | None = None
+    halt: Callable[[int], bool] | None = None  # whether a job is to stop now (its client left)
 
     def __call__(self, jobs: list[int], logits, ended, count):
         """Each row's next token, recorded for the rows still running, and which rows have ended
@@ -222,6 +223,8 @@ class _Picker:
                     self.on_token(j, token)
         count += (~ended).long()
         now = ended | torch.isin(nxt, self.stop) | (count >= self.max_new_tokens)
+        if self.halt is not None:
+            now |= torch.tensor([self.halt(j) for j in jobs], dtype=torch.bool, device=now.device)
         if self.on_done is not None:
             for r in (now & ~ended).nonzero().flatten().tolist():
                 self.on_done(jobs[r], len(self.made[jobs[r]]))
@@ -360,11 +363,13 @@ def generate(
     progress: bool = True,
     seeds: list[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    halt: Callable[[int], bool] | None = None,
     share_copies: bool = True,
     refill: bool = True,
 ) -> Generation:
     """Completions of `prompts`; prompt i samples with seed `seed + i` (or `seeds[i]`).
-    on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included.
+    on_token(i, token) hears prompt i's tokens as they are made, end-of-turn included; halt(i),
+    asked after each, ends prompt i there (its row leaves the batch as a finished one does).
     share_copies: identical prompts are prefilled once; refill: a batch down to half its rows takes
     in waiting prompts (both off only to measure what they save)."""
     if max_new_tokens < 1:
@@ -389,6 +394,7 @@ def generate(
         made=[[] for _ in order],
         on_token=None if on_token is None else (lambda j, t: on_token(order[j], t)),
         on_done=bar.finished,
+        halt=None if halt is None else (lambda j: halt(order[j])),
     )
     tails = [prompts[i][shared:] for i in order]
     with _ragged(model), cpu_linears(model), bar:

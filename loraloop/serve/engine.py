@@ -34,7 +34,11 @@ class Job:
     # (tools, name or None): the reply must be a call (tool_choice required or named), decoded
     # under the tools' schemas (lm/forced_call.py), one request at a time.
     forced: tuple[list, str | None] | None = None
+    stops: list[str] = field(default_factory=list)  # the request's stop sequences
     tokens: list[int] = field(default_factory=list)
+    # Set by the server when the client left, or here when a stop sequence appeared: the job's row
+    # ends at the next decode step and frees its place in the batch.
+    halted: bool = False
 
     @property
     def key(self) -> tuple:
@@ -117,8 +121,11 @@ class Engine:
             self.model.set_adapter(name)
 
             def heard(i: int, token: int) -> None:
-                group[i].tokens.append(token)
-                group[i].on_token(token)
+                job = group[i]
+                job.tokens.append(token)
+                job.on_token(token)
+                if job.stops and not job.halted:
+                    job.halted = stop_in_tail(self.tok, job.tokens, job.stops)
 
             first = group[0]
             if first.forced is not None:
@@ -149,6 +156,7 @@ class Engine:
                         desc="",
                         progress=False,
                         on_token=heard,
+                        halt=lambda i: group[i].halted,
                     )
             self.batches += 1
             self.batched += len(group)
@@ -158,3 +166,10 @@ class Engine:
             return
         for job in group:
             job.on_done(None)
+
+
+def stop_in_tail(tok, tokens: list[int], stops: list[str]) -> bool:
+    """Whether a stop sequence ends within the last tokens (decoding only as many tokens as the
+    longest sequence has characters, and a few more: a token is at least one character)."""
+    tail = tok.decode(tokens[-(max(map(len, stops)) + 4) :], skip_special_tokens=True)
+    return any(s in tail for s in stops)

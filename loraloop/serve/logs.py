@@ -5,9 +5,10 @@
     logs/serve/<date>.jsonl                every exchange and reaction as counters: no text, no user id
     data/raw/negatives/<date>.jsonl        problem replies monitor found (a collect source, kind feedback)
 
-A user who did not opt in leaves counters only. Lines are appended whole under a lock; a line cut
-by a crash is reported by the reader and skipped, never fatal. Recent keeps the newest exchanges
-by response id, for feedback to find without reading the logs."""
+A user who did not opt in leaves counters only. Lines are appended whole under a lock, each in
+one write, after a newline when the file's last line was cut by a crash; such a torn line is
+reported by the reader (and collect, as a reject naming file and line) and skipped, never fatal.
+Exchanges finds a served exchange by response id for feedback, without reading the logs."""
 
 from __future__ import annotations
 
@@ -41,13 +42,26 @@ class DailyLog:
         self.root = Path(root)
         self.lock = threading.Lock()
 
-    def append(self, sub: Path, row: dict, when: dt.datetime) -> None:
+    def append(self, sub: Path, row: dict, when: dt.datetime) -> tuple[str, int]:
+        """Appends the row; returns its file and the byte offset its line starts at."""
         path = self.root / sub / f"{when.date().isoformat()}.jsonl"
         line = dumps(row) + "\n"
         with self.lock:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(line)
+            with path.open("ab") as f:
+                # A crash (or a full disk) mid-write leaves a last line without its newline: start
+                # a new one, so the torn line stays alone and this row whole. One write of the
+                # whole line: readers never see half of it.
+                end = f.tell()
+                torn = end > 0 and _last_byte(path) != b"\n"
+                f.write((("\n" if torn else "") + line).encode("utf-8"))
+        return str(path), end + torn
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1)
 
 
 def read_rows(folder: Path, problems: list[str] | None = None) -> Iterator[dict]:
@@ -68,24 +82,65 @@ def read_rows(folder: Path, problems: list[str] | None = None) -> Iterator[dict]
                     problems.append(f"{path}:{lineno}: not a JSON object (a line cut by a crash?)")
 
 
-class Recent:
-    """The last `size` exchanges by response id, for feedback to find (older ones: the logs)."""
+class Exchanges:
+    """Every exchange served, by response id, for feedback to find: the newest `size` in memory
+    whole (as served, with `where` its opted-in record was written), older ones from an index of
+    the logs built once at start in a thread (response id -> its counters and where its opted-in
+    record starts), so a lookup reads one line, never the logs, and an unknown id is answered from
+    the index alone."""
 
-    def __init__(self, size: int = 50_000):
-        self.size, self.items = size, OrderedDict()
+    def __init__(self, root: Path, size: int = 50_000):
+        self.root, self.size = Path(root), size
+        self.items: OrderedDict[str, dict] = OrderedDict()
+        self.index: dict[str, tuple] = {}
+        self.ready = threading.Event()
+        threading.Thread(target=self._build, name="loraloop-log-index", daemon=True).start()
 
     def put(self, response_id: str, item: dict) -> None:
         self.items[response_id] = item
         while len(self.items) > self.size:
-            self.items.popitem(last=False)
+            old, dropped = self.items.popitem(last=False)
+            self.index[old] = (*(dropped[k] for k in KEPT), dropped.get("where"))
 
-    def get(self, response_id: str, root: Path) -> dict | None:
+    def get(self, response_id: str) -> dict | None:
+        """The exchange, or None; may wait for the index (call it off the event loop)."""
         if response_id in self.items:
             return self.items[response_id]
-        for row in read_rows(root / COUNTERS):
-            if row.get("event") == "completion" and row.get("response_id") == response_id:
-                found = {k: row[k] for k in ("route", "character", "version", "opt_in")}
-                if row["opt_in"]:
-                    found.update(next((r for r in read_rows(root / SERVED) if r.get("response_id") == response_id), {}))
-                return found
-        return None
+        self.ready.wait()
+        entry = self.index.get(response_id)
+        if entry is None:
+            return None
+        found = dict(zip(KEPT, entry[:4]))
+        where = entry[4]
+        if found["opt_in"] and where:
+            with open(where[0], "rb") as f:
+                f.seek(where[1])
+                found.update(json.loads(f.readline()))
+        return found
+
+    def _build(self) -> None:
+        try:
+            served = dict(_offsets(self.root / SERVED))
+            for row in read_rows(self.root / COUNTERS):
+                rid = row.get("response_id")
+                if row.get("event") == "completion" and rid and all(k in row for k in KEPT):
+                    self.index[rid] = (*(row[k] for k in KEPT), served.get(rid))
+        finally:
+            self.ready.set()
+
+
+KEPT = ("route", "character", "version", "opt_in")
+
+
+def _offsets(folder: Path) -> Iterator[tuple[str, tuple[str, int]]]:
+    """(response id, (file, byte offset of its line)) of every row in the folder's day files."""
+    for path in sorted(Path(folder).glob("*.jsonl")):
+        with path.open("rb") as f:
+            while line := f.readline():
+                start = f.tell() - len(line)
+                try:
+                    rid = json.loads(line).get("response_id")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(rid, str):
+                    yield rid, (str(path), start)

@@ -1,12 +1,14 @@
 """The OpenAI-compatible API's request and error shapes: what a client may send, and the error
-envelope every refusal answers in. OpenAI clients send many optional fields; those this server
-does not use are ignored."""
+envelope every refusal answers in. OpenAI clients send many optional fields: those that change
+what a reply is (logprobs, response_format other than text, n > 1) are refused with a 400 naming
+the field; the others this server does not use are ignored. The limits (limits.py) come in the
+validation context: parse() applies them."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 
 class ApiError(Exception):
@@ -18,7 +20,7 @@ class ApiError(Exception):
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: str = Field(max_length=32000)
+    text: str
 
 
 class FunctionCall(BaseModel):
@@ -38,7 +40,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     # null or "" beside tool_calls (an agent loop's assistant turn); text parts are joined.
-    content: str | list[TextPart] | None = Field(None, max_length=32000)
+    content: str | list[TextPart] | None = None
     tool_calls: list[ToolCall] | None = Field(None, max_length=64)
     tool_call_id: str | None = Field(None, max_length=128)
 
@@ -85,14 +87,15 @@ class NamedToolChoice(BaseModel):
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1, max_length=200)
-    max_tokens: int | None = Field(None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1)
     seed: int | None = None
+    stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict | None = None
     user: str | None = Field(None, max_length=256)
@@ -100,6 +103,35 @@ class ChatRequest(BaseModel):
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    # Refused unless they leave the reply as it is (see _unsupported).
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self):
+        if self.logprobs or self.top_logprobs is not None:
+            field = "logprobs" if self.logprobs else "top_logprobs"
+            raise ApiError(400, f"{field}: log probabilities are not supported by this server", field)
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise ApiError(
+                400, f"response_format.type: {kind!r} is not supported (only 'text')", "response_format.type"
+            )
+        if self.n != 1:
+            raise ApiError(400, f"n: {self.n} choices asked; this server returns one per request", "n")
+        return self
+
+    @model_validator(mode="after")
+    def _within_limits(self, info: ValidationInfo):
+        limits = (info.context or {}).get("limits")
+        if limits is not None:
+            check_limits(self, limits)
+        return self
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @model_validator(mode="after")
     def _tool_choice(self):
@@ -121,6 +153,45 @@ class ChatRequest(BaseModel):
         if isinstance(self.tool_choice, NamedToolChoice):
             return "forced", self.tool_choice.function.name
         return ("forced", None) if self.tool_choice == "required" else ("auto", None)
+
+
+def check_limits(req: ChatRequest, limits) -> None:
+    """The request against the server's limits (limits.Limits), each refusal naming its field."""
+    if len(req.messages) > limits.messages:
+        raise ApiError(400, f"messages: {len(req.messages)} messages, over the limit of {limits.messages}", "messages")
+    for i, m in enumerate(req.messages):
+        size = len(m.text) + sum(len(c.function.arguments) for c in m.tool_calls or [])
+        if size > limits.message_chars:
+            where = f"messages.{i}.content"
+            raise ApiError(400, f"{where}: {size} characters, over the limit of {limits.message_chars}", where)
+    meta = req.metadata or {}
+    if len(meta) > limits.metadata_keys:
+        raise ApiError(400, f"metadata: {len(meta)} keys, over the limit of {limits.metadata_keys}", "metadata")
+    for k, v in meta.items():
+        if len(k) > limits.metadata_key_chars or len(v) > limits.metadata_value_chars:
+            raise ApiError(
+                400,
+                f"metadata: keys are at most {limits.metadata_key_chars} characters and values "
+                f"{limits.metadata_value_chars} ({k[:64]!r} is over)",
+                "metadata",
+            )
+    if len(req.stops) > limits.stop_sequences or any(not s for s in req.stops):
+        raise ApiError(400, f"stop: 1 to {limits.stop_sequences} non-empty sequences", "stop")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, name)
+        if value is not None and value > limits.max_tokens:
+            raise ApiError(400, f"{name}: {value}, over the limit of {limits.max_tokens}", name)
+
+
+def parse(model: type[BaseModel], data: object, limits) -> BaseModel:
+    """The request's shape, validated under the limits; the first problem as a 400 naming its field."""
+    try:
+        return model.model_validate(data, context={"limits": limits})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ApiError(400, f"{loc}: {msg}", loc) from None
 
 
 class FeedbackRequest(BaseModel):

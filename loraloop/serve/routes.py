@@ -4,6 +4,8 @@ adapter directory and the character's system prompt from the version's metadata.
 
 from __future__ import annotations
 
+import datetime as dt
+import secrets
 from pathlib import Path
 
 import yaml
@@ -55,6 +57,23 @@ class Routes:
             self.metadata[adapter] = meta
         return self.metadata[adapter]
 
+    def models(self) -> list[dict]:
+        """OpenAI's Model objects: one per route id (created: when its stable version was
+        released) and one per pinned <release>@<version>."""
+        out = []
+        for route, e in sorted(self.current().items()):
+            out.append(model_object(route, self._created(self.adapter_dir(e["stable"]["adapter"]))))
+        for pin, (route, version) in sorted(self.pinned().items()):
+            out.append(model_object(pin, self._created(self.adapter_dir(str(self.release_of(route).adapter(version))))))
+        return out
+
+    def _created(self, adapter: Path) -> int:
+        try:
+            when = self.version_metadata(adapter).get("created_at")
+            return int(dt.datetime.fromisoformat(str(when).replace("Z", "+00:00")).timestamp())
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0  # metadata without a release time (an old release): OpenAI's field stays an int
+
     def pinned(self) -> dict[str, tuple[str, str]]:
         """<release>@<version> (or <route>@<version> for a release with several routes) -> (route,
         version), for every released version not withdrawn."""
@@ -77,7 +96,9 @@ class Routes:
         routing = self.current()
         if model in routing:
             e = routing[model]
-            chosen = route_of(routing, model, user or "")
+            # A request without a user draws its own key, so anonymous traffic spreads over the
+            # rollout at its share (one shared key would send all of it one way).
+            chosen = route_of(routing, model, user if user is not None else f"anonymous:{secrets.token_hex(8)}")
             rollout = "canary" if e.get("canary") and chosen["version"] == e["canary"]["version"] else "stable"
             route, version, adapter = model, chosen["version"], self.adapter_dir(chosen["adapter"])
         else:
@@ -106,3 +127,7 @@ class Routes:
             "adapter": adapter,
             "system_prompt": meta["system_prompts"][e["character"]],
         }
+
+
+def model_object(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "loraloop"}

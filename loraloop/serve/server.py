@@ -14,7 +14,7 @@ from ..judge.rules import rule_values
 from ..lm.tool_calls import parse as parse_calls
 from ..lm.tool_calls import to_openai, written
 from ..params import Params
-from .logs import COUNTERS, FEEDBACK, SERVED, DailyLog, Recent, stamp, utc_now
+from .logs import COUNTERS, FEEDBACK, SERVED, DailyLog, Exchanges, stamp, utc_now
 from .protocol import ApiError, ChatRequest, FeedbackRequest
 from .routes import Routes
 
@@ -87,6 +87,22 @@ def tools_of(req: ChatRequest) -> list[dict] | None:
 
 
 @dataclass
+class Prepared:
+    target: dict
+    messages: list[dict]
+    tools: list[dict] | None
+    prompt: list[int]
+    max_tokens: int
+    t0: float
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """The text up to the first stop sequence in it (OpenAI returns the reply without it)."""
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+@dataclass
 class Pending:
     """A request queued on the engine: what serves it, its turns and prompt, the engine's job, the
     queue its tokens and its end arrive on ("token", id) ... ("done", error or None), its start."""
@@ -122,14 +138,15 @@ class Server:
         self.rules = {name: params.lineage(name).rules for name in params.lineages}
         self.default_max_tokens = params.eval.max_new_tokens
         self.log = DailyLog(root)
-        self.recent = Recent()
+        self.recent = Exchanges(root)
         self.seq = 0
 
     def check_key(self, authorization: str | None) -> None:
         if not self.api_key:
             return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+        # RFC 7235: the scheme is case-insensitive; a bare key (no scheme) is not a credential.
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
             raise ApiError(
                 401, "missing or wrong API key (Authorization: Bearer <LORALOOP_API_KEY>)", None, "invalid_api_key"
             )
@@ -153,44 +170,53 @@ class Server:
             )
         return prompt, max_tokens
 
-    def submit(self, req: ChatRequest) -> Pending:
-        """Resolve the request and queue it on the engine."""
-        from .engine import Job
-
+    def prepare(self, req: ChatRequest) -> Prepared:
+        """What serves the request and its prompt, tokenized (CPU work: the app runs it in a
+        thread, off the event loop)."""
         t0 = time.perf_counter()
         target = self.routes.resolve(req.model, req.user)
         msgs, tools = conversation(req), tools_of(req)
         prompt, max_tokens = self.prompt_of(req, target, msgs, tools)
+        return Prepared(target, msgs, tools, prompt, max_tokens, t0)
+
+    def submit(self, req: ChatRequest, ready: Prepared) -> Pending:
+        """Queue the prepared request on the engine (from the event loop)."""
+        from .engine import Job
+
         mode, name = req.tool_mode
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         self.seq += 1
         job = Job(
-            prompt=prompt,
-            adapter=target["adapter"],
-            max_tokens=max_tokens,
+            prompt=ready.prompt,
+            adapter=ready.target["adapter"],
+            max_tokens=ready.max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed if req.seed is not None else self.seq,
             on_token=lambda t: loop.call_soon_threadsafe(events.put_nowait, ("token", t)),
             on_done=lambda exc: loop.call_soon_threadsafe(events.put_nowait, ("done", exc)),
-            forced=(tools, name) if mode == "forced" else None,
+            forced=(ready.tools, name) if mode == "forced" else None,
+            stops=req.stops,
         )
         self.engine.submit(job)
-        return Pending(target, msgs, tools, prompt, job, events, t0)
+        return Pending(ready.target, ready.messages, ready.tools, ready.prompt, job, events, ready.t0)
 
-    def finish(self, req: ChatRequest, p: Pending, response_id: str) -> Reply:
-        """The reply's text, finish reason and usage; logs the exchange."""
-        tokens = p.job.tokens
-        text = text_of(self.engine.tok, tokens)
-        finish = "stop" if tokens and tokens[-1] in self.engine.stop else "length"
+    def finish(self, req: ChatRequest, p: Pending, response_id: str, cancelled: bool = False) -> Reply:
+        """The reply's text (up to a stop sequence), finish reason and usage; logs the exchange.
+        `cancelled`: the client left before the reply was whole."""
+        tokens = list(p.job.tokens)
+        text, stopped = cut_at_stop(text_of(self.engine.tok, tokens), req.stops)
+        finish = "stop" if stopped or tokens and tokens[-1] in self.engine.stop else "length"
+        if cancelled and finish == "length" and len(tokens) < p.job.max_tokens:
+            finish = "cancelled"  # halted before its end (a reply that ended anyway keeps its reason)
         usage = {
             "prompt_tokens": len(p.prompt),
             "completion_tokens": len(tokens),
             "total_tokens": len(p.prompt) + len(tokens),
         }
         reply = Reply(text, finish, usage, content=text)
-        if req.tool_mode[0] != "none":
+        if req.tool_mode[0] != "none" and finish != "cancelled":
             parsed = parse_calls(text, p.tools)
             calls = parsed.calls if req.parallel_tool_calls else parsed.calls[:1]
             reply.extra_calls, reply.problems = len(parsed.calls) - len(calls), parsed.problems
@@ -226,6 +252,8 @@ class Server:
         kept = {k: target[k] for k in ("route", "character", "version")} | {"opt_in": opt_in}
         if opt_in:
             answer = {"role": "assistant", "content": reply.content}
+            if reply.finish_reason == "cancelled":
+                answer["weight"] = 0  # a cut reply: kept for the record, never trained on
             if reply.tool_calls:
                 answer["tool_calls"] = reply.tool_calls
             record = {
@@ -240,14 +268,14 @@ class Server:
                 "version": target["version"],
                 "route": target["route"],
             }
-            self.log.append(SERVED, record, when)
-            kept.update({"messages": record["messages"], "user_id": req.user, "tools": p.tools})
+            where = self.log.append(SERVED, record, when)
+            kept.update({"messages": record["messages"], "user_id": req.user, "tools": p.tools, "where": where})
         self.recent.put(response_id, kept)
 
     def feedback(self, fb: FeedbackRequest) -> dict:
         """A reaction to a reply served here: counted for everyone, and for a user who opted in a
         feedback record (good, or bad with the correction if given) for the next round."""
-        ex = self.recent.get(fb.response_id, self.root)
+        ex = self.recent.get(fb.response_id)
         if ex is None:
             raise ApiError(404, f"no response {fb.response_id!r} was served here", "response_id")
         when = utc_now()
