@@ -123,17 +123,24 @@ async def cancel(server: Server, req: ChatRequest, pending: Pending, response_id
 
 
 async def until_done(pending: Pending, request) -> BaseException | object | None:
-    """Waits for the job (a non-streamed reply), checking every quarter second whether the client
-    is still there: the job's exception, None, or CANCELLED when the client left."""
-    while True:
-        try:
-            kind, value = await asyncio.wait_for(pending.events.get(), timeout=0.25)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                return CANCELLED
-            continue
-        if kind == "done":
-            return value
+    """Waits for the job (a non-streamed reply) or for the client to leave (the next ASGI message
+    after the body is http.disconnect): the job's exception, None, or CANCELLED."""
+    left = asyncio.ensure_future(request.receive())
+    try:
+        while True:
+            event = asyncio.ensure_future(pending.events.get())
+            await asyncio.wait({event, left}, return_when=asyncio.FIRST_COMPLETED)
+            if not event.done():
+                event.cancel()
+                if left.result().get("type") == "http.disconnect":
+                    return CANCELLED
+                left = asyncio.ensure_future(request.receive())
+                continue
+            kind, value = event.result()
+            if kind == "done":
+                return value
+    finally:
+        left.cancel()
 
 
 def sse(obj: dict) -> str:

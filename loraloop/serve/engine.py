@@ -39,6 +39,7 @@ class Job:
     # Set by the server when the client left, or here when a stop sequence appeared: the job's row
     # ends at the next decode step and frees its place in the batch.
     halted: bool = False
+    done: bool = False  # on_done was called (a halted job's, at once: not when its batch ends)
 
     @property
     def key(self) -> tuple:
@@ -156,16 +157,18 @@ class Engine:
                         desc="",
                         progress=False,
                         on_token=heard,
-                        halt=lambda i: group[i].halted,
+                        halt=lambda i: ended_early(group[i]),
                     )
             self.batches += 1
             self.batched += len(group)
         except BaseException as exc:  # a failed batch fails its requests, not the server
             for job in group:
-                job.on_done(exc)
+                if not job.done:
+                    job.on_done(exc)
             return
         for job in group:
-            job.on_done(None)
+            if not job.done:
+                job.on_done(None)
 
 
 def stop_in_tail(tok, tokens: list[int], stops: list[str]) -> bool:
@@ -173,3 +176,12 @@ def stop_in_tail(tok, tokens: list[int], stops: list[str]) -> bool:
     longest sequence has characters, and a few more: a token is at least one character)."""
     tail = tok.decode(tokens[-(max(map(len, stops)) + 4) :], skip_special_tokens=True)
     return any(s in tail for s in stops)
+
+
+def ended_early(job: Job) -> bool:
+    """Whether a job is halted; the first time, it is done for its client at once (its reply is
+    whole, or nobody waits), not when the rest of its batch ends."""
+    if job.halted and not job.done:
+        job.done = True
+        job.on_done(None)
+    return job.halted
