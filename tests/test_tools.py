@@ -261,3 +261,20 @@ def test_a_forced_call_is_always_a_valid_call_of_a_declared_tool(tiny_model_dir,
     assert again == ids  # the same seed, the same call
     cut = forced_call(model, tok, prompt, CALENDAR, name, 12, temperature, seed=3)
     assert len(cut) <= 12 and parse(tok.decode(cut), CALENDAR).problems == ["a <tool_call> never closed"]
+
+
+def test_a_halted_forced_call_stops_at_its_next_forward_pass(tiny_model_dir):
+    """A client that leaves during a required call: halt() is asked before each forward pass, and
+    once it is true no further pass runs and no retry starts; the tokens so far are the result."""
+    tok, model = load_tokenizer(tiny_model_dir), load_base(tiny_model_dir)
+    prompt = prompt_ids(tok, [{"role": "user", "content": "What is on friday?"}], CALENDAR)
+    whole = forced_call(model, tok, prompt, CALENDAR, "add_task", 400, 0.0, seed=3)
+    asked = []
+
+    def halt() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    cut = forced_call(model, tok, prompt, CALENDAR, "add_task", 400, 0.0, seed=3, halt=halt)
+    assert len(asked) == 4, "asked again after it said stop"
+    assert 0 < len(cut) < len(whole) and whole[: len(cut)] == cut

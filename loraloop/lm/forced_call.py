@@ -49,13 +49,18 @@ class OutOfBudget(Exception):
     """The token budget ran out, or no token could continue the call."""
 
 
+class Halted(Exception):
+    """halt() said stop: the call is wanted no more."""
+
+
 class CallDecoder:
     """One forced call on `model` after `prompt` (token ids), every new token reported to on_token.
     Each piece (a string, a number, a choice) decodes its own tokens, so a character that takes
     several byte tokens is judged once it is whole."""
 
-    def __init__(self, model, tok, prompt: list[int], budget: int, temperature: float, seed: int):
+    def __init__(self, model, tok, prompt: list[int], budget: int, temperature: float, seed: int, halt=None):
         self.model, self.tok, self.budget, self.temperature = model, tok, budget, temperature
+        self.halt = halt or (lambda: False)
         self.gen = torch.Generator().manual_seed(seed)
         self.special = set(tok.all_special_ids)
         self.ids: list[int] = []  # the call's tokens so far
@@ -75,6 +80,8 @@ class CallDecoder:
     def _take(self, new: list[int]) -> None:
         if len(self.ids) + len(new) > self.budget:
             raise OutOfBudget
+        if self.halt():  # nobody waits for the call any more: no further forward pass
+            raise Halted
         self.ids += new
         self.logits = self._forward(new)
 
@@ -254,16 +261,19 @@ def forced_call(
     seed: int,
     on_token=None,
     tries: int = 3,
+    halt=None,
 ) -> list[int]:
     """The token ids of one call (the named tool, or the declared tool the model picks), under
     `budget` tokens. What the decoder does not restrict (a pattern, a length bound, a number
     bound it could not keep) is checked against the schema afterwards, and a call that fails is
     decoded again, sampling (temperature at least 1), up to `tries` times; the last try stands
-    either way, so a call that never validates goes back as text. on_token hears the final ids."""
+    either way, so a call that never validates goes back as text. on_token hears the final ids.
+    `halt()` true (its client left) stops the decoding before its next forward pass; the ids so far
+    are then the result."""
     specs = tool_specs(tools)
     for attempt in range(tries):
         warm = temperature if attempt == 0 else max(temperature, 1.0)
-        d = CallDecoder(model, tok, prompt, budget, warm, seed + attempt)
+        d = CallDecoder(model, tok, prompt, budget, warm, seed + attempt, halt)
         try:
             d.emit(OPEN + '\n{"name": ')
             chosen = name
@@ -275,8 +285,8 @@ def forced_call(
             d.emit(', "arguments": ')
             d.object(specs[chosen].get("parameters") or {"type": "object"})
             d.emit("}\n" + CLOSE)
-        except OutOfBudget:
-            break  # a longer try would not fit either
+        except (OutOfBudget, Halted):
+            break  # a longer try would not fit either, or nobody waits for one
         if not parse(d.decode(d.ids), tools).problems:
             break
     for t in d.ids:

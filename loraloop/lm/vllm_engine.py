@@ -5,6 +5,7 @@ not match loraloop's, and a GPU's memory is given back when it ends."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,23 @@ def vllm_python() -> str:
     if os.environ.get("LORALOOP_VLLM_PYTHON"):
         return os.environ["LORALOOP_VLLM_PYTHON"]
     return str(VLLM_VENV) if VLLM_VENV.is_file() else sys.executable
+
+
+def vllm_executable() -> str | None:
+    """vLLM's `vllm` command: the one beside vllm_python(), else the one on PATH, else None."""
+    beside = Path(vllm_python()).parent / "vllm"
+    return str(beside) if beside.is_file() else shutil.which("vllm")
+
+
+def cpu_engine_env() -> dict[str, str]:
+    """What vLLM's CPU build needs in its environment; empty on a CUDA machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    # Otherwise it asks for 92% of the machine's memory for its cache and stops when less is free,
+    # and drops torch to one thread unless OMP_NUM_THREADS is set.
+    return {"VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def vllm_request(base_dir: Path, ids: list[list[int]], seeds: list[int], seed: int, sp: SampleParams) -> dict:

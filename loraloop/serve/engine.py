@@ -141,6 +141,7 @@ class Engine:
                     first.temperature,
                     first.seed,
                     on_token=lambda t: heard(0, t),
+                    halt=lambda: ended_early(first),
                 )
             else:
                 with torch.inference_mode():

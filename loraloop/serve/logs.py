@@ -48,20 +48,17 @@ class DailyLog:
         line = dumps(row) + "\n"
         with self.lock:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("ab") as f:
+            with path.open("a+b") as f:  # appends wherever it seeks; reads the last byte
                 # A crash (or a full disk) mid-write leaves a last line without its newline: start
                 # a new one, so the torn line stays alone and this row whole. One write of the
                 # whole line: readers never see half of it.
-                end = f.tell()
-                torn = end > 0 and _last_byte(path) != b"\n"
+                end = f.seek(0, 2)
+                torn = False
+                if end:
+                    f.seek(end - 1)
+                    torn = f.read(1) != b"\n"
                 f.write((("\n" if torn else "") + line).encode("utf-8"))
         return str(path), end + torn
-
-
-def _last_byte(path: Path) -> bytes:
-    with path.open("rb") as f:
-        f.seek(-1, 2)
-        return f.read(1)
 
 
 def read_rows(folder: Path, problems: list[str] | None = None) -> Iterator[dict]:

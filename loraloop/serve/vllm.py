@@ -45,9 +45,10 @@ def template_renders_tools(base_dir: Path) -> bool:
     return "tools" in json.dumps(template)
 
 
-def vllm_command(routes: Routes, base_dir: Path, host: str, port: int) -> list[str]:
-    """vLLM's OpenAI server with every routed adapter: route ids serve the stable version (vLLM has
-    no per-user canary split), <release>@<version> ids every version in service."""
+def vllm_command(routes: Routes, base_dir: Path, host: str, port: int, vllm: str = "vllm") -> list[str]:
+    """vLLM's OpenAI server (the `vllm` command given) with every routed adapter: route ids serve the
+    stable version (vLLM has no per-user canary split), <release>@<version> ids every version in
+    service."""
     modules: dict[str, Path] = {}
     for route, e in sorted(routes.current().items()):
         modules[route] = routes.adapter_dir(e["stable"]["adapter"])
@@ -64,7 +65,7 @@ def vllm_command(routes: Routes, base_dir: Path, host: str, port: int) -> list[s
         if bad:
             raise NotServable(f"{name} ({adapter}): vLLM cannot serve it: {'; '.join(bad)}")
         ranks.append(adapter_rank(cfg))
-    cmd = ["vllm", "serve", str(base_dir), "--host", host, "--port", str(port), "--enable-lora"]
+    cmd = [vllm, "serve", str(base_dir), "--host", host, "--port", str(port), "--enable-lora"]
     # Tool calls parsed into tool_calls, tool_choice auto/required/named (vLLM's guided decoding).
     cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser(base_dir)]
     # Paths relative to the project, where the command runs.
