@@ -17,7 +17,6 @@ anyway). The last lines are the ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -41,6 +40,7 @@ from loraloop.files import read_json  # noqa: E402
 from loraloop.lm.chat import prompt_ids  # noqa: E402
 from loraloop.lm.model import load_base, load_tokenizer  # noqa: E402
 from loraloop.lm.vllm_engine import cpu_engine_env, vllm_executable  # noqa: E402
+from loraloop.serve.logs import COUNTERS, read_rows  # noqa: E402
 from loraloop.serve.routes import Routes  # noqa: E402
 from loraloop.serve.vllm import vllm_command  # noqa: E402
 
@@ -70,22 +70,23 @@ def wait_up(url: str, server: subprocess.Popen, seconds: float = 600) -> None:
     sys.exit(f"the server at {url} did not answer in {seconds:.0f} s")
 
 
+def ask(client: openai.OpenAI, model: str, text: str, max_tokens: int, system: str | None = None):
+    """One greedy request: its reply, latency and completion tokens."""
+    head = [{"role": "system", "content": system}] if system else []
+    t = time.perf_counter()
+    r = client.chat.completions.create(
+        model=model, messages=[*head, {"role": "user", "content": text}], temperature=0, max_tokens=max_tokens
+    )
+    return r.choices[0].message.content.strip(), time.perf_counter() - t, r.usage.completion_tokens
+
+
 def load(client: openai.OpenAI, model: str, texts: list[str], concurrency: int, max_tokens: int, system=None):
     """Every text asked by `concurrency` clients at once (after one warm-up request): replies,
     latencies, completion tokens and wall seconds."""
-    head = [{"role": "system", "content": system}] if system else []
-
-    def ask(text: str):
-        t = time.perf_counter()
-        r = client.chat.completions.create(
-            model=model, messages=[*head, {"role": "user", "content": text}], temperature=0, max_tokens=max_tokens
-        )
-        return r.choices[0].message.content.strip(), time.perf_counter() - t, r.usage.completion_tokens
-
-    ask(texts[0])  # warm-up: the adapter loads on first use
+    ask(client, model, texts[0], max_tokens, system)  # warm-up: the adapter loads on first use
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        out = list(pool.map(ask, texts))
+        out = list(pool.map(lambda text: ask(client, model, text, max_tokens, system), texts))
     return [o[0] for o in out], [o[1] for o in out], sum(o[2] for o in out), time.perf_counter() - t0
 
 
@@ -105,7 +106,7 @@ def serve_side(texts: list[str], concurrency: int, max_tokens: int):
         result = load(client, "tutor", texts, concurrency, max_tokens)
         many_clients(client, texts, Path(log_root))
         responsiveness(url, texts[0])
-        one = lambda: load(client, "tutor", texts[:1], 1, max_tokens)[1][0]  # noqa: E731
+        one = lambda: ask(client, "tutor", texts[0], max_tokens)[1]  # noqa: E731
         disconnects(url, texts[0], concurrency, Path(log_root), one(), one)
     finally:
         server.terminate()
@@ -114,7 +115,7 @@ def serve_side(texts: list[str], concurrency: int, max_tokens: int):
 
 
 def logged(log_root: Path) -> list[dict]:
-    return [json.loads(line) for f in (log_root / "logs/serve").glob("*.jsonl") for line in f.read_text().splitlines()]
+    return list(read_rows(log_root / COUNTERS))
 
 
 def many_clients(client: openai.OpenAI, texts: list[str], log_root: Path, clients: int = 64) -> None:
@@ -122,7 +123,7 @@ def many_clients(client: openai.OpenAI, texts: list[str], log_root: Path, client
     asked = [texts[i % len(texts)] for i in range(clients)]
     before = {r.get("response_id") for r in logged(log_root)}
 
-    def ask(i: int):
+    def one(i: int):
         r = client.chat.completions.create(
             model="tutor", messages=[{"role": "user", "content": asked[i]}], max_tokens=16, user=f"client-{i}"
         )
@@ -130,7 +131,7 @@ def many_clients(client: openai.OpenAI, texts: list[str], log_root: Path, client
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        ids = list(pool.map(ask, range(clients)))
+        ids = list(pool.map(one, range(clients)))
     wall = time.perf_counter() - t0
     time.sleep(0.5)
     rows = [r for r in logged(log_root) if r.get("event") == "completion" and r.get("response_id") not in before]
