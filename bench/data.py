@@ -1,11 +1,13 @@
 """Throughput and memory of collect + scrub, against scrubadub's PII pass on the same texts.
 
-    python bench/data.py [--n 1000000] [--peer-sample 20000]
+    python bench/data.py [--sizes 100000,300000,1000000] [--peer-sample 20000]
 
-Writes N synthetic tutoring conversations (English and Korean, with planted emails, phones and
-card numbers whose values are known), runs collect + scrub on them in a child process (so its
-peak RSS is its own), then times loraloop's PII masker and scrubadub on the same user texts and
-reports recall on the planted values. Prints conversations/s, peak RSS and the ratios.
+For each size N: writes N synthetic tutoring conversations (English and Korean, with planted
+emails, phones and card numbers whose values are known), runs collect + scrub + version on them in
+a child process (so its peak RSS is its own), and prints conversations/s, each stage's seconds and
+the peak RSS (target under 2 GB), then the growth exponents between sizes (target: linear, near
+duplicates included). Then times loraloop's PII masker and scrubadub on the largest corpus's user
+texts and reports recall on the planted values.
 scrubadub is slow, so it runs on the first --peer-sample texts; its rate is per text either way.
 """
 
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,9 +64,9 @@ def write_corpus(path: Path, n: int, seed: int = 11) -> list[tuple[str, str, str
 
 
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
-from loraloop.data import collect, scrub
+from loraloop.data import collect, scrub, version
 from loraloop.params import load_params
 raw, out = Path(sys.argv[1]), Path(sys.argv[2])
 p = load_params(sys.argv[3])
@@ -73,11 +76,16 @@ c = collect.run(p.collect.model_copy(update={"sources": [src], "deletions": []})
 t1 = time.perf_counter()
 s = scrub.run(p.scrub, out / "collected/records.jsonl", out / "scrubbed", out / "data.json")
 t2 = time.perf_counter()
-print(json.dumps({"read": c["read"], "kept": s["kept"], "collect_s": t1 - t0, "scrub_s": t2 - t1}))
+v = version.run(p.version, out / "scrubbed", out / "version", data_metrics=out / "data.json")
+t3 = time.perf_counter()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"read": c["read"], "kept": s["kept"], "collect_s": t1 - t0, "scrub_s": t2 - t1,
+                  "version_s": t3 - t2, "peak_rss_mb": peak}))
 """
 
 
 def run_pipeline(raw: Path, out: Path) -> dict:
+    """collect + scrub + version in a child process of its own: times, and its own peak RSS."""
     res = subprocess.run(
         [sys.executable, "-c", CHILD, str(raw), str(out), str(ROOT / "params.yaml")],
         cwd=ROOT,
@@ -85,9 +93,33 @@ def run_pipeline(raw: Path, out: Path) -> dict:
         text=True,
         check=True,
     )
-    stats = json.loads(res.stdout.strip().splitlines()[-1])
-    stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return stats
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def scaling(sizes: list[int], tmp: Path) -> list[tuple[dict, list]]:
+    """The pipeline at each corpus size: its figures and the planted PII of the corpus."""
+    rows = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        truth = write_corpus(tmp / f"raw-{n}.jsonl", n)
+        print(
+            f"corpus: {n:,} conversations, {len(truth):,} with planted PII ({time.perf_counter() - t0:.1f} s to write)"
+        )
+        stats = run_pipeline(tmp / f"raw-{n}.jsonl", tmp / f"out-{n}")
+        (tmp / f"raw-{n}.jsonl").unlink()
+        shutil.rmtree(tmp / f"out-{n}")
+        seconds = stats["collect_s"] + stats["scrub_s"] + stats["version_s"]
+        print(
+            f"  collect+scrub+version: {stats['read'] / seconds:,.0f} conversations/s ({seconds:.1f} s; collect "
+            f"{stats['collect_s']:.1f} s, scrub {stats['scrub_s']:.1f} s, version {stats['version_s']:.1f} s), "
+            f"kept {stats['kept']:,}, peak RSS {stats['peak_rss_mb']:,.0f} MB (target < 2,048)"
+        )
+        rows.append(({"n": n, "seconds": seconds, **stats}, truth))
+    for (a, _), (b, _) in zip(rows, rows[1:]):
+        k = math.log(b["seconds"] / a["seconds"]) / math.log(b["n"] / a["n"])
+        m = math.log(b["peak_rss_mb"] / a["peak_rss_mb"]) / math.log(b["n"] / a["n"])
+        print(f"  {a['n']:,} -> {b['n']:,}: time exponent {k:.2f} (target <= 1.1), memory exponent {m:.2f}")
+    return rows
 
 
 def recall_and_rate(clean, texts: list[tuple[str, str, str]]) -> tuple[dict, float]:
@@ -103,7 +135,7 @@ def recall_and_rate(clean, texts: list[tuple[str, str, str]]) -> tuple[dict, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--sizes", default="100000,300000,1000000", help="corpus sizes, comma-separated")
     ap.add_argument("--peer-sample", type=int, default=20_000)
     args = ap.parse_args()
     try:
@@ -113,20 +145,9 @@ def main() -> None:
     from loraloop.data.pii import mask
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        t0 = time.perf_counter()
-        truth = write_corpus(tmp / "raw.jsonl", args.n)
-        print(
-            f"corpus: {args.n} conversations, {len(truth)} with planted PII ({time.perf_counter() - t0:.1f} s to write)"
-        )
-        stats = run_pipeline(tmp / "raw.jsonl", tmp / "out")
-    seconds = stats["collect_s"] + stats["scrub_s"]
-    conv_s = stats["read"] / seconds
-    print(
-        f"loraloop collect+scrub: {conv_s:,.0f} conversations/s ({seconds:.1f} s; collect {stats['collect_s']:.1f} s, "
-        f"scrub {stats['scrub_s']:.1f} s), kept {stats['kept']:,}, peak RSS {stats['peak_rss_mb']:,.0f} MB"
-    )
-
+        rows = scaling([int(n) for n in args.sizes.split(",")], Path(tmp))
+    stats, truth = rows[-1]
+    conv_s = stats["read"] / stats["seconds"]
     sample = truth[: args.peer_sample]
     ours_recall, ours_rate = recall_and_rate(lambda t: mask(t)[0], sample)
     peer = scrubadub.Scrubber()
@@ -136,7 +157,7 @@ def main() -> None:
         f"-> ratio {ours_rate / peer_rate:.1f}x"
     )
     print(
-        f"whole collect+scrub (conversations/s) vs scrubadub's PII pass alone (texts/s): "
+        f"whole collect+scrub+version (conversations/s) vs scrubadub's PII pass alone (texts/s): "
         f"ratio {conv_s / peer_rate:.1f}x"
     )
     for kind in ours_recall:

@@ -1,18 +1,23 @@
-"""What a user waits for when there is nothing to do: `dvc repro` and `dvc status` on an up-to-date
-pipeline with 3 lineages x 5 rounds declared, and `loraloop collect --help`.
+"""What a user waits for when there is nothing to do, as a fleet grows: `dvc repro`, `dvc status` and
+`loraloop status` on an up-to-date pipeline with N lineages, each with --rounds active rounds in
+params.yaml and --retired rounds retired into retired/<lineage>.dvc (`loraloop round retire`).
 
-    python bench/noop_repro.py [--lineages 3] [--rounds 5] [--repeat 3]
+    python bench/noop_repro.py [--lineages 3,20,50] [--rounds 2] [--retired 20] [--repeat 3]
 
-Builds a throwaway git + DVC repo from this project's dvc.yaml, stages/, loraloop/ and data/raw, with
-params.yaml's lineages and rounds widened (a third lineage copies the tutor's), writes a small
-placeholder for every output, records them all with `dvc commit`, and times the commands
-(median of --repeat). No stage runs: this measures DVC's and loraloop's own start-up and checks.
-Target: a no-op `dvc repro` under 3 s.
+Builds a throwaway git + DVC repo per lineage count from this project's dvc.yaml, stages/,
+loraloop/ and data/raw, with params.yaml's lineages widened (each new lineage copies the tutor's),
+writes a small placeholder for every output (and for every retired round's model, data and
+metrics), records them all with `dvc commit`, and times the commands (median of --repeat). No
+stage runs: this measures DVC's and loraloop's own start-up and checks. Targets at 20 lineages: a
+no-op `dvc repro` and `dvc status` under 5 s, `loraloop status` under 2 s. Prints the growth
+between lineage counts (the exponent of time against stages).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import shutil
 import statistics
@@ -26,9 +31,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from loraloop.params import RETIRED_KEY  # noqa: E402
 
 
-def widen(params: dict, lineages: int, rounds: int) -> dict:
+def widen(params: dict, lineages: int, rounds: int, retired: int) -> tuple[dict, dict]:
+    """params.yaml with `lineages` lineages of `rounds` active rounds each, and each lineage's
+    retired rounds before them: (params, lineage -> retired round -> spec)."""
     names = list(params["lineages"])
     while len(names) < lineages:
         name = f"guide{len(names)}"
@@ -37,12 +47,33 @@ def widen(params: dict, lineages: int, rounds: int) -> dict:
             "rules": {},
         }
         names.append(name)
-    params["rounds"] = {
-        f"{name}-r{k}": {"lineage": name, "prev": "base" if k == 1 else f"{name}-r{k - 1}"}
-        for name in names[:lineages]
-        for k in range(1, rounds + 1)
-    }
-    return params
+    params["lineages"] = {n: params["lineages"][n] for n in names[:lineages]}
+    archives, params["rounds"] = {}, {}
+    for name in names[:lineages]:
+        ids = [f"{name}-r{k}" for k in range(1, retired + rounds + 1)]
+        specs = {r: {"lineage": name, "prev": "base" if k == 0 else ids[k - 1]} for k, r in enumerate(ids)}
+        archives[name] = {r: specs[r] for r in ids[:retired]}
+        params["rounds"].update({r: specs[r] for r in ids[retired:]})
+    return params, archives
+
+
+def write_archives(repo: Path, archives: dict) -> None:
+    """retired/<lineage>.dvc with a placeholder model, data directory and metrics per round."""
+    for lineage, rounds in archives.items():
+        if not rounds:
+            continue
+        outs = []
+        for r in rounds:
+            for d in (repo / "models/rounds" / r, repo / "data/rounds" / lineage / r):
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "placeholder.json").write_text("{}\n")
+                outs.append({"path": Path("..", d.relative_to(repo)).as_posix()})
+            (repo / "models/rounds" / r / "ROUND.json").write_text('{"adapter_hash": null}\n')
+            (repo / "metrics" / lineage).mkdir(parents=True, exist_ok=True)
+            (repo / "metrics" / lineage / f"eval_{r}.json").write_text("{}\n")
+        doc = {"meta": {RETIRED_KEY: rounds}, "outs": outs}
+        (repo / "retired").mkdir(exist_ok=True)
+        (repo / "retired" / f"{lineage}.dvc").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def placeholders(repo: Path) -> int:
@@ -78,43 +109,117 @@ def timed(cmd: list[str], cwd: Path, repeat: int) -> tuple[float, str]:
     return statistics.median(times), out
 
 
+def per_file_deps(repo: Path) -> None:
+    """dvc.yaml as it was before code/<kind>.json: each stage lists every source file it runs."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
+    for body in (stage.get("do", stage) for stage in spec["stages"].values()):
+        deps = body.get("deps", [])
+        fp = next((d for d in deps if str(d).startswith("code/")), None)
+        if fp is not None:
+            files = json.loads((repo / fp).read_text())["files"]
+            body["deps"] = [d for d in deps if d != fp] + sorted(files)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def build(repo: Path, lineages: int, rounds: int, retired: int, per_file: bool = False) -> int:
+    """The throwaway repo, every output recorded: returns its number of stages."""
+    repo.mkdir(parents=True)
+    for name in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for package in ("stages", "loraloop", "code"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "data/raw", repo / "data/raw")
+    params, archives = widen(yaml.safe_load((ROOT / "params.yaml").read_text()), lineages, rounds, retired)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    if per_file:
+        per_file_deps(repo)
+    dvc = str(BIN / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.autostage", "false"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    write_archives(repo, archives)
+    n_stages = placeholders(repo)
+    done = subprocess.run([dvc, "commit", "-f"], cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"dvc commit failed:\n{done.stderr[-2000:]}")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], cwd=repo, check=True)
+    return n_stages
+
+
+def measure(repo: Path, repeat: int) -> dict[str, float]:
+    dvc = str(BIN / "dvc")
+    repro, out = timed([dvc, "repro"], repo, repeat)
+    if "up to date" not in out and "didn't change" not in out:
+        sys.exit(f"dvc repro found work to do:\n{out[-2000:]}")
+    status, _ = timed([dvc, "status"], repo, repeat)
+    mine, _ = timed([str(BIN / "loraloop"), "status"], repo, repeat)
+    return {"dvc repro": repro, "dvc status": status, "loraloop status": mine}
+
+
+TARGETS = {"dvc repro": 5.0, "dvc status": 5.0, "loraloop status": 2.0}  # at 20 lineages
+
+
+# Where a no-op `dvc repro` spends its time, by DVC function (cumulative, under cProfile).
+PARTS = {
+    "params.yaml parsed and searched per stage": "dvc/dependency/param.py:read_param_file",
+    "dvc.yaml + dvc.lock loaded (index)": "dvc/repo/index.py:from_repo",
+    "deps and outs hashed (state db)": "dvc/output.py:status",
+    "read-write lock file per stage": "dvc/rwlock.py:rwlock",
+}
+
+
+def profile(repo: Path) -> None:
+    import pstats
+
+    prof = repo / "repro.prof"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "dvc", "repro"]
+    subprocess.run(cmd, cwd=repo, env=env, capture_output=True, check=True)
+    stats = pstats.Stats(str(prof)).stats
+    total = max(ct for (_, _, _, ct, _) in stats.values())
+    print(f"a no-op dvc repro under cProfile ({total:.1f} s profiled):")
+    for label, where in PARTS.items():
+        file, name = where.split(":")
+        t = sum(ct for (f, _, n), (_, _, _, ct, _) in stats.items() if f.endswith(file) and n == name)
+        print(f"  {label:44} {t / total:5.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lineages", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--lineages", default="3,20,50", help="comma-separated lineage counts")
+    ap.add_argument("--rounds", type=int, default=2, help="active rounds per lineage (in params.yaml)")
+    ap.add_argument("--retired", type=int, default=20, help="retired rounds per lineage (retired/<lineage>.dvc)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--keep", type=Path, default=None, help="Build the repo here and keep it (to profile)")
+    ap.add_argument("--before", action="store_true", help="also time per-file code deps (dvc.yaml before code/)")
+    ap.add_argument("--profile", action="store_true", help="profile a no-op repro at the largest count")
+    ap.add_argument("--keep", type=Path, default=None, help="Build the repos under here and keep them (to profile)")
     args = ap.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        repo = args.keep or Path(tmp) / "repo"
-        repo.mkdir(parents=True)
-        for name in ("dvc.yaml", "pyproject.toml"):
-            shutil.copy(ROOT / name, repo / name)
-        for package in ("stages", "loraloop"):
-            shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copytree(ROOT / "data/raw", repo / "data/raw")
-        params = widen(yaml.safe_load((ROOT / "params.yaml").read_text()), args.lineages, args.rounds)
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
-        dvc = str(BIN / "dvc")
-        for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.autostage", "false"]):
-            subprocess.run(cmd, cwd=repo, check=True)
-        n_stages = placeholders(repo)
-        done = subprocess.run([dvc, "commit", "-f"], cwd=repo, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"dvc commit failed:\n{done.stderr[-2000:]}")
-        subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-        subprocess.run(
-            ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], cwd=repo, check=True
+        for n in map(int, args.lineages.split(",")):
+            for per_file in (False, True) if args.before else (False,):
+                repo = (args.keep or Path(tmp)) / f"repo-{n}{'-per-file' if per_file else ''}"
+                stages = build(repo, n, args.rounds, args.retired, per_file)
+                times = measure(repo, args.repeat)
+                lock_kb = (repo / "dvc.lock").stat().st_size / 1024
+                if not per_file:
+                    rows.append((n, stages, times))
+                shown = "  ".join(f"{k} {v:6.2f} s" for k, v in times.items())
+                deps = "per-file code deps (before)" if per_file else "code/<kind>.json deps"
+                print(
+                    f"{n:3d} lineages x ({args.rounds} active + {args.retired} retired) rounds: {stages:4d} stages, "
+                    f"{deps}, dvc.lock {lock_kb:5.0f} KB  {shown}"
+                )
+        if args.profile:
+            profile((args.keep or Path(tmp)) / f"repo-{rows[-1][0]}")
+    for (n0, s0, t0), (n1, s1, t1) in zip(rows, rows[1:]):
+        growth = "  ".join(
+            f"{k} x{t1[k] / t0[k]:.2f} (exponent {math.log(t1[k] / t0[k]) / math.log(s1 / s0):.2f})" for k in t0
         )
-        repro, out = timed([dvc, "repro"], repo, args.repeat)
-        if "up to date" not in out and "didn't change" not in out:
-            sys.exit(f"dvc repro found work to do:\n{out[-2000:]}")
-        status, _ = timed([dvc, "status"], repo, args.repeat)
-        help_s, _ = timed([str(BIN / "loraloop"), "collect", "--help"], repo, args.repeat)
-    print(f"{args.lineages} lineages x {args.rounds} rounds: {n_stages} stages, all up to date")
-    print(f"loraloop collect --help: {help_s:5.2f} s")
-    print(f"dvc status:              {status:5.2f} s")
-    print(f"dvc repro (nothing to do): {repro:5.2f} s (target < 3 s)")
+        print(f"{n0} -> {n1} lineages ({s0} -> {s1} stages): {growth}")
+    at20 = next((t for n, _, t in rows if n == 20), None)
+    if at20:
+        print("at 20 lineages: " + "  ".join(f"{k} {at20[k]:.2f} s (target < {TARGETS[k]:.0f} s)" for k in TARGETS))
 
 
 if __name__ == "__main__":

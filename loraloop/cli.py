@@ -20,7 +20,7 @@ from .params import DataError, ParamsError
 # subcommand -> "module:command"
 STAGES = {name: f"stages.{name}:cli" for name in ("base", "collect", "scrub", "version", "view")}
 STAGES.update({name: f"stages.{name}:cli" for name in ("sample", "score", "train", "eval", "leakage")})
-STAGES.update({name: f"stages.{name}:cli" for name in ("package", "report")})
+STAGES.update({name: f"stages.{name}:cli" for name in ("package", "report", "code")})
 COMMANDS = {
     **STAGES,
     "check-params": "loraloop.commands.pipeline:check_params",
@@ -30,6 +30,7 @@ COMMANDS = {
     "forget": "loraloop.commands.data:forget",
     "ab-score": "loraloop.commands.judge:ab_score",
     "release": "loraloop.commands.release:release_group",
+    "round": "loraloop.commands.rounds:round_group",
     "route": "loraloop.commands.release:route",
     "serve": "loraloop.commands.serve:serve",
     "monitor": "loraloop.commands.serve:monitor",

@@ -45,6 +45,14 @@ def write_json(path: Path, obj) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def parse_yaml(text: str):
+    """YAML as Python data (safe types only), with libyaml's parser where PyYAML was built with it:
+    dvc.lock runs to hundreds of KB in a fleet, and the pure-Python parser takes seconds on it."""
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

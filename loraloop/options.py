@@ -58,8 +58,12 @@ STAGE_TIMES = ".dvc/tmp/stage-times.jsonl"  # `loraloop stage-times` prints and 
 
 
 def record_stage_time(seconds: float) -> None:
-    """Under `dvc repro` (which names the stage in DVC_STAGE), append the stage's wall time."""
+    """Under `dvc repro` (which names the stage in DVC_STAGE), append the stage's wall time and its
+    process's peak resident memory."""
+    import resource
+
     stage, root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
     if stage and root and (Path(root) / ".dvc/tmp").is_dir():
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         with (Path(root) / STAGE_TIMES).open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1)}) + "\n")
+            f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1), "peak_mb": round(peak_mb)}) + "\n")

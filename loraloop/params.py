@@ -8,7 +8,18 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .files import parse_yaml
 
 PARAMS_FILE = Path("params.yaml")
 # Round and lineage ids name DVC stages (train@tutor-r2) and directories: no '@', no path.
@@ -327,9 +338,18 @@ class Lineage:
         return sorted(self.system_prompts)
 
 
+class StartSpec(Section):
+    """The released version a round starts from (`loraloop round new --from release:V` writes it):
+    prev is the round that version released, and its adapter must still hash as the release's."""
+
+    release: str = Field(pattern=RELEASE_NAME.pattern)  # the version, e.g. tutor-v0.4
+    adapter_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class RoundSpec(Section):
     lineage: str
     prev: str
+    start: StartSpec | None = None
     # This round's own budget: any sample / train keys, over the sections' (a small character
     # trains fewer steps; a round at full size samples more), without touching other rounds.
     sample: dict = Field(default_factory=dict)
@@ -340,6 +360,32 @@ class Round(BaseModel):
     id: str
     prev: str
     lineage: str
+    retired: bool = False
+
+
+class RetiredSpec(RoundSpec):
+    adapter_hash: str | None = None  # the adapter it had when it was retired
+
+
+RETIRED = Path("retired")  # retired/<lineage>.dvc: a lineage's retired rounds (loraloop/history.py)
+RETIRED_KEY = "loraloop_retired"  # where in a .dvc file's meta the retired rounds are listed
+
+
+def read_retired(root: Path) -> dict[str, RetiredSpec]:
+    """The retired rounds of every lineage, from retired/<lineage>.dvc under `root`, in the order
+    they were retired (each lineage's oldest first)."""
+    out: dict[str, RetiredSpec] = {}
+    for path in sorted((Path(root) / RETIRED).glob("*.dvc")):
+        try:
+            doc = parse_yaml(path.read_text(encoding="utf-8")) or {}
+            listed = (doc.get("meta") or {}).get(RETIRED_KEY) or {}
+            for round_id, spec in listed.items():
+                out[str(round_id)] = RetiredSpec.model_validate(spec)
+        except (yaml.YAMLError, ValidationError, AttributeError, TypeError) as exc:
+            raise ParamsError(
+                f"{path}: not a retired-rounds file (meta.{RETIRED_KEY}: round -> {{lineage, prev}}): {exc}"
+            ) from None
+    return out
 
 
 class Params(Section):
@@ -359,9 +405,12 @@ class Params(Section):
     retrain: RetrainParams = RetrainParams()
     # A mapping, not a list, so DVC's foreach names stages after the round: train@r2, not train@1.
     rounds: dict[str, RoundSpec] = Field(min_length=1)
+    # Rounds retired from the DAG (retired/<lineage>.dvc, not params.yaml): still a prev, and history.
+    _retired: dict[str, RetiredSpec] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _lineages_and_rounds(self):
+    def _lineages_and_rounds(self, info: ValidationInfo):
+        self._retired = dict((info.context or {}).get("retired", {}))
         releases: dict[str, str] = {}
         for name, lp in self.lineages.items():
             if not NAME.match(name) or name == "base":
@@ -375,8 +424,13 @@ class Params(Section):
             if release in releases:
                 raise ValueError(f"lineages.{name}.release: {release!r} is already the release of {releases[release]}")
             releases[release] = name
-        seen: dict[str, str] = {}  # round -> lineage
+        seen = {round_id: spec.lineage for round_id, spec in self._retired.items()}  # round -> lineage
         for round_id, spec in self.rounds.items():
+            if round_id in self._retired:
+                raise ValueError(
+                    f"rounds.{round_id}: {round_id} is retired ({RETIRED}/{self._retired[round_id].lineage}.dvc); "
+                    "give the new round another id"
+                )
             if not NAME.match(round_id) or round_id == "base":
                 raise ValueError(
                     f"rounds.{round_id}: a round id is letters, digits, '_' and '-' (e.g. tutor-r1), not 'base'"
@@ -387,8 +441,13 @@ class Params(Section):
                 )
             if spec.prev != "base" and seen.get(spec.prev) != spec.lineage:
                 raise ValueError(
-                    f"rounds.{round_id}.prev is {spec.prev!r}, which is neither 'base' nor an earlier round of "
-                    f"lineage {spec.lineage!r}"
+                    f"rounds.{round_id}.prev is {spec.prev!r}, which is neither 'base' nor an earlier (or "
+                    f"retired) round of lineage {spec.lineage!r}"
+                    + (
+                        " (to start from a released version: `loraloop round new ID --from release:VERSION`)"
+                        if spec.prev.startswith("release:")
+                        else ""
+                    )
                 )
             seen[round_id] = spec.lineage
             for section, model in (("sample", SampleParams), ("train", TrainParams)):
@@ -420,12 +479,24 @@ class Params(Section):
         return [self.round(round_id) for round_id in self.rounds]
 
     def round(self, round_id: str) -> Round:
+        """A round of params.yaml, or a retired one."""
+        if round_id in self._retired:
+            spec = self._retired[round_id]
+            return Round(id=round_id, prev=spec.prev, lineage=spec.lineage, retired=True)
         if round_id not in self.rounds:
             raise ParamsError(
                 f"round {round_id!r} is not listed under rounds in params.yaml (have {list(self.rounds)})"
             )
         spec = self.rounds[round_id]
         return Round(id=round_id, prev=spec.prev, lineage=spec.lineage)
+
+    @property
+    def retired(self) -> dict[str, RetiredSpec]:
+        return self._retired
+
+    def history_of(self, lineage: str) -> list[str]:
+        """The lineage's retired rounds, then those params.yaml declares."""
+        return [r for r, spec in self._retired.items() if spec.lineage == lineage] + self.rounds_of(lineage)
 
     def lineage_of(self, round_id: str) -> Lineage:
         return self.lineage(self.round(round_id).lineage)
@@ -517,7 +588,7 @@ def expands_beyond(value, limit: int) -> bool:
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root or pass --params)") from None
     except yaml.YAMLError as exc:
@@ -530,7 +601,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
             "are refused. Write the values out, or use fewer aliases."
         )
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={"retired": read_retired(path.parent)})
     except ValidationError as exc:
         lines = "\n  ".join(_describe(e) for e in exc.errors())
         raise ParamsError(f"{path}: invalid parameters:\n  {lines}") from None

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .files import read_json, sha256_file
-from .params import Params
+from .params import Params, ParamsError
 
 BASE = Path("models/base")
 ROUNDS = Path("models/rounds")  # the rounds' models
@@ -183,6 +183,13 @@ class Workspace:
         if round_id != "base":
             spec = self.params.round(round_id)
             lineage, prev = spec.lineage, self.round(spec.prev, spec.lineage)
+            start = self.params.rounds[round_id].start if round_id in self.params.rounds else None
+            if start is not None and prev.adapter_hash != start.adapter_hash:
+                # a round declared from a released version: its prev must still hold that adapter
+                raise ParamsError(
+                    f"rounds.{round_id}.start: {start.release}'s adapter is {start.adapter_hash[:12]}..., but "
+                    f"{prev.model} holds {str(prev.adapter_hash)[:12]}...: restore it (`dvc pull`, `dvc checkout`)"
+                )
         elif lineage is None:
             raise ValueError("the base round needs a lineage")
         return Round(

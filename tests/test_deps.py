@@ -1,81 +1,37 @@
-"""dvc.yaml's code deps are the code each stage runs: for every `loraloop <sub>` stage, the
-project files in the import closure of the module that subcommand runs (and of the `loraloop`
-entry point itself) are exactly the stage's deps under stages/ and loraloop/. A missing one means
-`dvc repro` says "up to date" after an edit that changes the stage's output; an extra one reruns
-it for nothing."""
+"""dvc.yaml's code deps are the code each stage runs: every `loraloop <sub>` stage depends on
+code/<kind>.json, the fingerprint loraloop/code_deps.py writes of the project files in the import
+closure of the module that subcommand runs (and of the `loraloop` entry point itself). A file
+missing from it means `dvc repro` says "up to date" after an edit that changes the stage's output;
+an extra one reruns it for nothing. The closure is read from the source; here it is also checked
+against what importing the stage really loads, and the checker against each kind of import."""
 
 from __future__ import annotations
 
-import ast
+import json
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from loraloop import code_deps
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("stages", "loraloop")  # the DVC stages, and the library they run
-
-
-def package_of(path: Path) -> list[str]:
-    """The dotted package a file's relative imports start from, as parts: a module's folder, or
-    for an __init__.py the package it opens."""
-    return list(path.relative_to(ROOT).parent.parts)
+PACKAGES = code_deps.PACKAGES
 
 
 def imported_modules(path: Path, source: str | None = None, top_only: bool = False) -> set[str]:
-    """Every project module a file imports, at the top or inside a function (a lazy import runs
-    when the stage runs, so it counts; `top_only`: the module-level ones alone), as dotted names;
-    relative imports of any level resolved against the file's own package. `source`: the file's
-    text, if not read from `path`."""
-    tree = ast.parse(source if source is not None else path.read_text(encoding="utf-8"), filename=str(path))
-    found = set()
-    for node in tree.body if top_only else ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package_of(path)
-                if node.level - 1 > len(parts) - 1:
-                    raise AssertionError(f"{path}: `from {'.' * node.level}{node.module or ''}` leaves the project")
-                parts = parts[: len(parts) - (node.level - 1)]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            if base.split(".")[0] not in PACKAGES:
-                continue
-            found.add(base)
-            # `from . import ab`: ab is a module when a file says so.
-            found |= {f"{base}.{a.name}" for a in node.names if module_file(f"{base}.{a.name}") is not None}
-    return found
+    return code_deps.imported_modules(ROOT, path, source, top_only)
 
 
 def module_file(name: str) -> Path | None:
-    path = ROOT.joinpath(*name.split("."))
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return None
+    return code_deps.module_file(ROOT, name)
 
 
 def closure(module: str) -> set[str]:
-    """Project files (relative paths) run when `module` is imported: itself, what it imports,
-    transitively, and the package __init__ files on the way."""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # importing a.b runs a/__init__.py first
-            f = module_file(".".join(parts[:i]))
-            if f is None:
-                raise AssertionError(f"{name}: no such project module")
-            rel = f.relative_to(ROOT).as_posix()
-            if rel not in seen:
-                seen.add(rel)
-                todo.extend(imported_modules(f))
-    return seen
+    return code_deps.closure(ROOT, module)
 
 
 def stage_commands() -> dict[str, str]:
@@ -90,7 +46,7 @@ def stage_commands() -> dict[str, str]:
     return out
 
 
-def code_deps(stage_name: str) -> set[str]:
+def source_deps(stage_name: str) -> set[str]:
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage_name]
     deps = stage.get("do", stage).get("deps", [])
     return {d for d in deps if d.split("/")[0] in PACKAGES}
@@ -104,25 +60,63 @@ def test_every_stage_runs_a_loraloop_subcommand():
     from loraloop.cli import COMMANDS
 
     commands = stage_commands()
-    assert len(commands) == 13
+    assert len(commands) == 14
     unknown = {stage: sub for stage, sub in commands.items() if sub not in COMMANDS}
     assert not unknown, f"dvc.yaml runs subcommands the CLI does not have: {unknown}"
 
 
 @pytest.mark.parametrize("stage", sorted(stage_commands()))
-def test_stage_deps_are_its_import_closure(stage):
+def test_a_stage_depends_on_its_kinds_fingerprint_and_no_source_file(stage):
     from loraloop.cli import COMMANDS
 
     sub = stage_commands()[stage]
-    module = COMMANDS[sub].split(":")[0]
-    ran = closure("loraloop.cli") | closure(module)
-    listed = code_deps(stage)
-    missing, extra = sorted(ran - listed), sorted(listed - ran)
-    assert not missing and not extra, (
-        f"dvc.yaml stage {stage!r} (loraloop {sub} -> {module}): "
-        + (f"runs but does not list as deps: {', '.join(missing)}. " if missing else "")
-        + (f"lists as deps but does not run: {', '.join(extra)}." if extra else "")
+    kind = COMMANDS[sub].split(":")[0].removeprefix("stages.")
+    listed = source_deps(stage)
+    if stage == "code":  # the fingerprints' own stage depends on the source trees whole
+        assert listed == {"loraloop", "stages"}
+        return
+    assert listed == set(), f"dvc.yaml stage {stage!r} lists source files as deps: {sorted(listed)}"
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    assert f"code/{kind}.json" in deps.get("do", deps)["deps"]
+
+
+@pytest.mark.parametrize("kind", code_deps.kinds(ROOT))
+def test_a_fingerprint_holds_what_importing_its_stage_loads(kind, tmp_path):
+    """code/<kind>.json lists the import closure of the entry point and stages/<kind>.py; every
+    project module that importing them really loads is in it."""
+    code_deps.run(ROOT, tmp_path)
+    files = set(json.loads((tmp_path / f"{kind}.json").read_text())["files"])
+    assert files == closure("loraloop.cli") | closure(f"stages.{kind}")
+    probe = (
+        f"import sys, loraloop.cli, stages.{kind}; "
+        "print('\\n'.join(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))"
     )
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    ours = {
+        Path(f).relative_to(ROOT).as_posix()
+        for f in loaded.stdout.split()
+        if Path(f).is_absolute() and any(Path(f).is_relative_to(ROOT / p) for p in PACKAGES)
+    }
+    assert "loraloop/cli.py" in ours and f"stages/{kind}.py" in ours  # the probe sees the project
+    assert ours <= files, f"{kind}: loads {sorted(ours - files)} that its fingerprint misses"
+
+
+def test_a_fingerprint_changes_only_for_the_kinds_whose_code_changed(tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    code_deps.run(copy, tmp_path / "before")
+    loop = copy / "loraloop/train/loop.py"
+    loop.write_text(loop.read_text() + "\n# an edit\n")
+    code_deps.run(copy, tmp_path / "after")
+    moved = {
+        p.stem
+        for p in (tmp_path / "after").glob("*.json")
+        if p.read_bytes() != (tmp_path / "before" / p.name).read_bytes()
+    }
+    assert moved == {"train"}
 
 
 def test_closure_follows_lazy_and_relative_imports():
@@ -149,7 +143,7 @@ def test_the_checker_resolves_each_relative_level():
     }
     assert imported_modules(init, "from . import sft\n") == {"loraloop.train", "loraloop.train.sft"}
     assert imported_modules(mod, "def f():\n    from ..lm import chat\n") == {"loraloop.lm", "loraloop.lm.chat"}
-    with pytest.raises(AssertionError, match="leaves the project"):
+    with pytest.raises(ValueError, match="leaves the project"):
         imported_modules(mod, "from ...files import read_json\n")
 
 

@@ -90,7 +90,8 @@ def test_both_lineages_are_built_released_and_routed(built):
     # Each stage's wall time, recorded while DVC ran it; printed slowest first and cleared.
     times = sh(repo, "loraloop", "stage-times").stdout.splitlines()
     assert {line.split()[0] for line in times[:-1]} == ran and times[-1].startswith("all stages")
-    seconds = [float(line.split()[-2]) for line in times[:-1]]
+    seconds = [float(line.split()[1]) for line in times[:-1]]
+    assert all(line.endswith(" MB peak") and int(line.split()[3].replace(",", "")) > 0 for line in times[:-1])
     assert seconds == sorted(seconds, reverse=True) and not (repo / ".dvc/tmp/stage-times.jsonl").exists()
     routing = read_json(repo / "models/routing.json")
     assert set(routing) == {"tutor", "pirate"}

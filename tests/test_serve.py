@@ -17,7 +17,7 @@ import httpx2 as httpx  # what the openai client itself uses
 import openai
 import pytest
 import torch
-from conftest import copy_repo, edit_params
+from conftest import copy_repo, edit_params, write_lines
 from safetensors.torch import load_file, save_file
 
 from loraloop.files import read_json
@@ -337,6 +337,9 @@ def test_status_counts_new_examples_and_stale_stages(served):
     # the served logs are collect's input: the data and everything after it is out of date
     assert "collect" in status["stale"] and "train@pirate-r1" not in status["stale"]
     assert {"collect", "version", "train@pirate-r1", "package"} <= set(status["repro_would_run"])
+    # what it computed in-process (params read once, one index) is what DVC's own status says
+    dvc = subprocess.run(["dvc", "status", "--json"], cwd=server.repo, capture_output=True, text=True, check=True)
+    assert set(status["stale"]) == set(json.loads(dvc.stdout))
     text = subprocess.run(["loraloop", "status"], cwd=server.repo, capture_output=True, text=True).stdout
     assert "retrain due" in text and "`dvc repro` would run up to" in text
 
@@ -353,3 +356,11 @@ def test_the_tool_parser_follows_the_template_that_wrote_the_calls(tmp_path):
         json.dumps({"chat_template": "{% if tools %}{{ tools }}{% endif %}"})
     )
     assert tool_parser(tmp_path) == "llama3_json"
+
+
+def test_logs_are_read_from_a_day_on(tmp_path):
+    for day in ("2026-01-01", "2026-02-01", "2026-03-01"):
+        write_lines(tmp_path / f"{day}.jsonl", [{"day": day}])
+    write_lines(tmp_path / "monitor.jsonl", [{"day": None}])  # not a day file: always read
+    assert [r["day"] for r in read_rows(tmp_path, since_day="2026-02-01")] == ["2026-02-01", "2026-03-01", None]
+    assert len(list(read_rows(tmp_path))) == 4

@@ -23,7 +23,10 @@ def check_params(ctx):
 
     p = params_of(ctx)
     lineages = "; ".join(f"{name}: {', '.join(p.rounds_of(name)) or 'no rounds'}" for name in p.lineages)
-    click.echo(f"{ctx.find_root().obj['params']}: ok ({len(p.lineages)} lineages, {len(p.rounds)} rounds; {lineages})")
+    retired = f", {len(p.retired)} retired" if p.retired else ""
+    click.echo(
+        f"{ctx.find_root().obj['params']}: ok ({len(p.lineages)} lineages, {len(p.rounds)} rounds{retired}; {lineages})"
+    )
     manifest = VERSION / "manifest.json"
     for warning in character_warnings(p, read_json(manifest) if manifest.is_file() else None):
         click.echo(f"warning: {warning}", err=True)
@@ -32,7 +35,8 @@ def check_params(ctx):
 @click.command("stage-times")
 @click.option("--keep", is_flag=True, help="Do not clear the record after printing it.")
 def stage_times(keep):
-    """The wall time of each stage the last `dvc repro` runs ran, slowest first, and the total."""
+    """The wall time and peak memory of each stage the last `dvc repro` runs ran, slowest first,
+    and the total time."""
     path = Path(STAGE_TIMES)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
     if not rows:
@@ -40,7 +44,8 @@ def stage_times(keep):
         return
     width = max(len(r["stage"]) for r in rows)
     for r in sorted(rows, key=lambda r: -r["seconds"]):
-        click.echo(f"{r['stage']:<{width}}  {r['seconds']:7.1f} s")
+        peak = f"  {r['peak_mb']:7,} MB peak" if "peak_mb" in r else ""
+        click.echo(f"{r['stage']:<{width}}  {r['seconds']:7.1f} s{peak}")
     click.echo(f"{'all stages':<{width}}  {sum(r['seconds'] for r in rows):7.1f} s")
     if not keep:
         path.unlink()

@@ -17,9 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..files import read_json, write_json
+from ..files import parse_yaml, read_json, write_json
 
 FORGOTTEN = Path("data/forgotten.json")
 
@@ -97,7 +95,7 @@ def find(ids: list[str], cache: Path) -> list[Version]:
         lock_text = git("show", f"{v.rev}:dvc.lock")
         if lock_text is None:
             continue
-        stored_files(yaml.safe_load(lock_text) or {}, cache, v)
+        stored_files(parse_yaml(lock_text) or {}, cache, v)
         records = set(wanted)
         for path, md5 in v.files.items():  # the user's record ids in this version, via user_ref
             if path.endswith("records.jsonl") and cache_path(cache, md5).is_file():

@@ -16,9 +16,7 @@ import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import yaml
-
-from ..files import dumps, read_json, read_jsonl, replacing, sha256_file, write_json
+from ..files import dumps, parse_yaml, read_json, read_jsonl, replacing, sha256_file, write_json
 from ..params import VersionParams
 from .manifest import records_by_source
 from .splits import SPLITS
@@ -122,7 +120,7 @@ def previous_ids(splits_rel: str) -> dict[str, set[str]] | None:
     lock = _git_show("dvc.lock")
     if lock is None:
         return None
-    outs = (yaml.safe_load(lock) or {}).get("stages", {}).get("version", {}).get("outs", [])
+    outs = (parse_yaml(lock) or {}).get("stages", {}).get("version", {}).get("outs", [])
     md5 = next((o.get("md5") for o in outs if o.get("path") == splits_rel), None)
     cache = Path(".dvc/cache/files/md5")
     if not md5 or not (cache / md5[:2] / md5[2:]).is_file():

@@ -92,7 +92,7 @@ def measure(params: Params, base: Base, r: Round, checks: dict) -> dict:
 def run(ws: Workspace, out_file: Path) -> dict:
     """Every round's tone leakage into out_file; a round whose inputs did not change keeps its entry."""
     old = read_json(out_file) if out_file.is_file() else {}
-    result = {}
+    result = {r: old[r] for r in ws.params.retired if r in old}  # retired rounds keep what was measured
     for spec in ws.params.round_list:
         r = ws.round(spec.id)
         checks = probes(ws, ws.params.lineage(r.lineage))

@@ -41,7 +41,7 @@ def _evals(ws: Workspace, lineage: str) -> list[tuple[str, dict]]:
     """(round, its evaluation with its tone leakage) for the lineage's base and rounds."""
     leakage = read_json(ws.leakage) if ws.leakage.is_file() else {}
     out = []
-    for round_id in ["base", *ws.params.rounds_of(lineage)]:
+    for round_id in ["base", *ws.params.history_of(lineage)]:
         path = ws.round(round_id, lineage).metrics
         m = read_json(path) if path.is_file() else {}
         if m and leakage.get(round_id, {}).get("tone_leakage_rate") is not None:
@@ -134,7 +134,7 @@ def write_lineage_plots(ws: Workspace, lineage: str, out_dir: Path) -> None:
         w.writerow(["step", "round", "loss", "lr"])
         we.writerow(["step", "round", "eval_loss"])
         offset = 0
-        for round_id in ws.params.rounds_of(lineage):
+        for round_id in ws.params.history_of(lineage):
             live = ws.round(round_id).model / "live/plots/metrics"
             loss, lr = _tsv(live / "train/loss.tsv"), _tsv(live / "train/lr.tsv")
             for a, b in zip(loss, lr):

@@ -7,7 +7,7 @@ prompts alone (the eval split grew) compare by the lift over the base each side 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..judge.gates import LATER, check_gates
 from ..params import Lineage, Params
@@ -22,6 +22,7 @@ class Candidates:
     unservable: dict[str, list[str]]  # round -> why vLLM could not serve its adapter (empty: it can)
     base_eval: dict | None  # the base under the same eval, for the lift when the eval prompts changed
     base_hash: str | None  # the base the rounds were trained on
+    history: dict[str, dict] = field(default_factory=dict)  # retired round -> its evaluation (shown, not weighed)
 
 
 def leakage_gates(evals: dict[str, dict], leakage: dict, gates: dict) -> None:

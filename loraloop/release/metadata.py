@@ -73,7 +73,7 @@ def build_metadata(ws: Workspace, lineage: Lineage, version: str, round_id: str,
         "data": data_section(ws, lineage, manifest_sha256),
         "changes_from_previous": changes_since(cur, c.evals[round_id], manifest_sha256, ws.base.hash),
         **tool_use(c.evals[round_id]),
-        "evaluation": {"base": c.base_eval, **c.evals},
+        "evaluation": {"base": c.base_eval, **c.history, **c.evals},
     }
 
 

@@ -38,7 +38,12 @@ def candidates(ws: Workspace, lineage: Lineage, leakage: dict) -> Candidates:
         unservable=unservable,
         base_eval=read_json(ws.round("base", lineage.name).metrics),
         base_hash=ws.base.hash,
+        history={r: read_json(p) for r in retired_of(ws, lineage) if (p := ws.round(r).metrics).is_file()},
     )
+
+
+def retired_of(ws: Workspace, lineage: Lineage) -> list[str]:
+    return [r for r in ws.params.history_of(lineage.name) if r not in ws.params.rounds]
 
 
 def write_plots(params: Params, lineage: Lineage, evaluation: dict, out: Path) -> list[str]:

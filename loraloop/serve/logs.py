@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Iterator
 
 from ..files import dumps
 
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")  # the logs' file names: one UTC day each
 SERVED = Path("data/raw/served")
 FEEDBACK = SERVED / "feedback"
 COUNTERS = Path("logs/serve")
@@ -61,10 +63,13 @@ class DailyLog:
         return str(path), end + torn
 
 
-def read_rows(folder: Path, problems: list[str] | None = None) -> Iterator[dict]:
-    """Rows of every <date>.jsonl in `folder`, oldest day first. A line that does not parse is
+def read_rows(folder: Path, problems: list[str] | None = None, since_day: str | None = None) -> Iterator[dict]:
+    """Rows of every <date>.jsonl in `folder`, oldest day first (`since_day`, YYYY-MM-DD: only the
+    day files from that day on, and any file not named by a day). A line that does not parse is
     named in `problems` (file:line) and skipped."""
     for path in sorted(Path(folder).glob("*.jsonl")):
+        if since_day is not None and DAY.match(path.stem) and path.stem < since_day:
+            continue
         with path.open(encoding="utf-8", errors="replace") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():

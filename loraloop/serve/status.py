@@ -5,6 +5,7 @@ retrain is due (`retrain.min_new_examples`); then which DVC stages are out of da
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..params import Params
@@ -16,7 +17,8 @@ def new_examples(root: Path, characters: list[str], since: str | None) -> dict[s
     """Opt-in served exchanges and negatives of these characters logged after `since` (ISO time)."""
     counts = {"served": 0, "negatives": 0}
     for kind, folder in (("served", SERVED), ("negatives", NEGATIVES)):
-        for row in read_rows(root / folder):
+        # Day files before the release's day hold nothing newer: a year of logs is not read.
+        for row in read_rows(root / folder, since_day=since[:10] if since else None):
             if (
                 row.get("character_id") in characters
                 and row.get("opt_in")
@@ -51,17 +53,51 @@ def lineage_status(params: Params, root: Path, release_root: Path) -> list[dict]
     return out
 
 
+@contextmanager
+def params_read_once():
+    """DVC parses params.yaml again for every stage it checks, then finds each key by walking the
+    whole document (dvc/dependency/param.py: load_path, dpath.get): with 200 stages that is half a
+    status. Within this process, for the one status it asks, each params file is parsed once and a
+    plain dotted key is looked up directly; anything else (a glob) goes to DVC's own function."""
+    from dvc.dependency import param
+
+    original, parsed = param.read_param_file, {}
+
+    def read_once(fs, path, key_paths=None, flatten=False, **kwargs):
+        if not (flatten and key_paths) or kwargs or any("*" in k for k in key_paths):
+            return original(fs, path, key_paths, flatten, **kwargs)
+        if path not in parsed:
+            parsed[path] = param.load_path(path, fs)
+        out = {}
+        for key in key_paths:
+            value, found = parsed[path], True
+            for part in key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    found = False
+                    break
+                value = value[part]
+            if found:
+                out[key] = value
+        return out
+
+    param.read_param_file = read_once
+    try:
+        yield
+    finally:
+        param.read_param_file = original
+
+
 def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
     """(stages whose deps, params or outputs changed; every stage `dvc repro` may run: those and
     all downstream of them, as DVC skips one whose inputs come out unchanged; the stages it will
     run for certain: downstream too, but not past a lineage's view that is not itself stale, since
     new data passes a view only for the lineages whose characters it is of)."""
     import networkx as nx
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
 
-    with Repo(str(root)) as repo:
-        changed = set(repo.status())
+    with Repo(str(root)) as repo, lock_repo(repo), params_read_once():
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        changed = set(repo.status())  # inside the lock: the same index, not a second one
         stale = [s for s in graph.nodes if s.addressing in changed]
         would_run = {s.addressing for s in stale}
         for s in stale:
@@ -81,12 +117,12 @@ def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
 
 def locked_params(root: Path, stage: str) -> dict | None:
     """The params.yaml values `stage` last ran with (dvc.lock), or None before its first run."""
-    import yaml
+    from ..files import parse_yaml
 
     lock = root / "dvc.lock"
     if not lock.is_file():
         return None
-    entry = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+    entry = (parse_yaml(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
     return (entry or {}).get("params", {}).get("params.yaml")
 
 
