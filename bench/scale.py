@@ -79,9 +79,12 @@ def shrink(params: dict, tiny: Path, n: int, steps: int, per_prompt: int) -> dic
     params["scrub"]["near_dup_threshold"] = None
     params["lineages"] = {"tutor": params["lineages"]["tutor"]}
     params["rounds"] = {"tutor-r1": {"lineage": "tutor", "prev": "base"}}
+    # top_p 1: a random model's next-token distribution is flat, so any nucleus is most of the
+    # vocabulary and every step would sort it (a trained model's mostly fits in the top 256).
     params["sample"].update(
         num_prompts=n // per_prompt, samples_per_prompt=per_prompt, batch_size=64, max_new_tokens=32, max_negatives=0
     )
+    params["sample"]["top_p"] = 1.0
     params["train"].update(steps=steps, batch_size=4, max_length=256, checkpoint_every=steps, eval_examples=16)
     params["eval"].update(num_prompts=16, batch_size=16, max_new_tokens=32, gates={})
     params["version"]["eval_fraction"] = EVAL_FRACTION
@@ -100,7 +103,8 @@ def project(dst: Path, tiny: Path, n: int, anchor: int, steps: int, per_prompt: 
     write_raw(dst / "data/raw", math.ceil(n / per_prompt / (1 - EVAL_FRACTION)) + 64, anchor)
     params = shrink(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny, n, steps, per_prompt)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+    commit = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], commit):  # dvclive wants a commit
         subprocess.run(cmd, cwd=dst, check=True)
     return dst
 

@@ -201,6 +201,29 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert picks == {0, 1}
 
 
+def test_the_nucleus_from_the_top_k_is_the_one_a_full_sort_finds():
+    torch.manual_seed(0)
+    for logits in (torch.randn(3, 5000) * 4, torch.randn(3, 5000) * 0.1):  # peaked, and nearly flat (k grows)
+        probs = torch.softmax(logits, -1)
+        kept, ids = gen.nucleus(probs, 0.9)
+        full, order = probs.sort(-1, descending=True)
+        want = full.masked_fill(full.cumsum(-1) - full > 0.9, 0.0)
+        for row in range(3):
+            mine = {int(i) for i, p in zip(ids[row], kept[row]) if p > 0}
+            assert mine == {int(i) for i, p in zip(order[row], want[row]) if p > 0}
+
+
+def test_sampling_draws_each_token_as_often_as_its_nucleus_probability():
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.06, 0.04]]))
+    draws = [int(gen.pick_next(logits, 1.0, 0.85, [torch.Generator().manual_seed(s)])[0]) for s in range(6000)]
+    share = [draws.count(t) / len(draws) for t in range(5)]
+    assert share[3] == share[4] == 0  # outside the nucleus {0, 1, 2}
+    for t, p in enumerate((0.4 / 0.9, 0.3 / 0.9, 0.2 / 0.9)):
+        assert abs(share[t] - p) < 0.025, (t, share[t], p)
+    everything = [int(gen.pick_next(logits, 1.0, 1.0, [torch.Generator().manual_seed(s)])[0]) for s in range(6000)]
+    assert abs(everything.count(4) / 6000 - 0.04) < 0.01
+
+
 def greedy_one_at_a_time(model, tok, prompts, max_new_tokens, eos):
     outs = []
     for p in prompts:
