@@ -66,4 +66,4 @@ def record_stage_time(seconds: float) -> None:
     if stage and root and (Path(root) / ".dvc/tmp").is_dir():
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         with (Path(root) / STAGE_TIMES).open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1), "peak_mb": round(peak_mb)}) + "\n")
+            f.write(json.dumps({"stage": stage, "seconds": round(seconds, 3), "peak_mb": round(peak_mb)}) + "\n")

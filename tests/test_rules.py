@@ -168,3 +168,32 @@ def test_a_reply_that_names_itself_another_model_leaks(text):
 @pytest.mark.parametrize("text", IN_CHARACTER)
 def test_a_character_introducing_itself_does_not(text):
     assert rules.meta_leakage(text) == 1.0
+
+
+def test_score_streams_each_prompts_samples_and_refuses_them_apart(tmp_path):
+    from conftest import write_lines
+
+    from loraloop.params import DataError
+
+    rows = [
+        {
+            "prompt_id": pid,
+            "sample_index": i,
+            "response": f"What is {pid}{i}?",
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        for pid, i in (("a", 0), ("a", 1), ("b", 0), ("b", 1))
+    ]
+    samples = write_lines(tmp_path / "samples.jsonl", rows)
+    monkey_batch = score.BATCH
+    score.BATCH = 3  # a prompt's samples split across two scoring batches
+    try:
+        stats = score.run(
+            ScoreParams(keep_top_k=1, keep_top_fraction=1.0), samples, tmp_path / "s.jsonl", tmp_path / "p.jsonl"
+        )
+    finally:
+        score.BATCH = monkey_batch
+    assert stats["samples"] == 4 and stats["kept"] == 2
+    write_lines(samples, [rows[0], rows[2], rows[1]])
+    with pytest.raises(DataError, match="the samples of prompt 'a' are not together"):
+        score.run(ScoreParams(), samples, tmp_path / "s.jsonl", tmp_path / "p.jsonl")

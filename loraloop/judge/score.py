@@ -4,12 +4,14 @@ worst of each prompt become an on-policy DPO pair."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
-from ..files import read_jsonl, replacing, write_jsonl
-from ..params import ScoreParams
+from ..files import dumps, read_jsonl, replacing, write_jsonl
+from ..params import DataError, ScoreParams
 from .rules import rule_values, weighted_total
 
 
@@ -35,18 +37,30 @@ def score_rows(rows: list[dict], params: ScoreParams) -> None:
         row["weight"] = max(row["score"], params.weight_floor)
 
 
+def rank(r: dict) -> tuple:
+    """Best first; ties break on prompt and sample index, so choices are deterministic."""
+    return (-r["score"], r["prompt_id"], r.get("sample_index", 0))
+
+
+def allowed_in(group: list, params: ScoreParams) -> list:
+    """A prompt's rows that may be kept: its best keep_top_k (all without it)."""
+    return group if params.keep_top_k is None else sorted(group, key=rank)[: params.keep_top_k]
+
+
+def chosen(allowed: list[tuple], n_rows: int, params: ScoreParams) -> set:
+    """Of (rank, key) pairs, the keys of the best keep_top_fraction of all n_rows."""
+    n_keep = max(1, math.ceil(n_rows * params.keep_top_fraction)) if n_rows else 0
+    return {key for _, key in sorted(allowed)[:n_keep]}
+
+
 def mark_kept(rows: list[dict], params: ScoreParams) -> int:
     """keep = among the best `keep_top_fraction` overall and, with keep_top_k, among its prompt's
-    best k. Ties break on prompt and sample index, so the choice is deterministic."""
-    rank = lambda r: (-r["score"], r["prompt_id"], r.get("sample_index", 0))  # noqa: E731
-    allowed = {id(r) for r in rows}
-    if params.keep_top_k is not None:
-        per_prompt = defaultdict(list)
-        for r in rows:
-            per_prompt[r["prompt_id"]].append(r)
-        allowed = {id(r) for group in per_prompt.values() for r in sorted(group, key=rank)[: params.keep_top_k]}
-    n_keep = max(1, math.ceil(len(rows) * params.keep_top_fraction)) if rows else 0
-    kept = {id(r) for r in sorted((r for r in rows if id(r) in allowed), key=rank)[:n_keep]}
+    best k."""
+    per_prompt = defaultdict(list)
+    for r in rows:
+        per_prompt[r["prompt_id"]].append(r)
+    allowed = [(rank(r), id(r)) for group in per_prompt.values() for r in allowed_in(group, params)]
+    kept = chosen(allowed, len(rows), params)
     for row in rows:
         row["keep"] = id(row) in kept
     return len(kept)
@@ -91,14 +105,71 @@ def negative_score(row: dict, params: ScoreParams | None) -> float | None:
     return weighted_total(values, params.rules.weights.model_dump())
 
 
+BATCH = 256  # samples scored at a time (the reward model's batch comes out of these)
+
+
 def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Path) -> dict:
-    rows = list(read_jsonl(samples_file))
-    score_rows(rows, params)
-    n_keep = mark_kept(rows, params)
-    pairs = dpo_pairs(rows, params.pair_min_margin, params)
+    """scored.jsonl and pairs.jsonl in two passes over the samples, so memory holds a batch and a
+    rank per sample, not the round: the first scores a batch at a time, writes the rows unmarked
+    and ranks each prompt's samples (sample writes them together); the second marks `keep`."""
     with replacing(out_file, pairs_file) as (out_tmp, pairs_tmp):
-        write_jsonl(out_tmp, rows)
-        write_jsonl(pairs_tmp, pairs)
-    mean = sum(r["score"] for r in rows) / len(rows) if rows else 0.0
+        unmarked = out_tmp.with_name(out_tmp.name + ".unmarked")
+        try:
+            n, total, kept, pairs = score_into(samples_file, unmarked, params)
+            with unmarked.open(encoding="utf-8") as f, out_tmp.open("w", encoding="utf-8") as out:
+                for i, line in enumerate(f):
+                    out.write(dumps({**json.loads(line), "keep": i in kept}) + "\n")
+        finally:
+            unmarked.unlink(missing_ok=True)
+        write_jsonl(pairs_tmp, sorted(pairs, key=lambda p: p["prompt_id"]))  # as dpo_pairs orders them
     against = sum(p["prompt_id"].startswith("neg:") for p in pairs)
-    return {"samples": len(rows), "kept": n_keep, "pairs": len(pairs), "negative_pairs": against, "mean_score": mean}
+    mean = total / n if n else 0.0
+    return {"samples": n, "kept": len(kept), "pairs": len(pairs), "negative_pairs": against, "mean_score": mean}
+
+
+def score_into(samples_file: Path, unmarked: Path, params: ScoreParams) -> tuple[int, float, set, list]:
+    """The first pass: scored rows to `unmarked`; (rows, their total score, the indices to keep,
+    the DPO pairs)."""
+    allowed, pairs, n, total = [], [], 0, 0.0
+    with unmarked.open("w", encoding="utf-8") as f:
+        for group in prompt_groups(samples_file, params):
+            for r in group:
+                f.write(dumps(r) + "\n")
+            ok = {id(r) for r in allowed_in(group, params)}
+            allowed += [(rank(r), n + i) for i, r in enumerate(group) if id(r) in ok]
+            pairs += dpo_pairs(group, params.pair_min_margin, params)
+            n, total = n + len(group), total + sum(r["score"] for r in group)
+    return n, total, chosen(allowed, n, params), pairs
+
+
+def prompt_groups(samples_file: Path, params: ScoreParams) -> Iterator[list[dict]]:
+    """The samples scored (BATCH at a time), one prompt's together at a time; a prompt whose
+    samples are not together in the file is refused, naming the line."""
+    group, seen = [], set()
+    for batch in batched(read_jsonl(samples_file), BATCH):
+        score_rows(batch, params)
+        for row in batch:
+            if group and row["prompt_id"] != group[0]["prompt_id"]:
+                yield group
+                group = []
+            if not group:
+                if row["prompt_id"] in seen:
+                    raise DataError(
+                        f"{samples_file}: the samples of prompt {row['prompt_id']!r} are not together (another "
+                        "prompt's come between them); sample writes each prompt's samples in a row"
+                    )
+                seen.add(row["prompt_id"])
+            group.append(row)
+    if group:
+        yield group
+
+
+def batched(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -416,6 +416,22 @@ def generate(
         made = _decode(model, tails, shared, prefix_cache, tok.pad_token_id, pick, **decoding)
     texts = dict(zip(order, (tok.decode(ids, skip_special_tokens=True).strip() for ids in made)))
     return Generation(texts=[texts[i] for i in range(len(prompts))], seeds=seeds, n_tokens=sum(map(len, made)))
+
+
+def answer_in_chunks(base_dir, adapter, prompts: list[dict], chunk: int, seed: int, **settings) -> Iterator[Generation]:
+    """answer() `chunk` prompts at a time, the model loaded once: a Generation per chunk, in order;
+    what is held at once is one chunk's, not the whole round's. Prompt i still samples with seed
+    `seed + i`; the prompts' common prefix is computed per chunk, so a text can differ from one
+    answer() call's where its last float bits decide a near-tie (deterministically, per chunk)."""
+    from .chat import prompt_ids
+    from .model import load_model, load_tokenizer
+
+    tok = load_tokenizer(base_dir)
+    model = load_model(base_dir, adapter)
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in part]
+        yield generate(model, tok, ids, seed=seed + start, **settings)
 
 
 def answer(base_dir, adapter, prompts: list[dict], **settings) -> Generation:

@@ -13,28 +13,28 @@ from ..files import write_jsonl
 from ..params import Params, SampleParams
 from ..workspace import Base, Round
 
+CHUNK = 2048  # samples the hf engine makes and writes at a time: a round's memory is bounded by it
+
 
 def generate_hf(base_dir: Path, policy: Round, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
-    from .generate import answer
+    """Generations of CHUNK prompts at a time (the model loaded once), in order."""
+    from .generate import answer_in_chunks
 
-    return answer(
-        base_dir,
-        policy.adapter,
-        prompts,
-        batch_size=sp.batch_size,
-        max_new_tokens=sp.max_new_tokens,
-        temperature=sp.temperature,
-        top_p=sp.top_p,
-        seed=seed,
-        desc=desc,
-    )
+    n_chunks = -(-len(prompts) // CHUNK)
+    settings = dict(batch_size=sp.batch_size, max_new_tokens=sp.max_new_tokens, temperature=sp.temperature)
+    chunks = answer_in_chunks(base_dir, policy.adapter, prompts, CHUNK, seed, top_p=sp.top_p, desc=desc, **settings)
+    for i, gen in enumerate(chunks):
+        if n_chunks > 1:
+            print(f"{desc}: chunk {i + 1}/{n_chunks} done", file=sys.stderr)
+        yield gen
 
 
 def generate_vllm(base_dir: Path, policy: Round, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
+    """One generation of every prompt: vLLM manages its own memory, and starts once."""
     from .vllm_engine import generate_vllm
 
     print(f"{desc}: {len(prompts)} prompts", file=sys.stderr)
-    return generate_vllm(base_dir, policy.adapter, policy.info["id"], prompts, sp, seed)
+    yield generate_vllm(base_dir, policy.adapter, policy.info["id"], prompts, sp, seed)
 
 
 def sample_jobs(params: Params, r: Round) -> tuple[list[dict], int]:
@@ -55,8 +55,6 @@ def run(params: Params, r: Round, base: Base, out_file: Path | None = None) -> d
     jobs, n_prompts = sample_jobs(params, r)
     t0 = time.perf_counter()
     engine = generate_vllm if sp.engine == "vllm" else generate_hf
-    gen = engine(base.dir, policy, jobs, sp, params.seed, f"sample@{r.id}")
-    seconds = time.perf_counter() - t0
     made = {
         "round": r.id,
         "policy": policy.info["id"],
@@ -67,11 +65,21 @@ def run(params: Params, r: Round, base: Base, out_file: Path | None = None) -> d
         "top_p": sp.top_p,
         "max_new_tokens": sp.max_new_tokens,
     }
-    rows = ({**job, "response": text, "seed": s, **made} for job, text, s in zip(jobs, gen.texts, gen.seeds))
-    write_jsonl(out_file or r.samples, rows)
+    n_tokens, done = 0, 0
+
+    def rows():  # written as each chunk is made
+        nonlocal n_tokens, done
+        for gen in engine(base.dir, policy, jobs, sp, params.seed, f"sample@{r.id}"):
+            n_tokens += gen.n_tokens
+            for job, text, s in zip(jobs[done : done + len(gen.texts)], gen.texts, gen.seeds):
+                yield {**job, "response": text, "seed": s, **made}
+            done += len(gen.texts)
+
+    write_jsonl(out_file or r.samples, rows())
+    seconds = time.perf_counter() - t0
     return {
         "prompts": n_prompts,
         "samples": len(jobs),
-        "tokens": gen.n_tokens,
-        "tokens_per_s": gen.n_tokens / seconds if seconds else 0.0,
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / seconds if seconds else 0.0,
     }
