@@ -1,7 +1,7 @@
 """The `loraloop` command. A DVC stage's subcommand lives in stages/<stage>.py, every other one
 in loraloop/commands/; each is imported only when it runs, so a stage runs this file and its own
-module's imports and no more: exactly what its deps in dvc.yaml list (tests/test_deps.py checks
-that). Nothing imports this module.
+module's imports and no more: exactly what its code/<kind>.json lists, the one code dep dvc.yaml
+gives it (loraloop/code_deps.py; tests/test_deps.py checks it). Nothing imports this module.
 
 Every subcommand validates the whole params.yaml before it does any work, and takes its input
 and output paths explicitly (the defaults are the paths dvc.yaml uses)."""

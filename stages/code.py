@@ -8,11 +8,13 @@ from pathlib import Path
 import click
 
 from loraloop import code_deps
-from loraloop.options import PATH, say
+from loraloop.options import PATH, params_of, say
 
 
 @click.command()
 @click.option("--out", type=PATH, default=Path("code"), show_default=True)
-def cli(out):
+@click.pass_context
+def cli(ctx, out):
     """Fingerprint the code each kind of stage runs (its import closure) into OUT/<kind>.json."""
+    params_of(ctx)  # like every stage: a broken params.yaml stops the run before any work
     say(code_deps.run(Path.cwd(), out))

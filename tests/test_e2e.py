@@ -21,7 +21,7 @@ def round_stages(*rounds: str) -> set[str]:
 
 FLEET = {"leakage", "package", "report"}
 ALL_STAGES_R2 = (
-    {"collect", "scrub", "version", "base", "view@tutor", "eval_base@tutor"}
+    {"code", "collect", "scrub", "version", "base", "view@tutor", "eval_base@tutor"}
     | FLEET
     | round_stages("tutor-r1", "tutor-r2")
 )
@@ -77,10 +77,11 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_a_code_or_param_edit_reruns_what_reads_it_and_what_follows(repo):
-    """loraloop/judge/score.py runs only in score@<round> (tests/test_deps.py keeps dvc.yaml's deps equal to
-    each stage's imports) and score.keep_top_fraction is read only by score: each edit dirties
-    exactly the two score stages; the repro reruns them, what their outputs feed, and nothing
-    upstream. (One repro for both edits: the pipeline on the real model is the slow part.)"""
+    """loraloop/judge/score.py runs only in score@<round> (code/score.json lists it, no other kind's
+    fingerprint does) and score.keep_top_fraction is read only by score: each edit dirties exactly
+    the two score stages (the code edit through the code stage, which `loraloop status` sees
+    through); the repro reruns them, what their outputs feed, and nothing upstream. (One repro for
+    both edits: the pipeline on the real model is the slow part.)"""
     path = repo / "loraloop/judge/score.py"
     code = path.read_text()
     assert code.count('max(row["score"], params.weight_floor)') == 1
@@ -88,15 +89,16 @@ def test_a_code_or_param_edit_reruns_what_reads_it_and_what_follows(repo):
         code.replace('max(row["score"], params.weight_floor)', 'max(row["score"] ** 2, params.weight_floor)')
     )
     status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
-    assert status == {
-        f"score@{r}": [{"changed deps": {"loraloop/judge/score.py": "modified"}}] for r in ("tutor-r1", "tutor-r2")
-    }
+    assert status == {"code": [{"changed deps": {"loraloop": "modified"}}]}  # DVC sees the source tree move
+    mine = json.loads(sh(repo, "loraloop", "status", "--json").stdout)  # and loraloop which stages it moves
+    assert mine["stale"] == ["code", "score@tutor-r1", "score@tutor-r2"]
+    assert "sample@tutor-r1" not in mine["repro_will_run"] and "train@tutor-r2" in mine["repro_will_run"]
     edit_params(repo, lambda p: p["score"].update(keep_top_fraction=0.25))
     status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
-    assert set(status) == {"score@tutor-r1", "score@tutor-r2"}
-    shown = json.dumps(status["score@tutor-r1"])
-    assert "params.yaml" in shown and "loraloop/judge/score.py" in shown
-    assert repro(repo) == round_stages("tutor-r1", "tutor-r2") - {"sample@tutor-r1"} | FLEET
+    assert set(status) == {"code", "score@tutor-r1", "score@tutor-r2"}
+    assert "params.yaml" in json.dumps(status["score@tutor-r1"])
+    assert repro(repo) == round_stages("tutor-r1", "tutor-r2") - {"sample@tutor-r1"} | FLEET | {"code"}
+    assert "loraloop/judge/score.py" in (repo / "code/score.json").read_text()
 
 
 def test_exp_show_has_per_round_metric_columns(repo):

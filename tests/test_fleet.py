@@ -83,13 +83,14 @@ def lineage_stages(lineage: str, rounds=("r1",)) -> set[str]:
 
 @pytest.mark.e2e
 def test_both_lineages_are_built_released_and_routed(built):
-    repo, ran = built
+    repo, ran_all = built
+    ran = ran_all - {"code"}  # it runs when the checkout's code moved since dvc.lock was recorded
     assert ran == {"collect", "scrub", "version", "base", "leakage", "package", "report"} | lineage_stages(
         "tutor"
     ) | lineage_stages("pirate")
     # Each stage's wall time, recorded while DVC ran it; printed slowest first and cleared.
     times = sh(repo, "loraloop", "stage-times").stdout.splitlines()
-    assert {line.split()[0] for line in times[:-1]} == ran and times[-1].startswith("all stages")
+    assert {line.split()[0] for line in times[:-1]} == ran_all and times[-1].startswith("all stages")
     seconds = [float(line.split()[1]) for line in times[:-1]]
     assert all(line.endswith(" MB peak") and int(line.split()[3].replace(",", "")) > 0 for line in times[:-1])
     assert seconds == sorted(seconds, reverse=True) and not (repo / ".dvc/tmp/stage-times.jsonl").exists()

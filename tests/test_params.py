@@ -61,7 +61,9 @@ def test_nested_wrong_type(tmp_path):
 def test_round_chain_must_point_backwards_within_its_lineage(tmp_path):
     t = {"lineage": "tutor"}
     path = edited(tmp_path, lambda r: r.update(rounds={"r1": {**t, "prev": "r2"}, "r2": {**t, "prev": "r1"}}))
-    with pytest.raises(ParamsError, match="rounds.r1.prev is 'r2', which is neither 'base' nor an earlier round"):
+    with pytest.raises(
+        ParamsError, match=r"rounds.r1.prev is 'r2', which is neither 'base' nor an earlier \(or retired\) round"
+    ):
         load_params(path)
     rounds = {"t1": {**t, "prev": "base"}, "p1": {"lineage": "pirate", "prev": "t1"}}
     path = edited(tmp_path, lambda r: r.update(rounds=rounds))

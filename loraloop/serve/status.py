@@ -87,6 +87,30 @@ def params_read_once():
         param.read_param_file = original
 
 
+CODE_STAGE = "code"  # writes code/<kind>.json (loraloop/code_deps.py)
+
+
+def stage_kind(stage) -> str | None:
+    """The loraloop subcommand a DVC stage runs (`loraloop eval --round ...` -> eval)."""
+    words = (getattr(stage, "cmd", None) or "").split()
+    return words[1] if len(words) > 1 and words[0] == "loraloop" else None
+
+
+def moved_kinds(root: Path) -> set[str]:
+    """The kinds of stage whose code fingerprint the code stage would rewrite."""
+    import tempfile
+
+    from ..code_deps import run as fingerprint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fingerprint(root, Path(tmp))
+        return {
+            p.stem
+            for p in Path(tmp).glob("*.json")
+            if not (root / "code" / p.name).is_file() or (root / "code" / p.name).read_bytes() != p.read_bytes()
+        }
+
+
 def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
     """(stages whose deps, params or outputs changed; every stage `dvc repro` may run: those and
     all downstream of them, as DVC skips one whose inputs come out unchanged; the stages it will
@@ -98,17 +122,21 @@ def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
     with Repo(str(root)) as repo, lock_repo(repo), params_read_once():
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         changed = set(repo.status())  # inside the lock: the same index, not a second one
+        if CODE_STAGE in changed:  # DVC sees the source tree move; which stages' code moved is ours to say
+            kinds = moved_kinds(root)
+            changed |= {s.addressing for s in graph.nodes if stage_kind(s) in kinds}
         stale = [s for s in graph.nodes if s.addressing in changed]
         would_run = {s.addressing for s in stale}
         for s in stale:
-            would_run |= {a.addressing for a in nx.ancestors(graph, s)}
+            if s.addressing != CODE_STAGE:  # what follows it is what its new fingerprints move
+                would_run |= {a.addressing for a in nx.ancestors(graph, s)}
         certain, todo = set(), list(stale)
         while todo:
             s = todo.pop()
             if s.addressing in certain:
                 continue
             certain.add(s.addressing)
-            if not s.addressing.startswith("view@") or s.addressing in changed:
+            if s.addressing != CODE_STAGE and (not s.addressing.startswith("view@") or s.addressing in changed):
                 todo.extend(graph.predecessors(s))
         order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]
     ordered = lambda names: [s for s in order if s in names]  # noqa: E731
