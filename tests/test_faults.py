@@ -407,3 +407,17 @@ def test_every_stage_writes_only_where_its_options_say(tiny_model_dir, tmp_path,
     ).is_file()
     stable = read_json(tmp_path / "given/routing.json")["tutor"]["stable"]
     assert stable["adapter"] == f"given/release/tutor/versions/{stable['version']}/adapter"
+
+
+def test_training_in_a_repository_without_a_commit_says_to_commit(tmp_path, monkeypatch):
+    """DVCLive asks git for HEAD; a fresh `git init` has none. A message, not its traceback."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from loraloop.train.errors import TrainingStopped
+    from loraloop.train.setup import live_logger
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainingStopped, match="commit once first"):
+        live_logger(SimpleNamespace(is_main_process=True), tmp_path / "ckpt", resumed=False)

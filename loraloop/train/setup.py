@@ -20,6 +20,7 @@ from ..workspace import Base, Round
 from . import dpo, sft
 from .checkpoints import fingerprint, load_checkpoint
 from .data import Inputs, schedule
+from .errors import TrainingStopped
 from .model import build_model
 from .reference import precompute_reference, reference_of
 
@@ -83,10 +84,17 @@ def live_logger(acc, ckpt_dir: Path, resumed: bool):
     """DVCLive writes next to the checkpoint while training, so a resumed run continues its curves;
     the finished logs move into the round's directory at the end. Only the main process logs."""
     from dvclive import Live
+    from scmrepo.exceptions import SCMError
 
     if not acc.is_main_process:
         return None
-    return Live(dir=str(ckpt_dir / "live"), dvcyaml=None, save_dvc_exp=False, report=None, resume=resumed)
+    try:
+        return Live(dir=str(ckpt_dir / "live"), dvcyaml=None, save_dvc_exp=False, report=None, resume=resumed)
+    except SCMError as exc:  # DVCLive asks git for HEAD, which a repository without a commit has not
+        raise TrainingStopped(
+            f"train: DVCLive cannot read the git repository here ({exc}); in a new project, commit once "
+            "first (git add -A && git commit -m start), then run it again"
+        ) from None
 
 
 def setup(params: Params, inputs: Inputs, base: Base, ckpt_dir: Path) -> Run:
