@@ -98,15 +98,20 @@ def stage_code(root: Path, kind: str) -> set[str]:
     return closure(root, ENTRY) | closure(root, f"stages.{kind}")
 
 
+def fingerprint(root: Path, kind: str) -> dict:
+    """What code/<kind>.json holds: the kind, and each file it runs with its sha256."""
+    return {"stage": kind, "files": {f: sha256_file(Path(root) / f) for f in sorted(stage_code(root, kind))}}
+
+
 def run(root: Path, out_dir: Path) -> dict[str, int]:
     """code/<kind>.json for every kind of stage; returns how many files each runs."""
     root, out_dir = Path(root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for kind in kinds(root):
-        files = sorted(stage_code(root, kind))
-        write_json(out_dir / f"{kind}.json", {"stage": kind, "files": {f: sha256_file(root / f) for f in files}})
-        counts[kind] = len(files)
+        fp = fingerprint(root, kind)
+        write_json(out_dir / f"{kind}.json", fp)
+        counts[kind] = len(fp["files"])
     for stale in set(p.stem for p in out_dir.glob("*.json")) - set(counts):
         (out_dir / f"{stale}.json").unlink()  # a kind of stage that no longer exists
     return counts

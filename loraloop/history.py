@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from .files import parse_yaml, read_json
-from .params import RETIRED, RETIRED_KEY, ParamsError, RoundSpec, load_params
-from .workspace import RELEASES, ROUNDS, ROUNDS_DATA, Release
+from .params import RETIRED, RETIRED_KEY, Params, ParamsError, RoundSpec, load_params
+from .workspace import BASE, METRICS, RELEASES, ROUNDS, ROUNDS_DATA, VIEWS, Release, Round, Workspace
 
 ROUND_STAGES = ("sample", "score", "train", "eval")  # dvc.yaml's stages of one round
 
@@ -31,9 +31,14 @@ def archive_file(root: Path, lineage: str) -> Path:
     return Path(root) / RETIRED / f"{lineage}.dvc"
 
 
-def round_dirs(root: Path, lineage: str, round_id: str) -> list[Path]:
+def workspace_at(root: Path, params: Params) -> Workspace:
+    """The project's layout under `root` (dvc.yaml's paths)."""
+    return Workspace(params, root / BASE, root / ROUNDS, root / ROUNDS_DATA, root / METRICS, root / VIEWS)
+
+
+def round_dirs(r: Round) -> list[Path]:
     """What a retired round keeps under DVC: its model and its data (samples, scores, eval answers)."""
-    return [Path(root) / ROUNDS / round_id, Path(root) / ROUNDS_DATA / lineage / round_id]
+    return [r.model, r.data]
 
 
 def in_chain_order(params, round_ids: list[str]) -> list[str]:
@@ -69,15 +74,13 @@ def retire(root: Path, params_file: Path, round_ids: list[str]) -> list[dict]:
     root = Path(root)
     params = load_params(params_file)
     order = in_chain_order(params, round_ids)
-    rows = []
-    for r in order:
-        spec = params.rounds[r]
-        missing = [str(p.relative_to(root)) for p in round_dirs(root, spec.lineage, r) if not p.is_dir()]
-        missing += [] if (root / ROUNDS / r / "ROUND.json").is_file() else [f"{ROUNDS / r / 'ROUND.json'}"]
+    ws, rows = workspace_at(root, params), []
+    for r in map(ws.round, order):
+        missing = [p for p in (*round_dirs(r), r.model / "ROUND.json") if not p.exists()]
         if missing:
-            raise ParamsError(f"{r} has not run ({', '.join(missing)} missing): `dvc repro` it before retiring it")
-        info = read_json(root / ROUNDS / r / "ROUND.json")
-        rows.append({"round": r, "lineage": spec.lineage, "prev": spec.prev, "adapter_hash": info["adapter_hash"]})
+            shown = ", ".join(str(p.relative_to(root)) for p in missing)
+            raise ParamsError(f"{r.id} has not run ({shown} missing): `dvc repro` it before retiring it")
+        rows.append({"round": r.id, "lineage": r.lineage, "prev": r.prev.id, "adapter_hash": r.adapter_hash})
     out_of_date = stale(root, order)
     if out_of_date:
         raise ParamsError(
@@ -87,20 +90,22 @@ def retire(root: Path, params_file: Path, round_ids: list[str]) -> list[dict]:
     drop_rounds(params_file, order)
     drop_locked(root / "dvc.lock", order)
     for lineage in dict.fromkeys(row["lineage"] for row in rows):
-        add_to_archive(root, lineage, [(row, params.rounds[row["round"]]) for row in rows if row["lineage"] == lineage])
+        add_to_archive(root, ws, lineage, [row for row in rows if row["lineage"] == lineage])
     commit_archives(root, sorted({row["lineage"] for row in rows}))
     return rows
 
 
-def add_to_archive(root: Path, lineage: str, rounds: list[tuple[dict, RoundSpec]]) -> None:
+def add_to_archive(root: Path, ws: Workspace, lineage: str, rows: list[dict]) -> None:
+    """The rounds' specs (as params.yaml had them, with their adapter hash) into the lineage's
+    archive meta, and their directories into its outputs."""
     path = archive_file(root, lineage)
     doc = parse_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
     doc = doc or {"meta": {RETIRED_KEY: {}}, "outs": []}
     listed = doc.setdefault("meta", {}).setdefault(RETIRED_KEY, {})
-    for row, spec in rounds:
-        kept = spec.model_dump(exclude_none=True, exclude_defaults=True)
-        listed[row["round"]] = {**spec_core(spec), **kept, "adapter_hash": row["adapter_hash"]}
-        for d in round_dirs(root, lineage, row["round"]):
+    for row in rows:
+        spec = ws.params.rounds[row["round"]].model_dump(exclude_none=True, exclude_defaults=True)
+        listed[row["round"]] = {**spec, "adapter_hash": row["adapter_hash"]}
+        for d in round_dirs(ws.round(row["round"])):
             doc["outs"].append({"path": Path("..", d.relative_to(root)).as_posix()})
     path.parent.mkdir(parents=True, exist_ok=True)
     head = (
@@ -108,10 +113,6 @@ def add_to_archive(root: Path, lineage: str, rounds: list[tuple[dict, RoundSpec]
         "# paths they had as stages; meta lists each round's lineage, prev and adapter hash.\n"
     )
     path.write_text(head + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-
-
-def spec_core(spec: RoundSpec) -> dict:
-    return {"lineage": spec.lineage, "prev": spec.prev}
 
 
 def commit_archives(root: Path, lineages: list[str]) -> None:
@@ -136,14 +137,23 @@ def round_trip():
     return rt
 
 
-def drop_rounds(params_file: Path, round_ids: list[str]) -> None:
-    """The rounds' entries out of params.yaml, its comments and layout kept (ruamel round-trip)."""
+def edit_rounds(params_file: Path, edit) -> None:
+    """params.yaml with `edit(rounds)` applied to its rounds mapping, comments and layout kept."""
     rt = round_trip()
     doc = rt.load(Path(params_file).read_text(encoding="utf-8"))
-    for r in round_ids:
-        del doc["rounds"][r]
+    edit(doc["rounds"])
     with open(params_file, "w", encoding="utf-8") as f:
         rt.dump(doc, f)
+
+
+def drop_rounds(params_file: Path, round_ids: list[str]) -> None:
+    """The rounds' entries out of params.yaml."""
+
+    def drop(rounds):
+        for r in round_ids:
+            del rounds[r]
+
+    edit_rounds(params_file, drop)
 
 
 def drop_locked(lock_file: Path, round_ids: list[str]) -> None:
@@ -193,8 +203,8 @@ def from_release(root: Path, params, version: str) -> tuple[str, RoundSpec]:
         raise ParamsError(
             f"{version} released round {round_id}, which is neither in params.yaml nor retired here"
         ) from None
-    info = Path(root) / ROUNDS / round_id / "ROUND.json"
-    have = read_json(info).get("adapter_hash") if info.is_file() else None
+    model = workspace_at(Path(root), params).round(round_id).model
+    have = read_json(model / "ROUND.json").get("adapter_hash") if (model / "ROUND.json").is_file() else None
     if have != want:
         raise ParamsError(
             f"{version}'s adapter is {want[:12]}..., but {ROUNDS / round_id} holds {str(have)[:12]}...: "
@@ -207,12 +217,10 @@ def add_round(params_file: Path, round_id: str, spec: RoundSpec) -> None:
     """The round appended to params.yaml's rounds, as a one-line mapping like the others."""
     from ruamel.yaml.comments import CommentedMap
 
-    rt = round_trip()
-    doc = rt.load(Path(params_file).read_text(encoding="utf-8"))
-    entry = CommentedMap(spec_core(spec))
-    if spec.start is not None:
-        entry["start"] = CommentedMap(spec.start.model_dump())
-    entry.fa.set_flow_style()
-    doc["rounds"][round_id] = entry
-    with open(params_file, "w", encoding="utf-8") as f:
-        rt.dump(doc, f)
+    def flow(value: dict) -> CommentedMap:
+        m = CommentedMap({k: flow(v) if isinstance(v, dict) else v for k, v in value.items()})
+        m.fa.set_flow_style()
+        return m
+
+    entry = flow(spec.model_dump(exclude_none=True, exclude_defaults=True))
+    edit_rounds(params_file, lambda rounds: rounds.update({round_id: entry}))

@@ -161,11 +161,24 @@ class ScoreWeights(Section):
 
 
 class RewardModelParams(Section):
-    # A local transformers sequence-classification model directory (safetensors); null: rules only.
+    # none: rules only. learned: the lineage's judge (judge@<lineage>, models/judges/<lineage>),
+    # trained on its users' labels. hf: a local transformers sequence-classification model
+    # directory (safetensors) at `path`; a path without a kind means hf.
+    kind: Literal["none", "learned", "hf"] = "none"
     path: str | None = None
     mode: Literal["add", "replace"] = "add"  # add: one more weighted rule; replace: the score is the reward
     weight: float = Field(1.0, ge=0)
     batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _kind_and_path(self):
+        if self.path and "kind" not in self.model_fields_set:
+            self.kind = "hf"
+        if self.kind == "hf" and not self.path:
+            raise ValueError("kind hf needs path: a local sequence-classification model directory")
+        if self.kind != "hf" and self.path:
+            raise ValueError(f"path is the hf model's directory; kind {self.kind} reads none")
+        return self
 
 
 class RuleParams(Section):
@@ -197,6 +210,36 @@ class ScoreParams(Section):
     keep_top_fraction: float = Field(0.5, gt=0, le=1)
     keep_top_k: int | None = Field(None, ge=1)  # also at most k samples per prompt
     pair_min_margin: float = Field(0.1, ge=0)  # best - worst score needed for a DPO pair
+
+
+class JudgeParams(Section):
+    """judge@<lineage>: a reward model learned from the lineage's labelled replies (feedback,
+    corrections, preference pairs, thumbs down, filled-in A/B sheets) and a persona classifier of
+    its characters' replies."""
+
+    min_per_class: int = Field(20, ge=2)  # fewer labels of a class: no judge, score keeps the rules
+    held_out: float = Field(0.25, gt=0, lt=1)  # share of conversations held out for the reported figures
+    cv_folds: int = Field(5, ge=2)  # grouped by conversation, to choose the regularization
+    C: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)  # tried by the CV
+    max_length: int = Field(256, ge=16)  # tokens of context and reply the base reads per example
+    batch_size: int = Field(16, ge=1)
+    base_replies: int = Field(32, ge=0)  # the base's own replies, the persona classifier's "none"
+    ab_dir: str = "data/raw/ab"  # filled-in A/B sheets: <ab_dir>/<lineage>/*.csv
+
+    @field_validator("C")
+    @classmethod
+    def _positive(cls, v):
+        if any(c <= 0 for c in v):
+            raise ValueError("every C is a positive inverse regularization strength")
+        return v
+
+    @field_validator("ab_dir")
+    @classmethod
+    def _inside(cls, v):
+        parts = Path(v).parts
+        if Path(v).is_absolute() or ".." in parts:
+            raise ValueError("a path inside the project, relative to it (no '..')")
+        return v
 
 
 class LoraParams(Section):
@@ -377,14 +420,23 @@ def read_retired(root: Path) -> dict[str, RetiredSpec]:
     out: dict[str, RetiredSpec] = {}
     for path in sorted((Path(root) / RETIRED).glob("*.dvc")):
         try:
-            doc = parse_yaml(path.read_text(encoding="utf-8")) or {}
-            listed = (doc.get("meta") or {}).get(RETIRED_KEY) or {}
-            for round_id, spec in listed.items():
-                out[str(round_id)] = RetiredSpec.model_validate(spec)
-        except (yaml.YAMLError, ValidationError, AttributeError, TypeError) as exc:
+            doc = parse_yaml(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        meta = doc.get("meta") if isinstance(doc, dict) else None
+        listed = meta.get(RETIRED_KEY) if isinstance(meta, dict) else None
+        if not isinstance(listed, dict):
             raise ParamsError(
-                f"{path}: not a retired-rounds file (meta.{RETIRED_KEY}: round -> {{lineage, prev}}): {exc}"
-            ) from None
+                f"{path}: no meta.{RETIRED_KEY} mapping (round -> {{lineage, prev, adapter_hash}}): "
+                "`loraloop round retire` writes these files; this one is not one of them"
+            )
+        for round_id, spec in listed.items():
+            try:
+                out[str(round_id)] = RetiredSpec.model_validate(spec)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                err = {**err, "loc": ("meta", RETIRED_KEY, str(round_id), *err["loc"])}
+                raise ParamsError(f"{path}: {_describe(err)}") from None
     return out
 
 
@@ -398,6 +450,7 @@ class Params(Section):
     lineages: dict[str, LineageParams] = Field(min_length=1)
     sample: SampleParams = SampleParams()
     score: ScoreParams = ScoreParams()
+    judge: JudgeParams = JudgeParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     package: PackageParams = PackageParams()
@@ -494,9 +547,13 @@ class Params(Section):
     def retired(self) -> dict[str, RetiredSpec]:
         return self._retired
 
+    def retired_of(self, lineage: str) -> list[str]:
+        """The lineage's retired rounds, oldest first."""
+        return [r for r, spec in self._retired.items() if spec.lineage == lineage]
+
     def history_of(self, lineage: str) -> list[str]:
         """The lineage's retired rounds, then those params.yaml declares."""
-        return [r for r, spec in self._retired.items() if spec.lineage == lineage] + self.rounds_of(lineage)
+        return self.retired_of(lineage) + self.rounds_of(lineage)
 
     def lineage_of(self, round_id: str) -> Lineage:
         return self.lineage(self.round(round_id).lineage)

@@ -7,6 +7,8 @@ them for free.
     models/rounds/<round>/ROUND.json           a round's model: adapter, its hash, what it came from
     data/rounds/<lineage>/<round>/             its samples, scores, pairs, eval answers, A/B set
     metrics/<lineage>/eval_<round>.json        its evaluation
+    models/judges/<lineage>/                   the lineage's learned reward model
+    models/persona/                            the fleet's persona classifier
     data/lineages/<lineage>/splits/            the lineage's view of the dataset version
     models/release/<release>/versions/<version>/{adapter/, metadata.yaml}
 
@@ -33,6 +35,10 @@ VERSION = Path("data/version")
 RELEASES = Path("models/release")
 ROUTING = Path("models/routing.json")
 PACKAGE_REPORT = Path("reports/package.json")  # package's decision per lineage, and why
+JUDGES = Path("models/judges")  # each lineage's learned reward model (judge@<lineage>)
+PERSONA = Path("models/persona")  # the fleet's persona classifier (the persona stage)
+JUDGE_FEATURES = Path("data/judges")  # their feature caches (untracked), kept across reruns
+JUDGE_PLOTS = Path("reports/judges")  # the reward models' calibration points
 
 
 def written(path: Path, run: str) -> dict:
@@ -169,6 +175,8 @@ class Workspace:
         views: Path = VIEWS,
         view: Path | None = None,
         version: Path = VERSION,
+        judges: Path = JUDGES,
+        persona: Path = PERSONA,
     ):
         """`view`: one lineage's dataset view in place of views/<lineage> (a round command's --data);
         `version`: the dataset version (its manifest.json)."""
@@ -176,6 +184,7 @@ class Workspace:
         self.base = Base(Path(base))
         self.rounds, self.rounds_data, self.metrics = Path(rounds), Path(rounds_data), Path(metrics)
         self.views, self._view, self.version = Path(views), view, Path(version)
+        self.judges, self.persona = Path(judges), Path(persona)
 
     def round(self, round_id: str, lineage: str | None = None) -> Round:
         """A round of params.yaml with the rounds it starts from, or `base` under a lineage."""
@@ -201,6 +210,10 @@ class Workspace:
             view=self.view(lineage),
             prev=prev,
         )
+
+    def judge(self, lineage: str) -> Path:
+        """The lineage's learned reward model."""
+        return self.judges / lineage
 
     def view(self, lineage: str) -> Path:
         """The lineage's dataset view: its characters' split files."""

@@ -24,5 +24,11 @@ def cli(ctx, metrics_dir, rounds_dir, plots_dir):
     tools = report.tool_table(ws)
     if tools:
         click.echo(f"\ntool use on the gold tool conversations:\n{tools}")
+    judges = report.judge_table(ws)
+    if judges:
+        click.echo(f"\nreward models on held-out conversations (the rule score beside):\n{judges}")
+    persona = report.persona_line(ws)
+    if persona:
+        click.echo(f"\n{persona}")
     for warning in report.warnings(ws):
         click.echo(f"warning: {warning}", err=True)

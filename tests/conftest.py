@@ -247,6 +247,7 @@ def tiny_fleet(tmp_path_factory, tiny_model_dir):
         p["score"].update(keep_top_k=None)
         p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=6, gates={}, leakage_prompts=2)
         p["train"].update(steps=2, batch_size=2, max_length=192, eval_examples=2)
+        p["judge"].update(max_length=48)
         for lineage in p["lineages"].values():
             lineage.pop("gates", None)  # the tiny random model passes no real gate
         p["rounds"] = {f"{name}-r1": {"lineage": name, "prev": "base"} for name in FLEET_LINEAGES}

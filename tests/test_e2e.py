@@ -21,7 +21,7 @@ def round_stages(*rounds: str) -> set[str]:
 
 FLEET = {"leakage", "package", "report"}
 ALL_STAGES_R2 = (
-    {"code", "collect", "scrub", "version", "base", "view@tutor", "eval_base@tutor"}
+    {"code", "collect", "scrub", "version", "base", "view@tutor", "eval_base@tutor", "judge@tutor", "persona"}
     | FLEET
     | round_stages("tutor-r1", "tutor-r2")
 )
@@ -34,6 +34,7 @@ def repo(tmp_path_factory):
         p["sample"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
         p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8, gates={})
         p["train"].update(steps=2, batch_size=2, max_length=160, eval_examples=2)
+        p["judge"].update(max_length=64, base_replies=20)
 
     # Without the shipped dvc.lock: it also records the pirate lineage's stages, which this
     # tutor-only repo does not have (DVC keeps a removed stage's entry).

@@ -53,7 +53,9 @@ def test_tone_leakage_is_measured_on_the_other_lineages_prompts_and_remembered(p
     )
     assert pirate["n"] == len(pirate["replies"]) == p.eval.leakage_prompts
     leaked = sum(any(k.lower() in r.lower() for k in pirate["keywords"]) for r in pirate["replies"])
-    assert rates["tutor-r1"] == entry["tone_leakage_rate"] == pirate["rate"] == leaked / pirate["n"]
+    assert (
+        rates["tutor-r1"]["tone_leakage_rate"] == entry["tone_leakage_rate"] == pirate["rate"] == leaked / pirate["n"]
+    )
 
     # Nothing changed: the next run keeps the entry and generates nothing.
     monkeypatch.setattr(leakage, "measure", lambda *a, **k: pytest.fail("regenerated an unchanged round"))
@@ -78,14 +80,14 @@ def repo(built):
 
 def lineage_stages(lineage: str, rounds=("r1",)) -> set[str]:
     per_round = {f"{s}@{lineage}-{r}" for s in ("sample", "score", "train", "eval") for r in rounds}
-    return per_round | {f"view@{lineage}", f"eval_base@{lineage}"}
+    return per_round | {f"view@{lineage}", f"eval_base@{lineage}", f"judge@{lineage}"}
 
 
 @pytest.mark.e2e
 def test_both_lineages_are_built_released_and_routed(built):
     repo, ran_all = built
     ran = ran_all - {"code"}  # it runs when the checkout's code moved since dvc.lock was recorded
-    assert ran == {"collect", "scrub", "version", "base", "leakage", "package", "report"} | lineage_stages(
+    assert ran == {"collect", "scrub", "version", "base", "persona", "leakage", "package", "report"} | lineage_stages(
         "tutor"
     ) | lineage_stages("pirate")
     # Each stage's wall time, recorded while DVC ran it; printed slowest first and cleared.
@@ -100,9 +102,26 @@ def test_both_lineages_are_built_released_and_routed(built):
     samples = list(read_jsonl(repo / "data/rounds/pirate/pirate-r1/samples.jsonl"))
     assert {s["character_id"] for s in samples} == {"pirate"} and "pirate ship" in samples[0]["messages"][0]["content"]
     leak = read_json(repo / "metrics/leakage.json")
-    assert set(leak) == {"tutor-r1", "pirate-r1"} and set(leak["pirate-r1"]["by_lineage"]) == {"tutor"}
+    assert set(leak) == {"tutor-r1", "pirate-r1", "base@tutor", "base@pirate"}
+    assert set(leak["pirate-r1"]["by_lineage"]) == {"tutor"}
+    # The learned judges: each lineage's reward model on its demo labels, the fleet's persona
+    # classifier, and what the leakage stage measured with it, gateable in package.
+    persona = read_json(repo / "metrics/persona.json")
+    assert persona["available"] and persona["classes"] == ["pirate", "tutor", "none"]
+    for lineage in BOTH:
+        reward = read_json(repo / f"metrics/{lineage}/judge.json")["reward"]
+        assert reward["available"] and {"roc_auc", "pairwise_accuracy", "brier"} <= set(reward["rule_baseline"])
+        assert (repo / f"models/judges/{lineage}/reward.safetensors").is_file()
+        for rid in (f"{lineage}-r1", f"base@{lineage}"):
+            assert 0.0 <= leak[rid]["persona_match"] <= 1.0
+        assert 0.0 <= leak[f"{lineage}-r1"]["persona_leakage"] <= 1.0
+    meta = (repo / "models/release/pirate/metadata.yaml").read_text()
+    assert "persona_match:" in meta and "judges:" in meta
 
     table = sh(repo, "loraloop", "report").stdout
+    table, judges = table.split("\n\nreward models on held-out conversations (the rule score beside):\n")
+    assert [line.split()[0] for line in judges.splitlines()[2:4]] == list(BOTH)
+    assert "persona classifier: held-out accuracy" in judges
     main, tools = table.split("\n\ntool use on the gold tool conversations:\n")
     assert [line.split()[:2] for line in main.splitlines()[2:]] == [
         [lineage, rid] for lineage in BOTH for rid in ("base", f"{lineage}-r1")
@@ -112,10 +131,12 @@ def test_both_lineages_are_built_released_and_routed(built):
     for lineage in BOTH:
         for rid in ("base", f"{lineage}-r1"):
             assert f"metrics/{lineage}/eval_{rid}.json:mean_score" in header
+        assert f"metrics/{lineage}/judge.json:reward.held_out.roc_auc" in header
     sh(repo, "dvc", "plots", "show", "-o", "plots_html")
     html = (repo / "plots_html/index.html").read_text()
     for lineage in BOTH:
         assert f"reports_plots_trajectory_{lineage}_csv" in html  # one plot per lineage
+        assert f"reports_judges_{lineage}_learned_csv" in html  # the reward model's calibration
     assert repro(repo) == set()
 
 
@@ -125,7 +146,7 @@ def test_editing_one_lineages_rules_dirties_no_stage_of_another(repo):
     gates by eval and package alone, so a gate-only edit rescores, resamples and retrains nothing."""
     edit_params(repo, lambda p: p["lineages"]["pirate"]["rules"]["weights"].update(tone=0.5))
     dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
-    judged = {"score@pirate-r1", "eval@pirate-r1", "eval_base@pirate"}
+    judged = {"judge@pirate", "score@pirate-r1", "eval@pirate-r1", "eval_base@pirate"}
     assert dirty == judged | {"leakage", "package", "report"}
     sh(repo, "git", "checkout", "params.yaml")
     edit_params(repo, lambda p: p["lineages"]["pirate"].update(gates={"language_compliance": {"min": 0.7}}))
@@ -151,10 +172,11 @@ def test_new_data_for_one_character_reruns_only_its_lineage(repo):
         re.findall(r"Running stage '([^']+)'", out)
     )
     # dvc status names the stages whose own deps changed: those that read the pirate's view
-    # (the rest of the lineage follows them), and none of the tutor's: its view was rebuilt byte-identical.
+    # (the rest of the lineage follows them), and none of the tutor's: its view was rebuilt
+    # byte-identical. The fleet's persona classifier reads every character's data.
     dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
-    assert {"sample@pirate-r1", "train@pirate-r1", "eval_base@pirate", "eval@pirate-r1"} <= dirty
-    assert dirty <= lineage_stages("pirate") | {"leakage", "package", "report"}
+    assert {"sample@pirate-r1", "train@pirate-r1", "eval_base@pirate", "eval@pirate-r1", "judge@pirate"} <= dirty
+    assert dirty <= lineage_stages("pirate") | {"persona", "leakage", "package", "report"}
     pirate_texts = [m["content"] for r in load_split(repo / "data/lineages/pirate", "train") for m in r["messages"]]
     pirate_texts += [m["content"] for r in load_split(repo / "data/lineages/pirate", "eval") for m in r["messages"]]
     assert any("얼음섬" in t for t in pirate_texts)

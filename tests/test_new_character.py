@@ -62,10 +62,10 @@ def test_the_readme_recipe_adds_a_character_and_reruns_nothing_of_the_others(tin
     assert "train@aria-r2" in status and "warning" not in status  # no other lineage retrains
 
     stages = ran(sh(repo, "dvc", "repro").stdout)
-    aria = {"view@aria", "eval_base@aria"} | {
+    aria = {"view@aria", "eval_base@aria", "judge@aria"} | {
         f"{s}@aria-{r}" for s in ("sample", "score", "train", "eval") for r in ("r1", "r2")
     }
-    fleet_wide = {"collect", "scrub", "version", "leakage", "package", "report"}
+    fleet_wide = {"collect", "scrub", "version", "persona", "leakage", "package", "report"}
     # The other views re-check their files and come out byte-identical: nothing of theirs after them runs.
     assert stages == aria | fleet_wide | {"view@tutor", "view@pirate"}
     lock_after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]

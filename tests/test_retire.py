@@ -176,3 +176,26 @@ def test_params_edits_keep_the_files_comments_and_layout(tmp_path):
         f"  tutor-r3: {{lineage: tutor, prev: tutor-r2, start: {{release: tutor-v0.2, adapter_hash: {hash_}}}}}\n"
     )
     assert load_params(params).rounds["tutor-r3"].start.release == "tutor-v0.2"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("meta: [1, 2]\n", "no meta.loraloop_retired mapping"),
+        ("", "no meta.loraloop_retired mapping"),
+        (
+            "meta:\n  loraloop_retired:\n    tutor-r0: {lineage: tutor, prev: 7}\n",
+            "tutor-r0.prev: Input should be a valid string; got 7",
+        ),
+        ("meta:\n  loraloop_retired:\n    tutor-r0: {lineage: tutor}\n", "tutor-r0.prev: required key is missing"),
+        ("meta: {a: 1}\n\t- x", "not valid YAML"),
+    ],
+)
+def test_a_broken_archive_is_named_with_its_key(tmp_path, text, message):
+    from loraloop.params import ParamsError, load_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "retired").mkdir()
+    (tmp_path / "retired/tutor.dvc").write_text(text)
+    with pytest.raises(ParamsError, match=f"retired/tutor.dvc: .*{message}"):
+        load_params(tmp_path / "params.yaml")

@@ -66,6 +66,8 @@ def chatml_row(record: dict) -> dict:
     row = {k: record[k] for k in ("id", "character_id", "dataset_source", "weight", "messages")}
     if record.get("tools"):
         row["tools"] = record["tools"]
+    if record.get("kind") == "feedback" and "rejected" not in record:
+        row["feedback"] = "good"  # a user's thumbs up: the judge's label (a correction is a dpo pair)
     return row
 
 

@@ -13,8 +13,8 @@ def deltas(now: dict, then: dict) -> dict:
     }
 
 
-# Gated, but measured after eval: the leakage stage measures it and package applies its gate.
-LATER = {"tone_leakage_rate"}
+# Gated, but measured after eval: the leakage stage measures them and package applies their gates.
+LATER = {"tone_leakage_rate", "persona_leakage", "persona_match"}
 
 
 def check_gates(metrics: dict, gates: dict, later: set[str] = LATER) -> list[dict]:

@@ -33,19 +33,24 @@ TRAJECTORY = COLUMNS + (
     "tool_result_use",
     "eval_loss",
     "perplexity",
+    "persona_match",
     "tone_leakage_rate",
+    "persona_leakage",
 )
+LEAKAGE = ("tone_leakage_rate", "persona_leakage", "persona_match")  # the leakage stage's figures
 
 
 def _evals(ws: Workspace, lineage: str) -> list[tuple[str, dict]]:
-    """(round, its evaluation with its tone leakage) for the lineage's base and rounds."""
+    """(round, its evaluation with its leakage) for the lineage's base and rounds."""
     leakage = read_json(ws.leakage) if ws.leakage.is_file() else {}
     out = []
     for round_id in ["base", *ws.params.history_of(lineage)]:
         path = ws.round(round_id, lineage).metrics
         m = read_json(path) if path.is_file() else {}
-        if m and leakage.get(round_id, {}).get("tone_leakage_rate") is not None:
-            m["tone_leakage_rate"] = leakage[round_id]["tone_leakage_rate"]
+        measured = leakage.get(f"base@{lineage}" if round_id == "base" else round_id, {})
+        for k in LEAKAGE:
+            if m and measured.get(k) is not None:
+                m[k] = measured[k]
         out.append((round_id, m))
     return out
 
@@ -55,15 +60,48 @@ def _value(m: dict, c: str) -> str:
 
 
 def table(ws: Workspace) -> str:
-    """Every lineage's rounds: the headline metrics, tone leakage and whether the gates passed."""
+    """Every lineage's rounds: the headline metrics, the persona match, tone and persona leakage and
+    whether the gates passed."""
     rows = [
         [lineage, round_id, m.get("n", "-")]
-        + [_value(m, c) for c in (*COLUMNS, "tone_leakage_rate")]
+        + [_value(m, c) for c in (*COLUMNS, "persona_match", "tone_leakage_rate", "persona_leakage")]
         + [("yes" if m.get("passed") else "no") if m else "-"]
         for lineage in ws.params.lineages
         for round_id, m in _evals(ws, lineage)
     ]
-    return _aligned(["lineage", "round", "n", *COLUMNS, "leakage", "gates"], rows)
+    return _aligned(["lineage", "round", "n", *COLUMNS, "persona", "leakage", "p_leak", "gates"], rows)
+
+
+def judge_table(ws: Workspace) -> str | None:
+    """Each lineage's reward model on its held-out conversations, the rule score beside: ROC-AUC,
+    pairwise accuracy on preference pairs, Brier score."""
+    rows = []
+    for lineage in ws.params.lineages:
+        path = ws.metrics / lineage / "judge.json"
+        if not path.is_file():
+            continue
+        rw = read_json(path)["reward"]
+        labels = f"{rw['labels']['good']}/{rw['labels']['bad']}"
+        if rw["available"]:
+            ho, rb = rw["held_out"], rw["rule_baseline"]
+            figs = [f"{_value(ho, k)} vs {_value(rb, k)}" for k in ("roc_auc", "pairwise_accuracy", "brier")]
+        else:
+            figs = ["unavailable", "-", "-"]
+        rows.append([lineage, labels, *figs])
+    header = ["lineage", "good/bad", "auc (vs rules)", "pairwise (vs rules)", "brier (vs rules)"]
+    return _aligned(header, rows) if rows else None
+
+
+def persona_line(ws: Workspace) -> str | None:
+    """The persona classifier's held-out accuracy and recall per character."""
+    path = ws.metrics / "persona.json"
+    if not path.is_file():
+        return None
+    p = read_json(path)
+    if not p["available"]:
+        return f"persona classifier: unavailable ({p['reason']})"
+    recall = ", ".join(f"{c} {v:.3f}" for c, v in p["held_out"]["recall"].items())
+    return f"persona classifier: held-out accuracy {p['held_out']['accuracy']:.3f} (recall: {recall})"
 
 
 def tool_table(ws: Workspace) -> str | None:

@@ -46,3 +46,62 @@ class RewardModel:
             probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, -1)[:, -1]
             out.extend(float(p) for p in probs)
         return out
+
+
+class HfRewarder:
+    """score.reward_model.kind hf: the external model, on each sample's conversation."""
+
+    hash = None
+    available = True
+
+    def __init__(self, path: str, batch_size: int):
+        self.model, self.batch_size = RewardModel(path), batch_size
+        self.note = f"hf model {path}"
+
+    def score(self, rows: list[dict]) -> list[float]:
+        convs = [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows]
+        return self.model.score(convs, self.batch_size)
+
+
+class LearnedRewarder:
+    """score.reward_model.kind learned: the lineage's judge (judge@<lineage>). When its stage could
+    not train one (too few labels), `available` is False and score keeps the rules, saying why; the
+    judge's hash goes into every scored row either way, so a retrained judge rescores the round."""
+
+    def __init__(self, judge_dir: Path, base_dir: Path, rules, max_length: int, batch_size: int):
+        from .learned import LearnedReward
+
+        self.judge = LearnedReward(judge_dir)
+        self.hash, self.available = self.judge.hash, self.judge.available
+        self.base_dir, self.rules, self.batch_size = Path(base_dir), rules, batch_size
+        self.max_length = self.judge.meta.get("max_length", max_length)
+        self._lm = None
+        self.note = (
+            f"learned judge {self.hash[:12]} ({self.judge.meta.get('feature_set')} features)"
+            if self.available
+            else f"learned judge {self.hash[:12]} unavailable ({self.judge.reason}): scored by the rules"
+        )
+
+    def score(self, rows: list[dict]) -> list[float]:
+        import numpy as np
+
+        from .features import FeatureCache, hidden_features, rule_features
+
+        items = [
+            (tuple(r["messages"]), r["response"], r.get("character_id"), tuple(r["tools"]) if r.get("tools") else None)
+            for r in rows
+        ]
+        rules = rule_features(items, self.rules)
+        hidden = np.zeros((len(items), 0), dtype=np.float32)
+        if self.judge.meta["feature_set"] != "rules":  # the base reads the replies only when the judge uses it
+            model, tok = self.lm()
+            base_hash = self.judge.meta["base"]
+            hidden = hidden_features(model, tok, base_hash, items, self.max_length, self.batch_size, FeatureCache(None))
+        return [float(p) for p in self.judge.score(hidden, rules)]
+
+    def lm(self):
+        if self._lm is None:
+            from ..lm.model import load_base, load_tokenizer
+
+            self._lm = load_base(self.base_dir).eval(), load_tokenizer(self.base_dir)
+        return self._lm

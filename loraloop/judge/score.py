@@ -11,20 +11,32 @@ from pathlib import Path
 from typing import Iterator
 
 from ..files import dumps, read_jsonl, replacing, write_jsonl
-from ..params import DataError, ScoreParams
+from ..params import DataError, ParamsError, ScoreParams
 from .rules import rule_values, weighted_total
 
 
-def score_rows(rows: list[dict], params: ScoreParams) -> None:
-    """Adds `scores` (per rule), `score` and `weight` to each row, in place."""
+def rewarder_of(params: ScoreParams):
+    """The reward model score.reward_model names, for the kinds that need no workspace (hf); the
+    score stage builds the learned one from the lineage's judge."""
+    rm = params.reward_model
+    if rm.kind == "hf":
+        from .reward import HfRewarder
+
+        return HfRewarder(rm.path, rm.batch_size)
+    if rm.kind == "learned":
+        raise ParamsError(
+            "score.reward_model.kind learned scores with the lineage's judge: run `loraloop score --round`"
+        )
+    return None
+
+
+def score_rows(rows: list[dict], params: ScoreParams, rewarder=None) -> None:
+    """Adds `scores` (per rule), `score` and `weight` to each row, in place; with a rewarder, its
+    reward as one more value (and the judge's hash, for a learned one)."""
     weights = params.rules.weights.model_dump()
     rm = params.reward_model
-    rewards = None
-    if rm.path:
-        from .reward import RewardModel
-
-        convs = [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows]
-        rewards = RewardModel(rm.path).score(convs, rm.batch_size)
+    rewards = rewarder.score(rows) if rewarder is not None and rewarder.available else None
+    if rewards is not None:
         weights["reward_model"] = rm.weight
     for i, row in enumerate(rows):
         values = rule_values(row["response"], params.rules, row["messages"], row.get("character_id"), row.get("tools"))
@@ -35,6 +47,8 @@ def score_rows(rows: list[dict], params: ScoreParams) -> None:
             values["reward_model"] if rewards is not None and rm.mode == "replace" else weighted_total(values, weights)
         )
         row["weight"] = max(row["score"], params.weight_floor)
+        if rewarder is not None and rewarder.hash:
+            row["judge"] = rewarder.hash
 
 
 def rank(r: dict) -> tuple:
@@ -108,14 +122,15 @@ def negative_score(row: dict, params: ScoreParams | None) -> float | None:
 BATCH = 256  # samples scored at a time (the reward model's batch comes out of these)
 
 
-def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Path) -> dict:
+def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Path, rewarder=None) -> dict:
     """scored.jsonl and pairs.jsonl in two passes over the samples, so memory holds a batch and a
     rank per sample, not the round: the first scores a batch at a time, writes the rows unmarked
     and ranks each prompt's samples (sample writes them together); the second marks `keep`."""
     with replacing(out_file, pairs_file) as (out_tmp, pairs_tmp):
         unmarked = out_tmp.with_name(out_tmp.name + ".unmarked")
+        rewarder = rewarder if rewarder is not None else rewarder_of(params)
         try:
-            n, total, kept, pairs = score_into(samples_file, unmarked, params)
+            n, total, kept, pairs = score_into(samples_file, unmarked, params, rewarder)
             with unmarked.open(encoding="utf-8") as f, out_tmp.open("w", encoding="utf-8") as out:
                 for i, line in enumerate(f):
                     out.write(dumps({**json.loads(line), "keep": i in kept}) + "\n")
@@ -124,15 +139,16 @@ def run(params: ScoreParams, samples_file: Path, out_file: Path, pairs_file: Pat
         write_jsonl(pairs_tmp, sorted(pairs, key=lambda p: p["prompt_id"]))  # as dpo_pairs orders them
     against = sum(p["prompt_id"].startswith("neg:") for p in pairs)
     mean = total / n if n else 0.0
-    return {"samples": n, "kept": len(kept), "pairs": len(pairs), "negative_pairs": against, "mean_score": mean}
+    summary = {"samples": n, "kept": len(kept), "pairs": len(pairs), "negative_pairs": against, "mean_score": mean}
+    return summary if rewarder is None else {**summary, "reward_model": rewarder.note}
 
 
-def score_into(samples_file: Path, unmarked: Path, params: ScoreParams) -> tuple[int, float, set, list]:
+def score_into(samples_file: Path, unmarked: Path, params: ScoreParams, rewarder=None) -> tuple[int, float, set, list]:
     """The first pass: scored rows to `unmarked`; (rows, their total score, the indices to keep,
     the DPO pairs)."""
     allowed, pairs, n, total = [], [], 0, 0.0
     with unmarked.open("w", encoding="utf-8") as f:
-        for group in prompt_groups(samples_file, params):
+        for group in prompt_groups(samples_file, params, rewarder):
             for r in group:
                 f.write(dumps(r) + "\n")
             ok = {id(r) for r in allowed_in(group, params)}
@@ -142,12 +158,12 @@ def score_into(samples_file: Path, unmarked: Path, params: ScoreParams) -> tuple
     return n, total, chosen(allowed, n, params), pairs
 
 
-def prompt_groups(samples_file: Path, params: ScoreParams) -> Iterator[list[dict]]:
+def prompt_groups(samples_file: Path, params: ScoreParams, rewarder=None) -> Iterator[list[dict]]:
     """The samples scored (BATCH at a time), one prompt's together at a time; a prompt whose
     samples are not together in the file is refused, naming the line."""
     group, seen = [], set()
     for batch in batched(read_jsonl(samples_file), BATCH):
-        score_rows(batch, params)
+        score_rows(batch, params, rewarder)
         for row in batch:
             if group and row["prompt_id"] != group[0]["prompt_id"]:
                 yield group

@@ -419,10 +419,11 @@ def generate(
 
 
 def answer_in_chunks(base_dir, adapter, prompts: list[dict], chunk: int, seed: int, **settings) -> Iterator[Generation]:
-    """answer() `chunk` prompts at a time, the model loaded once: a Generation per chunk, in order;
-    what is held at once is one chunk's, not the whole round's. Prompt i still samples with seed
-    `seed + i`; the prompts' common prefix is computed per chunk, so a text can differ from one
-    answer() call's where its last float bits decide a near-tie (deterministically, per chunk)."""
+    """The base with `adapter` (a round's; None: the bare base) answering prompt conversations,
+    `chunk` at a time with the model loaded once: a Generation per chunk, in order (`settings` as
+    generate()); what is held at once is one chunk's, not the whole round's. Prompt i samples with
+    seed `seed + i`; the prompts' common prefix is computed per chunk, so a text can differ from
+    one call over all prompts where its last float bits decide a near-tie (deterministically)."""
     from .chat import prompt_ids
     from .model import load_model, load_tokenizer
 
@@ -432,14 +433,3 @@ def answer_in_chunks(base_dir, adapter, prompts: list[dict], chunk: int, seed: i
         part = prompts[start : start + chunk]
         ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in part]
         yield generate(model, tok, ids, seed=seed + start, **settings)
-
-
-def answer(base_dir, adapter, prompts: list[dict], **settings) -> Generation:
-    """The base with `adapter` (a round's; None: the bare base) answering prompt conversations;
-    `settings` as generate()."""
-    from .chat import prompt_ids
-    from .model import load_model, load_tokenizer
-
-    tok = load_tokenizer(base_dir)
-    model = load_model(base_dir, adapter)
-    return generate(model, tok, [prompt_ids(tok, p["messages"], p.get("tools")) for p in prompts], **settings)

@@ -70,6 +70,27 @@ def data_summary(metadata: dict) -> str:
     return "\n".join(lines) + ("\n\n" + " ".join(notes) if notes else "")
 
 
+def judges_section(metadata: dict) -> str:
+    """The learned judges on held-out conversations against the rule score, for the card."""
+    j = metadata.get("judges")
+    if not j:
+        return ""
+    rw, pe = j["reward"], j["persona"]
+    if rw["available"]:
+        ho, rb = rw["held_out"], rw["rule_baseline"]
+        lines = ["| judge | ROC-AUC | pairwise accuracy | Brier |", "|---|---|---|---|"]
+        for name, f in (("learned reward model", ho), ("rule score", rb)):
+            lines.append(f"| {name} | {_cell(f['roc_auc'])} | {_cell(f['pairwise_accuracy'])} | {_cell(f['brier'])} |")
+        text = "\n".join(lines) + f"\n\nLabels: {rw['labels']['good']} good, {rw['labels']['bad']} bad."
+    else:
+        text = f"No learned reward model: {rw['reason']}."
+    if pe["available"]:
+        text += f" Persona classifier accuracy on held-out replies: {_cell(pe['held_out']['accuracy'])}."
+    if j.get("scored_by"):
+        text += f" This round's samples were scored by judge `{j['scored_by'][:12]}`."
+    return f"## Judges (held-out conversations)\n\n{text}\n\n"
+
+
 def model_card(metadata: dict) -> str:
     base = metadata["base_model"]
     base_id = base.get("hub_id") or base.get("path") or "SmolLM2-135M-Instruct"
@@ -91,6 +112,7 @@ def model_card(metadata: dict) -> str:
         f"Characters: {', '.join(metadata['characters'])}. Released {metadata['created_at']}.\n\n"
         f"## Evaluation: each round against the base and the previous version (held-out prompts)\n\n"
         f"{rounds_table(metadata)}\n\n"
+        + judges_section(metadata)
         + (f"## Plots\n\n{plots}\n" if plots else "")
         + f"## Data\n\n{data_summary(metadata)}\n\n"
         "## Use\n\n```python\nfrom peft import PeftModel\n"

@@ -1,5 +1,5 @@
-"""Which round of a lineage package releases: the latest that passed its gates (tone leakage
-included), that vLLM can serve, that is not already released or withdrawn, that is not earlier
+"""Which round of a lineage package releases: the latest that passed its gates (tone and persona
+leakage included), that vLLM can serve, that is not already released or withdrawn, that is not earlier
 than the round in service, and that beats the version in service on package.primary_metric
 (higher is better). Scores measured under other
 rules, prompts, decoding or another base do not compare: then the gates decide; other eval
@@ -26,16 +26,18 @@ class Candidates:
 
 
 def leakage_gates(evals: dict[str, dict], leakage: dict, gates: dict) -> None:
-    """Puts each round's tone_leakage_rate into its evaluation and fails the round on a
-    tone_leakage_rate gate (a round with no other lineage to leak into has nothing to fail)."""
+    """Puts what the leakage stage measured of each round (tone_leakage_rate, persona_leakage,
+    persona_match) into its evaluation and fails the round on their gates (a figure not measured,
+    no other lineage to leak into or no persona classifier, has nothing to fail)."""
     later = {k: g for k, g in gates.items() if k in LATER}
     for round_id, ev in evals.items():
-        value = leakage.get(round_id, {}).get("tone_leakage_rate")
-        ev["tone_leakage_rate"] = value
-        if value is not None and later:
-            failed = check_gates({"tone_leakage_rate": value}, later, later=set())
-            ev["failed_gates"] = ev["failed_gates"] + failed
-            ev["passed"] = ev["passed"] and not failed
+        for metric in sorted(LATER):
+            value = leakage.get(round_id, {}).get(metric)
+            ev[metric] = value
+            if value is not None and metric in later:
+                failed = check_gates({metric: value}, {metric: later[metric]}, later=set())
+                ev["failed_gates"] = ev["failed_gates"] + failed
+                ev["passed"] = ev["passed"] and not failed
 
 
 def _shown(value: float | None) -> str:

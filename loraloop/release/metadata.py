@@ -73,8 +73,23 @@ def build_metadata(ws: Workspace, lineage: Lineage, version: str, round_id: str,
         "data": data_section(ws, lineage, manifest_sha256),
         "changes_from_previous": changes_since(cur, c.evals[round_id], manifest_sha256, ws.base.hash),
         **tool_use(c.evals[round_id]),
+        **judges(ws, lineage, info),
         "evaluation": {"base": c.base_eval, **c.history, **c.evals},
     }
+
+
+def judges(ws: Workspace, lineage: Lineage, info: dict) -> dict:
+    """The lineage's reward model as measured on held-out conversations, the rule score beside
+    (metrics/<lineage>/judge.json), the persona classifier's accuracy (metrics/persona.json), and
+    the judge that scored the round's samples, if one did."""
+    path, persona_file = ws.metrics / lineage.name / "judge.json", ws.metrics / "persona.json"
+    if not path.is_file():
+        return {}
+    j = read_json(path)["reward"]
+    reward = {k: j.get(k) for k in ("available", "reason", "labels", "held_out", "rule_baseline")}
+    p = read_json(persona_file) if persona_file.is_file() else {"available": False, "reason": "not trained"}
+    persona = {k: p.get(k) for k in ("available", "reason", "held_out")}
+    return {"judges": {"reward": reward, "persona": persona, "scored_by": info.get("judge")}}
 
 
 def tool_use(ev: dict) -> dict:

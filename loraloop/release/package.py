@@ -22,7 +22,7 @@ from .metadata import build_metadata
 
 
 def candidates(ws: Workspace, lineage: Lineage, leakage: dict) -> Candidates:
-    """The lineage's rounds as package weighs them: evaluations with tone leakage, adapters, and
+    """The lineage's rounds as package weighs them: evaluations with the leakage stage's figures, adapters, and
     (with package.vllm_servable) what vLLM would refuse in each."""
     rounds = [ws.round(round_id) for round_id in ws.params.rounds_of(lineage.name)]
     evals = {r.id: read_json(r.metrics) for r in rounds}
@@ -36,14 +36,16 @@ def candidates(ws: Workspace, lineage: Lineage, leakage: dict) -> Candidates:
         evals=evals,
         adapters={r.id: r.info["adapter_hash"] for r in rounds},
         unservable=unservable,
-        base_eval=read_json(ws.round("base", lineage.name).metrics),
+        base_eval={**read_json(ws.round("base", lineage.name).metrics), **base_persona(leakage, lineage.name)},
         base_hash=ws.base.hash,
-        history={r: read_json(p) for r in retired_of(ws, lineage) if (p := ws.round(r).metrics).is_file()},
+        history={r: read_json(p) for r in ws.params.retired_of(lineage.name) if (p := ws.round(r).metrics).is_file()},
     )
 
 
-def retired_of(ws: Workspace, lineage: Lineage) -> list[str]:
-    return [r for r in ws.params.history_of(lineage.name) if r not in ws.params.rounds]
+def base_persona(leakage: dict, lineage: str) -> dict:
+    """The base's persona_match under the lineage's prompts, as the leakage stage measured it."""
+    value = leakage.get(f"base@{lineage}", {}).get("persona_match")
+    return {} if value is None else {"persona_match": value}
 
 
 def write_plots(params: Params, lineage: Lineage, evaluation: dict, out: Path) -> list[str]:

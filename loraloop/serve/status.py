@@ -98,17 +98,14 @@ def stage_kind(stage) -> str | None:
 
 def moved_kinds(root: Path) -> set[str]:
     """The kinds of stage whose code fingerprint the code stage would rewrite."""
-    import tempfile
+    from ..code_deps import fingerprint, kinds
+    from ..files import read_json
 
-    from ..code_deps import run as fingerprint
+    def recorded(kind: str) -> dict | None:
+        path = root / "code" / f"{kind}.json"
+        return read_json(path) if path.is_file() else None
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fingerprint(root, Path(tmp))
-        return {
-            p.stem
-            for p in Path(tmp).glob("*.json")
-            if not (root / "code" / p.name).is_file() or (root / "code" / p.name).read_bytes() != p.read_bytes()
-        }
+    return {kind for kind in kinds(root) if recorded(kind) != fingerprint(root, kind)}
 
 
 def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:

@@ -13,6 +13,7 @@ are built before it (setup.py); the two methods' steps are in sft.py and dpo.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import time
@@ -133,6 +134,14 @@ def train_stats(r: Run, tokens: int, final_loss: float | None, eval_loss: float 
     }
 
 
+def judged_by(scored: Path) -> dict:
+    """The learned judge that scored the round's samples ({} when the rules alone did)."""
+    with Path(scored).open(encoding="utf-8") as f:
+        first = f.readline()
+    judge = json.loads(first).get("judge") if first.strip() else None
+    return {"judge": judge} if judge else {}
+
+
 def finish(r: Run, tokens: int, final_loss: float | None, eval_loss: float | None) -> dict:
     """Gather the adapter, write it with its curves and ROUND.json; drop the checkpoint."""
     r.acc.wait_for_everyone()
@@ -162,6 +171,7 @@ def finish(r: Run, tokens: int, final_loss: float | None, eval_loss: float | Non
                 "init": r.params.train.init,
                 "reference": r.reference,
                 "train": stats,
+                **judged_by(r.inputs.scored),
             },
         )
     shutil.rmtree(r.ckpt_dir, ignore_errors=True)
