@@ -260,8 +260,13 @@ class TrainParams(Section):
     # every step (holds nothing in memory; the same adapter bytes).
     reference_logps: Literal["precompute", "per_step"] = "precompute"
     feedback_pairs: bool = True  # dpo: also the version's feedback pairs (bad vs corrected)
-    token_weighting: Literal["none", "rho1"] = "none"
+    # rho1: learn only the rho1_keep share of tokens with the highest loss above the reference.
+    # rho1_soft: every token, weighted by a softmax of that excess loss within its sequence
+    # (rho1_temperature), mixed with uniform weights (rho1_mix: 0 = uniform, 1 = softmax alone).
+    token_weighting: Literal["none", "rho1", "rho1_soft"] = "none"
     rho1_keep: float = Field(0.6, gt=0, le=1)
+    rho1_temperature: float = Field(0.7, gt=0)
+    rho1_mix: float = Field(0.3, ge=0, le=1)
     quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA through bitsandbytes (CUDA only)
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -282,7 +287,9 @@ class TrainParams(Section):
     @model_validator(mode="after")
     def _rho1_is_sft(self):
         if self.method == "dpo" and self.token_weighting != "none":
-            raise ValueError("token_weighting: rho1 selects tokens of the SFT loss; with method: dpo set it to none")
+            raise ValueError(
+                f"token_weighting: {self.token_weighting} weighs tokens of the SFT loss; with method: dpo, set none"
+            )
         if self.reference == "start" and self.init == "fresh":
             raise ValueError(
                 "reference: start is the adapter the round starts from (init: prev); a fresh "

@@ -131,6 +131,12 @@ def train_stats(r: Run, tokens: int, final_loss: float | None, eval_loss: float 
         "tokens": tokens * r.acc.num_processes,
         "final_loss": final_loss,
         "eval_loss": eval_loss,
+        # rho1_soft: the last step's token weights (their mean, p25, p75, p95; DVCLive has every step's)
+        **(
+            {"token_weights": {k: v for k, v in r.extra.items() if k.startswith("weight_")}}
+            if tp.token_weighting == "rho1_soft"
+            else {}
+        ),
     }
 
 

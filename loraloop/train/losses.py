@@ -1,5 +1,5 @@
 """The losses a training step takes over per-token losses: SFT's weighted mean (with Rho-1's
-choice of tokens) and DPO's preference loss."""
+choice of tokens, or its soft token weights) and DPO's preference loss."""
 
 from __future__ import annotations
 
@@ -9,11 +9,37 @@ import torch
 import torch.nn.functional as F
 
 
-def weighted_loss(tok_loss: torch.Tensor, tmask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean token loss per example over its counted tokens, then the weight-averaged mean."""
+def weighted_loss(
+    tok_loss: torch.Tensor, tmask: torch.Tensor, weight: torch.Tensor, token_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean token loss per example over its counted tokens (each times its token weight, whose
+    mean over them is 1), then the weight-averaged mean."""
     m = tmask.float()
-    per_example = (tok_loss * m).sum(1) / m.sum(1).clamp(min=1)
+    w = m if token_weight is None else m * token_weight
+    per_example = (tok_loss * w).sum(1) / m.sum(1).clamp(min=1)
     return (per_example * weight).sum() / weight.sum().clamp(min=1e-8)
+
+
+def soft_token_weights(
+    tok_loss: torch.Tensor, ref_loss: torch.Tensor, tmask: torch.Tensor, temperature: float, mix: float
+) -> torch.Tensor:
+    """Rho-1's soft weights: a softmax of each token's excess loss (current model minus reference)
+    over its sequence's counted tokens at `temperature`, scaled so they average 1 over them, mixed
+    with uniform weights: (1 - mix) + mix * softmax. Their mean over a sequence's counted tokens is
+    1 whatever mix is, so the loss scale does not move with it; mix 0 is no weighting."""
+    excess = (tok_loss.detach() - ref_loss).masked_fill(~tmask, float("-inf")) / temperature
+    counted = tmask.sum(1, keepdim=True)
+    soft = torch.softmax(excess, dim=1).nan_to_num(0.0) * counted  # a row with no counted token: 0
+    return ((1.0 - mix) + mix * soft) * tmask
+
+
+def weight_stats(token_weight: torch.Tensor, tmask: torch.Tensor) -> dict[str, float]:
+    """Mean and quartiles (p25, p75, p95) of the counted tokens' weights, as a step logs them."""
+    w = token_weight[tmask].float()
+    if not w.numel():
+        return {}
+    q = torch.quantile(w, torch.tensor([0.25, 0.75, 0.95], dtype=w.dtype, device=w.device)).tolist()
+    return {"weight_mean": float(w.mean()), "weight_p25": q[0], "weight_p75": q[1], "weight_p95": q[2]}
 
 
 def rho1_mask(tok_loss: torch.Tensor, ref_loss: torch.Tensor, tmask: torch.Tensor, keep: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ REFERENCE_ADAPTER = "reference"
 
 
 def uses_reference(tp: TrainParams) -> bool:
-    return tp.method == "dpo" or tp.token_weighting == "rho1"
+    return tp.method == "dpo" or tp.token_weighting in ("rho1", "rho1_soft")
 
 
 def reference_of(tp: TrainParams, base: Base, start: Round) -> dict | None:

@@ -1,5 +1,5 @@
 """Supervised fine-tuning, one method of a round (train.method: sft): its examples, its step, and
-the reference values Rho-1 compares against (train.token_weighting: rho1)."""
+the reference values Rho-1 compares against (train.token_weighting: rho1, rho1_soft)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..lm.loss import collate, token_losses, tokenize
 from ..params import Params
 from .data import Inputs, build_mix
 from .errors import TrainingStopped
-from .losses import rho1_mask, weighted_loss
+from .losses import rho1_mask, soft_token_weights, weight_stats, weighted_loss
 
 
 def examples(params: Params, inputs: Inputs, tok, rng: random.Random) -> tuple[list[dict], int]:
@@ -55,12 +55,17 @@ def fit_reference(values: torch.Tensor, width: int) -> torch.Tensor:
 
 def step(r, rows: list[dict]) -> tuple[torch.Tensor, int]:
     """The loss of one SFT micro-batch of the run `r` (Rho-1: on the tokens furthest behind the
-    reference) and its token count."""
+    reference, or every token weighted by how far behind it is) and its token count."""
     from .reference import batch_reference
 
     tp = r.params.train
     batch = collate(rows, r.tok.pad_token_id, r.acc.device)
     tok_loss, tmask = token_losses(r.net, batch)
+    token_weight = None
     if tp.token_weighting == "rho1":
         tmask = rho1_mask(tok_loss, batch_reference(r, rows, batch["ids"].shape[1]), tmask, tp.rho1_keep)
-    return weighted_loss(tok_loss, tmask, batch["weight"]), int(batch["attn"].sum())
+    elif tp.token_weighting == "rho1_soft":
+        ref = batch_reference(r, rows, batch["ids"].shape[1])
+        token_weight = soft_token_weights(tok_loss, ref, tmask, tp.rho1_temperature, tp.rho1_mix)
+        r.extra.update(weight_stats(token_weight, tmask))
+    return weighted_loss(tok_loss, tmask, batch["weight"], token_weight), int(batch["attn"].sum())
