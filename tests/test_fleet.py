@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+import time
 
 import pytest
 from conftest import FLEET_LINEAGES as BOTH
@@ -256,3 +257,52 @@ def test_a_leaked_record_fails_the_stage_that_reads_it(repo):
     assert res.returncode != 0
     assert f"train.jsonl:{n + 1}: record '{pirate_row['id']}' belongs to character 'pirate'" in out, out[-3000:]
     assert "Traceback" not in out
+
+
+@pytest.mark.e2e
+def test_queued_experiments_run_two_at_once_and_the_winner_applies(tiny_fleet, tmp_path):
+    """The sweep as DVC users run one: two experiments queued and run with -j 2 (each in its own
+    temporary workspace: collect's uncached output rebuilt, the release registry its own), both in
+    `dvc exp show` and `loraloop report --exps`, and `dvc exp apply` of the winner reproduces it."""
+    repo = copy_repo(tiny_fleet[0], tmp_path / "repo")
+    for name, lr in (("lr_low", 0.0005), ("lr_high", 0.01)):
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}")
+    sh(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while True:
+        status = sh(repo, "dvc", "queue", "status").stdout
+        states = {
+            line.split()[1]: line.split()[-1]
+            for line in status.splitlines()
+            if line.split()[1:2] in (["lr_low"], ["lr_high"])
+        }
+        if len(states) == 2 and set(states.values()) <= {"Success", "Failed"}:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert states == {"lr_low": "Success", "lr_high": "Success"}, sh(
+        repo, "dvc", "queue", "logs", "lr_high", check=False
+    ).stdout[-3000:]
+
+    rows = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv").stdout)))
+    loss = {
+        r["Experiment"]: float(r["metrics/tutor/eval_tutor-r1.json:eval_loss"])
+        for r in rows
+        if r["Experiment"] in ("lr_low", "lr_high")
+    }
+    assert set(loss) == {"lr_low", "lr_high"} and loss["lr_low"] != loss["lr_high"]
+
+    table = sh(repo, "loraloop", "report", "--exps", "--metric", "eval_loss").stdout.splitlines()
+    by_name = {line.split()[0]: line for line in table[2:]}
+    assert set(by_name) == {"baseline", "lr_low", "lr_high"} and "train.lr=0.01" in by_name["lr_high"]
+    winner = min(loss, key=loss.get)
+    assert by_name[winner].rstrip().endswith("*")  # the lowest eval_loss is marked best
+    assert (repo / "reports/exps/ablation.svg").is_file()
+
+    sh(repo, "dvc", "exp", "apply", winner)
+    applied = read_json(repo / "metrics/tutor/eval_tutor-r1.json")["eval_loss"]
+    assert applied == loss[winner]
+    assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    for stage in ("train@tutor-r1", "eval@tutor-r1"):  # retrain and re-evaluate the winner here
+        sh(repo, "dvc", "repro", "-f", "-s", stage)
+    assert read_json(repo / "metrics/tutor/eval_tutor-r1.json")["eval_loss"] == applied

@@ -69,7 +69,7 @@ def table(ws: Workspace) -> str:
         for lineage in ws.params.lineages
         for round_id, m in _evals(ws, lineage)
     ]
-    return _aligned(["lineage", "round", "n", *COLUMNS, "persona", "leakage", "p_leak", "gates"], rows)
+    return aligned(["lineage", "round", "n", *COLUMNS, "persona", "leakage", "p_leak", "gates"], rows)
 
 
 def judge_table(ws: Workspace) -> str | None:
@@ -89,7 +89,7 @@ def judge_table(ws: Workspace) -> str | None:
             figs = ["unavailable", "-", "-"]
         rows.append([lineage, labels, *figs])
     header = ["lineage", "good/bad", "auc (vs rules)", "pairwise (vs rules)", "brier (vs rules)"]
-    return _aligned(header, rows) if rows else None
+    return aligned(header, rows) if rows else None
 
 
 def persona_line(ws: Workspace) -> str | None:
@@ -113,10 +113,10 @@ def tool_table(ws: Workspace) -> str | None:
         if m.get("n_tool_items")
     ]
     header = ["lineage", "round", "items", "calls", "valid", "accuracy", "selection", "result_use"]
-    return _aligned(header, rows) if rows else None
+    return aligned(header, rows) if rows else None
 
 
-def _aligned(header: list[str], rows: list[list]) -> str:
+def aligned(header: list[str], rows: list[list]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
     def fmt(r):
