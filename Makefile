@@ -39,7 +39,7 @@ plots: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/loraloop plots
 
 test: install lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=15
 
 # ruff's lint rules and formatting (line length 120, pyproject.toml); `ruff format .` fixes the latter.
 lint: install

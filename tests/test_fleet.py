@@ -262,11 +262,11 @@ def test_a_leaked_record_fails_the_stage_that_reads_it(repo):
 @pytest.mark.e2e
 def test_queued_experiments_run_two_at_once_and_the_winner_applies(tiny_fleet, tmp_path):
     """The sweep as DVC users run one: two experiments queued and run with -j 2 (each in its own
-    temporary workspace: collect's uncached output rebuilt, the release registry its own), both in
-    `dvc exp show` and `loraloop report --exps`, and `dvc exp apply` of the winner reproduces it."""
+    temporary workspace: collect's uncached output rebuilt there), both in `dvc exp show` and
+    `loraloop report --exps`, and `dvc exp apply` of the winner reproduces it."""
     repo = copy_repo(tiny_fleet[0], tmp_path / "repo")
-    for name, lr in (("lr_low", 0.0005), ("lr_high", 0.01)):
-        sh(repo, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}")
+    for name, lr in (("lr_low", 0.0005), ("lr_high", 0.01)):  # the tutor's round only: the test's time
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "eval@tutor-r1")
     sh(repo, "dvc", "queue", "start", "-j", "2")
     deadline = time.monotonic() + 600
     while True:
@@ -302,7 +302,7 @@ def test_queued_experiments_run_two_at_once_and_the_winner_applies(tiny_fleet, t
     sh(repo, "dvc", "exp", "apply", winner)
     applied = read_json(repo / "metrics/tutor/eval_tutor-r1.json")["eval_loss"]
     assert applied == loss[winner]
-    assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert sh(repo, "dvc", "status", "eval@tutor-r1").stdout.strip().endswith("Data and pipelines are up to date.")
     for stage in ("train@tutor-r1", "eval@tutor-r1"):  # retrain and re-evaluate the winner here
         sh(repo, "dvc", "repro", "-f", "-s", stage)
     assert read_json(repo / "metrics/tutor/eval_tutor-r1.json")["eval_loss"] == applied
