@@ -1,4 +1,4 @@
-"""`loraloop report --exps`: the DVC experiments of the current commit as an ablation table. Each
+"""`loraloop report --exps`: the DVC experiments of the newest commit that has some, as an ablation table. Each
 experiment's changed params, and each lineage's last round's metrics against the commit's own
 (the baseline), the best of every column marked; a bar chart beside it. The experiments come
 from `dvc exp show --json`, so queued runs (`dvc exp run --queue -S ...`, `dvc queue start -j N`)
@@ -31,8 +31,10 @@ class NoExperiments(Exception):
     pass
 
 
-def exp_show(repo: Path) -> list[dict]:
-    res = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True)
+def exp_show(repo: Path, commits: int = 5) -> list[dict]:
+    """`dvc exp show --json` over the last `commits` commits (experiments stay under the commit
+    they were queued on, and the branch may have moved on since)."""
+    res = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(commits)], cwd=repo, capture_output=True, text=True)
     if res.returncode != 0:
         raise NoExperiments(f"`dvc exp show --json` failed: {res.stderr.strip()[-500:]}")
     return json.loads(res.stdout or "[]")
@@ -60,10 +62,13 @@ def run_of(name: str, rev: dict) -> dict | None:
 
 
 def runs(shown: list[dict]) -> list[dict]:
-    """The commit's own run (the baseline, first) and its experiments that finished."""
-    commit = next((c for c in shown if c.get("rev") != "workspace"), None)
-    if commit is None:
+    """The newest commit with finished experiments (HEAD when none has), as the baseline, first,
+    and those experiments."""
+    commits = [c for c in shown if c.get("rev") != "workspace"]
+    if not commits:
         raise NoExperiments("no commit in `dvc exp show`: commit the pipeline's results first")
+    finished = [c for c in commits if any(run_of("", e["revs"][0]) for e in c.get("experiments") or [])]
+    commit = (finished or commits)[0]
     base = run_of(f"baseline {commit['rev'][:7]}", commit)
     if base is None:
         raise NoExperiments("the commit has no metrics: run `dvc repro` and commit dvc.lock first")
