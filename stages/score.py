@@ -31,7 +31,5 @@ def cli(ctx, round_id, rounds_data, samples, out, pairs, judges, base_dir):
     if sp.reward_model.kind == "learned":
         from loraloop.judge.reward import LearnedRewarder
 
-        rewarder = LearnedRewarder(
-            ws.judge(r.lineage), base_dir, sp.rules, params.judge.max_length, sp.reward_model.batch_size
-        )
+        rewarder = LearnedRewarder(ws.judge(r.lineage), base_dir, params.judge.max_length, sp.reward_model.batch_size)
     say(run(sp, samples or r.samples, out or r.scored, pairs or r.pairs, rewarder))

@@ -87,7 +87,7 @@ def test_too_few_labels_leave_score_to_the_rules_and_say_so(tiny_base, tmp_path)
     sp = ScoreParams.model_validate(
         {**small_params().score_of("tutor").model_dump(), "reward_model": {"kind": "learned"}}
     )
-    rewarder = LearnedRewarder(tmp_path / "reward", tiny_base / "base", sp.rules, 64, 4)
+    rewarder = LearnedRewarder(tmp_path / "reward", tiny_base / "base", 64, 4)
     summary = score.run(sp, tmp_path / "samples.jsonl", tmp_path / "scored.jsonl", tmp_path / "pairs.jsonl", rewarder)
     assert "unavailable (too few labels" in summary["reward_model"] and "scored by the rules" in summary["reward_model"]
     scored = list(read_jsonl(tmp_path / "scored.jsonl"))
@@ -179,7 +179,7 @@ def test_score_uses_the_learned_judge(pirate_judge, project, tmp_path):
     write_jsonl(tmp_path / "samples.jsonl", rows)
     sp = p.score_of("pirate")
     sp = sp.model_copy(update={"reward_model": sp.reward_model.model_copy(update={"kind": "learned"})})
-    rewarder = LearnedRewarder(out, args[3].dir, sp.rules, 48, 8)
+    rewarder = LearnedRewarder(out, args[3].dir, 48, 8)
     summary = score.run(sp, tmp_path / "samples.jsonl", tmp_path / "scored.jsonl", tmp_path / "pairs.jsonl", rewarder)
     assert summary["reward_model"].startswith(f"learned judge {rewarder.hash[:12]}")
     scored = list(read_jsonl(tmp_path / "scored.jsonl"))

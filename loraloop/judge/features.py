@@ -17,15 +17,17 @@ from .rules import rule_values
 RULES = list(ScoreWeights.model_fields)  # the rule features' order
 
 
-def rule_features(items: list[tuple], rules: RuleParams) -> np.ndarray:
-    """items: (context, reply, character_id, tools). A rule that does not apply to a reply (tone
+def item_rule_values(items: list[tuple], rules: RuleParams) -> list[dict]:
+    """Every rule's value for each item: (context, reply, character_id, tools)."""
+    return [rule_values(r, rules, list(c), ch, list(t) if t else None) for c, r, ch, t in items]
+
+
+def rule_features(values: list[dict]) -> np.ndarray:
+    """The rule values as a matrix in RULES' order. A rule that does not apply to a reply (tone
     for a character without keywords, tool_call_valid for a reply that calls nothing) reads 1:
     nothing broken."""
-    rows = []
-    for context, reply, character_id, tools in items:
-        values = rule_values(reply, rules, list(context), character_id, list(tools) if tools else None)
-        rows.append([values.get(name, 1.0) for name in RULES])
-    return np.asarray(rows, dtype=np.float32).reshape(len(items), len(RULES))
+    rows = [[v.get(name, 1.0) for name in RULES] for v in values]
+    return np.asarray(rows, dtype=np.float32).reshape(len(values), len(RULES))
 
 
 def item_key(base_hash: str, max_length: int, item: tuple) -> str:
@@ -81,6 +83,7 @@ class FeatureCache:
     def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
         self.rows: dict[str, np.ndarray] = {}
+        self.used: set[str] = set()  # the keys this run asked for: what save() keeps
         if self.path and self.path.is_file():
             from safetensors import safe_open
 
@@ -89,13 +92,13 @@ class FeatureCache:
                 matrix = f.get_tensor("features")
             self.rows = dict(zip(keys, matrix))
 
-    def save(self, keep: set[str]) -> None:
-        """Writes the rows whose keys are in `keep` (the rest: replies no longer in the data)."""
+    def save(self) -> None:
+        """Writes the rows this run used (the rest: replies no longer in the data)."""
         if not self.path:
             return
         from safetensors.numpy import save_file
 
-        keys = sorted(k for k in self.rows if k in keep)
+        keys = sorted(k for k in self.rows if k in self.used)
         if not keys:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +111,7 @@ def hidden_features(
 ) -> np.ndarray:
     """embed() through the cache: only items it has not seen are run through the model."""
     keys = [item_key(base_hash, max_length, it) for it in items]
+    cache.used.update(keys)
     todo = sorted({k: i for i, k in enumerate(keys) if k not in cache.rows}.items(), key=lambda kv: kv[1])
     if todo:
         fresh = embed(model, tok, [items[i] for _, i in todo], max_length, batch_size, desc="judge features")

@@ -25,9 +25,9 @@ from ..files import replacing, write_json, write_jsonl
 from ..params import DataError, Lineage, Params
 from ..workspace import Base
 from . import learned, persona
-from .features import RULES, FeatureCache, hidden_features, rule_features
+from .features import RULES, FeatureCache, hidden_features, item_rule_values, rule_features
 from .labels import Example, from_ab_sheets, from_view
-from .rules import rule_values, weighted_total
+from .rules import weighted_total
 
 REJECTS = "rejects.jsonl"
 
@@ -44,11 +44,11 @@ def as_items(examples: list[Example]) -> list[tuple]:
     return [(e.context, e.reply, e.character_id, e.tools) for e in examples]
 
 
-def persona_data(version: Path, base_texts: list[str]) -> tuple[list, list, list]:
+def persona_data(train: list[dict], base_texts: list[str]) -> tuple[list, list, list]:
     """Every assistant reply of the version's train split, labelled with its character, and the
     base's own replies as `none`."""
     texts, labels, groups = [], [], []
-    for row in load_split(version, "train"):
+    for row in train:
         for m in row["messages"]:
             if m["role"] == "assistant" and isinstance(m.get("content"), str) and m["content"].strip():
                 texts.append(m["content"])
@@ -62,11 +62,11 @@ def persona_data(version: Path, base_texts: list[str]) -> tuple[list, list, list
     return texts, labels, groups
 
 
-def base_prompts(version: Path, n: int, seed: int) -> list[list[dict]]:
+def base_prompts(train: list[dict], n: int, seed: int) -> list[list[dict]]:
     """n opening user turns of the version's train split (every character's), the same ones each
     run: what the base answers without any character's system prompt."""
     openings = {}
-    for row in load_split(version, "train"):
+    for row in train:
         first = next((m for m in row["messages"] if m["role"] == "user"), None)
         if first is not None and isinstance(first.get("content"), str):
             key = hashlib.sha256(f"{seed}:{row['id']}".encode()).hexdigest()
@@ -74,13 +74,13 @@ def base_prompts(version: Path, n: int, seed: int) -> list[list[dict]]:
     return [openings[k] for k in sorted(openings)[:n]]
 
 
-def base_replies(params: Params, model, tok, version: Path) -> list[str]:
+def base_replies(params: Params, model, tok, train: list[dict]) -> list[str]:
     """The base's replies to base_prompts, sampled as sample samples (seeded, so the same each run):
     the varied replies of a model that is no character describe "none" better than one greedy path."""
     from ..lm.chat import prompt_ids
     from ..lm.generate import generate
 
-    prompts = base_prompts(version, params.judge.base_replies, params.seed)
+    prompts = base_prompts(train, params.judge.base_replies, params.seed)
     if not prompts:
         return []
     return generate(
@@ -99,12 +99,9 @@ def base_replies(params: Params, model, tok, version: Path) -> list[str]:
 def train_reward(params: Params, lineage: Lineage, base: Base, examples: list[Example], cache: FeatureCache) -> tuple:
     """The reward model on the examples (the base loaded only when there are labels enough)."""
     items = as_items(examples)
-    rules = rule_features(items, lineage.rules)
+    values = item_rule_values(items, lineage.rules)
     weights = lineage.rules.weights.model_dump()
-    rule_scores = [
-        weighted_total(rule_values(r, lineage.rules, list(c), ch, list(t) if t else None), weights)
-        for c, r, ch, t in items
-    ]
+    rules, rule_scores = rule_features(values), [weighted_total(v, weights) for v in values]
     y = np.array([e.label for e in examples])
     hidden = np.zeros((len(items), 0), dtype=np.float32)
     if min(int((y == 1).sum()), int((y == 0).sum())) >= params.judge.min_per_class:
@@ -131,7 +128,7 @@ def run(
     examples, rejects = labelled(params, lineage, view)
     cache = FeatureCache(cache_file)
     reward_model, reward = train_reward(params, lineage, base, examples, cache)
-    cache.save(set(cache.rows))
+    cache.save()
     sources: dict[str, dict] = {}
     for e in examples:
         sources.setdefault(e.source, {"good": 0, "bad": 0})["good" if e.label else "bad"] += 1
@@ -166,7 +163,8 @@ def run_persona(params: Params, version: Path, base: Base, out_dir: Path, metric
             "own replies, not a character id; rename the character"
         )
     model, tok = load_base(base.dir).eval(), load_tokenizer(base.dir)
-    texts, labels, groups = persona_data(version, base_replies(params, model, tok, version))
+    train = load_split(version, "train")
+    texts, labels, groups = persona_data(train, base_replies(params, model, tok, train))
     fitted, report = persona.train(texts, labels, groups, [*characters, persona.NONE], params.judge, params.seed)
     with replacing(out_dir, metrics_file) as (out_tmp, metrics_tmp):
         persona.save(out_tmp, fitted, report, {"base": base.hash})

@@ -24,6 +24,7 @@ from ..files import read_json, read_jsonl, replacing, write_json
 from ..lm.chat import prompt_ids
 from ..params import Lineage, Params
 from ..workspace import Base, Round, Workspace
+from .gates import LATER
 from .persona import META as PERSONA_META
 from .persona import Persona
 from .rules import tone
@@ -123,9 +124,8 @@ def run(ws: Workspace, out_file: Path) -> dict:
     result = {r: old[r] for r in ws.params.retired if r in old}  # retired rounds keep what was measured
     judge = persona_of(ws)
     for name in ws.params.lineages:
-        base = ws.round("base", name)
-        result[f"base@{name}"] = {"lineage": name, **persona_figures(judge, {}, base, [])}
-        result[f"base@{name}"].pop("persona_leakage")
+        match = persona_figures(judge, {}, ws.round("base", name), [])["persona_match"]
+        result[f"base@{name}"] = {"lineage": name, "persona_match": match}
     for spec in ws.params.round_list:
         r = ws.round(spec.id)
         lineage = ws.params.lineage(r.lineage)
@@ -139,7 +139,4 @@ def run(ws: Workspace, out_file: Path) -> dict:
         result[r.id] = {**entry, **persona_figures(judge, entry, r, lineage.characters)}
     with replacing(out_file) as tmp:
         write_json(tmp, result)
-    return {k: {m: v.get(m) for m in FIGURES if m in v} for k, v in result.items()}
-
-
-FIGURES = ("tone_leakage_rate", "persona_leakage", "persona_match")
+    return {k: {m: v.get(m) for m in sorted(LATER) if m in v} for k, v in result.items()}

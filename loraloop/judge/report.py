@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..files import read_json
 from ..workspace import Workspace
+from .gates import LATER
 from .tool_eval import TOOL_METRICS
 
 COLUMNS = ("question_ratio", "followup_rate", "mean_response_chars", "mean_score")
@@ -37,7 +38,6 @@ TRAJECTORY = COLUMNS + (
     "tone_leakage_rate",
     "persona_leakage",
 )
-LEAKAGE = ("tone_leakage_rate", "persona_leakage", "persona_match")  # the leakage stage's figures
 
 
 def _evals(ws: Workspace, lineage: str) -> list[tuple[str, dict]]:
@@ -48,7 +48,7 @@ def _evals(ws: Workspace, lineage: str) -> list[tuple[str, dict]]:
         path = ws.round(round_id, lineage).metrics
         m = read_json(path) if path.is_file() else {}
         measured = leakage.get(f"base@{lineage}" if round_id == "base" else round_id, {})
-        for k in LEAKAGE:
+        for k in LATER:  # the leakage stage's figures
             if m and measured.get(k) is not None:
                 m[k] = measured[k]
         out.append((round_id, m))

@@ -58,7 +58,7 @@ class HfRewarder:
         self.model, self.batch_size = RewardModel(path), batch_size
         self.note = f"hf model {path}"
 
-    def score(self, rows: list[dict]) -> list[float]:
+    def score(self, rows: list[dict], rule_values: list[dict]) -> list[float]:
         convs = [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows]
         return self.model.score(convs, self.batch_size)
 
@@ -68,12 +68,12 @@ class LearnedRewarder:
     not train one (too few labels), `available` is False and score keeps the rules, saying why; the
     judge's hash goes into every scored row either way, so a retrained judge rescores the round."""
 
-    def __init__(self, judge_dir: Path, base_dir: Path, rules, max_length: int, batch_size: int):
+    def __init__(self, judge_dir: Path, base_dir: Path, max_length: int, batch_size: int):
         from .learned import LearnedReward
 
         self.judge = LearnedReward(judge_dir)
         self.hash, self.available = self.judge.hash, self.judge.available
-        self.base_dir, self.rules, self.batch_size = Path(base_dir), rules, batch_size
+        self.base_dir, self.batch_size = Path(base_dir), batch_size
         self.max_length = self.judge.meta.get("max_length", max_length)
         self._lm = None
         self.note = (
@@ -82,7 +82,8 @@ class LearnedRewarder:
             else f"learned judge {self.hash[:12]} unavailable ({self.judge.reason}): scored by the rules"
         )
 
-    def score(self, rows: list[dict]) -> list[float]:
+    def score(self, rows: list[dict], rule_values: list[dict]) -> list[float]:
+        """The judge's reward per row; `rule_values`: each row's rules, as score computed them."""
         import numpy as np
 
         from .features import FeatureCache, hidden_features, rule_features
@@ -91,7 +92,7 @@ class LearnedRewarder:
             (tuple(r["messages"]), r["response"], r.get("character_id"), tuple(r["tools"]) if r.get("tools") else None)
             for r in rows
         ]
-        rules = rule_features(items, self.rules)
+        rules = rule_features(rule_values)
         hidden = np.zeros((len(items), 0), dtype=np.float32)
         if self.judge.meta["feature_set"] != "rules":  # the base reads the replies only when the judge uses it
             model, tok = self.lm()

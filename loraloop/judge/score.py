@@ -35,11 +35,14 @@ def score_rows(rows: list[dict], params: ScoreParams, rewarder=None) -> None:
     reward as one more value (and the judge's hash, for a learned one)."""
     weights = params.rules.weights.model_dump()
     rm = params.reward_model
-    rewards = rewarder.score(rows) if rewarder is not None and rewarder.available else None
+    rules = [
+        rule_values(row["response"], params.rules, row["messages"], row.get("character_id"), row.get("tools"))
+        for row in rows
+    ]
+    rewards = rewarder.score(rows, rules) if rewarder is not None and rewarder.available else None
     if rewards is not None:
         weights["reward_model"] = rm.weight
-    for i, row in enumerate(rows):
-        values = rule_values(row["response"], params.rules, row["messages"], row.get("character_id"), row.get("tools"))
+    for i, (row, values) in enumerate(zip(rows, rules)):
         if rewards is not None:
             values["reward_model"] = rewards[i]
         row["scores"] = values
