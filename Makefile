@@ -38,8 +38,10 @@ loop-demo: install
 plots: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/loraloop plots
 
+# The tests run in parallel, one worker per CPU (pytest-xdist), a test file per worker at a time:
+# a file's tests share their module's repo and run in order.
 test: install lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=15
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n auto --dist loadfile --durations=15
 
 # ruff's lint rules and formatting (line length 120, pyproject.toml); `ruff format .` fixes the latter.
 lint: install

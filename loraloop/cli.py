@@ -19,9 +19,8 @@ from .params import DataError, ParamsError
 
 # subcommand -> "module:command"
 STAGES = {name: f"stages.{name}:cli" for name in ("base", "collect", "scrub", "version", "view")}
-STAGES.update(
-    {name: f"stages.{name}:cli" for name in ("judge", "persona", "sample", "score", "train", "eval", "leakage")}
-)
+STAGES.update({name: f"stages.{name}:cli" for name in ("judge", "persona", "sample", "score", "critic", "train")})
+STAGES.update({name: f"stages.{name}:cli" for name in ("eval", "leakage")})
 STAGES.update({name: f"stages.{name}:cli" for name in ("package", "report", "code")})
 COMMANDS = {
     **STAGES,

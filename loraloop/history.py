@@ -22,9 +22,9 @@ import yaml
 
 from .files import parse_yaml, read_json
 from .params import RETIRED, RETIRED_KEY, Params, ParamsError, RoundSpec, load_params
-from .workspace import BASE, METRICS, RELEASES, ROUNDS, ROUNDS_DATA, VIEWS, Release, Round, Workspace
+from .workspace import BASE, CRITICS, METRICS, RELEASES, ROUNDS, ROUNDS_DATA, VIEWS, Release, Round, Workspace
 
-ROUND_STAGES = ("sample", "score", "train", "eval")  # dvc.yaml's stages of one round
+ROUND_STAGES = ("sample", "score", "critic", "train", "eval")  # dvc.yaml's stages of one round
 
 
 def archive_file(root: Path, lineage: str) -> Path:
@@ -33,12 +33,15 @@ def archive_file(root: Path, lineage: str) -> Path:
 
 def workspace_at(root: Path, params: Params) -> Workspace:
     """The project's layout under `root` (dvc.yaml's paths)."""
-    return Workspace(params, root / BASE, root / ROUNDS, root / ROUNDS_DATA, root / METRICS, root / VIEWS)
+    return Workspace(
+        params, root / BASE, root / ROUNDS, root / ROUNDS_DATA, root / METRICS, root / VIEWS, critics=root / CRITICS
+    )
 
 
 def round_dirs(r: Round) -> list[Path]:
-    """What a retired round keeps under DVC: its model and its data (samples, scores, eval answers)."""
-    return [r.model, r.data]
+    """What a retired round keeps under DVC: its model, its data (samples, scores, eval answers) and
+    its critic's value head (a round retired before critics existed has none)."""
+    return [r.model, r.data] + ([r.critic] if r.critic is not None and Path(r.critic).exists() else [])
 
 
 def in_chain_order(params, round_ids: list[str]) -> list[str]:

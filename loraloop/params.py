@@ -249,6 +249,24 @@ class LoraParams(Section):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class CriticParams(Section):
+    """The critic (train.token_weighting: critic): a value head on the frozen base's hidden states,
+    fit to each scored sample's score at every reply token (the critic@<round> stage), whose change
+    from token to token weighs that token in training."""
+
+    hidden: int = Field(64, ge=1)  # the MLP's width
+    epochs: int = Field(200, ge=1)  # full-batch Adam steps
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    positions: int = Field(16, ge=1)  # reply tokens per sample it is fit on (evenly spaced): memory bounded
+    held_out: float = Field(0.25, gt=0, lt=1)  # share of prompts kept out for its R^2 and rank correlation
+    min_samples: int = Field(8, ge=2)  # fewer scored samples: no critic, uniform weights
+    temperature: float = Field(1.0, gt=0)  # softmax of the standardized value change per sequence
+    mix: float = Field(0.5, ge=0, le=1)  # mixed with uniform weights (0: uniform, 1: the softmax alone)
+    clip: float = Field(4.0, gt=1)  # no token weighs more than this (then the mean is put back to 1)
+    batch_size: int = Field(8, ge=1)  # sequences per base forward
+
+
 class TrainParams(Section):
     init: Literal["prev", "fresh"] = "prev"
     method: Literal["sft", "dpo"] = "sft"
@@ -263,10 +281,13 @@ class TrainParams(Section):
     # rho1: learn only the rho1_keep share of tokens with the highest loss above the reference.
     # rho1_soft: every token, weighted by a softmax of that excess loss within its sequence
     # (rho1_temperature), mixed with uniform weights (rho1_mix: 0 = uniform, 1 = softmax alone).
-    token_weighting: Literal["none", "rho1", "rho1_soft"] = "none"
+    # critic: every token weighted by the change in a value head's estimate of the reply's score
+    # it brings (train.critic; the value head is the critic@<round> stage's).
+    token_weighting: Literal["none", "rho1", "rho1_soft", "critic"] = "none"
     rho1_keep: float = Field(0.6, gt=0, le=1)
     rho1_temperature: float = Field(0.7, gt=0)
     rho1_mix: float = Field(0.3, ge=0, le=1)
+    critic: CriticParams = CriticParams()
     quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA through bitsandbytes (CUDA only)
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)

@@ -39,6 +39,7 @@ JUDGES = Path("models/judges")  # each lineage's learned reward model (judge@<li
 PERSONA = Path("models/persona")  # the fleet's persona classifier (the persona stage)
 JUDGE_FEATURES = Path("data/judges")  # their feature caches (untracked), kept across reruns
 JUDGE_PLOTS = Path("reports/judges")  # the reward models' calibration points
+CRITICS = Path("models/critics")  # each round's value head (critic@<round>, train.token_weighting: critic)
 
 
 def written(path: Path, run: str) -> dict:
@@ -94,6 +95,7 @@ class Round:
     metrics: Path  # the evaluation
     view: Path  # the lineage's dataset view, which the round samples, trains and is evaluated on
     prev: Round | None  # the round it starts from; None for the base round
+    critic: Path | None = None  # the value head critic@<round> fit (or its note that none is used)
 
     @property
     def root(self) -> Round:
@@ -177,6 +179,7 @@ class Workspace:
         version: Path = VERSION,
         judges: Path = JUDGES,
         persona: Path = PERSONA,
+        critics: Path = CRITICS,
     ):
         """`view`: one lineage's dataset view in place of views/<lineage> (a round command's --data);
         `version`: the dataset version (its manifest.json)."""
@@ -184,7 +187,7 @@ class Workspace:
         self.base = Base(Path(base))
         self.rounds, self.rounds_data, self.metrics = Path(rounds), Path(rounds_data), Path(metrics)
         self.views, self._view, self.version = Path(views), view, Path(version)
-        self.judges, self.persona = Path(judges), Path(persona)
+        self.judges, self.persona, self.critics = Path(judges), Path(persona), Path(critics)
 
     def round(self, round_id: str, lineage: str | None = None) -> Round:
         """A round of params.yaml with the rounds it starts from, or `base` under a lineage."""
@@ -209,6 +212,7 @@ class Workspace:
             metrics=self.metrics / lineage / f"eval_{round_id}.json",
             view=self.view(lineage),
             prev=prev,
+            critic=None if round_id == "base" else self.critics / round_id,
         )
 
     def judge(self, lineage: str) -> Path:
@@ -218,6 +222,10 @@ class Workspace:
     def view(self, lineage: str) -> Path:
         """The lineage's dataset view: its characters' split files."""
         return self._view if self._view is not None else self.views / lineage
+
+    def critic_metrics(self, r: Round) -> Path:
+        """critic@<round>'s fit of its value head, beside the round's evaluation."""
+        return self.metrics / r.lineage / f"critic_{r.id}.json"
 
     @property
     def leakage(self) -> Path:

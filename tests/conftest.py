@@ -85,6 +85,7 @@ def workspace(p, root: Path):
         root / "metrics",
         views=root / "lineages",
         version=root / "version",
+        critics=root / "models/critics",
     )
 
 
@@ -97,19 +98,21 @@ def round_in(p, root: Path, rid: str, model: Path | None = None):
 
 
 def run_round(p, root: Path, rid: str, out_name: str | None = None, stop_after: int | None = None) -> Path:
-    """sample, score and train of one round, in-process; out_name keeps variants apart."""
+    """sample, score, critic and train of one round, in-process; out_name keeps variants apart."""
     import dataclasses
 
-    from loraloop.judge import score
+    from loraloop.judge import critic, score
     from loraloop.lm import sampling
     from loraloop.train import loop as train
 
     ws = workspace(p, root)
     r = ws.round(rid)
     if out_name:
-        r = dataclasses.replace(r, data=r.data.parent / out_name, model=r.model.parent / out_name)
+        parent = lambda path: path.parent / out_name  # noqa: E731
+        r = dataclasses.replace(r, data=parent(r.data), model=parent(r.model), critic=parent(r.critic))
     sampling.run(p, r, ws.base)
     score.run(p.score_of(r.lineage), r.samples, r.scored, r.pairs)
+    critic.run(p, r, ws.base, r.critic, root / "metrics" / r.lineage / f"critic_{r.critic.name}.json")
     train.run(p, r, ws.base, root / "checkpoints" / r.model.name, stop_after=stop_after)
     return r.model
 
@@ -252,11 +255,32 @@ def tiny_fleet(tmp_path_factory, tiny_model_dir):
             lineage.pop("gates", None)  # the tiny random model passes no real gate
         p["rounds"] = {f"{name}-r1": {"lineage": name, "prev": "base"} for name in FLEET_LINEAGES}
 
-    repo = project_repo(tmp_path_factory.mktemp("fleet") / "repo", shrink)
-    ran = repro(repo)
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "both lineages")
-    return repo, ran
+    def build(where: Path) -> tuple[Path, set[str]]:
+        repo = project_repo(where / "repo", shrink)
+        ran = repro(repo)
+        sh(repo, "git", "add", "-A")
+        sh(repo, "git", "commit", "-qm", "both lineages")
+        return repo, ran
+
+    return built_once(tmp_path_factory, "fleet", build)
+
+
+def built_once(tmp_path_factory, name: str, build):
+    """build(dir) -> (repo, stages run), once per test session: under pytest-xdist the workers
+    share one build (the first to ask builds it under a file lock, the others wait and read it)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / name  # the session's directory, above the workers'
+    with FileLock(str(shared) + ".lock"):
+        done = shared / "ran.json"
+        if not done.is_file():
+            shared.mkdir(exist_ok=True)
+            repo, ran = build(shared)
+            done.write_text(json.dumps({"repo": str(repo), "ran": sorted(ran)}))
+        got = json.loads(done.read_text())
+    return Path(got["repo"]), set(got["ran"])
 
 
 def copy_repo(src: Path, dst: Path) -> Path:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 
 def round_stages(*rounds: str) -> set[str]:
-    return {f"{stage}@{r}" for stage in ("sample", "score", "train", "eval") for r in rounds}
+    return {f"{stage}@{r}" for stage in ("sample", "score", "critic", "train", "eval") for r in rounds}
 
 
 FLEET = {"leakage", "package", "report"}

@@ -80,7 +80,7 @@ def repo(built):
 
 
 def lineage_stages(lineage: str, rounds=("r1",)) -> set[str]:
-    per_round = {f"{s}@{lineage}-{r}" for s in ("sample", "score", "train", "eval") for r in rounds}
+    per_round = {f"{s}@{lineage}-{r}" for s in ("sample", "score", "critic", "train", "eval") for r in rounds}
     return per_round | {f"view@{lineage}", f"eval_base@{lineage}", f"judge@{lineage}"}
 
 
@@ -209,7 +209,7 @@ def test_tool_metrics_are_measured_and_gated_under_dvc(repo):
 @pytest.mark.e2e
 def test_adding_a_round_runs_only_that_round(repo):
     edit_params(repo, lambda p: p["rounds"].update({"tutor-r2": {"lineage": "tutor", "prev": "tutor-r1"}}))
-    r2 = {f"{stage}@tutor-r2" for stage in ("sample", "score", "train", "eval")}
+    r2 = {f"{stage}@tutor-r2" for stage in ("sample", "score", "critic", "train", "eval")}
     assert repro(repo) == r2 | {"leakage", "package", "report"}
     assert read_json(repo / "metrics/tutor/eval_tutor-r2.json")["delta_vs_prev"]
     assert read_json(repo / "models/rounds/tutor-r2/ROUND.json")["prev"] == "tutor-r1"
@@ -262,39 +262,44 @@ def test_a_leaked_record_fails_the_stage_that_reads_it(repo):
 @pytest.mark.e2e
 def test_queued_experiments_run_two_at_once_and_the_winner_applies(tiny_fleet, tmp_path):
     """The sweep as DVC users run one: two experiments queued and run with -j 2 (each in its own
-    temporary workspace: collect's uncached output rebuilt there), both in `dvc exp show` and
-    `loraloop report --exps`, and `dvc exp apply` of the winner reproduces it."""
+    temporary workspace: collect's uncached output rebuilt there), one of them weighing tokens by
+    the critic (its critic@ stage fits a value head there), both in `dvc exp show` and `loraloop
+    report --exps`, and `dvc exp apply` of the winner reproduces it."""
     repo = copy_repo(tiny_fleet[0], tmp_path / "repo")
-    for name, lr in (("lr_low", 0.0005), ("lr_high", 0.01)):  # the tutor's round only: the test's time
-        sh(repo, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "eval@tutor-r1")
+    experiments = {
+        "lr_low": ["-S", "train.lr=0.0005"],
+        "critic": ["-S", "train.token_weighting=critic", "-S", "train.critic.min_samples=2"],
+    }
+    NAMES = [[n] for n in experiments]  # noqa: N806
+    for name, sets in experiments.items():  # the tutor's round only: the test's time
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", name, *sets, "eval@tutor-r1")
     sh(repo, "dvc", "queue", "start", "-j", "2")
     deadline = time.monotonic() + 600
     while True:
         status = sh(repo, "dvc", "queue", "status").stdout
-        states = {
-            line.split()[1]: line.split()[-1]
-            for line in status.splitlines()
-            if line.split()[1:2] in (["lr_low"], ["lr_high"])
-        }
+        states = {line.split()[1]: line.split()[-1] for line in status.splitlines() if line.split()[1:2] in NAMES}
         if len(states) == 2 and set(states.values()) <= {"Success", "Failed"}:
             break
         assert time.monotonic() < deadline, status
         time.sleep(3)
-    assert states == {"lr_low": "Success", "lr_high": "Success"}, sh(
-        repo, "dvc", "queue", "logs", "lr_high", check=False
+    assert states == {"lr_low": "Success", "critic": "Success"}, sh(
+        repo, "dvc", "queue", "logs", "critic", check=False
     ).stdout[-3000:]
 
     rows = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv").stdout)))
-    loss = {
-        r["Experiment"]: float(r["metrics/tutor/eval_tutor-r1.json:eval_loss"])
-        for r in rows
-        if r["Experiment"] in ("lr_low", "lr_high")
-    }
-    assert set(loss) == {"lr_low", "lr_high"} and loss["lr_low"] != loss["lr_high"]
+    by_exp = {r["Experiment"]: r for r in rows if r["Experiment"] in experiments}
+    loss = {name: float(r["metrics/tutor/eval_tutor-r1.json:eval_loss"]) for name, r in by_exp.items()}
+    assert set(loss) == set(experiments) and loss["lr_low"] != loss["critic"]
+    usable = "metrics/tutor/critic_tutor-r1.json:critic.usable"  # the value head's fit, in exp show
+    columns = list(rows[0])  # the rounds' evaluations first, the data counters after everything else
+    evals = [i for i, c in enumerate(columns) if "/eval_" in c]
+    assert evals and max(evals) < min(i for i, c in enumerate(columns) if c.startswith(("collect.", "scrub.")))
+    assert columns[evals[0] - 1] == "parent"
+    assert by_exp["critic"][usable] in ("True", "False") and by_exp["lr_low"][usable] in ("", "-")
 
     table = sh(repo, "loraloop", "report", "--exps", "--metric", "eval_loss").stdout.splitlines()
     by_name = {line.split()[0]: line for line in table[2:]}
-    assert set(by_name) == {"baseline", "lr_low", "lr_high"} and "train.lr=0.01" in by_name["lr_high"]
+    assert set(by_name) == {"baseline", *experiments} and "train.token_weighting=critic" in by_name["critic"]
     winner = min(loss, key=loss.get)
     assert by_name[winner].rstrip().endswith("*")  # the lowest eval_loss is marked best
     assert (repo / "reports/exps/ablation.svg").is_file()

@@ -63,7 +63,7 @@ def test_the_readme_recipe_adds_a_character_and_reruns_nothing_of_the_others(tin
 
     stages = ran(sh(repo, "dvc", "repro").stdout)
     aria = {"view@aria", "eval_base@aria", "judge@aria"} | {
-        f"{s}@aria-{r}" for s in ("sample", "score", "train", "eval") for r in ("r1", "r2")
+        f"{s}@aria-{r}" for s in ("sample", "score", "critic", "train", "eval") for r in ("r1", "r2")
     }
     fleet_wide = {"collect", "scrub", "version", "persona", "leakage", "package", "report"}
     # The other views re-check their files and come out byte-identical: nothing of theirs after them runs.

@@ -6,13 +6,14 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import copy_repo
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_plots_page_renders_offline_in_chromium(tiny_fleet, tmp_path):
-    repo = tiny_fleet[0]
+    repo = copy_repo(tiny_fleet[0], tmp_path / "repo")  # the fleet is shared: write in a copy
     out = tmp_path / "plots"
     res = subprocess.run(
         ["loraloop", "plots", "--out", "plots", "--template", str(tmp_path / "template.html")],

@@ -18,7 +18,7 @@ from loraloop.files import read_json, sha256_file
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.e2e
-ROUND_STAGES = ("sample", "score", "train", "eval")
+ROUND_STAGES = ("sample", "score", "critic", "train", "eval")
 
 
 def tree(repo, *tops):

@@ -52,29 +52,32 @@ def reply_ids(tok, context, reply: str, tools, max_length: int) -> tuple[list[in
     return lead + tail, len(lead)
 
 
-def embed(model, tok, items: list[tuple], max_length: int, batch_size: int, desc: str = "embed") -> np.ndarray:
-    """The base's last hidden state averaged over each reply's tokens: [len(items), hidden]."""
+def reply_states(model, tok, items: list[tuple], max_length: int, batch_size: int, desc: str = "embed"):
+    """The base's last hidden states on each reply's tokens, read in its context: one [reply
+    tokens, hidden] float32 tensor per item, in order, a batch at a time."""
     import torch
     from tqdm import tqdm
 
     body = model.base_model  # the decoder without the LM head: no vocab-sized logits to compute
     dev = next(model.parameters()).device
-    out = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", disable=len(items) <= batch_size):
             encoded = [reply_ids(tok, c, r, t, max_length) for c, r, _, t in items[start : start + batch_size]]
             width = max(len(ids) for ids, _ in encoded)
             ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
             attn = torch.zeros((len(encoded), width), dtype=torch.long)
-            on_reply = torch.zeros((len(encoded), width), dtype=torch.float32)
-            for i, (row, reply_start) in enumerate(encoded):
+            for i, (row, _) in enumerate(encoded):
                 ids[i, : len(row)] = torch.tensor(row)
                 attn[i, : len(row)] = 1
-                on_reply[i, reply_start : len(row)] = 1.0
             hidden = body(input_ids=ids.to(dev), attention_mask=attn.to(dev)).last_hidden_state.float().cpu()
-            pooled = (hidden * on_reply[..., None]).sum(1) / on_reply.sum(1, keepdim=True)
-            out.append(pooled.numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+            for i, (row, reply_start) in enumerate(encoded):
+                yield hidden[i, reply_start : len(row)]
+
+
+def embed(model, tok, items: list[tuple], max_length: int, batch_size: int, desc: str = "embed") -> np.ndarray:
+    """The base's last hidden state averaged over each reply's tokens: [len(items), hidden]."""
+    out = [h.mean(0).numpy() for h in reply_states(model, tok, items, max_length, batch_size, desc)]
+    return np.stack(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
 
 
 class FeatureCache:

@@ -131,13 +131,20 @@ def train_stats(r: Run, tokens: int, final_loss: float | None, eval_loss: float 
         "tokens": tokens * r.acc.num_processes,
         "final_loss": final_loss,
         "eval_loss": eval_loss,
-        # rho1_soft: the last step's token weights (their mean, p25, p75, p95; DVCLive has every step's)
-        **(
-            {"token_weights": {k: v for k, v in r.extra.items() if k.startswith("weight_")}}
-            if tp.token_weighting == "rho1_soft"
-            else {}
-        ),
+        **token_weights(r),
     }
+
+
+def token_weights(r: Run) -> dict:
+    """rho1_soft and critic: the last step's token weights (their mean, p25, p75, p95; DVCLive has
+    every step's); critic: also the value head's fit, or why training fell back to uniform."""
+    tp = r.params.train
+    if tp.token_weighting not in ("rho1_soft", "critic"):
+        return {}
+    out = {"kind": tp.token_weighting, **{k: v for k, v in r.extra.items() if k.startswith("weight_")}}
+    if r.critic is not None:
+        out["critic"] = r.critic
+    return {"token_weights": out}
 
 
 def judged_by(scored: Path) -> dict:

@@ -1,5 +1,5 @@
 """The losses a training step takes over per-token losses: SFT's weighted mean (with Rho-1's
-choice of tokens, or its soft token weights) and DPO's preference loss."""
+choice of tokens, its soft token weights, or the critic's) and DPO's preference loss."""
 
 from __future__ import annotations
 
@@ -31,6 +31,41 @@ def soft_token_weights(
     counted = tmask.sum(1, keepdim=True)
     soft = torch.softmax(excess, dim=1).nan_to_num(0.0) * counted  # a row with no counted token: 0
     return ((1.0 - mix) + mix * soft) * tmask
+
+
+def critic_token_weights(
+    values: torch.Tensor, tmask: torch.Tensor, temperature: float, mix: float, clip: float
+) -> torch.Tensor:
+    """The critic's weights: each counted token's value change (the value head's estimate after
+    the token minus before it; values [B, T], tmask [B, T-1] as the losses lay them out),
+    standardized within its sequence so the head's scale does not matter, a softmax at
+    `temperature` over the sequence's counted tokens scaled to mean 1, mixed with uniform weights
+    by `mix`, and capped at `clip` with the mean kept at 1 (capped_mean_one)."""
+    delta = (values[:, 1:] - values[:, :-1]).float()
+    m = tmask.float()
+    counted = m.sum(1, keepdim=True)
+    mean = (delta * m).sum(1, keepdim=True) / counted.clamp(min=1)
+    std = (((delta - mean) * m) ** 2).sum(1, keepdim=True).div(counted.clamp(min=1)).sqrt()
+    z = ((delta - mean) / std.clamp(min=1e-6)).masked_fill(~tmask, float("-inf")) / temperature
+    soft = torch.softmax(z, dim=1).nan_to_num(0.0) * counted
+    return capped_mean_one(((1.0 - mix) + mix * soft) * m, tmask, clip)
+
+
+def capped_mean_one(w: torch.Tensor, tmask: torch.Tensor, clip: float) -> torch.Tensor:
+    """Weights of mean 1 over each row's counted tokens, none above `clip` (> 1): the ones over
+    it are set to it and the others scaled up to keep the mean, until none is over (each pass
+    caps at least one more token, so it ends)."""
+    n = tmask.sum(1, keepdim=True).float()
+    capped = torch.zeros_like(tmask)
+    for _ in range(w.shape[1]):
+        now = ((w >= clip) | capped) & tmask
+        if torch.equal(now, capped) and not (w > clip).any():
+            break
+        capped = now
+        free = (tmask & ~capped).float()
+        scale = (n - clip * capped.sum(1, keepdim=True)) / (w * free).sum(1, keepdim=True).clamp(min=1e-12)
+        w = torch.where(capped, torch.full_like(w, clip), w * scale) * tmask
+    return w
 
 
 def weight_stats(token_weight: torch.Tensor, tmask: torch.Tensor) -> dict[str, float]:

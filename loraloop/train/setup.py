@@ -19,6 +19,7 @@ from ..params import Params
 from ..workspace import Base, Round
 from . import dpo, sft
 from .checkpoints import fingerprint, load_checkpoint
+from .critic import load_critic, precompute_weights
 from .data import Inputs, schedule
 from .errors import TrainingStopped
 from .model import build_model
@@ -53,6 +54,7 @@ class Run:
     live: object = None
     checkpoint_every: int = 0
     extra: dict = field(default_factory=dict)  # method-specific values to log
+    critic: dict | None = None  # train.token_weighting critic: the value head's fit, or its fallback
 
     @property
     def round_id(self) -> str:
@@ -102,6 +104,7 @@ def setup(params: Params, inputs: Inputs, base: Base, ckpt_dir: Path) -> Run:
     from accelerate import Accelerator
 
     tp, r = params.train, inputs.round
+    head, critic_info = load_critic(r) if tp.token_weighting == "critic" else (None, None)  # before any work
     acc = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(params.seed)
     rng = random.Random(f"{params.seed}:train:{r.id}")
@@ -143,6 +146,11 @@ def setup(params: Params, inputs: Inputs, base: Base, ckpt_dir: Path) -> Run:
     )
     if reference is not None and tp.reference_logps == "precompute":
         precompute_reference(run, plan[start:])
+    run.critic = critic_info
+    if head is not None:
+        precompute_weights(run, head)
+    elif critic_info is not None:
+        acc.print(f"train@{r.id}: the critic is not usable ({critic_info.get('reason')}); uniform token weights")
     run.checkpoint_every = checkpoint_every(acc, tp.checkpoint_every)
     run.live = live_logger(acc, ckpt_dir, resumed=bool(start))
     return run

@@ -1,5 +1,6 @@
 """Supervised fine-tuning, one method of a round (train.method: sft): its examples, its step, and
-the reference values Rho-1 compares against (train.token_weighting: rho1, rho1_soft)."""
+the reference values Rho-1 compares against (train.token_weighting: rho1, rho1_soft); the
+critic's weights are computed before the loop (critic.py)."""
 
 from __future__ import annotations
 
@@ -67,5 +68,10 @@ def step(r, rows: list[dict]) -> tuple[torch.Tensor, int]:
     elif tp.token_weighting == "rho1_soft":
         ref = batch_reference(r, rows, batch["ids"].shape[1])
         token_weight = soft_token_weights(tok_loss, ref, tmask, tp.rho1_temperature, tp.rho1_mix)
+        r.extra.update(weight_stats(token_weight, tmask))
+    elif tp.token_weighting == "critic" and "token_weight" in rows[0]:  # absent: the critic's fallback
+        from .critic import batch_weights
+
+        token_weight = batch_weights(rows, batch["ids"].shape[1], r.acc.device)
         r.extra.update(weight_stats(token_weight, tmask))
     return weighted_loss(tok_loss, tmask, batch["weight"], token_weight), int(batch["attn"].sum())

@@ -1,0 +1,81 @@
+"""Multi-token prediction heads (train.mtp_heads: H): H-1 heads beside the model's own next-token
+head, head k predicting the token k+1 places ahead of the position it reads. Each is one
+residual block (h + SiLU(W h), W zero at the start, so a new head first predicts what the next-token
+head does) on the final hidden state, followed by the model's own frozen output layer: Medusa's
+shape. Chosen over DeepSeek-V3's MTP module (a whole transformer block per depth, fed the next
+token's embedding) because a head then costs one hidden x hidden matmul and needs no key/value
+cache of its own, so drafting adds nothing to a decode step's forward and verifying stays one
+forward of the adapted model; the heads are not LoRA modules, so what vLLM serves is unchanged.
+
+Saved beside the round's adapter as mtp_heads.safetensors (numbers only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HEADS_FILE = "mtp_heads.safetensors"
+
+
+class ResBlock(torch.nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, hidden)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + F.silu(self.linear(h))
+
+
+class MTPHeads(torch.nn.Module):
+    """blocks[k-1] turns the hidden state at position t into one the output layer reads as token
+    t+1+k (k = 1 .. len(blocks))."""
+
+    def __init__(self, hidden: int, n: int):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(ResBlock(hidden) for _ in range(n))
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
+        return self.blocks[k - 1](hidden)
+
+
+def head_token_losses(heads: MTPHeads, out_layer, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+    """Per head k, the loss [B, T-1-k] of predicting token t+1+k from the hidden state at t
+    (hidden: [B, T, D], the decoder's output at every position), 0 where that token does not count
+    (not an assistant token, or past the row). The output layer runs only where a loss is taken."""
+    from .loss import cross_entropy
+
+    losses = []
+    width = ids.shape[1]
+    for k in range(1, len(heads) + 1):
+        counted = mask[:, 1 + k :]
+        picked = hidden[:, : width - 1 - k][counted]
+        if not picked.shape[0]:
+            losses.append(torch.zeros(counted.shape, device=hidden.device, requires_grad=hidden.requires_grad))
+            continue
+        loss = cross_entropy(out_layer(heads(picked, k)).float(), ids[:, 1 + k :][counted])
+        losses.append(torch.zeros(counted.shape, dtype=loss.dtype, device=loss.device).masked_scatter(counted, loss))
+    return losses
+
+
+def save(heads: MTPHeads, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, str(path))
+
+
+def load(path: Path, dtype=None) -> MTPHeads:
+    """Heads saved by save(): their number and width read from the tensors."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    n = len({k.split(".")[1] for k in state})
+    heads = MTPHeads(state["blocks.0.linear.weight"].shape[0], n)
+    heads.load_state_dict(state)
+    return heads.to(dtype) if dtype is not None else heads
