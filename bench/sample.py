@@ -26,6 +26,11 @@ With --samples-per-prompt K, each prompt is asked K times in a row as sample@rN 
 params.yaml's sample temperature and top_p, and the sampler runs with the copies prefilled once
 (one cache, its rows copied) and with each copy prefilled on its own; the texts must match.
 
+With --speculative ROUND_DIR (a round trained with train.mtp_heads > 1), greedy decoding with that
+round's adapter at batch 1: self-speculative with its heads (lm/speculative.py) against the same
+decoding without them (transformers' `generate`, one prompt at a time) and loraloop's sampler at
+batch 1 and at --batch-size; texts compared, acceptance per head and tokens per forward printed.
+
 With --merge ROUND_DIR, the sampler runs greedily with that round's adapter as a separate LoRA term
 (PEFT's forward) and merged into the weights (what sample@rN and eval@rN load in fp32), in turns,
 best of two each; the texts are compared.
@@ -260,6 +265,50 @@ def compare_merge(args, tok, prompts: list[list[int]]) -> None:
     print(f"ratio merged vs apart: {best['adapter apart (PEFT)'] / best['adapter merged']:.2f}x")
 
 
+def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
+    from loraloop.files import read_json
+    from loraloop.lm import mtp
+    from loraloop.lm.model import load_model
+    from loraloop.lm.speculative import generate_speculative
+
+    info = read_json(args.speculative / "ROUND.json")
+    model = load_model(args.base, args.speculative / info["adapter"])
+    heads = mtp.load(args.speculative / info["train"]["mtp"]["file"])
+    stop = stop_ids(model, tok)
+    n = args.max_new_tokens
+    settings = dict(max_new_tokens=n, temperature=0.0, top_p=1.0, seed=0, progress=False, desc="")
+    sides = {
+        "speculative, batch 1": lambda: generate_speculative(model, heads, prompts, n, stop),
+        "generate, one at a time": lambda: (one_at_a_time(model, tok, prompts, n), None),
+        "sampler, batch 1": lambda: (ours(model, tok, prompts, batch_size=1, **settings)[1], None),
+        f"sampler, batch {args.batch_size}": lambda: (
+            ours(model, tok, prompts, batch_size=args.batch_size, **settings)[1],
+            None,
+        ),
+    }
+    generate_speculative(model, heads, prompts[:2], 8, stop)  # warm-up
+    one_at_a_time(model, tok, prompts[:2], 8)
+    best, made, stats = {}, {}, None
+    for _ in range(2):  # in turns, best of two each
+        for name, fn in sides.items():
+            (out, st), seconds = timed(fn)
+            best[name], made[name] = min(seconds, best.get(name, seconds)), [new_tokens(m, stop) for m in out]
+            stats = st or stats
+    ref = made["generate, one at a time"]
+    print(f"{len(prompts)} prompts, max_new_tokens={n}, round {args.speculative.name}, {len(heads)} heads, greedy")
+    for name, seconds in best.items():
+        same = sum(a == b for a, b in zip(made[name], ref))
+        tokens = sum(map(len, made[name]))
+        print(
+            f"{name:26s} {seconds:6.1f} s ({tokens / seconds:7.1f} tokens/s), "
+            f"same tokens as generate: {same}/{len(prompts)}"
+        )
+    acc = ", ".join(f"t+{k + 2} {a:.3f}" for k, a in enumerate(stats.acceptance()))
+    print(f"acceptance per head: {acc}; tokens per forward {stats.tokens_per_forward:.2f}")
+    for peer in ("generate, one at a time", "sampler, batch 1", f"sampler, batch {args.batch_size}"):
+        print(f"ratio speculative vs {peer}: {best[peer] / best['speculative, batch 1']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", type=Path, default=ROOT / "models/base")
@@ -270,6 +319,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--samples-per-prompt", type=int, default=1)
     ap.add_argument("--merge", type=Path, default=None, help="a round's directory: its adapter merged vs not")
+    ap.add_argument("--speculative", type=Path, default=None, help="a round's directory with multi-token heads")
     ap.add_argument(
         "--peers",
         type=lambda s: s.split(","),
@@ -285,7 +335,9 @@ def main() -> None:
     convs = prompts_from_split(data, "train", args.prompts, "bench", params.lineage(args.lineage).system_prompts)
     tok = load_tokenizer(args.base)
     prompts = [prompt_ids(tok, c["messages"]) for c in convs]
-    if args.merge is not None:
+    if args.speculative is not None:
+        compare_speculative(args, tok, prompts)
+    elif args.merge is not None:
         compare_merge(args, tok, prompts)  # loads its own two models
     elif args.samples_per_prompt > 1:
         compare_copies(args, params, load_base(args.base), tok, prompts)

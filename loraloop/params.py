@@ -289,6 +289,15 @@ class TrainParams(Section):
     rho1_mix: float = Field(0.3, ge=0, le=1)
     critic: CriticParams = CriticParams()
     quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA through bitsandbytes (CUDA only)
+    # Multi-token prediction (lm/mtp.py): H heads in all, the model's own next-token head and H-1
+    # more, head k predicting the token k places ahead; 1 = off. Head k's loss weighs
+    # mtp_weight * mtp_decay**(k-2). mtp_joint: the heads' losses also train the adapter (the WMTP
+    # plan's objective); false: the heads learn on the adapter's hidden states without moving it
+    # (Medusa-1: the adapter comes out bit for bit as without heads).
+    mtp_heads: int = Field(1, ge=1, le=8)
+    mtp_weight: float = Field(0.3, ge=0)
+    mtp_decay: float = Field(0.8, gt=0, le=1)
+    mtp_joint: bool = False
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -311,6 +320,8 @@ class TrainParams(Section):
             raise ValueError(
                 f"token_weighting: {self.token_weighting} weighs tokens of the SFT loss; with method: dpo, set none"
             )
+        if self.method == "dpo" and self.mtp_heads > 1:
+            raise ValueError("mtp_heads train on the SFT loss's targets; with method: dpo, set mtp_heads: 1")
         if self.reference == "start" and self.init == "fresh":
             raise ValueError(
                 "reference: start is the adapter the round starts from (init: prev); a fresh "

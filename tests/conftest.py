@@ -50,6 +50,8 @@ def small_params(lineages=("tutor",), **train_overrides):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["lineages"] = {k: v for k, v in raw["lineages"].items() if k in lineages}
     raw["rounds"] = {k: v for k, v in raw["rounds"].items() if v["lineage"] in lineages}
+    for spec in raw["rounds"].values():  # the test's train keys, not the demo's per-round ones
+        spec.pop("train", None)
     raw["sample"].update(num_prompts=6, batch_size=4, max_new_tokens=8, samples_per_prompt=1, max_negatives=0)
     raw["score"].update(keep_top_k=None)
     raw["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8)
@@ -287,3 +289,22 @@ def copy_repo(src: Path, dst: Path) -> Path:
     """A copy of a built repo (workspace, git, DVC cache): its own to change."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+# The longest test files first: `make test` hands files to its workers in collection order, so a
+# long file collected last would run alone at the end (tests/test_e2e.py is about 8 minutes).
+SLOW_FIRST = (
+    "test_e2e.py",
+    "test_fleet.py",
+    "test_new_character.py",
+    "test_s3_restore.py",
+    "test_retire.py",
+    "test_serve_clients.py",
+    "test_serve.py",
+    "test_gpu_check.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order

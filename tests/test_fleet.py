@@ -230,7 +230,7 @@ def test_dpo_on_sampled_pairs(repo):
     # Only the tutor's first round here (the pirate's stages are as dirty, and would run the same way).
     out = sh(repo, "dvc", "repro", "eval@tutor-r1").stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"sample@tutor-r1", "score@tutor-r1", "train@tutor-r1", "eval@tutor-r1"}
+    assert ran == {f"{s}@tutor-r1" for s in ("sample", "score", "critic", "train", "eval")}  # critic: new scores
     pairs = (repo / "data/rounds/tutor/tutor-r1/pairs.jsonl").read_text().splitlines()
     info = read_json(repo / "models/rounds/tutor-r1/ROUND.json")
     assert info["train"]["method"] == "dpo" and info["train"]["pairs"] == len(pairs) >= 1
@@ -292,7 +292,7 @@ def test_queued_experiments_run_two_at_once_and_the_winner_applies(tiny_fleet, t
     assert set(loss) == set(experiments) and loss["lr_low"] != loss["critic"]
     usable = "metrics/tutor/critic_tutor-r1.json:critic.usable"  # the value head's fit, in exp show
     columns = list(rows[0])  # the rounds' evaluations first, the data counters after everything else
-    evals = [i for i, c in enumerate(columns) if "/eval_" in c]
+    evals = [i for i, c in enumerate(columns) if "/eval_" in c and ":" in c]  # metrics (path:key), not deps
     assert evals and max(evals) < min(i for i, c in enumerate(columns) if c.startswith(("collect.", "scrub.")))
     assert columns[evals[0] - 1] == "parent"
     assert by_exp["critic"][usable] in ("True", "False") and by_exp["lr_low"][usable] in ("", "-")

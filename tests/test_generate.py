@@ -37,6 +37,19 @@ def setup(tiny_base):
     return tok, model, prompts
 
 
+def greedy_reference(model, tok, prompt: list[int], max_new_tokens: int) -> torch.Tensor:
+    """transformers' greedy `generate` of one prompt: its new tokens."""
+    ids = torch.tensor([prompt])
+    return model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )[0, len(prompt) :]
+
+
 def test_shared_prefix_is_found_and_leaves_each_prompt_a_token():
     assert prefill.common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert prefill.common_prefix([[1, 2], [1, 2]]) == 1
@@ -60,15 +73,7 @@ def test_batched_greedy_equals_one_at_a_time(tiny_base):
     )
     n = 0
     for p, text in zip(prompts, out.texts):
-        ids = torch.tensor([p])
-        ref = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=12,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )[0, len(p) :]
+        ref = greedy_reference(model, tok, p, 12)
         n += len(ref)
         assert text == tok.decode(ref, skip_special_tokens=True).strip()
     assert out.n_tokens == n

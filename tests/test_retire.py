@@ -58,7 +58,11 @@ def test_a_retired_round_leaves_params_and_the_lock_and_keeps_its_outputs(repo):
     entry = archive["meta"]["loraloop_retired"]["tutor-r1"]
     assert entry["prev"] == "base" and entry["lineage"] == "tutor"
     assert entry["adapter_hash"] == read_json(repo / "models/rounds/tutor-r1/ROUND.json")["adapter_hash"]
-    assert {o["path"] for o in archive["outs"]} == {"../models/rounds/tutor-r1", "../data/rounds/tutor/tutor-r1"}
+    assert {o["path"] for o in archive["outs"]} == {
+        "../models/rounds/tutor-r1",
+        "../data/rounds/tutor/tutor-r1",
+        "../models/critics/tutor-r1",
+    }
     assert all(o["md5"].endswith(".dir") for o in archive["outs"])
     assert tree(repo, "models/rounds/tutor-r1", "data/rounds/tutor/tutor-r1") == kept
 

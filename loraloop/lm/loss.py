@@ -110,23 +110,29 @@ class CountedTokenLoss(torch.nn.Module):
     every position of a padded batch it costs about as much as the whole decoder of a small model;
     here it runs only where a loss is taken. A module, so that DDP/FSDP wrap the whole forward."""
 
-    def __init__(self, model):
+    def __init__(self, model, heads=None, joint: bool = False):
+        """`heads`: multi-token heads (lm/mtp.py) whose losses forward(..., with_heads=True) adds;
+        `joint`: their gradients reach the model too (else they learn on its detached states)."""
         super().__init__()
         self.model = model
+        self.heads, self.joint = heads, joint
         self.split = _head_splits(model)
         # FSDP's transformer auto-wrap looks for the layer classes on the module it is given.
         self._no_split_modules = getattr(causal_lm(model), "_no_split_modules", None)
 
     def forward(
-        self, ids: torch.Tensor, attn: torch.Tensor | None, mask: torch.Tensor, aligned: bool = False
-    ) -> torch.Tensor:
+        self, ids: torch.Tensor, attn: torch.Tensor | None, mask: torch.Tensor, aligned: bool = False, with_heads=False
+    ):
         """[B, T-1]: the loss of predicting token t+1 at position t, 0 where t+1 does not count.
-        `aligned`: also pad the counted rows the output layer sees to a multiple of ALIGN."""
+        `aligned`: also pad the counted rows the output layer sees to a multiple of ALIGN.
+        `with_heads`: (that, the multi-token heads' losses: mtp.head_token_losses)."""
         counted = mask[:, 1:]
+        if with_heads and not self.split:
+            raise ValueError("train.mtp_heads: this model's output layer does not run apart from its decoder")
         if self.split:
             lm = causal_lm(self.model)
-            hidden = lm.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
-            hidden = hidden[counted]
+            full = lm.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+            hidden = full[:, :-1][counted]
             n = hidden.shape[0]
             if aligned:
                 hidden = torch.cat([hidden, hidden.new_zeros((n // ALIGN + 1) * ALIGN - n, hidden.shape[1])])
@@ -134,7 +140,13 @@ class CountedTokenLoss(torch.nn.Module):
         else:
             logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][counted]
         loss = cross_entropy(logits.float(), ids[:, 1:][counted])
-        return torch.zeros(counted.shape, dtype=loss.dtype, device=loss.device).masked_scatter(counted, loss)
+        main = torch.zeros(counted.shape, dtype=loss.dtype, device=loss.device).masked_scatter(counted, loss)
+        if not with_heads:
+            return main
+        from .mtp import head_token_losses
+
+        trunk = full if self.joint else full.detach()
+        return main, head_token_losses(self.heads, lm.get_output_embeddings(), trunk, ids, mask)
 
 
 def token_losses(net: CountedTokenLoss, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,9 +59,41 @@ def head_token_losses(heads: MTPHeads, out_layer, hidden: torch.Tensor, ids: tor
         if not picked.shape[0]:
             losses.append(torch.zeros(counted.shape, device=hidden.device, requires_grad=hidden.requires_grad))
             continue
-        loss = cross_entropy(out_layer(heads(picked, k)).float(), ids[:, 1 + k :][counted])
+        own = next(heads.parameters()).dtype  # the heads may train in fp32 over a bf16 model
+        logits = out_layer(heads(picked.to(own), k).to(out_layer.weight.dtype))
+        loss = cross_entropy(logits.float(), ids[:, 1 + k :][counted])
         losses.append(torch.zeros(counted.shape, dtype=loss.dtype, device=loss.device).masked_scatter(counted, loss))
     return losses
+
+
+@torch.no_grad()
+def head_accuracy(model, heads: MTPHeads, tok, conversations: list[dict], max_length: int, batch_size: int) -> dict:
+    """Top-1 accuracy on the conversations' assistant tokens (teacher forcing) of the next-token
+    head ("t+1") and of each multi-token head ("t+2", ...), and how many tokens the first counted."""
+    from .loss import causal_lm, collate, tokenize
+
+    examples, _ = tokenize(tok, conversations, max_length)
+    lm = causal_lm(model)
+    out_layer, dev, own = lm.get_output_embeddings(), next(model.parameters()).device, next(heads.parameters()).dtype
+    right, total = [0] * (len(heads) + 1), [0] * (len(heads) + 1)
+    was = model.training, heads.training
+    model.eval(), heads.eval()
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], tok.pad_token_id, dev)
+        full = lm.get_decoder()(input_ids=batch["ids"], attention_mask=batch["attn"]).last_hidden_state
+        width = batch["ids"].shape[1]
+        for k in range(len(heads) + 1):
+            counted = batch["mask"][:, 1 + k :]
+            h = full[:, : width - 1 - k][counted]
+            if k:
+                h = heads(h.to(own), k).to(out_layer.weight.dtype)
+            right[k] += int((out_layer(h).argmax(-1) == batch["ids"][:, 1 + k :][counted]).sum())
+            total[k] += int(counted.sum())
+    model.train(was[0]), heads.train(was[1])
+    return {
+        **{f"t+{k + 1}": round(right[k] / total[k], 6) if total[k] else None for k in range(len(right))},
+        "n": total[0],
+    }
 
 
 def save(heads: MTPHeads, path: Path) -> None:

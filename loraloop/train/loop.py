@@ -50,11 +50,13 @@ def optimizer_step(r: Run, step: int) -> tuple[float, int]:
             if not math.isfinite(loss.item()):
                 raise not_finite(tp, r.round_id, step, "loss", loss.item())
             r.acc.backward(loss / len(groups))
-        step_loss += loss.item() / len(groups)
+        step_loss += (loss.item() - r.extra.get("mtp_loss", 0.0)) / len(groups)  # the next-token loss
         tokens += n
     norm = float(r.acc.clip_grad_norm_(r.trainable, tp.grad_clip))
     if not math.isfinite(norm):
         raise not_finite(tp, r.round_id, step, "gradient norm", norm)
+    if r.heads is not None:
+        r.acc.clip_grad_norm_(list(r.heads.parameters()), tp.grad_clip)
     r.opt.step()
     if r.live is not None:
         r.live.log_metric("train/loss", step_loss)
@@ -100,7 +102,7 @@ def train_loop(r: Run, stop_after: int | None) -> dict:
         if r.live is not None:
             r.live.next_step()
         if at_checkpoint and r.acc.is_main_process:
-            save_checkpoint(r.ckpt_dir, done, r.tokens_before + n_tokens, r.model, r.opt, r.key)
+            save_checkpoint(r.ckpt_dir, done, r.tokens_before + n_tokens, r.trained, r.opt, r.key)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after step {done} (stop_after)")
@@ -147,6 +149,28 @@ def token_weights(r: Run) -> dict:
     return {"token_weights": out}
 
 
+def save_heads(r: Run, state: dict, adapter_dir: Path) -> dict:
+    """The multi-token heads beside the adapter (so they travel with it into a release), and what
+    ROUND.json says of them: their number, loss weights and top-1 accuracy per head on the
+    eval-split conversations (the next-token head's beside them)."""
+    from safetensors.torch import save_file
+
+    from ..lm import mtp
+
+    tp = r.params.train
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(adapter_dir / mtp.HEADS_FILE))
+    accuracy = mtp.head_accuracy(r.model, r.heads, r.tok, r.held_out, tp.max_length, tp.batch_size)
+    return {
+        "heads": tp.mtp_heads - 1,
+        "file": f"adapter/{mtp.HEADS_FILE}",
+        "sha256": sha256_file(adapter_dir / mtp.HEADS_FILE),
+        "weight": tp.mtp_weight,
+        "decay": tp.mtp_decay,
+        "joint": tp.mtp_joint,
+        "accuracy": accuracy,
+    }
+
+
 def judged_by(scored: Path) -> dict:
     """The learned judge that scored the round's samples ({} when the rules alone did)."""
     with Path(scored).open(encoding="utf-8") as f:
@@ -161,6 +185,7 @@ def finish(r: Run, tokens: int, final_loss: float | None, eval_loss: float | Non
     # Gathered from every process under FSDP / DeepSpeed; named as the PeftModel names them. Only
     # the trained adapter is written: the reference adapter (train.reference: start) is not.
     state = {k.removeprefix("model."): v for k, v in r.acc.get_state_dict(r.net).items()}
+    heads = {k.removeprefix("heads."): state.pop(k) for k in [k for k in state if k.startswith("heads.")]}
     if not r.acc.is_main_process:
         return {}
     r.live.end()
@@ -173,6 +198,8 @@ def finish(r: Run, tokens: int, final_loss: float | None, eval_loss: float | Non
             tmp / "adapter", state_dict=state, safe_serialization=True, selected_adapters=["default"]
         )
         stable_adapter_config(tmp / "adapter" / "adapter_config.json")
+        if heads:
+            stats["mtp"] = save_heads(r, heads, tmp / "adapter")
         write_json(
             tmp / "ROUND.json",
             {

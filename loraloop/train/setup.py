@@ -42,9 +42,11 @@ class Run:
     truncated_away: int
     held_out: list[dict]
     model: object  # the PeftModel
+    heads: object  # its multi-token heads (lm/mtp.py), or None
+    trained: object  # what a checkpoint holds: the model, or the model and its heads
     net: object  # CountedTokenLoss around it, prepared by accelerate: every forward goes through it
     opt: object
-    trainable: list
+    trainable: list  # the adapter's parameters (the heads' are clipped apart: they do not move its norm)
     plan: list  # per step, every process's micro-batches
     reference: dict | None
     key: str  # checkpoint fingerprint
@@ -62,13 +64,29 @@ class Run:
 
 
 def trainable_model(tp, base: Base, start: Round, reference: dict | None):
-    """The model with its LoRA (lean forward installed, in training mode), its trained parameters
-    and their optimizer."""
+    """The model with its LoRA (lean forward installed, in training mode), its multi-token heads
+    (None with train.mtp_heads: 1), the trained parameters and their optimizer."""
     model = build_model(tp, base.dir, start, reference)
     lean_lora.install(model)
     model.train()
+    heads = mtp_heads(tp, model, start)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return model, trainable, torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=0.0)
+    every = trainable + ([] if heads is None else list(heads.parameters()))
+    return model, heads, trainable, torch.optim.AdamW(every, lr=tp.lr, weight_decay=0.0)
+
+
+def mtp_heads(tp, model, start: Round):
+    """train.mtp_heads - 1 heads: the previous round's when it has as many (init: prev), else new."""
+    if tp.mtp_heads == 1:
+        return None
+    from ..lm import mtp
+
+    saved = start.adapter / mtp.HEADS_FILE if tp.init == "prev" and start.adapter is not None else None
+    if saved is not None and saved.is_file():
+        heads = mtp.load(saved)
+        if len(heads) == tp.mtp_heads - 1:
+            return heads.train()
+    return mtp.MTPHeads(model.config.hidden_size, tp.mtp_heads - 1).train()
 
 
 def checkpoint_every(acc, every: int) -> int:
@@ -114,14 +132,15 @@ def setup(params: Params, inputs: Inputs, base: Base, ckpt_dir: Path) -> Run:
     system_prompts = params.lineage(r.lineage).system_prompts
     held_out = reference_conversations(system_prompts, r.view, "eval", tp.eval_examples)
     reference = reference_of(tp, base, r.prev)
-    model, trainable, opt = trainable_model(tp, base, r.prev, reference)
+    model, heads, trainable, opt = trainable_model(tp, base, r.prev, reference)
     key, ckpt_dir = fingerprint(params, inputs, base), Path(ckpt_dir)
-    start, tokens_before = load_checkpoint(ckpt_dir, model, opt, key) if tp.checkpoint_every else (0, 0)
+    trained = model if heads is None else torch.nn.ModuleDict({"model": model, "heads": heads})  # checkpointed
+    start, tokens_before = load_checkpoint(ckpt_dir, trained, opt, key) if tp.checkpoint_every else (0, 0)
     if start:
         acc.print(f"train@{r.id}: resuming from the checkpoint at step {start}")
     elif acc.is_main_process:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    net, opt = acc.prepare(CountedTokenLoss(model), opt)
+    net, opt = acc.prepare(CountedTokenLoss(model, heads, tp.mtp_joint), opt)
     plan = schedule(examples, tp, rng, acc.num_processes)
     run = Run(
         params=params,
@@ -134,6 +153,8 @@ def setup(params: Params, inputs: Inputs, base: Base, ckpt_dir: Path) -> Run:
         truncated_away=truncated_away,
         held_out=held_out,
         model=model,
+        heads=heads,
+        trained=trained,
         net=net,
         opt=opt,
         trainable=trainable,

@@ -4,6 +4,7 @@ critic's weights are computed before the loop (critic.py)."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -61,7 +62,12 @@ def step(r, rows: list[dict]) -> tuple[torch.Tensor, int]:
 
     tp = r.params.train
     batch = collate(rows, r.tok.pad_token_id, r.acc.device)
-    tok_loss, tmask = token_losses(r.net, batch)
+    head_losses = []
+    if tp.mtp_heads > 1:
+        tok_loss, head_losses = r.net(batch["ids"], batch["attn"], batch["mask"], with_heads=True)
+        tmask = batch["mask"][:, 1:]
+    else:
+        tok_loss, tmask = token_losses(r.net, batch)
     token_weight = None
     if tp.token_weighting == "rho1":
         tmask = rho1_mask(tok_loss, batch_reference(r, rows, batch["ids"].shape[1]), tmask, tp.rho1_keep)
@@ -74,4 +80,27 @@ def step(r, rows: list[dict]) -> tuple[torch.Tensor, int]:
 
         token_weight = batch_weights(rows, batch["ids"].shape[1], r.acc.device)
         r.extra.update(weight_stats(token_weight, tmask))
-    return weighted_loss(tok_loss, tmask, batch["weight"], token_weight), int(batch["attn"].sum())
+    loss = weighted_loss(tok_loss, tmask, batch["weight"], token_weight)
+    if head_losses:
+        heads = mtp_loss(r, rows, head_losses, tmask, batch["weight"], token_weight)
+        r.extra["mtp_loss"] = heads.item()  # the loop logs the loss without it: curves compare with or without heads
+        loss = loss + heads
+    return loss, int(batch["attn"].sum())
+
+
+def mtp_loss(r, rows, head_losses, tmask, weight, token_weight) -> torch.Tensor:
+    """The heads' weighted losses: head k's targets are k places further on, so the tokens that
+    count (Rho-1's choice included) and their weights are the main loss's, shifted by k."""
+    tp, total = r.params.train, 0.0
+    for k, tok_loss in enumerate(head_losses, start=1):
+        tw = None if token_weight is None else token_weight[:, k:]
+        loss = weighted_loss(tok_loss, tmask[:, k:], weight, tw)
+        if not math.isfinite(loss.item()):
+            raise TrainingStopped(
+                f"train@{r.round_id}: multi-token head {k + 1}'s loss (the token {k + 1} ahead) is {loss.item()} "
+                f"in a batch of {len(rows)} examples ({', '.join(row['kind'] for row in rows)}); nothing was written. "
+                f"Lower train.mtp_weight ({tp.mtp_weight}) or train.lr ({tp.lr})."
+            )
+        r.extra[f"mtp_loss_{k + 1}"] = loss.item()
+        total = total + tp.mtp_weight * tp.mtp_decay ** (k - 1) * loss
+    return total
