@@ -102,7 +102,7 @@ def train_loop(r: Run, stop_after: int | None) -> dict:
         if r.live is not None:
             r.live.next_step()
         if at_checkpoint and r.acc.is_main_process:
-            save_checkpoint(r.ckpt_dir, done, r.tokens_before + n_tokens, r.trained, r.opt, r.key)
+            save_checkpoint(r.ckpt_dir, done, r.tokens_before + n_tokens, r.checkpointed, r.opt, r.key)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after step {done} (stop_after)")

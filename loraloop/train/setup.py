@@ -42,8 +42,6 @@ class Run:
     truncated_away: int
     held_out: list[dict]
     model: object  # the PeftModel
-    heads: object  # its multi-token heads (lm/mtp.py), or None
-    trained: object  # what a checkpoint holds: the model, or the model and its heads
     net: object  # CountedTokenLoss around it, prepared by accelerate: every forward goes through it
     opt: object
     trainable: list  # the adapter's parameters (the heads' are clipped apart: they do not move its norm)
@@ -57,6 +55,12 @@ class Run:
     checkpoint_every: int = 0
     extra: dict = field(default_factory=dict)  # method-specific values to log
     critic: dict | None = None  # train.token_weighting critic: the value head's fit, or its fallback
+    heads: object = None  # the model's multi-token heads (lm/mtp.py), if it trains any
+    trained: object = None  # what a checkpoint holds when it is more than the model: the model and its heads
+
+    @property
+    def checkpointed(self):
+        return self.model if self.trained is None else self.trained
 
     @property
     def round_id(self) -> str:
@@ -134,8 +138,9 @@ def setup(params: Params, inputs: Inputs, base: Base, ckpt_dir: Path) -> Run:
     reference = reference_of(tp, base, r.prev)
     model, heads, trainable, opt = trainable_model(tp, base, r.prev, reference)
     key, ckpt_dir = fingerprint(params, inputs, base), Path(ckpt_dir)
-    trained = model if heads is None else torch.nn.ModuleDict({"model": model, "heads": heads})  # checkpointed
-    start, tokens_before = load_checkpoint(ckpt_dir, trained, opt, key) if tp.checkpoint_every else (0, 0)
+    trained = None if heads is None else torch.nn.ModuleDict({"model": model, "heads": heads})
+    held = model if trained is None else trained  # what a checkpoint holds
+    start, tokens_before = load_checkpoint(ckpt_dir, held, opt, key) if tp.checkpoint_every else (0, 0)
     if start:
         acc.print(f"train@{r.id}: resuming from the checkpoint at step {start}")
     elif acc.is_main_process:

@@ -81,7 +81,7 @@ def step(r, rows: list[dict]) -> tuple[torch.Tensor, int]:
         token_weight = batch_weights(rows, batch["ids"].shape[1], r.acc.device)
         r.extra.update(weight_stats(token_weight, tmask))
     loss = weighted_loss(tok_loss, tmask, batch["weight"], token_weight)
-    if head_losses:
+    if head_losses and math.isfinite(loss.item()):  # a non-finite main loss is what the loop reports
         heads = mtp_loss(r, rows, head_losses, tmask, batch["weight"], token_weight)
         r.extra["mtp_loss"] = heads.item()  # the loop logs the loss without it: curves compare with or without heads
         loss = loss + heads
