@@ -111,8 +111,9 @@ def train_critic(params: Params, base: Base, rows: list[dict]) -> tuple[ValueHea
     out = held_out_prompts([r["prompt_id"] for r in rows], cp.held_out, seed)
     fit_on = [i for i, r in enumerate(rows) if r["prompt_id"] not in out]
     judged = [i for i, r in enumerate(rows) if r["prompt_id"] in out]
-    x = np.concatenate([states[i][spaced(len(states[i]), cp.positions)].numpy() for i in fit_on])
-    y = np.concatenate([np.full(len(spaced(len(states[i]), cp.positions)), rows[i]["score"]) for i in fit_on])
+    picked = {i: spaced(len(states[i]), cp.positions) for i in fit_on}
+    x = np.concatenate([states[i][picked[i]].numpy() for i in fit_on])
+    y = np.concatenate([np.full(len(picked[i]), rows[i]["score"]) for i in fit_on])
     head = fit(x, y.astype(np.float32), cp, seed)
     import torch
 

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ..judge import critic
-from ..lm.loss import causal_lm
+from ..lm.loss import causal_lm, collate
 from ..workspace import Round
 from .errors import TrainingStopped
 from .losses import critic_token_weights
@@ -36,18 +36,13 @@ def load_critic(r: Round) -> tuple[critic.ValueHead | None, dict]:
 @torch.no_grad()
 def example_values(model, head: critic.ValueHead, rows: list[dict], pad_id: int, dev) -> list[torch.Tensor]:
     """The head's value after each token of each row, read on the base (adapter off)."""
-    width = max(len(r["ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r["ids"])] = torch.tensor(r["ids"])
-        attn[i, : len(r["ids"])] = 1
+    batch = collate(rows, pad_id, dev)
     was_training = model.training
     model.eval()
     try:
         with model.disable_adapter():
             body = causal_lm(model).get_decoder()
-            hidden = body(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False).last_hidden_state
+            hidden = body(input_ids=batch["ids"], attention_mask=batch["attn"], use_cache=False).last_hidden_state
     finally:
         model.train(was_training)
     values = head(hidden).cpu()
@@ -65,11 +60,3 @@ def precompute_weights(r, head: critic.ValueHead) -> None:
         for row, v in zip(rows, example_values(r.model, head, rows, r.tok.pad_token_id, r.acc.device)):
             tmask = torch.tensor(row["mask"][1:], dtype=torch.bool)[None]
             row["token_weight"] = critic_token_weights(v[None], tmask, cp.temperature, cp.mix, cp.clip)[0]
-
-
-def batch_weights(rows: list[dict], width: int, dev) -> torch.Tensor:
-    """The kept weights laid out as a step's batch of `width` columns has its losses."""
-    out = torch.zeros(len(rows), width - 1)
-    for i, row in enumerate(rows):
-        out[i, : len(row["token_weight"])] = row["token_weight"]
-    return out.to(dev)

@@ -43,10 +43,15 @@ def keep_reference(rows: list[dict], values: torch.Tensor) -> None:
 
 
 def stored_reference(rows: list[dict], width: int, dev) -> torch.Tensor:
-    """The kept values laid out as a step's batch of `width` columns has its losses."""
+    """The kept reference values laid out as a step's batch of `width` columns has its losses."""
+    return laid_out(rows, "ref", width, dev)
+
+
+def laid_out(rows: list[dict], key: str, width: int, dev) -> torch.Tensor:
+    """Per-token values kept on each row under `key`, as a batch of `width` columns has its losses."""
     out = torch.zeros(len(rows), width - 1)
     for i, r in enumerate(rows):
-        out[i, : len(r["ref"])] = r["ref"]
+        out[i, : len(r[key])] = r[key]
     return out.to(dev)
 
 
@@ -76,9 +81,7 @@ def step(r, rows: list[dict]) -> tuple[torch.Tensor, int]:
         token_weight = soft_token_weights(tok_loss, ref, tmask, tp.rho1_temperature, tp.rho1_mix)
         r.extra.update(weight_stats(token_weight, tmask))
     elif tp.token_weighting == "critic" and "token_weight" in rows[0]:  # absent: the critic's fallback
-        from .critic import batch_weights
-
-        token_weight = batch_weights(rows, batch["ids"].shape[1], r.acc.device)
+        token_weight = laid_out(rows, "token_weight", batch["ids"].shape[1], r.acc.device)
         r.extra.update(weight_stats(token_weight, tmask))
     loss = weighted_loss(tok_loss, tmask, batch["weight"], token_weight)
     if head_losses and math.isfinite(loss.item()):  # a non-finite main loss is what the loop reports
