@@ -16,7 +16,6 @@ between lineage counts (the exponent of time against stages).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -109,19 +108,21 @@ def timed(cmd: list[str], cwd: Path, repeat: int) -> tuple[float, str]:
     return statistics.median(times), out
 
 
-def per_file_deps(repo: Path) -> None:
-    """dvc.yaml as it was before code/<kind>.json: each stage lists every source file it runs."""
+def per_stage_params(repo: Path) -> None:
+    """dvc.yaml as it was before params/<kind>/<name>.json: each lineage's and round's stage declares
+    the params.yaml keys it reads (the same keys, from loraloop/params_deps.py)."""
+    from loraloop.params_deps import PER_LINEAGE, READS
+
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    for body in (stage.get("do", stage) for stage in spec["stages"].values()):
-        deps = body.get("deps", [])
-        fp = next((d for d in deps if str(d).startswith("code/")), None)
-        if fp is not None:
-            files = json.loads((repo / fp).read_text())["files"]
-            body["deps"] = [d for d in deps if d != fp] + sorted(files)
+    for kind, keys in READS.items():
+        body = spec["stages"][kind]["do"]
+        lineage = "${key}" if kind in PER_LINEAGE else "${item.lineage}"
+        body["deps"] = [d for d in body["deps"] if not str(d).startswith("params/")]
+        body["params"] = [k.format(lineage=lineage, round="${key}") for k in keys]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def build(repo: Path, lineages: int, rounds: int, retired: int, per_file: bool = False) -> int:
+def build(repo: Path, lineages: int, rounds: int, retired: int, before: bool = False) -> int:
     """The throwaway repo, every output recorded: returns its number of stages."""
     repo.mkdir(parents=True)
     for name in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
@@ -131,12 +132,16 @@ def build(repo: Path, lineages: int, rounds: int, retired: int, per_file: bool =
     shutil.copytree(ROOT / "data/raw", repo / "data/raw")
     params, archives = widen(yaml.safe_load((ROOT / "params.yaml").read_text()), lineages, rounds, retired)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
-    if per_file:
-        per_file_deps(repo)
+    if before:
+        per_stage_params(repo)
     dvc = str(BIN / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.autostage", "false"]):
         subprocess.run(cmd, cwd=repo, check=True)
-    write_archives(repo, archives)
+    write_archives(repo, archives)  # params.yaml's rounds start from the retired ones
+    loraloop = [str(BIN / "loraloop"), "params", "--out", "params"]
+    done = subprocess.run(loraloop, cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"loraloop params failed:\n{done.stderr[-2000:]}")
     n_stages = placeholders(repo)
     done = subprocess.run([dvc, "commit", "-f"], cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:
@@ -190,22 +195,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="active rounds per lineage (in params.yaml)")
     ap.add_argument("--retired", type=int, default=20, help="retired rounds per lineage (retired/<lineage>.dvc)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--before", action="store_true", help="also time per-file code deps (dvc.yaml before code/)")
+    ap.add_argument(
+        "--before", action="store_true", help="also time per-stage params (dvc.yaml before params/<kind>/<name>.json)"
+    )
     ap.add_argument("--profile", action="store_true", help="profile a no-op repro at the largest count")
     ap.add_argument("--keep", type=Path, default=None, help="Build the repos under here and keep them (to profile)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, args.lineages.split(",")):
-            for per_file in (False, True) if args.before else (False,):
-                repo = (args.keep or Path(tmp)) / f"repo-{n}{'-per-file' if per_file else ''}"
-                stages = build(repo, n, args.rounds, args.retired, per_file)
+            for before in (False, True) if args.before else (False,):
+                repo = (args.keep or Path(tmp)) / f"repo-{n}{'-before' if before else ''}"
+                stages = build(repo, n, args.rounds, args.retired, before)
                 times = measure(repo, args.repeat)
                 lock_kb = (repo / "dvc.lock").stat().st_size / 1024
-                if not per_file:
+                if not before:
                     rows.append((n, stages, times))
                 shown = "  ".join(f"{k} {v:6.2f} s" for k, v in times.items())
-                deps = "per-file code deps (before)" if per_file else "code/<kind>.json deps"
+                deps = "per-stage params (before)" if before else "params/ slices"
                 print(
                     f"{n:3d} lineages x ({args.rounds} active + {args.retired} retired) rounds: {stages:4d} stages, "
                     f"{deps}, dvc.lock {lock_kb:5.0f} KB  {shown}"

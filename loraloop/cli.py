@@ -21,7 +21,7 @@ from .params import DataError, ParamsError
 STAGES = {name: f"stages.{name}:cli" for name in ("base", "collect", "scrub", "version", "view")}
 STAGES.update({name: f"stages.{name}:cli" for name in ("judge", "persona", "sample", "score", "critic", "train")})
 STAGES.update({name: f"stages.{name}:cli" for name in ("eval", "leakage")})
-STAGES.update({name: f"stages.{name}:cli" for name in ("package", "report", "code")})
+STAGES.update({name: f"stages.{name}:cli" for name in ("package", "report", "code", "params")})
 COMMANDS = {
     **STAGES,
     "check-params": "loraloop.commands.pipeline:check_params",

@@ -68,9 +68,11 @@ def module_file(root: Path, name: str) -> Path | None:
     return None
 
 
-def closure(root: Path, module: str) -> set[str]:
+def closure(root: Path, module: str, parsed: dict | None = None) -> set[str]:
     """Project files (relative paths) run when `module` is imported: itself, what it imports,
-    transitively, and the package __init__ files on the way."""
+    transitively, and the package __init__ files on the way. `parsed`: each file's imports, kept
+    across calls (every kind's closure shares most files)."""
+    parsed = {} if parsed is None else parsed
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -83,7 +85,9 @@ def closure(root: Path, module: str) -> set[str]:
             rel = f.relative_to(root).as_posix()
             if rel not in seen:
                 seen.add(rel)
-                todo.extend(imported_modules(root, f))
+                if rel not in parsed:
+                    parsed[rel] = imported_modules(root, f)
+                todo.extend(parsed[rel])
     return seen
 
 
@@ -93,14 +97,20 @@ def kinds(root: Path) -> list[str]:
     return sorted(p.stem for p in (Path(root) / "stages").glob("*.py") if p.stem not in ("__init__", "code"))
 
 
-def stage_code(root: Path, kind: str) -> set[str]:
+def stage_code(root: Path, kind: str, parsed: dict | None = None) -> set[str]:
     """What `loraloop <kind>` runs: the entry point's closure and the stage module's."""
-    return closure(root, ENTRY) | closure(root, f"stages.{kind}")
+    return closure(root, ENTRY, parsed) | closure(root, f"stages.{kind}", parsed)
 
 
-def fingerprint(root: Path, kind: str) -> dict:
+def fingerprint(root: Path, kind: str, parsed: dict | None = None) -> dict:
     """What code/<kind>.json holds: the kind, and each file it runs with its sha256."""
-    return {"stage": kind, "files": {f: sha256_file(Path(root) / f) for f in sorted(stage_code(root, kind))}}
+    return {"stage": kind, "files": {f: sha256_file(Path(root) / f) for f in sorted(stage_code(root, kind, parsed))}}
+
+
+def fingerprints(root: Path) -> dict[str, dict]:
+    """Every kind's fingerprint, each file parsed once."""
+    parsed: dict = {}
+    return {kind: fingerprint(root, kind, parsed) for kind in kinds(root)}
 
 
 def run(root: Path, out_dir: Path) -> dict[str, int]:
@@ -108,8 +118,7 @@ def run(root: Path, out_dir: Path) -> dict[str, int]:
     root, out_dir = Path(root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for kind in kinds(root):
-        fp = fingerprint(root, kind)
+    for kind, fp in fingerprints(root).items():
         write_json(out_dir / f"{kind}.json", fp)
         counts[kind] = len(fp["files"])
     for stale in set(p.stem for p in out_dir.glob("*.json")) - set(counts):

@@ -60,7 +60,7 @@ def test_every_stage_runs_a_loraloop_subcommand():
     from loraloop.cli import COMMANDS
 
     commands = stage_commands()
-    assert len(commands) == 17
+    assert len(commands) == 18
     unknown = {stage: sub for stage, sub in commands.items() if sub not in COMMANDS}
     assert not unknown, f"dvc.yaml runs subcommands the CLI does not have: {unknown}"
 

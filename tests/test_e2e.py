@@ -21,7 +21,7 @@ def round_stages(*rounds: str) -> set[str]:
 
 FLEET = {"leakage", "package", "report"}
 ALL_STAGES_R2 = (
-    {"code", "collect", "scrub", "version", "base", "view@tutor", "eval_base@tutor", "judge@tutor", "persona"}
+    {"code", "params", "collect", "scrub", "version", "base", "view@tutor", "eval_base@tutor", "judge@tutor", "persona"}
     | FLEET
     | round_stages("tutor-r1", "tutor-r2")
 )
@@ -96,9 +96,11 @@ def test_a_code_or_param_edit_reruns_what_reads_it_and_what_follows(repo):
     assert "sample@tutor-r1" not in mine["repro_will_run"] and "train@tutor-r2" in mine["repro_will_run"]
     edit_params(repo, lambda p: p["score"].update(keep_top_fraction=0.25))
     status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
-    assert set(status) == {"code", "score@tutor-r1", "score@tutor-r2"}
-    assert "params.yaml" in json.dumps(status["score@tutor-r1"])
-    assert repro(repo) == round_stages("tutor-r1", "tutor-r2") - {"sample@tutor-r1"} | FLEET | {"code"}
+    assert set(status) == {"code", "params"}  # DVC sees params.yaml move; the params stage reads it
+    mine = json.loads(sh(repo, "loraloop", "status", "--json").stdout)  # and loraloop which stages read the key
+    assert mine["stale"] == ["code", "params", "score@tutor-r1", "score@tutor-r2"]
+    assert mine["params_changed"] == {f"score@{r}": ["score.keep_top_fraction"] for r in ("tutor-r1", "tutor-r2")}
+    assert repro(repo) == round_stages("tutor-r1", "tutor-r2") - {"sample@tutor-r1"} | FLEET | {"code", "params"}
     assert "loraloop/judge/score.py" in (repo / "code/score.json").read_text()
 
 

@@ -87,7 +87,8 @@ def lineage_stages(lineage: str, rounds=("r1",)) -> set[str]:
 @pytest.mark.e2e
 def test_both_lineages_are_built_released_and_routed(built):
     repo, ran_all = built
-    ran = ran_all - {"code"}  # it runs when the checkout's code moved since dvc.lock was recorded
+    # they run when the checkout's code or params moved since dvc.lock was recorded
+    ran = ran_all - {"code", "params"}
     assert ran == {"collect", "scrub", "version", "base", "persona", "leakage", "package", "report"} | lineage_stages(
         "tutor"
     ) | lineage_stages("pirate")
@@ -146,14 +147,21 @@ def test_editing_one_lineages_rules_dirties_no_stage_of_another(repo):
     """Rules are read by score and eval (sample and train follow score's output if it changes);
     gates by eval and package alone, so a gate-only edit rescores, resamples and retrains nothing."""
     edit_params(repo, lambda p: p["lineages"]["pirate"]["rules"]["weights"].update(tone=0.5))
-    dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"params", "leakage", "package", "report"}
+    dirty = json.loads(sh(repo, "loraloop", "status", "--json").stdout)  # which stages read the key
     judged = {"judge@pirate", "score@pirate-r1", "eval@pirate-r1", "eval_base@pirate"}
-    assert dirty == judged | {"leakage", "package", "report"}
+    assert set(dirty["stale"]) == judged | {"params", "leakage", "package", "report"}
+    assert set(dirty["params_changed"]) == judged
+    assert dirty["params_changed"]["score@pirate-r1"] == ["lineages.pirate.rules.weights.tone"]
     sh(repo, "git", "checkout", "params.yaml")
     edit_params(repo, lambda p: p["lineages"]["pirate"].update(gates={"language_compliance": {"min": 0.7}}))
-    dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
-    assert dirty == {"eval@pirate-r1", "eval_base@pirate", "leakage", "package", "report"}
+    dirty = set(json.loads(sh(repo, "loraloop", "status", "--json").stdout)["stale"])
+    assert dirty == {"params", "eval@pirate-r1", "eval_base@pirate", "leakage", "package", "report"}
+    # The params stage rewrites only the slices that moved; then DVC names those stages itself.
+    sh(repo, "dvc", "repro", "params")
+    assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == dirty - {"params"}
     sh(repo, "git", "checkout", "params.yaml")
+    sh(repo, "dvc", "repro", "params")
     assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 

@@ -69,9 +69,10 @@ def test_a_retired_round_leaves_params_and_the_lock_and_keeps_its_outputs(repo):
     # tutor-r2 still starts from tutor-r1 at the same paths: none of its stages is out of date;
     # only the fleet stages that read params.yaml's rounds are.
     dirty = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
-    assert dirty <= {"leakage", "package", "report"}, dirty
+    assert dirty <= {"params", "leakage", "package", "report"}, dirty
     ran = repro(repo)
-    assert ran <= {"leakage", "package", "report"}, ran
+    assert ran <= {"params", "leakage", "package", "report"}, ran
+    assert not (repo / "params/train/tutor-r1.json").exists()  # the retired round reads no params
     assert "tutor-r1" in read_json(repo / "metrics/leakage.json")  # what it measured is kept
     assert "tutor-r1" in sh(repo, "loraloop", "report").stdout
     with (repo / "reports/plots/trajectory/tutor.csv").open() as f:

@@ -139,17 +139,20 @@ def monitor(ctx, routing_file, out, plots_dir, as_json):
 @click.pass_context
 def status(ctx, release_dir, as_json):
     """New examples since each release, whether a retrain is due, and what `dvc repro` would run."""
-    from ..serve.status import change_warnings, lineage_status, stale_stages
+    from ..serve.status import PARAMS_STAGE, change_warnings, lineage_status, moved_params, stale_stages
 
     root, params = Path.cwd(), params_of(ctx)
     lineages = lineage_status(params, root, release_dir)
     stale, would_run, will_run = stale_stages(root)
     warnings = change_warnings(params, root, will_run)
+    # DVC names the params stage (params.yaml moved); these are the keys, by the stage that reads them.
+    keys = {s: k for s, k in moved_params(root).items() if s in stale} if PARAMS_STAGE in stale else {}
     if as_json:
         return say(
             {
                 "lineages": lineages,
                 "stale": stale,
+                "params_changed": keys,
                 "repro_would_run": would_run,
                 "repro_will_run": will_run,
                 "warnings": warnings,
@@ -166,6 +169,8 @@ def status(ctx, release_dir, as_json):
         click.echo("dvc: everything is up to date")
     else:
         click.echo(f"dvc: {len(stale)} stage(s) out of date: {', '.join(stale)}")
+        for stage, moved in keys.items():
+            click.echo(f"  {stage} reads changed params: {', '.join(moved)}")
         # DVC skips a stage whose deps come out byte-identical (a lineage's view after another's
         # new data), so this is the most it runs.
         click.echo(f"`dvc repro` would run up to {len(would_run)}: {', '.join(would_run)}")

@@ -87,7 +87,85 @@ def params_read_once():
         param.read_param_file = original
 
 
+@contextmanager
+def hashed_once():
+    """DVC hashes a path again for every stage that lists it: models/base is a dependency of most
+    stages. Within this process, for the one status it asks, each path is hashed once."""
+    from dvc.output import Output
+
+    original, seen = Output._get_hash_meta, {}
+
+    def once(self):
+        key = (self.fs_path, self.hash_name, self.use_cache)
+        if key not in seen:
+            seen[key] = original(self)
+        return seen[key]
+
+    Output._get_hash_meta = once
+    try:
+        yield
+    finally:
+        Output._get_hash_meta = original
+
+
+_locks: dict[tuple, dict] = {}
+
+
+def read_lock(path: Path) -> dict:
+    """dvc.lock as data, parsed once per process while its file stays the same (DVC and
+    change_warnings both read it)."""
+    from ..files import parse_yaml
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _locks:
+        _locks.clear()
+        _locks[key] = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    return _locks[key]
+
+
+@contextmanager
+def lock_read_with_libyaml():
+    """DVC reads dvc.lock (hundreds of KB in a fleet) with ruamel's pure-Python parser; within this
+    process it is read with libyaml. dvc.lock is DVC's own output: plain mappings, lists, strings and
+    numbers, which both parsers read alike."""
+    from dvc.utils import strictyaml
+
+    original = strictyaml.parse_yaml
+
+    def parse(text, path, typ="safe"):
+        if typ == "safe" and Path(path).name == "dvc.lock":
+            return read_lock(Path(path))
+        return original(text, path, typ=typ)
+
+    strictyaml.parse_yaml = parse
+    try:
+        yield
+    finally:
+        strictyaml.parse_yaml = original
+
+
+def pipeline_status(root: Path):
+    """(dvc.yaml's stage graph, the names of its stages whose deps, outputs or command changed), as
+    `dvc status` finds them, for less: the graph is dvc.yaml's alone (a retired round's archive,
+    retired/<lineage>.dvc, is data, never a stage `dvc repro` runs; where a round starts from one,
+    its dependency on the round's files is checked), each path is hashed once, dvc.lock is parsed
+    with libyaml, and no stage takes DVC's read-write lock file (this only reads; the repo lock is
+    held)."""
+    from dvc.repo import Repo, lock_repo
+    from dvc.repo.index import Index
+    from dvc.stage import Stage
+
+    unlocked = Stage.status.__wrapped__  # Stage.status without its rwlock decorator
+    with Repo(str(root)) as repo, lock_repo(repo), params_read_once(), hashed_once(), lock_read_with_libyaml():
+        index = Index.from_file(repo, "dvc.yaml")
+        changed = {s.addressing for s in index.stages if unlocked(s)}
+        return index.graph, changed
+
+
 CODE_STAGE = "code"  # writes code/<kind>.json (loraloop/code_deps.py)
+PARAMS_STAGE = "params"  # writes params/<kind>/<name>.json (loraloop/params_deps.py)
+FINGERPRINTS = (CODE_STAGE, PARAMS_STAGE)  # stages whose outputs move only the stages named above
 
 
 def stage_kind(stage) -> str | None:
@@ -98,14 +176,31 @@ def stage_kind(stage) -> str | None:
 
 def moved_kinds(root: Path) -> set[str]:
     """The kinds of stage whose code fingerprint the code stage would rewrite."""
-    from ..code_deps import fingerprint, kinds
+    from ..code_deps import fingerprints
     from ..files import read_json
 
     def recorded(kind: str) -> dict | None:
         path = root / "code" / f"{kind}.json"
         return read_json(path) if path.is_file() else None
 
-    return {kind for kind in kinds(root) if recorded(kind) != fingerprint(root, kind)}
+    return {kind for kind, fp in fingerprints(root).items() if recorded(kind) != fp}
+
+
+def moved_params(root: Path) -> dict[str, list[str]]:
+    """The stages whose params slice the params stage would rewrite, each with the keys that moved
+    (against the slice it last wrote)."""
+    from ..files import read_json
+    from ..params import load_params
+    from ..params_deps import changed_keys, slices
+
+    out = {}
+    for rel, values in slices(load_params(root / "params.yaml")).items():
+        path = root / PARAMS_STAGE / rel
+        old = read_json(path) if path.is_file() else None
+        if old != values:
+            kind, name = rel.removesuffix(".json").split("/")
+            out[f"{kind}@{name}"] = changed_keys(old, values)
+    return out
 
 
 def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
@@ -114,40 +209,37 @@ def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
     run for certain: downstream too, but not past a lineage's view that is not itself stale, since
     new data passes a view only for the lineages whose characters it is of)."""
     import networkx as nx
-    from dvc.repo import Repo, lock_repo
 
-    with Repo(str(root)) as repo, lock_repo(repo), params_read_once():
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        changed = set(repo.status())  # inside the lock: the same index, not a second one
-        if CODE_STAGE in changed:  # DVC sees the source tree move; which stages' code moved is ours to say
-            kinds = moved_kinds(root)
-            changed |= {s.addressing for s in graph.nodes if stage_kind(s) in kinds}
-        stale = [s for s in graph.nodes if s.addressing in changed]
-        would_run = {s.addressing for s in stale}
-        for s in stale:
-            if s.addressing != CODE_STAGE:  # what follows it is what its new fingerprints move
-                would_run |= {a.addressing for a in nx.ancestors(graph, s)}
-        certain, todo = set(), list(stale)
-        while todo:
-            s = todo.pop()
-            if s.addressing in certain:
-                continue
-            certain.add(s.addressing)
-            if s.addressing != CODE_STAGE and (not s.addressing.startswith("view@") or s.addressing in changed):
-                todo.extend(graph.predecessors(s))
-        order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]
+    graph, changed = pipeline_status(root)  # edges point from a stage to the stages it depends on
+    if CODE_STAGE in changed:  # DVC sees the source tree move; which stages' code moved is ours to say
+        kinds = moved_kinds(root)
+        changed |= {s.addressing for s in graph.nodes if stage_kind(s) in kinds}
+    if PARAMS_STAGE in changed:  # and params.yaml: which stages read the keys that moved is ours too
+        changed |= set(moved_params(root)) & {s.addressing for s in graph.nodes}
+    stale = [s for s in graph.nodes if s.addressing in changed]
+    would_run = {s.addressing for s in stale}
+    for s in stale:
+        if s.addressing not in FINGERPRINTS:  # what follows them is what their new files move
+            would_run |= {a.addressing for a in nx.ancestors(graph, s)}
+    certain, todo = set(), list(stale)
+    while todo:
+        s = todo.pop()
+        if s.addressing in certain:
+            continue
+        certain.add(s.addressing)
+        if s.addressing not in FINGERPRINTS and (not s.addressing.startswith("view@") or s.addressing in changed):
+            todo.extend(graph.predecessors(s))
+    order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]
     ordered = lambda names: [s for s in order if s in names]  # noqa: E731
     return ordered(changed), ordered(would_run), ordered(certain)
 
 
 def locked_params(root: Path, stage: str) -> dict | None:
     """The params.yaml values `stage` last ran with (dvc.lock), or None before its first run."""
-    from ..files import parse_yaml
-
     lock = root / "dvc.lock"
     if not lock.is_file():
         return None
-    entry = (parse_yaml(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+    entry = read_lock(lock).get("stages", {}).get(stage)
     return (entry or {}).get("params", {}).get("params.yaml")
 
 
