@@ -30,6 +30,9 @@ With --speculative ROUND_DIR (a round trained with train.mtp_heads > 1), greedy 
 round's adapter at batch 1: self-speculative with its heads (lm/speculative.py) against the same
 decoding without them (transformers' `generate`, one prompt at a time) and loraloop's sampler at
 batch 1 and at --batch-size; texts compared, acceptance per head and tokens per forward printed.
+With --temperature > 0 as well, speculative sampling (the rejection rule) against the sampler at
+that temperature and --top-p: the texts are other draws from the same distribution, so only the
+speed, the acceptance and the tokens per forward are compared.
 
 With --merge ROUND_DIR, the sampler runs greedily with that round's adapter as a separate LoRA term
 (PEFT's forward) and merged into the weights (what sample@rN and eval@rN load in fp32), in turns,
@@ -275,38 +278,41 @@ def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
     model = load_model(args.base, args.speculative / info["adapter"])
     heads = mtp.load(args.speculative / info["train"]["mtp"]["file"])
     stop = stop_ids(model, tok)
-    n = args.max_new_tokens
-    settings = dict(max_new_tokens=n, temperature=0.0, top_p=1.0, seed=0, progress=False, desc="")
+    n, t, top_p = args.max_new_tokens, args.temperature, args.top_p if args.temperature > 0 else 1.0
+    seeds = list(range(len(prompts)))
+    settings = dict(max_new_tokens=n, temperature=t, top_p=top_p, seed=0, progress=False, desc="")
     sides = {
-        "speculative, batch 1": lambda: generate_speculative(model, heads, prompts, n, stop),
-        "generate, one at a time": lambda: (one_at_a_time(model, tok, prompts, n), None),
+        "speculative, batch 1": lambda: generate_speculative(model, heads, prompts, n, stop, t, top_p, seeds),
         "sampler, batch 1": lambda: (ours(model, tok, prompts, batch_size=1, **settings)[1], None),
         f"sampler, batch {args.batch_size}": lambda: (
             ours(model, tok, prompts, batch_size=args.batch_size, **settings)[1],
             None,
         ),
     }
-    generate_speculative(model, heads, prompts[:2], 8, stop)  # warm-up
-    one_at_a_time(model, tok, prompts[:2], 8)
+    if t == 0:  # the reference text is greedy
+        sides["generate, one at a time"] = lambda: (one_at_a_time(model, tok, prompts, n), None)
+        one_at_a_time(model, tok, prompts[:2], 8)  # warm-up
+    generate_speculative(model, heads, prompts[:2], 8, stop, t, top_p, seeds[:2])  # warm-up
     best, made, stats = {}, {}, None
     for _ in range(2):  # in turns, best of two each
         for name, fn in sides.items():
             (out, st), seconds = timed(fn)
             best[name], made[name] = min(seconds, best.get(name, seconds)), [new_tokens(m, stop) for m in out]
             stats = st or stats
-    ref = made["generate, one at a time"]
-    print(f"{len(prompts)} prompts, max_new_tokens={n}, round {args.speculative.name}, {len(heads)} heads, greedy")
+    how = "greedy" if t == 0 else f"sampled at temperature {t}, top_p {top_p} (texts differ: other draws)"
+    print(f"{len(prompts)} prompts, max_new_tokens={n}, round {args.speculative.name}, {len(heads)} heads, {how}")
     for name, seconds in best.items():
-        same = sum(a == b for a, b in zip(made[name], ref))
         tokens = sum(map(len, made[name]))
-        print(
-            f"{name:26s} {seconds:6.1f} s ({tokens / seconds:7.1f} tokens/s), "
-            f"same tokens as generate: {same}/{len(prompts)}"
-        )
+        line = f"{name:26s} {seconds:6.1f} s ({tokens / seconds:7.1f} tokens/s)"
+        if t == 0:
+            same = sum(a == b for a, b in zip(made[name], made["generate, one at a time"]))
+            line += f", same tokens as generate: {same}/{len(prompts)}"
+        print(line)
     acc = ", ".join(f"t+{k + 2} {a:.3f}" for k, a in enumerate(stats.acceptance()))
     print(f"acceptance per head: {acc}; tokens per forward {stats.tokens_per_forward:.2f}")
-    for peer in ("generate, one at a time", "sampler, batch 1", f"sampler, batch {args.batch_size}"):
-        print(f"ratio speculative vs {peer}: {best[peer] / best['speculative, batch 1']:.2f}x")
+    for peer in [name for name in best if name != "speculative, batch 1"]:
+        spec, other = (sum(map(len, made[k])) / best[k] for k in ("speculative, batch 1", peer))
+        print(f"ratio speculative vs {peer}: {spec / other:.2f}x (tokens/s)")
 
 
 def main() -> None:
@@ -320,6 +326,8 @@ def main() -> None:
     ap.add_argument("--samples-per-prompt", type=int, default=1)
     ap.add_argument("--merge", type=Path, default=None, help="a round's directory: its adapter merged vs not")
     ap.add_argument("--speculative", type=Path, default=None, help="a round's directory with multi-token heads")
+    ap.add_argument("--temperature", type=float, default=0.0, help="with --speculative: > 0 samples (rejection)")
+    ap.add_argument("--top-p", type=float, default=0.95, help="with --speculative and --temperature > 0")
     ap.add_argument(
         "--peers",
         type=lambda s: s.split(","),

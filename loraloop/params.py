@@ -141,6 +141,9 @@ class SampleParams(Section):
     max_negatives: int = Field(32, ge=0)  # also answer the newest n negatives' prompts (paired against them)
     # hf: transformers generate (CPU or GPU). vllm: vLLM with its LoRA support (GPU, `pip install vllm`).
     engine: Literal["hf", "vllm"] = "hf"
+    # Draft with the policy's multi-token heads (train.mtp_heads) and verify (lm/speculative.py):
+    # on: wherever it has heads; auto: there, when prompts go one at a time (batch_size 1) on a GPU.
+    speculative: Literal["auto", "on", "off"] = "auto"
 
 
 class ScoreWeights(Section):

@@ -1,8 +1,11 @@
 """Multi-token prediction heads (train.mtp_heads): their losses aligned per shift, a round
 trained with them (saved beside the adapter, accuracy per head in ROUND.json; weight 0 leaves the
-adapter bit for bit), and self-speculative greedy decoding that writes what `generate` writes."""
+adapter bit for bit), self-speculative greedy decoding that writes what `generate` writes, and
+speculative sampling that draws from what the plain sampler draws from (sample.speculative)."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 import torch
@@ -38,16 +41,12 @@ def test_speculative_greedy_writes_what_generate_writes(tiny_base, n_heads, scal
     assert stats.tokens_per_forward < 1.5  # heads that know nothing: nearly one token per forward
 
 
-def test_heads_trained_on_the_models_own_replies_draft_them_and_change_nothing(tiny_base):
-    """Heads fit (the model frozen) to the model's own greedy replies draft most of those replies
-    back: more than 1.5 tokens per forward, the first head accepted most, and still the same text."""
+def heads_fit_to(model, prompts: list[list[int]], replies: list[list[int]], n: int) -> mtp.MTPHeads:
+    """n-1 heads fit (the model frozen) to predict these replies' tokens."""
     from loraloop.lm.loss import causal_lm
 
-    tok, model, prompts = setup(tiny_base)
-    n = 3
-    plain, _ = speculative.generate_speculative(model, mtp.MTPHeads(model.config.hidden_size, n), prompts, 16, set())
     lm = causal_lm(model)
-    seqs = [p + m for p, m in zip(prompts, plain)]
+    seqs = [p + m for p, m in zip(prompts, replies)]
     width = max(map(len, seqs))
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.bool)
@@ -62,7 +61,16 @@ def test_heads_trained_on_the_models_own_replies_draft_them_and_change_nothing(t
         losses = mtp.head_token_losses(heads, lm.get_output_embeddings(), hidden, ids, mask)
         sum(x.sum() / mask.sum() for x in losses).backward()
         opt.step()
-    made, stats = speculative.generate_speculative(model, heads, prompts, 16, set())
+    return heads
+
+
+def test_heads_trained_on_the_models_own_replies_draft_them_and_change_nothing(tiny_base):
+    """Heads fit (the model frozen) to the model's own greedy replies draft most of those replies
+    back: more than 1.5 tokens per forward, the first head accepted most, and still the same text."""
+    tok, model, prompts = setup(tiny_base)
+    n = 3
+    plain, _ = speculative.generate_speculative(model, mtp.MTPHeads(model.config.hidden_size, n), prompts, 16, set())
+    made, stats = speculative.generate_speculative(model, heads_fit_to(model, prompts, plain, n), prompts, 16, set())
     assert made == plain
     acc = stats.acceptance()
     assert stats.tokens_per_forward > 1.5 and acc[0] > 0.5 and acc[0] >= acc[-1], (stats, acc)
@@ -153,3 +161,141 @@ def test_heads_are_sft_only():
 
     with pytest.raises(ValueError, match="mtp_heads"):
         TrainParams(method="dpo", mtp_heads=2)
+
+
+def draft_and_verify(p: torch.Tensor, q: torch.Tensor, trials: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """`trials` runs of speculative sampling's rule on fixed targets p and draft distributions q:
+    the tokens each emits, and how many drafts each kept."""
+    gen, out, kept = torch.Generator().manual_seed(seed), [], []
+    for _ in range(trials):
+        drafts = [speculative.draw(row, gen) for row in q]
+        a, after = speculative.verify_sampled(p, q, drafts, gen)
+        out.append(drafts[:a] + [after])
+        kept.append(a)
+    return out, kept
+
+
+def test_the_rejection_rule_emits_the_target_distribution():
+    """Whatever the drafts' distribution, each emitted token is distributed as the target (a token
+    the target never draws is never emitted), the first draft is kept with probability
+    sum(min(p, q)), and the draft distribution itself is told apart by the same test."""
+    from scipy.stats import chisquare as scipy_chisquare
+
+    def chisquare(counts, expected):  # in float64, the expected counts summing to the observed
+        counts, expected = counts.double(), expected.double()
+        return scipy_chisquare(counts.numpy(), (expected / expected.sum() * counts.sum()).numpy())
+
+    g = torch.Generator().manual_seed(0)
+    vocab, n, trials = 6, 2, 20000
+    p = torch.softmax(torch.randn(n + 1, vocab, generator=g) * 1.5, -1)
+    p[0, 5] = 0.0
+    p[0] /= p[0].sum()
+    q = torch.softmax(torch.randn(n, vocab, generator=g) * 1.5, -1)
+    out, kept = draft_and_verify(p, q, trials, seed=1)
+    first = torch.bincount(torch.tensor([o[0] for o in out]), minlength=vocab)
+    assert first[5] == 0
+    assert chisquare(first[:5], p[0, :5] * trials).pvalue > 1e-3
+    assert chisquare(first[:5], q[0, :5] / q[0, :5].sum() * trials).pvalue < 1e-6
+    second = [o[1] for o in out if len(o) > 1]  # the token after a kept first draft: its target is p[1]
+    counts = torch.bincount(torch.tensor(second), minlength=vocab)
+    assert chisquare(counts, p[1] * len(second)).pvalue > 1e-3
+    expected = float(torch.minimum(p[0], q[0]).sum())
+    share = sum(a >= 1 for a in kept) / trials
+    assert abs(share - expected) < 4 * (expected * (1 - expected) / trials) ** 0.5
+    # Drafts drawn from the target itself are always kept.
+    _, all_kept = draft_and_verify(p, p[:n], 2000, seed=2)
+    assert set(all_kept) == {n}
+
+
+def token_counts(seqs: list[list[int]], pos: int) -> Counter:
+    return Counter(s[pos] if len(s) > pos else -1 for s in seqs)
+
+
+def same_distribution(a: Counter, b: Counter) -> float:
+    """The p-value of a chi-square test that two samples of tokens come from one distribution
+    (tokens seen fewer than 10 times in both together pooled)."""
+    from scipy.stats import chi2_contingency
+
+    common = [t for t in a.keys() | b.keys() if a[t] + b[t] >= 10]
+    rest = [sum(c.values()) - sum(c[t] for t in common) for c in (a, b)]
+    table = [[a[t] for t in common] + [rest[0]], [b[t] for t in common] + [rest[1]]]
+    if rest == [0, 0]:
+        table = [row[:-1] for row in table]
+    return chi2_contingency(table).pvalue
+
+
+def test_speculative_sampling_draws_what_the_plain_sampler_draws(tiny_base):
+    """The tiny model's first tokens, sampled 400 times each way from one prompt (temperature 0.15,
+    where its next token spreads over a handful of candidates; top_p 0.95): drafting with heads fit
+    to its greedy replies (so drafts are kept and turned down) gives the distribution the plain
+    batched sampler gives at every position; a sampler at another temperature is told apart."""
+    from loraloop.lm.generate import generate, stop_ids
+
+    tok, model, prompts = setup(tiny_base)
+    n, length, t, top_p = 400, 3, 0.15, 0.95
+    stop, prompt = stop_ids(model, tok), prompts[:1]
+    greedy, _ = speculative.generate_speculative(model, mtp.MTPHeads(model.config.hidden_size, 3), prompt, 8, set())
+    heads = heads_fit_to(model, prompt, greedy, 3)
+    drafted, stats = speculative.generate_speculative(model, heads, prompt * n, length, stop, t, top_p, list(range(n)))
+    assert 10 <= stats.accepted[0] <= stats.drafted[0] - 10, stats.summary()  # both branches of the rule ran
+
+    def plain(temperature: float) -> list[list[int]]:
+        made = [[] for _ in range(n)]
+        on_token = lambda i, tok_id: made[i].append(tok_id)  # noqa: E731
+        generate(
+            model,
+            tok,
+            prompt * n,
+            batch_size=64,
+            max_new_tokens=length,
+            temperature=temperature,
+            top_p=top_p,
+            seed=10_000,
+            desc="",
+            progress=False,
+            on_token=on_token,
+        )
+        return made
+
+    same, other = plain(t), plain(0.3)
+    for pos in range(length):
+        assert same_distribution(token_counts(drafted, pos), token_counts(same, pos)) > 1e-3, pos
+    assert min(same_distribution(token_counts(same, pos), token_counts(other, pos)) for pos in range(length)) < 1e-3
+
+
+def test_sampling_with_a_policy_that_has_heads(project):
+    """sample.speculative: `on` drafts with the policy round's heads and records each sample's
+    acceptance; `auto` (batch_size 4) and `off` sample as before, byte for byte, with no such key."""
+    import dataclasses
+
+    from conftest import workspace
+
+    from loraloop.files import read_jsonl
+    from loraloop.lm import sampling
+
+    with_heads = run_round(small_params(init="fresh", mtp_heads=3), project, "tutor-r1", out_name="spec_policy")
+    ws = workspace(small_params(), project)
+    r2 = ws.round("tutor-r2")
+    rows = {}
+    for mode in ("on", "auto", "off"):
+        p = small_params()
+        p = p.model_copy(update={"sample": p.sample.model_copy(update={"speculative": mode})})
+        r = dataclasses.replace(
+            r2, prev=dataclasses.replace(r2.prev, model=with_heads), data=r2.data.parent / f"spec_{mode}"
+        )
+        made = sampling.run(p, r, ws.base)
+        rows[mode] = list(read_jsonl(r.samples))
+        assert (made["speculative"] is not None) == (mode == "on"), made
+    assert all("speculative" not in row for row in rows["off"]) and rows["auto"] == rows["off"]
+    spec = rows["on"][0]["speculative"]
+    assert len(spec["acceptance"]) == 2 and spec["tokens_per_forward"] >= 1.0 and spec["tokens"] >= 1
+    assert [r["seed"] for r in rows["on"]] == [r["seed"] for r in rows["off"]]
+    assert all(r["response"] for r in rows["on"])
+    # auto drafts where prompts go one at a time on a GPU; never from a policy without heads, nor with vLLM.
+    policy, sp = dataclasses.replace(r2.prev, model=with_heads), small_params().sample
+    auto_at_1 = sampling.heads_of(policy, sp.model_copy(update={"batch_size": 1}))
+    assert auto_at_1 == (policy.adapter / mtp.HEADS_FILE if torch.cuda.is_available() else None)
+    assert sampling.heads_of(policy, sp.model_copy(update={"speculative": "on"})) == policy.adapter / mtp.HEADS_FILE
+    assert sampling.heads_of(policy, sp.model_copy(update={"speculative": "on", "engine": "vllm"})) is None
+    assert sampling.heads_of(policy, sp.model_copy(update={"batch_size": 1, "speculative": "off"})) is None
+    assert sampling.heads_of(ws.round("tutor-r1").prev, sp.model_copy(update={"speculative": "on"})) is None

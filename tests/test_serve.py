@@ -364,3 +364,42 @@ def test_logs_are_read_from_a_day_on(tmp_path):
     write_lines(tmp_path / "monitor.jsonl", [{"day": None}])  # not a day file: always read
     assert [r["day"] for r in read_rows(tmp_path, since_day="2026-02-01")] == ["2026-02-01", "2026-03-01", None]
     assert len(list(read_rows(tmp_path))) == 4
+
+
+def test_a_release_with_heads_is_served_drafting_with_them(served, tmp_path):
+    """serve --speculative on: a request alone in its batch, to a release whose adapter has
+    multi-token heads, is drafted and verified: the greedy reply is plain greedy decoding's, whole
+    or streamed, and its counters row says how many drafts were kept; a release without heads (the
+    pirate's) is served as before."""
+    from loraloop.lm import mtp
+
+    repo = copy_repo(served[0].repo, tmp_path / "repo")
+    version = repo / "models/release/tutor/versions/tutor-v0.1"
+    heads = mtp.MTPHeads(read_json(repo / "models/base/config.json")["hidden_size"], 2)
+    with torch.no_grad():
+        for param in heads.parameters():
+            param.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    mtp.save(heads, version / "adapter" / mtp.HEADS_FILE)
+    server = Running(repo, args=("--speculative", "on"))
+    try:
+        client, text = server.client(), "How do I add fractions?"
+        want = reference_reply(repo, version, "tutor", text)
+        whole = ask(client, "tutor@tutor-v0.1", text)
+        assert whole.choices[0].message.content == want
+        chunks = client.chat.completions.create(
+            model="tutor@tutor-v0.1",
+            messages=[{"role": "user", "content": text}],
+            temperature=0,
+            max_tokens=8,
+            stream=True,
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == want
+        sampled = ask(client, "tutor@tutor-v0.1", text, temperature=1.0, seed=5)
+        pirate = ask(client, "pirate", text)
+    finally:
+        server.stop()
+    rows = {row["response_id"]: row for row in read_rows(repo / COUNTERS) if "response_id" in row}
+    for r in (whole, sampled):
+        spec = rows[r.id]["speculative"]
+        assert len(spec["acceptance"]) == 2 and spec["tokens"] == r.usage.completion_tokens
+    assert "speculative" not in rows[pirate.id]

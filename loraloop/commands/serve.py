@@ -22,6 +22,13 @@ from ..workspace import BASE, RELEASES, ROUTING, Base, Workspace
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 512))
 @click.option("--batch-wait-ms", default=10.0, show_default=True, type=click.FloatRange(0, 1000))
 @click.option(
+    "--speculative",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Draft with a release's multi-token heads for a batch of one request (auto: on a GPU).",
+)
+@click.option(
     "--log-root",
     type=PATH,
     default=None,
@@ -35,7 +42,9 @@ from ..workspace import BASE, RELEASES, ROUTING, Base, Workspace
     help="A request limit (README lists them and their defaults), e.g. --limit body_bytes=8388608.",
 )
 @click.pass_context
-def serve(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wait_ms, log_root, limit_args):
+def serve(
+    ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wait_ms, speculative, log_root, limit_args
+):
     """Serve the releases over an OpenAI-compatible API (routing.json decides who gets what)."""
     from ..serve.routes import Routes
 
@@ -52,7 +61,7 @@ def serve(ctx, host, port, base_dir, routing_file, engine, batch_size, batch_wai
     from ..serve.server import Server
 
     key = os.environ.get("LORALOOP_API_KEY") or None
-    model_engine = Engine(base_dir, batch_size, batch_wait_ms / 1000)
+    model_engine = Engine(base_dir, batch_size, batch_wait_ms / 1000, speculative)
     server = Server(model_engine, routes, params, log_root or root, key)
     click.echo(f"loraloop serve: http://{host}:{port}/v1 ({', '.join(sorted(routes.current())) or 'no routes yet'})")
     uvicorn.run(create_app(server, limits), host=host, port=port, log_level="warning", access_log=False)

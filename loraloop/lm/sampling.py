@@ -16,13 +16,35 @@ from ..workspace import Base, Round
 CHUNK = 2048  # samples the hf engine makes and writes at a time: a round's memory is bounded by it
 
 
+def heads_of(policy: Round, sp: SampleParams) -> Path | None:
+    """The policy's multi-token heads when this sampling drafts with them (sample.speculative):
+    `on` wherever the policy has heads; `auto` where it has them, prompts go one at a time
+    (batch_size 1) and a GPU runs them: at larger batches the batched sampler is faster, and on a
+    CPU drafting did not pay (README: Multi-token heads). Never with vLLM (its own drafter)."""
+    from .mtp import HEADS_FILE
+
+    path = Path(policy.adapter) / HEADS_FILE if policy.adapter is not None else None
+    if path is None or not path.is_file() or sp.engine != "hf" or sp.speculative == "off":
+        return None
+    if sp.speculative == "auto":
+        import torch
+
+        return path if sp.batch_size == 1 and torch.cuda.is_available() else None
+    return path
+
+
 def generate_hf(base_dir: Path, policy: Round, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
     """Generations of CHUNK prompts at a time (the model loaded once), in order."""
     from .generate import answer_in_chunks
+    from .speculative import answer_speculative
 
     n_chunks = -(-len(prompts) // CHUNK)
-    settings = dict(batch_size=sp.batch_size, max_new_tokens=sp.max_new_tokens, temperature=sp.temperature)
-    chunks = answer_in_chunks(base_dir, policy.adapter, prompts, CHUNK, seed, top_p=sp.top_p, desc=desc, **settings)
+    settings = dict(max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, desc=desc)
+    heads = heads_of(policy, sp)
+    if heads is not None:
+        chunks = answer_speculative(base_dir, policy.adapter, heads, prompts, CHUNK, seed, **settings)
+    else:
+        chunks = answer_in_chunks(base_dir, policy.adapter, prompts, CHUNK, seed, batch_size=sp.batch_size, **settings)
     for i, gen in enumerate(chunks):
         if n_chunks > 1:
             print(f"{desc}: chunk {i + 1}/{n_chunks} done", file=sys.stderr)
@@ -65,14 +87,21 @@ def run(params: Params, r: Round, base: Base, out_file: Path | None = None) -> d
         "top_p": sp.top_p,
         "max_new_tokens": sp.max_new_tokens,
     }
-    n_tokens, done = 0, 0
+    from .speculative import SpecStats
+
+    n_tokens, done, drafting = 0, 0, None
 
     def rows():  # written as each chunk is made
-        nonlocal n_tokens, done
+        nonlocal n_tokens, done, drafting
         for gen in engine(base.dir, policy, jobs, sp, params.seed, f"sample@{r.id}"):
             n_tokens += gen.n_tokens
-            for job, text, s in zip(jobs[done : done + len(gen.texts)], gen.texts, gen.seeds):
-                yield {**job, "response": text, "seed": s, **made}
+            spec = gen.speculative or [None] * len(gen.texts)
+            for job, text, s, st in zip(jobs[done : done + len(gen.texts)], gen.texts, gen.seeds, spec):
+                # Only a drafted sample says so: samples made without heads keep their bytes.
+                yield {**job, "response": text, "seed": s, **made, **({"speculative": st.summary()} if st else {})}
+                if st is not None:
+                    drafting = drafting or SpecStats.for_heads(len(st.drafted))
+                    drafting.add(st)
             done += len(gen.texts)
 
     write_jsonl(out_file or r.samples, rows())
@@ -82,4 +111,5 @@ def run(params: Params, r: Round, base: Base, out_file: Path | None = None) -> d
         "samples": len(jobs),
         "tokens": n_tokens,
         "tokens_per_s": n_tokens / seconds if seconds else 0.0,
+        "speculative": drafting.summary() if drafting else None,
     }

@@ -1,9 +1,19 @@
-"""Self-speculative greedy decoding with a round's multi-token heads (lm/mtp.py): at each step the
-heads draft the next H-1 tokens from the hidden state that gave the next one, and one forward of
-the adapted model over [next, drafts] verifies them all against its own argmax. The drafts that
-match are kept with the model's own token after the last of them, so every forward yields at
-least one token and the text is the one plain greedy decoding writes; the cache columns of the
-rejected drafts are cropped away.
+"""Self-speculative decoding with a round's multi-token heads (lm/mtp.py): at each step the heads
+draft the next H-1 tokens from the hidden state that gave the next one, and one forward of the
+adapted model over [next, drafts] verifies them all. The cache columns of the rejected drafts are
+cropped away, and every forward yields at least one token.
+
+- Greedy (temperature 0): a draft is kept while it is the model's own argmax, and the model's
+  token follows the last kept one, so the text is the one plain greedy decoding writes.
+- Sampled (temperature > 0): speculative sampling (Leviathan et al. 2023; Chen et al. 2023). The
+  target at each position is what the plain sampler draws from (softmax at the temperature, cut
+  to the top_p nucleus); a draft d taken from its head's distribution q (processed the same way)
+  is kept with probability min(1, p(d) / q(d)); the first one turned down is replaced by a draw
+  from the normalized max(0, p - q), and when all are kept one more token is drawn from p. Each
+  token is then distributed as the plain sampler's (tests/test_mtp.py checks the rule exactly and
+  the sampler's frequencies), though the draws differ: a seed gives another text than without
+  speculation. A head drafts from the state before the next token was drawn, so it cannot know
+  that token: sampled text accepts fewer drafts than greedy.
 
 One prompt at a time (batch 1: where decoding is bound by reading the weights and a forward of a
 few tokens costs about what a forward of one does)."""
@@ -11,9 +21,13 @@ few tokens costs about what a forward of one does)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
+from tqdm import tqdm
 
+from .generate import Generation, nucleus, stop_ids
 from .loss import causal_lm
 from .mtp import MTPHeads
 
@@ -25,12 +39,30 @@ class SpecStats:
     drafted: list[int] = field(default_factory=list)  # per head: drafts verified
     accepted: list[int] = field(default_factory=list)  # per head: drafts kept
 
+    @classmethod
+    def for_heads(cls, n: int) -> SpecStats:
+        return cls(drafted=[0] * n, accepted=[0] * n)
+
     @property
     def tokens_per_forward(self) -> float:
         return self.tokens / max(self.forwards, 1)
 
     def acceptance(self) -> list[float]:
         return [a / d if d else 0.0 for a, d in zip(self.accepted, self.drafted)]
+
+    def add(self, other: SpecStats) -> None:
+        self.forwards += other.forwards
+        self.tokens += other.tokens
+        self.drafted = [a + b for a, b in zip(self.drafted, other.drafted)]
+        self.accepted = [a + b for a, b in zip(self.accepted, other.accepted)]
+
+    def summary(self) -> dict:
+        return {
+            "acceptance": [round(a, 4) for a in self.acceptance()],
+            "tokens_per_forward": round(self.tokens_per_forward, 4),
+            "forwards": self.forwards,
+            "tokens": self.tokens,
+        }
 
 
 def crop_to(cache, length: int) -> None:
@@ -40,13 +72,79 @@ def crop_to(cache, length: int) -> None:
         layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
 
 
-def _drafts(heads: MTPHeads, out_layer, h: torch.Tensor) -> list[int]:
-    return [int(out_layer(heads(h, k)).argmax(-1)) for k in range(1, len(heads) + 1)]
+def target(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The distribution the plain sampler draws from (lm/generate.py pick_next), as full rows over
+    the vocabulary: softmax at the temperature, cut to the top_p nucleus, renormalized."""
+    probs, ids = nucleus(torch.softmax(logits.float() / temperature, -1), top_p)  # ids: the top k only
+    full = torch.zeros(logits.shape, dtype=probs.dtype, device=probs.device).scatter(-1, ids, probs)
+    return full / full.sum(-1, keepdim=True)
+
+
+def draw(probs: torch.Tensor, gen: torch.Generator) -> int:
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def verify_sampled(p: torch.Tensor, q: torch.Tensor, drafts: list[int], gen: torch.Generator) -> tuple[int, int]:
+    """Speculative sampling's rule: p[i] the target after input i (n+1 rows), q[i] the
+    distribution drafts[i] was drawn from (n rows). Returns (drafts kept, the token after them)."""
+    for i, d in enumerate(drafts):
+        if float(torch.rand((), generator=gen)) * float(q[i, d]) < float(p[i, d]):  # kept: min(1, p/q)
+            continue
+        residual = (p[i] - q[i]).clamp_min(0)  # not all zero: p(d) < q(d) here
+        return i, draw(residual / residual.sum(), gen)
+    return len(drafts), draw(p[len(drafts)], gen)
+
+
+@dataclass
+class Decoding:
+    """How tokens are chosen: greedy at temperature 0, else sampled from the target with `gen`."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    gen: torch.Generator | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def first(self, logits: torch.Tensor) -> int:
+        if self.greedy:
+            return int(logits.argmax(-1))
+        return draw(target(logits, self.temperature, self.top_p), self.gen)
+
+    def drafts(self, heads: MTPHeads, out_layer, h: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
+        """A draft per head, and (sampling) the distributions they were drawn from."""
+        logits = torch.stack([out_layer(heads(h, k)) for k in range(1, len(heads) + 1)])
+        if self.greedy:
+            return logits.argmax(-1).tolist(), None
+        q = target(logits, self.temperature, self.top_p)
+        return [draw(row, self.gen) for row in q], q
+
+    def verify(self, logits: torch.Tensor, drafts: list[int], q: torch.Tensor | None) -> tuple[int, int]:
+        """(drafts kept, the token after them) from the verifying forward's logits (n+1 rows)."""
+        if self.greedy:
+            verified = logits.argmax(-1).tolist()  # verified[i]: the token after input i
+            a = 0
+            while a < len(drafts) and drafts[a] == verified[a]:
+                a += 1
+            return a, verified[a]
+        return verify_sampled(target(logits, self.temperature, self.top_p), q, drafts, self.gen)
 
 
 @torch.inference_mode()
-def decode_one(model, heads: MTPHeads, ids: list[int], max_new_tokens: int, stop: set[int], stats: SpecStats):
-    """Greedy new tokens for one prompt (end-of-turn included, if made)."""
+def decode_one(
+    model,
+    heads: MTPHeads,
+    ids: list[int],
+    max_new_tokens: int,
+    stop: set[int],
+    stats: SpecStats,
+    how: Decoding,
+    on_token: Callable[[int], None] | None = None,
+    halt: Callable[[], bool] | None = None,
+) -> list[int]:
+    """New tokens for one prompt (end-of-turn included, if made). on_token hears each as it is
+    kept; halt(), asked after each, ends the reply there (a client that left, a stop sequence)."""
     from transformers import DynamicCache
 
     lm = causal_lm(model)
@@ -55,33 +153,80 @@ def decode_one(model, heads: MTPHeads, ids: list[int], max_new_tokens: int, stop
     cache = DynamicCache()
     h = decoder(input_ids=torch.tensor([ids], device=dev), past_key_values=cache, use_cache=True)
     h = h.last_hidden_state[0, -1]
-    nxt, drafts = int(out_layer(h).argmax(-1)), _drafts(heads, out_layer, h)
-    made = [nxt]
-    n = len(heads)
-    while nxt not in stop and len(made) < max_new_tokens:
+    nxt = how.first(out_layer(h))
+    drafts, q = how.drafts(heads, out_layer, h)
+    made, n = [nxt], len(heads)
+    heard = on_token or (lambda token: None)
+    halted = halt or (lambda: False)
+    heard(nxt)
+    while nxt not in stop and len(made) < max_new_tokens and not halted():
         step = decoder(input_ids=torch.tensor([[nxt, *drafts]], device=dev), past_key_values=cache, use_cache=True)
         hidden = step.last_hidden_state[0]
-        verified = out_layer(hidden).argmax(-1).tolist()  # verified[i]: the token after input i
-        a = 0
-        while a < n and drafts[a] == verified[a]:
-            a += 1
+        a, after = how.verify(out_layer(hidden), drafts, q)
         stats.forwards += 1
         for k in range(n):
             stats.drafted[k] += 1
             stats.accepted[k] += k < a
         crop_to(cache, cache.get_seq_length() - (n - a))  # the rejected drafts' columns
-        for token in drafts[:a] + [verified[a]]:
+        for token in drafts[:a] + [after]:
             made.append(token)
-            if token in stop or len(made) >= max_new_tokens:
+            heard(token)
+            if token in stop or len(made) >= max_new_tokens or halted():
                 break
-        nxt, drafts = made[-1], _drafts(heads, out_layer, hidden[a])
+        nxt = made[-1]
+        drafts, q = how.drafts(heads, out_layer, hidden[a])
     stats.tokens += len(made)
     return made
 
 
-def generate_speculative(model, heads: MTPHeads, prompts: list[list[int]], max_new_tokens: int, stop: set[int]):
-    """decode_one for each prompt: (new tokens per prompt, the run's SpecStats)."""
-    stats = SpecStats(drafted=[0] * len(heads), accepted=[0] * len(heads))
+def generate_speculative(
+    model,
+    heads: MTPHeads,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop: set[int],
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seeds: list[int] | None = None,
+    each: list[SpecStats] | None = None,
+    desc: str | None = None,
+) -> tuple[list[list[int]], SpecStats]:
+    """decode_one for each prompt, prompt i sampled (temperature > 0) with its own generator seeded
+    seeds[i]: (new tokens per prompt, the run's SpecStats); `each`, if given, gets each prompt's;
+    `desc`: a progress bar by that name."""
+    if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
+        raise ValueError("sampling needs one seed per prompt")
     out_layer = causal_lm(model).get_output_embeddings()
     heads = heads.to(out_layer.weight.device, out_layer.weight.dtype)
-    return [decode_one(model, heads, p, max_new_tokens, stop, stats) for p in prompts], stats
+    total, made = SpecStats.for_heads(len(heads)), []
+    for i, ids in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=desc is None)):
+        gen = torch.Generator().manual_seed(seeds[i]) if temperature > 0 else None
+        stats = SpecStats.for_heads(len(heads))
+        made.append(decode_one(model, heads, ids, max_new_tokens, stop, stats, Decoding(temperature, top_p, gen)))
+        total.add(stats)
+        if each is not None:
+            each.append(stats)
+    return made, total
+
+
+def answer_speculative(
+    base_dir: Path, adapter: Path, heads_file: Path, prompts: list[dict], chunk: int, seed: int, **settings
+) -> Iterator[Generation]:
+    """lm/generate.py answer_in_chunks, drafting with the adapter's heads: a Generation per `chunk`
+    prompts, each prompt's SpecStats in its `speculative`; prompt i samples with seed `seed + i`
+    (`settings`: max_new_tokens, temperature, top_p, desc)."""
+    from . import mtp
+    from .chat import prompt_ids
+    from .model import load_model, load_tokenizer
+
+    tok = load_tokenizer(base_dir)
+    model = load_model(base_dir, adapter)
+    model.eval()
+    heads, stop = mtp.load(heads_file), stop_ids(model, tok)
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in part]
+        seeds, each = [seed + start + i for i in range(len(part))], []
+        made, _ = generate_speculative(model, heads, ids, stop=stop, seeds=seeds, each=each, **settings)
+        texts = [tok.decode(m, skip_special_tokens=True).strip() for m in made]
+        yield Generation(texts=texts, seeds=seeds, n_tokens=sum(map(len, made)), speculative=each)

@@ -40,6 +40,7 @@ class Job:
     # ends at the next decode step and frees its place in the batch.
     halted: bool = False
     done: bool = False  # on_done was called (a halted job's, at once: not when its batch ends)
+    speculative: dict | None = None  # drafted with the adapter's heads: acceptance, tokens per forward
 
     @property
     def key(self) -> tuple:
@@ -47,7 +48,13 @@ class Job:
 
 
 class Engine:
-    def __init__(self, base_dir: Path, batch_size: int = 16, batch_wait: float = 0.01):
+    def __init__(self, base_dir: Path, batch_size: int = 16, batch_wait: float = 0.01, speculative: str = "auto"):
+        # Draft with a release's multi-token heads (lm/speculative.py) when a batch holds one request:
+        # on: wherever the adapter has heads; auto: there, on a GPU (on a CPU drafting did not pay,
+        # README: Multi-token heads); off: never.
+        self.speculative = speculative == "on" or (speculative == "auto" and torch.cuda.is_available())
+        self.heads: dict[str, object] = {}  # adapter directory -> its heads, or None
+        self.drafted = 0  # requests answered with drafting
         self.tok = load_tokenizer(base_dir)
         self.base = load_base(base_dir)
         self.model = None  # the PeftModel, once the first adapter is loaded
@@ -143,6 +150,8 @@ class Engine:
                     on_token=lambda t: heard(0, t),
                     halt=lambda: ended_early(first),
                 )
+            elif len(group) == 1 and self._heads(first.adapter) is not None:
+                self._draft(first, heard)
             else:
                 with torch.inference_mode():
                     generate(
@@ -170,6 +179,31 @@ class Engine:
         for job in group:
             if not job.done:
                 job.on_done(None)
+
+    def _heads(self, adapter: Path):
+        """The adapter's multi-token heads when this engine drafts with them, else None."""
+        if not self.speculative:
+            return None
+        key = str(adapter)
+        if key not in self.heads:
+            from ..lm import mtp
+
+            path = Path(adapter) / mtp.HEADS_FILE
+            self.heads[key] = mtp.load(path) if path.is_file() else None
+        return self.heads[key]
+
+    def _draft(self, job: Job, heard: Callable[[int, int], None]) -> None:
+        """One request, its heads drafting and the adapted model verifying (same greedy text;
+        sampled text from the same distribution, lm/speculative.py)."""
+        from ..lm.speculative import Decoding, SpecStats, decode_one
+
+        heads = self._heads(job.adapter)
+        gen = torch.Generator().manual_seed(job.seed) if job.temperature > 0 else None
+        how, stats = Decoding(job.temperature, job.top_p, gen), SpecStats.for_heads(len(heads))
+        on_token, halt = (lambda t: heard(0, t)), (lambda: ended_early(job))
+        decode_one(self.model, heads, job.prompt, job.max_tokens, self.stop, stats, how, on_token, halt)
+        job.speculative = stats.summary()
+        self.drafted += 1
 
 
 def stop_in_tail(tok, tokens: list[int], stops: list[str]) -> bool:

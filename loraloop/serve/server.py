@@ -247,6 +247,8 @@ class Server:
             "tool_call_problems": len(reply.problems),
             "extra_tool_calls": reply.extra_calls,
             **reply.usage,
+            # drafted with the release's heads (serve --speculative): how many drafts were kept
+            **({"speculative": p.job.speculative} if p.job.speculative else {}),
         }
         self.log.append(COUNTERS, counters, when)
         kept = {k: target[k] for k in ("route", "character", "version")} | {"opt_in": opt_in}
