@@ -29,7 +29,8 @@ params.yaml's sample temperature and top_p, and the sampler runs with the copies
 With --speculative ROUND_DIR (a round trained with train.mtp_heads > 1), greedy decoding with that
 round's adapter at batch 1: self-speculative with its heads (lm/speculative.py) against the same
 decoding without them (transformers' `generate`, one prompt at a time) and loraloop's sampler at
-batch 1 and at --batch-size; texts compared, acceptance per head and tokens per forward printed.
+batch 1 and at --batch-size, and drafting at --batch-size too (rows accepting different numbers of
+drafts); texts compared, acceptance per head and tokens per forward printed.
 With --temperature > 0 as well, speculative sampling (the rejection rule) against the sampler at
 that temperature and --top-p: the texts are other draws from the same distribution, so only the
 speed, the acceptance and the tokens per forward are compared.
@@ -281,8 +282,12 @@ def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
     n, t, top_p = args.max_new_tokens, args.temperature, args.top_p if args.temperature > 0 else 1.0
     seeds = list(range(len(prompts)))
     settings = dict(max_new_tokens=n, temperature=t, top_p=top_p, seed=0, progress=False, desc="")
+    b = args.batch_size
     sides = {
         "speculative, batch 1": lambda: generate_speculative(model, heads, prompts, n, stop, t, top_p, seeds),
+        f"speculative, batch {b}": lambda: generate_speculative(
+            model, heads, prompts, n, stop, t, top_p, seeds, batch_size=b
+        ),
         "sampler, batch 1": lambda: (ours(model, tok, prompts, batch_size=1, **settings)[1], None),
         f"sampler, batch {args.batch_size}": lambda: (
             ours(model, tok, prompts, batch_size=args.batch_size, **settings)[1],
@@ -305,14 +310,16 @@ def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
         tokens = sum(map(len, made[name]))
         line = f"{name:26s} {seconds:6.1f} s ({tokens / seconds:7.1f} tokens/s)"
         if t == 0:
-            same = sum(a == b for a, b in zip(made[name], made["generate, one at a time"]))
+            same = sum(x == y for x, y in zip(made[name], made["generate, one at a time"]))
             line += f", same tokens as generate: {same}/{len(prompts)}"
         print(line)
     acc = ", ".join(f"t+{k + 2} {a:.3f}" for k, a in enumerate(stats.acceptance()))
     print(f"acceptance per head: {acc}; tokens per forward {stats.tokens_per_forward:.2f}")
-    for peer in [name for name in best if name != "speculative, batch 1"]:
-        spec, other = (sum(map(len, made[k])) / best[k] for k in ("speculative, batch 1", peer))
-        print(f"ratio speculative vs {peer}: {spec / other:.2f}x (tokens/s)")
+    speed = {k: sum(map(len, made[k])) / best[k] for k in best}  # tokens/s
+    for peer in [name for name in best if not name.startswith("speculative")]:
+        print(f"ratio speculative, batch 1 vs {peer}: {speed['speculative, batch 1'] / speed[peer]:.2f}x (tokens/s)")
+    ratio = speed[f"speculative, batch {b}"] / speed[f"sampler, batch {b}"]
+    print(f"ratio speculative vs sampler, batch {b}: {ratio:.2f}x (tokens/s)")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Rounds that leave the DAG, and rounds that start from history.
 
-Every round in params.yaml is four DVC stages that DVC checks on every `dvc status` and `dvc
+Every round in params.yaml is five DVC stages that DVC checks on every `dvc status` and `dvc
 repro`, so a lineage that keeps all its rounds there grows its no-op cost forever. `loraloop round
 retire` takes finished rounds out of params.yaml and dvc.lock and records them in
 retired/<lineage>.dvc, one DVC data file per lineage whose outputs are the rounds' own directories

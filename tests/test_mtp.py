@@ -299,3 +299,34 @@ def test_sampling_with_a_policy_that_has_heads(project):
     assert sampling.heads_of(policy, sp.model_copy(update={"speculative": "on", "engine": "vllm"})) is None
     assert sampling.heads_of(policy, sp.model_copy(update={"batch_size": 1, "speculative": "off"})) is None
     assert sampling.heads_of(ws.round("tutor-r1").prev, sp.model_copy(update={"speculative": "on"})) is None
+
+
+@pytest.mark.parametrize("fit", [False, True])
+def test_rows_of_a_batch_accept_their_own_drafts_and_write_what_each_writes_alone(tiny_base, fit):
+    """Four prompts of different lengths in one batch (left-padded), each row keeping as many drafts
+    as it accepts and masking the rest of its columns: greedy, every row's tokens are plain greedy
+    decoding's, with the acceptance each row has alone (heads at random, or fit to the replies, where
+    rows accept different numbers); sampled, every row's tokens are what it draws alone."""
+    tok, model, prompts = setup(tiny_base)
+    prompts = prompts[:4]
+    assert len(set(map(len, prompts))) > 1
+    heads = random_heads(model.config.hidden_size, 3, 0.05)
+    if fit:
+        replies = [greedy_reference(model, tok, p, 12).tolist() for p in prompts]
+        heads = heads_fit_to(model, prompts, replies, 3)
+    each, each_alone = [], []
+    batched, stats = speculative.generate_speculative(
+        model, heads, prompts, 12, {tok.eos_token_id}, each=each, batch_size=4
+    )
+    for p, got in zip(prompts, batched):
+        assert got == greedy_reference(model, tok, p, 12).tolist()
+    speculative.generate_speculative(model, heads, prompts, 12, {tok.eos_token_id}, each=each_alone)
+    assert [st.accepted for st in each] == [st.accepted for st in each_alone]
+    if fit:
+        assert stats.accepted[0] > 0 and len({st.forwards for st in each}) > 1, [st.summary() for st in each]
+    seeds = [11, 12, 13, 14]
+    sampled = [
+        speculative.generate_speculative(model, heads, prompts, 12, set(), 0.7, 0.9, seeds, batch_size=b)[0]
+        for b in (1, 4)
+    ]
+    assert sampled[0] == sampled[1]

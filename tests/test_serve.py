@@ -366,14 +366,14 @@ def test_logs_are_read_from_a_day_on(tmp_path):
     assert len(list(read_rows(tmp_path))) == 4
 
 
-def test_a_release_with_heads_is_served_drafting_with_them(served, tmp_path):
+def test_a_release_with_heads_is_served_drafting_with_them(tiny_fleet, tmp_path):
     """serve --speculative on: a request alone in its batch, to a release whose adapter has
     multi-token heads, is drafted and verified: the greedy reply is plain greedy decoding's, whole
     or streamed, and its counters row says how many drafts were kept; a release without heads (the
     pirate's) is served as before."""
     from loraloop.lm import mtp
 
-    repo = copy_repo(served[0].repo, tmp_path / "repo")
+    repo = copy_repo(tiny_fleet[0], tmp_path / "repo")  # not the module's: its tests reroute it
     version = repo / "models/release/tutor/versions/tutor-v0.1"
     heads = mtp.MTPHeads(read_json(repo / "models/base/config.json")["hidden_size"], 2)
     with torch.no_grad():

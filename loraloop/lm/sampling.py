@@ -42,7 +42,7 @@ def generate_hf(base_dir: Path, policy: Round, prompts: list[dict], sp: SamplePa
     settings = dict(max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, desc=desc)
     heads = heads_of(policy, sp)
     if heads is not None:
-        chunks = answer_speculative(base_dir, policy.adapter, heads, prompts, CHUNK, seed, **settings)
+        chunks = answer_speculative(base_dir, policy.adapter, heads, prompts, CHUNK, seed, sp.batch_size, **settings)
     else:
         chunks = answer_in_chunks(base_dir, policy.adapter, prompts, CHUNK, seed, batch_size=sp.batch_size, **settings)
     for i, gen in enumerate(chunks):

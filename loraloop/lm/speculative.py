@@ -15,8 +15,9 @@ cropped away, and every forward yields at least one token.
   speculation. A head drafts from the state before the next token was drawn, so it cannot know
   that token: sampled text accepts fewer drafts than greedy.
 
-One prompt at a time (batch 1: where decoding is bound by reading the weights and a forward of a
-few tokens costs about what a forward of one does)."""
+One prompt at a time (decode_one: batch 1, where decoding is bound by reading the weights and a
+forward of a few tokens costs about what a forward of one does), or several in one batch
+(decode_batch), each row keeping as many drafts as it accepts."""
 
 from __future__ import annotations
 
@@ -179,6 +180,90 @@ def decode_one(
     return made
 
 
+@dataclass
+class _Row:
+    """One prompt of a batch being drafted for: its tokens, its next input and drafts."""
+
+    how: Decoding
+    made: list[int]
+    drafts: list[int]
+    q: torch.Tensor | None
+    live: bool
+
+
+@torch.inference_mode()
+def decode_batch(
+    model,
+    heads: MTPHeads,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop: set[int],
+    stats: list[SpecStats],
+    hows: list[Decoding],
+) -> list[list[int]]:
+    """decode_one for several prompts in one batch, each row keeping as many drafts as it accepts.
+    Every step appends H columns (the next token and the drafts) to every row's cache; a row's
+    rejected drafts stay as masked-out columns (its attention mask holds which of its columns are
+    real), and each row's positions count its real tokens only, so a row sees what it would alone.
+    Rows are left-padded; a finished row's new columns are masked too."""
+    from transformers import DynamicCache
+
+    lm = causal_lm(model)
+    decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
+    dev = next(model.parameters()).device
+    n, width = len(heads), max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    real = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :], real[b, width - len(p) :] = torch.tensor(p), True
+    cache = DynamicCache()
+    positions = (real.cumsum(-1) - 1).clamp_min(0)
+    h = decoder(
+        input_ids=ids.to(dev),
+        attention_mask=real.long().to(dev),
+        position_ids=positions.to(dev),
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state[:, -1]
+    seen = real.sum(-1)  # each row's real tokens so far: the next one's position
+    rows = []
+    for b, how in enumerate(hows):
+        first = how.first(out_layer(h[b]))
+        drafts, q = how.drafts(heads, out_layer, h[b])
+        rows.append(_Row(how, [first], drafts, q, first not in stop and max_new_tokens > 1))
+    while any(r.live for r in rows):
+        step = torch.tensor([[r.made[-1], *r.drafts] for r in rows])
+        real = torch.cat([real, torch.ones((len(rows), n + 1), dtype=torch.bool)], -1)
+        hidden = decoder(
+            input_ids=step.to(dev),
+            attention_mask=real.long().to(dev),
+            position_ids=(seen[:, None] + torch.arange(n + 1)).to(dev),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        logits = out_layer(hidden)
+        for b, r in enumerate(rows):
+            if not r.live:
+                real[b, -(n + 1) :] = False
+                continue
+            a, after = r.how.verify(logits[b], r.drafts, r.q)
+            stats[b].forwards += 1
+            for k in range(n):
+                stats[b].drafted[k] += 1
+                stats[b].accepted[k] += k < a
+            real[b, real.shape[1] - n + a :] = False  # the rejected drafts' columns
+            seen[b] += 1 + a
+            for token in r.drafts[:a] + [after]:
+                r.made.append(token)
+                if token in stop or len(r.made) >= max_new_tokens:
+                    r.live = False
+                    break
+            r.drafts, r.q = r.how.drafts(heads, out_layer, hidden[b, a])
+    for st, r in zip(stats, rows):
+        st.tokens += len(r.made)
+    return [r.made for r in rows]
+
+
 def generate_speculative(
     model,
     heads: MTPHeads,
@@ -190,27 +275,46 @@ def generate_speculative(
     seeds: list[int] | None = None,
     each: list[SpecStats] | None = None,
     desc: str | None = None,
+    batch_size: int = 1,
 ) -> tuple[list[list[int]], SpecStats]:
-    """decode_one for each prompt, prompt i sampled (temperature > 0) with its own generator seeded
-    seeds[i]: (new tokens per prompt, the run's SpecStats); `each`, if given, gets each prompt's;
-    `desc`: a progress bar by that name."""
+    """New tokens of each prompt, `batch_size` prompts at a time (1: decode_one, else decode_batch),
+    prompt i sampled (temperature > 0) with its own generator seeded seeds[i]: (new tokens per
+    prompt, the run's SpecStats); `each`, if given, gets each prompt's; `desc`: a progress bar."""
     if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
         raise ValueError("sampling needs one seed per prompt")
     out_layer = causal_lm(model).get_output_embeddings()
     heads = heads.to(out_layer.weight.device, out_layer.weight.dtype)
     total, made = SpecStats.for_heads(len(heads)), []
-    for i, ids in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=desc is None)):
-        gen = torch.Generator().manual_seed(seeds[i]) if temperature > 0 else None
-        stats = SpecStats.for_heads(len(heads))
-        made.append(decode_one(model, heads, ids, max_new_tokens, stop, stats, Decoding(temperature, top_p, gen)))
-        total.add(stats)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=desc is None)
+    for start in range(0, len(prompts), batch_size):
+        part = prompts[start : start + batch_size]
+        hows = [
+            Decoding(temperature, top_p, torch.Generator().manual_seed(seeds[start + i]) if temperature > 0 else None)
+            for i in range(len(part))
+        ]
+        stats = [SpecStats.for_heads(len(heads)) for _ in part]
+        if len(part) == 1:
+            made.append(decode_one(model, heads, part[0], max_new_tokens, stop, stats[0], hows[0]))
+        else:
+            made += decode_batch(model, heads, part, max_new_tokens, stop, stats, hows)
+        for st in stats:
+            total.add(st)
         if each is not None:
-            each.append(stats)
+            each.extend(stats)
+        bar.update(len(part))
+    bar.close()
     return made, total
 
 
 def answer_speculative(
-    base_dir: Path, adapter: Path, heads_file: Path, prompts: list[dict], chunk: int, seed: int, **settings
+    base_dir: Path,
+    adapter: Path,
+    heads_file: Path,
+    prompts: list[dict],
+    chunk: int,
+    seed: int,
+    batch_size: int,
+    **settings,
 ) -> Iterator[Generation]:
     """lm/generate.py answer_in_chunks, drafting with the adapter's heads: a Generation per `chunk`
     prompts, each prompt's SpecStats in its `speculative`; prompt i samples with seed `seed + i`
@@ -227,6 +331,8 @@ def answer_speculative(
         part = prompts[start : start + chunk]
         ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in part]
         seeds, each = [seed + start + i for i in range(len(part))], []
-        made, _ = generate_speculative(model, heads, ids, stop=stop, seeds=seeds, each=each, **settings)
+        made, _ = generate_speculative(
+            model, heads, ids, stop=stop, seeds=seeds, each=each, batch_size=batch_size, **settings
+        )
         texts = [tok.decode(m, skip_special_tokens=True).strip() for m in made]
         yield Generation(texts=texts, seeds=seeds, n_tokens=sum(map(len, made)), speculative=each)
