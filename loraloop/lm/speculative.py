@@ -191,6 +191,25 @@ class _Row:
     live: bool
 
 
+def _prefill_rows(decoder, prompts: list[list[int]], dev, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The left-padded prompts through the model: (each row's last hidden state, which cache
+    columns are real per row, each row's count of real tokens)."""
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    real = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :], real[b, width - len(p) :] = torch.tensor(p), True
+    positions = (real.cumsum(-1) - 1).clamp_min(0)
+    h = decoder(
+        input_ids=ids.to(dev),
+        attention_mask=real.long().to(dev),
+        position_ids=positions.to(dev),
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state[:, -1]
+    return h, real, real.sum(-1)
+
+
 @torch.inference_mode()
 def decode_batch(
     model,
@@ -210,22 +229,8 @@ def decode_batch(
 
     lm = causal_lm(model)
     decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
-    dev = next(model.parameters()).device
-    n, width = len(heads), max(map(len, prompts))
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    real = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p) :], real[b, width - len(p) :] = torch.tensor(p), True
-    cache = DynamicCache()
-    positions = (real.cumsum(-1) - 1).clamp_min(0)
-    h = decoder(
-        input_ids=ids.to(dev),
-        attention_mask=real.long().to(dev),
-        position_ids=positions.to(dev),
-        past_key_values=cache,
-        use_cache=True,
-    ).last_hidden_state[:, -1]
-    seen = real.sum(-1)  # each row's real tokens so far: the next one's position
+    dev, n, cache = next(model.parameters()).device, len(heads), DynamicCache()
+    h, real, seen = _prefill_rows(decoder, prompts, dev, cache)  # seen: each row's next position
     rows = []
     for b, how in enumerate(hows):
         first = how.first(out_layer(h[b]))
@@ -246,22 +251,30 @@ def decode_batch(
             if not r.live:
                 real[b, -(n + 1) :] = False
                 continue
-            a, after = r.how.verify(logits[b], r.drafts, r.q)
-            stats[b].forwards += 1
-            for k in range(n):
-                stats[b].drafted[k] += 1
-                stats[b].accepted[k] += k < a
+            a = _advance(r, logits[b], stats[b], max_new_tokens, stop)
             real[b, real.shape[1] - n + a :] = False  # the rejected drafts' columns
             seen[b] += 1 + a
-            for token in r.drafts[:a] + [after]:
-                r.made.append(token)
-                if token in stop or len(r.made) >= max_new_tokens:
-                    r.live = False
-                    break
             r.drafts, r.q = r.how.drafts(heads, out_layer, hidden[b, a])
     for st, r in zip(stats, rows):
         st.tokens += len(r.made)
     return [r.made for r in rows]
+
+
+def _advance(r: _Row, logits: torch.Tensor, stats: SpecStats, max_new_tokens: int, stop: set[int]) -> int:
+    """One row's verification: its kept drafts and the token after them appended (up to an end);
+    returns how many drafts it kept."""
+    n = len(r.drafts)
+    a, after = r.how.verify(logits, r.drafts, r.q)
+    stats.forwards += 1
+    for k in range(n):
+        stats.drafted[k] += 1
+        stats.accepted[k] += k < a
+    for token in r.drafts[:a] + [after]:
+        r.made.append(token)
+        if token in stop or len(r.made) >= max_new_tokens:
+            r.live = False
+            break
+    return a
 
 
 def generate_speculative(
