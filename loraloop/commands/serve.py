@@ -148,14 +148,13 @@ def monitor(ctx, routing_file, out, plots_dir, as_json):
 @click.pass_context
 def status(ctx, release_dir, as_json):
     """New examples since each release, whether a retrain is due, and what `dvc repro` would run."""
-    from ..serve.status import PARAMS_STAGE, change_warnings, lineage_status, moved_params, stale_stages
+    from ..serve.status import change_warnings, lineage_status, stale_stages
 
     root, params = Path.cwd(), params_of(ctx)
     lineages = lineage_status(params, root, release_dir)
-    stale, would_run, will_run = stale_stages(root)
+    # DVC names the params stage (params.yaml moved); params_changed: the keys, by the stage that reads them.
+    stale, would_run, will_run, keys = stale_stages(root)
     warnings = change_warnings(params, root, will_run)
-    # DVC names the params stage (params.yaml moved); these are the keys, by the stage that reads them.
-    keys = {s: k for s, k in moved_params(root).items() if s in stale} if PARAMS_STAGE in stale else {}
     if as_json:
         return say(
             {

@@ -104,6 +104,11 @@ class Decoding:
     top_p: float = 1.0
     gen: torch.Generator | None = None
 
+    @classmethod
+    def seeded(cls, temperature: float, top_p: float, seed: int | None) -> Decoding:
+        """Greedy at temperature 0; else sampled with its own generator seeded `seed`."""
+        return cls(temperature, top_p, torch.Generator().manual_seed(seed) if temperature > 0 else None)
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
@@ -132,6 +137,23 @@ class Decoding:
         return verify_sampled(target(logits, self.temperature, self.top_p), q, drafts, self.gen)
 
 
+@dataclass
+class _Row:
+    """One prompt being drafted for (alone, or a row of a batch): its tokens, its drafts."""
+
+    how: Decoding
+    made: list[int]
+    drafts: list[int]
+    q: torch.Tensor | None
+    live: bool
+
+    @classmethod
+    def start(cls, how: Decoding, heads: MTPHeads, out_layer, h: torch.Tensor, stop: set[int], max_new_tokens: int):
+        """A row from the prompt's last hidden state: its first token, and the drafts after it."""
+        first = how.first(out_layer(h))
+        return cls(how, [first], *how.drafts(heads, out_layer, h), live=first not in stop and max_new_tokens > 1)
+
+
 @torch.inference_mode()
 def decode_one(
     model,
@@ -150,45 +172,20 @@ def decode_one(
 
     lm = causal_lm(model)
     decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
-    dev = next(model.parameters()).device
-    cache = DynamicCache()
+    dev, n, cache = next(model.parameters()).device, len(heads), DynamicCache()
     h = decoder(input_ids=torch.tensor([ids], device=dev), past_key_values=cache, use_cache=True)
     h = h.last_hidden_state[0, -1]
-    nxt = how.first(out_layer(h))
-    drafts, q = how.drafts(heads, out_layer, h)
-    made, n = [nxt], len(heads)
-    heard = on_token or (lambda token: None)
-    halted = halt or (lambda: False)
-    heard(nxt)
-    while nxt not in stop and len(made) < max_new_tokens and not halted():
-        step = decoder(input_ids=torch.tensor([[nxt, *drafts]], device=dev), past_key_values=cache, use_cache=True)
-        hidden = step.last_hidden_state[0]
-        a, after = how.verify(out_layer(hidden), drafts, q)
-        stats.forwards += 1
-        for k in range(n):
-            stats.drafted[k] += 1
-            stats.accepted[k] += k < a
+    r = _Row.start(how, heads, out_layer, h, stop, max_new_tokens)
+    heard, halted = on_token or (lambda token: None), halt or (lambda: False)
+    heard(r.made[0])
+    while r.live and not halted():
+        step = torch.tensor([[r.made[-1], *r.drafts]], device=dev)
+        hidden = decoder(input_ids=step, past_key_values=cache, use_cache=True).last_hidden_state[0]
+        a = _advance(r, out_layer(hidden), stats, max_new_tokens, stop, heard, halted)
         crop_to(cache, cache.get_seq_length() - (n - a))  # the rejected drafts' columns
-        for token in drafts[:a] + [after]:
-            made.append(token)
-            heard(token)
-            if token in stop or len(made) >= max_new_tokens or halted():
-                break
-        nxt = made[-1]
-        drafts, q = how.drafts(heads, out_layer, hidden[a])
-    stats.tokens += len(made)
-    return made
-
-
-@dataclass
-class _Row:
-    """One prompt of a batch being drafted for: its tokens, its next input and drafts."""
-
-    how: Decoding
-    made: list[int]
-    drafts: list[int]
-    q: torch.Tensor | None
-    live: bool
+        r.drafts, r.q = how.drafts(heads, out_layer, hidden[a])
+    stats.tokens += len(r.made)
+    return r.made
 
 
 def _prefill_rows(decoder, prompts: list[list[int]], dev, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -231,11 +228,7 @@ def decode_batch(
     decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
     dev, n, cache = next(model.parameters()).device, len(heads), DynamicCache()
     h, real, seen = _prefill_rows(decoder, prompts, dev, cache)  # seen: each row's next position
-    rows = []
-    for b, how in enumerate(hows):
-        first = how.first(out_layer(h[b]))
-        drafts, q = how.drafts(heads, out_layer, h[b])
-        rows.append(_Row(how, [first], drafts, q, first not in stop and max_new_tokens > 1))
+    rows = [_Row.start(how, heads, out_layer, h[b], stop, max_new_tokens) for b, how in enumerate(hows)]
     while any(r.live for r in rows):
         step = torch.tensor([[r.made[-1], *r.drafts] for r in rows])
         real = torch.cat([real, torch.ones((len(rows), n + 1), dtype=torch.bool)], -1)
@@ -260,9 +253,17 @@ def decode_batch(
     return [r.made for r in rows]
 
 
-def _advance(r: _Row, logits: torch.Tensor, stats: SpecStats, max_new_tokens: int, stop: set[int]) -> int:
-    """One row's verification: its kept drafts and the token after them appended (up to an end);
-    returns how many drafts it kept."""
+def _advance(
+    r: _Row,
+    logits: torch.Tensor,
+    stats: SpecStats,
+    max_new_tokens: int,
+    stop: set[int],
+    heard: Callable[[int], None] = lambda token: None,
+    halted: Callable[[], bool] = lambda: False,
+) -> int:
+    """One row's verification: its kept drafts and the token after them appended (up to an end:
+    a stop token, the length, or halted() after a token heard); returns how many drafts it kept."""
     n = len(r.drafts)
     a, after = r.how.verify(logits, r.drafts, r.q)
     stats.forwards += 1
@@ -271,7 +272,8 @@ def _advance(r: _Row, logits: torch.Tensor, stats: SpecStats, max_new_tokens: in
         stats.accepted[k] += k < a
     for token in r.drafts[:a] + [after]:
         r.made.append(token)
-        if token in stop or len(r.made) >= max_new_tokens:
+        heard(token)
+        if token in stop or len(r.made) >= max_new_tokens or halted():
             r.live = False
             break
     return a
@@ -301,10 +303,7 @@ def generate_speculative(
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=desc is None)
     for start in range(0, len(prompts), batch_size):
         part = prompts[start : start + batch_size]
-        hows = [
-            Decoding(temperature, top_p, torch.Generator().manual_seed(seeds[start + i]) if temperature > 0 else None)
-            for i in range(len(part))
-        ]
+        hows = [Decoding.seeded(temperature, top_p, seeds[start + i] if seeds else None) for i in range(len(part))]
         stats = [SpecStats.for_heads(len(heads)) for _ in part]
         if len(part) == 1:
             made.append(decode_one(model, heads, part[0], max_new_tokens, stop, stats[0], hows[0]))

@@ -198,8 +198,7 @@ class Engine:
         from ..lm.speculative import Decoding, SpecStats, decode_one
 
         heads = self._heads(job.adapter)
-        gen = torch.Generator().manual_seed(job.seed) if job.temperature > 0 else None
-        how, stats = Decoding(job.temperature, job.top_p, gen), SpecStats.for_heads(len(heads))
+        how, stats = Decoding.seeded(job.temperature, job.top_p, job.seed), SpecStats.for_heads(len(heads))
         on_token, halt = (lambda t: heard(0, t)), (lambda: ended_early(job))
         decode_one(self.model, heads, job.prompt, job.max_tokens, self.stop, stats, how, on_token, halt)
         job.speculative = stats.summary()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from ..params import Params
 from ..release import registry
@@ -203,19 +204,29 @@ def moved_params(root: Path) -> dict[str, list[str]]:
     return out
 
 
-def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
-    """(stages whose deps, params or outputs changed; every stage `dvc repro` may run: those and
-    all downstream of them, as DVC skips one whose inputs come out unchanged; the stages it will
-    run for certain: downstream too, but not past a lineage's view that is not itself stale, since
-    new data passes a view only for the lineages whose characters it is of)."""
+class Stale(NamedTuple):
+    changed: list[str]  # stages whose deps, params or outputs changed
+    # every stage `dvc repro` may run: those and all downstream of them, as DVC skips one whose
+    # inputs come out unchanged
+    would_run: list[str]
+    # the stages it will run for certain: downstream too, but not past a lineage's view that is
+    # not itself stale, since new data passes a view only for the lineages whose characters it is of
+    certain: list[str]
+    params_changed: dict[str, list[str]]  # a stale stage -> the params.yaml keys it reads that moved
+
+
+def stale_stages(root: Path) -> Stale:
+    """What is out of date in the pipeline under `root`, and what `dvc repro` would run."""
     import networkx as nx
 
     graph, changed = pipeline_status(root)  # edges point from a stage to the stages it depends on
     if CODE_STAGE in changed:  # DVC sees the source tree move; which stages' code moved is ours to say
         kinds = moved_kinds(root)
         changed |= {s.addressing for s in graph.nodes if stage_kind(s) in kinds}
+    keys = {}
     if PARAMS_STAGE in changed:  # and params.yaml: which stages read the keys that moved is ours too
-        changed |= set(moved_params(root)) & {s.addressing for s in graph.nodes}
+        keys = {s: k for s, k in moved_params(root).items() if s in {n.addressing for n in graph.nodes}}
+        changed |= set(keys)
     stale = [s for s in graph.nodes if s.addressing in changed]
     would_run = {s.addressing for s in stale}
     for s in stale:
@@ -231,7 +242,7 @@ def stale_stages(root: Path) -> tuple[list[str], list[str], list[str]]:
             todo.extend(graph.predecessors(s))
     order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]
     ordered = lambda names: [s for s in order if s in names]  # noqa: E731
-    return ordered(changed), ordered(would_run), ordered(certain)
+    return Stale(ordered(changed), ordered(would_run), ordered(certain), keys)
 
 
 def locked_params(root: Path, stage: str) -> dict | None:
