@@ -3,11 +3,14 @@
 params.yaml and --retired rounds retired into retired/<lineage>.dvc (`loraloop round retire`).
 
     python bench/noop_repro.py [--lineages 3,20,50] [--rounds 2] [--retired 20] [--repeat 3]
+                               [--before] [--unpacked]
 
 Builds a throwaway git + DVC repo per lineage count from this project's dvc.yaml, stages/,
 loraloop/ and data/raw, with params.yaml's lineages widened (each new lineage copies the tutor's),
 writes a small placeholder for every output (and for every retired round's model, data and
-metrics), records them all with `dvc commit`, and times the commands (median of --repeat). No
+metrics, packed as retirement packs them), records them all with `dvc commit`, and times the
+commands (median of --repeat). --before also times each stage declaring its params.yaml keys,
+--unpacked every retired round at its stage paths (as retirement left them before packing). No
 stage runs: this measures DVC's and loraloop's own start-up and checks. Targets at 20 lineages: a
 no-op `dvc repro` and `dvc status` under 5 s, `loraloop status` under 2 s. Prints the growth
 between lineage counts (the exponent of time against stages).
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from loraloop.params import RETIRED_KEY  # noqa: E402
+from loraloop.history import homes  # noqa: E402
+from loraloop.params import RETIRED, RETIRED_KEY  # noqa: E402
 
 
 def widen(params: dict, lineages: int, rounds: int, retired: int) -> tuple[dict, dict]:
@@ -56,23 +60,31 @@ def widen(params: dict, lineages: int, rounds: int, retired: int) -> tuple[dict,
     return params, archives
 
 
-def write_archives(repo: Path, archives: dict) -> None:
-    """retired/<lineage>.dvc with a placeholder model, data directory and metrics per round."""
+def write_archives(repo: Path, archives: dict, unpacked: bool = False) -> None:
+    """retired/<lineage>.dvc as `loraloop round retire` leaves it, with a placeholder model, data
+    directory and metrics per round: the round the lineage's first active round starts from at its
+    stage paths, the others packed into retired/<lineage>/ (all at their stage paths if `unpacked`,
+    as retirement laid them out before packing)."""
     for lineage, rounds in archives.items():
         if not rounds:
             continue
-        outs = []
+        outs, last = [], list(rounds)[-1]
         for r in rounds:
-            for d in (repo / "models/rounds" / r, repo / "data/rounds" / lineage / r):
+            in_place = unpacked or r == last
+            for here, inside in homes(repo, lineage, r)[:2]:  # model and data (no critic)
+                d = here if in_place else inside
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "placeholder.json").write_text("{}\n")
-                outs.append({"path": Path("..", d.relative_to(repo)).as_posix()})
-            (repo / "models/rounds" / r / "ROUND.json").write_text('{"adapter_hash": null}\n')
+                if in_place:
+                    outs.append({"path": Path("..", d.relative_to(repo)).as_posix()})
+            (homes(repo, lineage, r)[0][0 if in_place else 1] / "ROUND.json").write_text('{"adapter_hash": null}\n')
             (repo / "metrics" / lineage).mkdir(parents=True, exist_ok=True)
             (repo / "metrics" / lineage / f"eval_{r}.json").write_text("{}\n")
-        doc = {"meta": {RETIRED_KEY: rounds}, "outs": outs}
-        (repo / "retired").mkdir(exist_ok=True)
-        (repo / "retired" / f"{lineage}.dvc").write_text(yaml.safe_dump(doc, sort_keys=False))
+            rounds[r] = {**rounds[r], **({} if in_place else {"packed": True})}
+        packed = [{"path": lineage}] if (repo / RETIRED / lineage).is_dir() else []
+        doc = {"meta": {RETIRED_KEY: rounds}, "outs": packed + outs}
+        (repo / RETIRED).mkdir(exist_ok=True)
+        (repo / RETIRED / f"{lineage}.dvc").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def placeholders(repo: Path) -> int:
@@ -122,7 +134,7 @@ def per_stage_params(repo: Path) -> None:
     (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def build(repo: Path, lineages: int, rounds: int, retired: int, before: bool = False) -> int:
+def build(repo: Path, lineages: int, rounds: int, retired: int, before: bool = False, unpacked: bool = False) -> int:
     """The throwaway repo, every output recorded: returns its number of stages."""
     repo.mkdir(parents=True)
     for name in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
@@ -137,7 +149,7 @@ def build(repo: Path, lineages: int, rounds: int, retired: int, before: bool = F
     dvc = str(BIN / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.autostage", "false"]):
         subprocess.run(cmd, cwd=repo, check=True)
-    write_archives(repo, archives)  # params.yaml's rounds start from the retired ones
+    write_archives(repo, archives, unpacked)  # params.yaml's rounds start from the retired ones
     loraloop = [str(BIN / "loraloop"), "params", "--out", "params"]
     done = subprocess.run(loraloop, cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:
@@ -198,27 +210,30 @@ def main() -> None:
     ap.add_argument(
         "--before", action="store_true", help="also time per-stage params (dvc.yaml before params/<kind>/<name>.json)"
     )
+    ap.add_argument(
+        "--unpacked", action="store_true", help="also time retired rounds all at their stage paths (before packing)"
+    )
     ap.add_argument("--profile", action="store_true", help="profile a no-op repro at the largest count")
     ap.add_argument("--keep", type=Path, default=None, help="Build the repos under here and keep them (to profile)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, args.lineages.split(",")):
-            for before in (False, True) if args.before else (False,):
-                repo = (args.keep or Path(tmp)) / f"repo-{n}{'-before' if before else ''}"
-                stages = build(repo, n, args.rounds, args.retired, before)
+            for side in ["now"] + ["per-stage params"] * args.before + ["retired unpacked"] * args.unpacked:
+                repo = (args.keep or Path(tmp)) / f"repo-{n}-{side.replace(' ', '-')}"
+                before, unpacked = side == "per-stage params", side == "retired unpacked"
+                stages = build(repo, n, args.rounds, args.retired, before, unpacked)
                 times = measure(repo, args.repeat)
                 lock_kb = (repo / "dvc.lock").stat().st_size / 1024
-                if not before:
+                if side == "now":
                     rows.append((n, stages, times))
                 shown = "  ".join(f"{k} {v:6.2f} s" for k, v in times.items())
-                deps = "per-stage params (before)" if before else "params/ slices"
                 print(
                     f"{n:3d} lineages x ({args.rounds} active + {args.retired} retired) rounds: {stages:4d} stages, "
-                    f"{deps}, dvc.lock {lock_kb:5.0f} KB  {shown}"
+                    f"{side:17}, dvc.lock {lock_kb:5.0f} KB  {shown}"
                 )
         if args.profile:
-            profile((args.keep or Path(tmp)) / f"repo-{rows[-1][0]}")
+            profile((args.keep or Path(tmp)) / f"repo-{rows[-1][0]}-now")
     for (n0, s0, t0), (n1, s1, t1) in zip(rows, rows[1:]):
         growth = "  ".join(
             f"{k} x{t1[k] / t0[k]:.2f} (exponent {math.log(t1[k] / t0[k]) / math.log(s1 / s0):.2f})" for k in t0

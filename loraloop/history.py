@@ -3,12 +3,15 @@
 Every round in params.yaml is five DVC stages that DVC checks on every `dvc status` and `dvc
 repro`, so a lineage that keeps all its rounds there grows its no-op cost forever. `loraloop round
 retire` takes finished rounds out of params.yaml and dvc.lock and records them in
-retired/<lineage>.dvc, one DVC data file per lineage whose outputs are the rounds' own directories
-at their own paths (models/rounds/<round>, data/rounds/<lineage>/<round>) and whose meta lists
-each round's lineage, prev and adapter hash. So the paths a later round depends on do not move,
-`dvc push`/`dvc pull` and `git checkout <tag>` carry the retired rounds as they carried the active
-ones, their metrics stay in git (metrics/<lineage>/eval_<round>.json), and report, package and the
-model card read the lineage's history from the archive and params.yaml together.
+retired/<lineage>.dvc, one DVC data file per lineage whose meta lists each round's lineage, prev
+and adapter hash. Its outputs are few, however long the history: the rounds no active round starts
+from are packed into one directory, retired/<lineage>/<round>/{model,data,critic}; a round an
+active one starts from stays at its stage paths (models/rounds/<round>, data/rounds/<lineage>/<round>,
+models/critics/<round>), so that round's dependencies do not move (`round new --from` a packed
+round moves it back). `dvc push`/`dvc pull` and `git checkout <tag>` carry the retired rounds as
+they carried the active ones, their metrics stay in git (metrics/<lineage>/eval_<round>.json), and
+report, package and the model card read the lineage's history from the archive and params.yaml
+together.
 
 `loraloop round new ID --from SRC` declares a round that starts from base, a round (active or
 retired) or a released version (`release:tutor-v0.4`: the round that version released, with the
@@ -16,13 +19,27 @@ release's adapter hash recorded, which sample and train check)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import yaml
 
 from .files import parse_yaml, read_json
 from .params import RETIRED, RETIRED_KEY, Params, ParamsError, RoundSpec, load_params
-from .workspace import BASE, CRITICS, METRICS, RELEASES, ROUNDS, ROUNDS_DATA, VIEWS, Release, Round, Workspace
+from .workspace import (
+    BASE,
+    CRITICS,
+    METRICS,
+    PACKED,
+    RELEASES,
+    ROUNDS,
+    ROUNDS_DATA,
+    VIEWS,
+    Release,
+    Round,
+    Workspace,
+)
 
 ROUND_STAGES = ("sample", "score", "critic", "train", "eval")  # dvc.yaml's stages of one round
 
@@ -62,18 +79,21 @@ def in_chain_order(params, round_ids: list[str]) -> list[str]:
     return order
 
 
-def stale(root: Path, round_ids: list[str]) -> list[str]:
-    """The rounds' stages that `dvc status` finds out of date (what the archive would freeze wrong)."""
+def stale(root: Path, round_ids: list[str], lineages: list[str]) -> list[str]:
+    """The rounds' stages and the lineages' archives that `dvc status` finds out of date (what the
+    archive would freeze wrong, or lose: an archive not pulled)."""
     from dvc.repo import Repo
 
     targets = [f"{stage}@{r}" for r in round_ids for stage in ROUND_STAGES]
+    targets += [str(p) for p in (archive_file(root, lineage) for lineage in lineages) if p.is_file()]
     with Repo(str(root)) as repo:
         return sorted(repo.status(targets=targets))
 
 
 def retire(root: Path, params_file: Path, round_ids: list[str]) -> list[dict]:
-    """Take the rounds out of params.yaml and dvc.lock into their lineages' archives, and record
-    their directories there with `dvc commit`. Returns what was retired, a row per round."""
+    """Take the rounds out of params.yaml and dvc.lock into their lineages' archives, pack the
+    retired rounds no active round starts from, and record it all with `dvc commit`. Returns what
+    was retired, a row per round."""
     root = Path(root)
     params = load_params(params_file)
     order = in_chain_order(params, round_ids)
@@ -84,47 +104,133 @@ def retire(root: Path, params_file: Path, round_ids: list[str]) -> list[dict]:
             shown = ", ".join(str(p.relative_to(root)) for p in missing)
             raise ParamsError(f"{r.id} has not run ({shown} missing): `dvc repro` it before retiring it")
         rows.append({"round": r.id, "lineage": r.lineage, "prev": r.prev.id, "adapter_hash": r.adapter_hash})
-    out_of_date = stale(root, order)
+    lineages = sorted({row["lineage"] for row in rows})
+    out_of_date = stale(root, order, lineages)
     if out_of_date:
         raise ParamsError(
-            f"out of date in dvc status: {', '.join(out_of_date)}; `dvc repro` first, so the archive "
-            "records what dvc.lock says the rounds are"
+            f"out of date in dvc status: {', '.join(out_of_date)}; `dvc repro` (or `dvc pull` an archive) "
+            "first, so the archive records what dvc.lock says the rounds are"
         )
     drop_rounds(params_file, order)
     drop_locked(root / "dvc.lock", order)
-    for lineage in dict.fromkeys(row["lineage"] for row in rows):
+    for lineage in lineages:
         add_to_archive(root, ws, lineage, [row for row in rows if row["lineage"] == lineage])
-    commit_archives(root, sorted({row["lineage"] for row in rows}))
+        arrange(root, params_file, lineage)
     return rows
 
 
 def add_to_archive(root: Path, ws: Workspace, lineage: str, rows: list[dict]) -> None:
     """The rounds' specs (as params.yaml had them, with their adapter hash) into the lineage's
-    archive meta, and their directories into its outputs."""
-    path = archive_file(root, lineage)
-    doc = parse_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
-    doc = doc or {"meta": {RETIRED_KEY: {}}, "outs": []}
-    listed = doc.setdefault("meta", {}).setdefault(RETIRED_KEY, {})
+    archive meta; arrange() then lays out their directories."""
+    doc = read_archive(root, lineage)
+    listed = doc["meta"][RETIRED_KEY]
     for row in rows:
         spec = ws.params.rounds[row["round"]].model_dump(exclude_none=True, exclude_defaults=True)
         listed[row["round"]] = {**spec, "adapter_hash": row["adapter_hash"]}
-        for d in round_dirs(ws.round(row["round"])):
-            doc["outs"].append({"path": Path("..", d.relative_to(root)).as_posix()})
+    write_archive(root, lineage, doc)
+
+
+def read_archive(root: Path, lineage: str) -> dict:
+    path = archive_file(root, lineage)
+    doc = parse_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
+    doc = doc or {}
+    doc.setdefault("meta", {}).setdefault(RETIRED_KEY, {})
+    doc.setdefault("outs", [])
+    return doc
+
+
+def write_archive(root: Path, lineage: str, doc: dict) -> None:
+    path = archive_file(root, lineage)
     path.parent.mkdir(parents=True, exist_ok=True)
     head = (
-        f"# {lineage}'s retired rounds (`loraloop round retire`): their models and data under DVC, at the\n"
-        "# paths they had as stages; meta lists each round's lineage, prev and adapter hash.\n"
+        f"# {lineage}'s retired rounds (`loraloop round retire`): meta lists each round's lineage, prev and\n"
+        f"# adapter hash. Packed rounds live in {lineage}/<round>/{{model,data,critic}}, one output; a round an\n"
+        "# active round starts from stays at its stage paths, so that round's dependencies do not move.\n"
     )
     path.write_text(head + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def commit_archives(root: Path, lineages: list[str]) -> None:
-    """`dvc commit` of the archives: the outputs' hashes recorded, their files linked from the cache."""
+def homes(root: Path, lineage: str, round_id: str) -> list[tuple[Path, Path]]:
+    """A retired round's directories: (at its stage path, packed) for its model, data and critic."""
+    packed = Path(root) / RETIRED / lineage / round_id
+    in_place = (
+        Path(root) / ROUNDS / round_id,
+        Path(root) / ROUNDS_DATA / lineage / round_id,
+        Path(root) / CRITICS / round_id,
+    )
+    return [(here, packed / part) for here, part in zip(in_place, PACKED)]
+
+
+def arrange(root: Path, params_file: Path, lineage: str, keep: frozenset[str] = frozenset()) -> None:
+    """The lineage's retired rounds laid out for the fewest DVC outputs: those no active round
+    starts from (nor `keep` names) packed into retired/<lineage>/, one output however many there
+    are; the others at their stage paths. Moves what must move, rewrites the archive's outputs and
+    commits them (the files are already in the cache: nothing is copied)."""
+    root = Path(root)
+    params = load_params(params_file)
+    needed = {spec.prev for spec in params.rounds.values()} | set(keep)
+    doc = read_archive(root, lineage)
+    listed, in_place, left, came_back = doc["meta"][RETIRED_KEY], [], [], []
+    for round_id in params.retired_of(lineage):
+        pack = round_id not in needed
+        if bool(listed[round_id].get("packed")) != pack:
+            for here, inside in homes(root, lineage, round_id):
+                src, dst = (here, inside) if pack else (inside, here)
+                if src.exists():
+                    move(src, dst)
+                    (left if pack else came_back).append(here)
+        if pack:
+            listed[round_id]["packed"] = True
+        else:
+            listed[round_id].pop("packed", None)
+            in_place += [here for here, _ in homes(root, lineage, round_id) if here.exists()]
+    pack_dir = root / RETIRED / lineage
+    prune(pack_dir)
+    packed = [pack_dir] if pack_dir.is_dir() else []
+    doc["outs"] = [{"path": Path(os.path.relpath(out, root / RETIRED)).as_posix()} for out in packed + in_place]
+    write_archive(root, lineage, doc)
+    gone = [] if packed else [pack_dir]  # the last packed round went back to its stage paths
+    commit_archive(root, lineage, unignore=[*left, *gone], ignore=[*came_back, *packed])
+
+
+def move(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)  # a stale copy: `src` is what the archive recorded (dvc status was clean)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+
+
+def prune(pack_dir: Path) -> None:
+    """The pack's directories that unpacking left empty, itself included."""
+    for d in [*pack_dir.glob("*"), pack_dir]:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def commit_archive(root: Path, lineage: str, unignore: list[Path], ignore: list[Path]) -> None:
+    """`dvc commit` of the archive (the outputs' hashes recorded, their files linked from the
+    cache), and .gitignore told which directories DVC now keeps out of git."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        for lineage in lineages:
-            repo.commit(str(archive_file(root, lineage)), force=True)
+        repo.commit(str(archive_file(root, lineage)), force=True)
+        for path in unignore:
+            repo.scm_context.ignore_remove(os.path.abspath(path))
+        for path in ignore:
+            repo.scm_context.ignore(os.path.abspath(path))
+
+
+def bring_back(root: Path, params_file: Path, params: Params, round_id: str) -> bool:
+    """A packed retired round that a new round is to start from, moved back to its stage paths
+    (where the new round's stages depend on it). False when it is not packed."""
+    if round_id == "base" or not params.round(round_id).packed:
+        return False
+    lineage = params.round(round_id).lineage
+    out_of_date = stale(root, [], [lineage])
+    if out_of_date:
+        raise ParamsError(f"{', '.join(out_of_date)} is not in the workspace as recorded: `dvc pull` it first")
+    arrange(root, params_file, lineage, keep=frozenset({round_id}))
+    return True
 
 
 def round_trip():

@@ -446,10 +446,14 @@ class Round(BaseModel):
     prev: str
     lineage: str
     retired: bool = False
+    packed: bool = False  # retired, its directories in retired/<lineage>/<round>/ (loraloop/history.py)
 
 
 class RetiredSpec(RoundSpec):
     adapter_hash: str | None = None  # the adapter it had when it was retired
+    # Its model, data and critic moved into retired/<lineage>/<round>/, one DVC output for the
+    # lineage's packed rounds; unpacked, they stay at their stage paths (an active round starts from it).
+    packed: bool = False
 
 
 RETIRED = Path("retired")  # retired/<lineage>.dvc: a lineage's retired rounds (loraloop/history.py)
@@ -577,7 +581,7 @@ class Params(Section):
         """A round of params.yaml, or a retired one."""
         if round_id in self._retired:
             spec = self._retired[round_id]
-            return Round(id=round_id, prev=spec.prev, lineage=spec.lineage, retired=True)
+            return Round(id=round_id, prev=spec.prev, lineage=spec.lineage, retired=True, packed=spec.packed)
         if round_id not in self.rounds:
             raise ParamsError(
                 f"round {round_id!r} is not listed under rounds in params.yaml (have {list(self.rounds)})"

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from .files import read_json, sha256_file
-from .params import Params, ParamsError
+from .params import RETIRED, Params, ParamsError
 
 BASE = Path("models/base")
 ROUNDS = Path("models/rounds")  # the rounds' models
@@ -40,6 +40,7 @@ PERSONA = Path("models/persona")  # the fleet's persona classifier (the persona 
 JUDGE_FEATURES = Path("data/judges")  # their feature caches (untracked), kept across reruns
 JUDGE_PLOTS = Path("reports/judges")  # the reward models' calibration points
 CRITICS = Path("models/critics")  # each round's value head (critic@<round>, train.token_weighting: critic)
+PACKED = ("model", "data", "critic")  # a packed retired round's directories: retired/<lineage>/<round>/<part>
 
 
 def written(path: Path, run: str) -> dict:
@@ -180,10 +181,12 @@ class Workspace:
         judges: Path = JUDGES,
         persona: Path = PERSONA,
         critics: Path = CRITICS,
+        retired: Path = RETIRED,
     ):
         """`view`: one lineage's dataset view in place of views/<lineage> (a round command's --data);
-        `version`: the dataset version (its manifest.json)."""
+        `version`: the dataset version (its manifest.json); `retired`: where packed rounds live."""
         self.params = params
+        self.retired = Path(retired)
         self.base = Base(Path(base))
         self.rounds, self.rounds_data, self.metrics = Path(rounds), Path(rounds_data), Path(metrics)
         self.views, self._view, self.version = Path(views), view, Path(version)
@@ -191,9 +194,10 @@ class Workspace:
 
     def round(self, round_id: str, lineage: str | None = None) -> Round:
         """A round of params.yaml with the rounds it starts from, or `base` under a lineage."""
-        prev = None
+        prev, packed = None, False
         if round_id != "base":
             spec = self.params.round(round_id)
+            packed = spec.packed
             lineage, prev = spec.lineage, self.round(spec.prev, spec.lineage)
             start = self.params.rounds[round_id].start if round_id in self.params.rounds else None
             if start is not None and prev.adapter_hash != start.adapter_hash:
@@ -204,15 +208,18 @@ class Workspace:
                 )
         elif lineage is None:
             raise ValueError("the base round needs a lineage")
+        model, data, critic = self.rounds / round_id, self.rounds_data / lineage / round_id, self.critics / round_id
+        if packed:
+            model, data, critic = (self.retired / lineage / round_id / part for part in PACKED)
         return Round(
             round_id,
             lineage,
-            data=self.rounds_data / lineage / round_id,
-            model=self.rounds / round_id,
+            data=data,
+            model=model,
             metrics=self.metrics / lineage / f"eval_{round_id}.json",
             view=self.view(lineage),
             prev=prev,
-            critic=None if round_id == "base" else self.critics / round_id,
+            critic=None if round_id == "base" else critic,
         )
 
     def judge(self, lineage: str) -> Path:

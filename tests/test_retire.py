@@ -118,16 +118,83 @@ def test_a_round_starts_from_a_released_version_of_a_retired_round(repo):
     sh(repo, "git", "commit", "-qm", "tutor-r3 from the release")
 
 
+def packed(tree_: dict, round_id: str) -> dict:
+    """A round's files as its stage paths had them, renamed to where packing puts them."""
+    homes = {
+        f"models/rounds/{round_id}/": f"retired/tutor/{round_id}/model/",
+        f"data/rounds/tutor/{round_id}/": f"retired/tutor/{round_id}/data/",
+        f"models/critics/{round_id}/": f"retired/tutor/{round_id}/critic/",
+    }
+    out = {}
+    for path, digest in tree_.items():
+        here = next(h for h in homes if path.startswith(h))
+        out[homes[here] + path.removeprefix(here)] = digest
+    return out
+
+
+R2 = ("models/rounds/tutor-r2", "data/rounds/tutor/tutor-r2", "models/critics/tutor-r2")
+
+
+def test_rounds_no_active_round_starts_from_are_packed_into_one_output(repo):
+    kept = tree(repo, *R2)
+    sh(repo, "loraloop", "round", "retire", "tutor-r2")
+
+    # tutor-r3 starts from tutor-r1, which stays at its stage paths; tutor-r2 goes into the pack.
+    archive = yaml.safe_load((repo / "retired/tutor.dvc").read_text())
+    assert [o["path"] for o in archive["outs"]] == [
+        "tutor",
+        "../models/rounds/tutor-r1",
+        "../data/rounds/tutor/tutor-r1",
+        "../models/critics/tutor-r1",
+    ]
+    listed = archive["meta"]["loraloop_retired"]
+    assert listed["tutor-r2"]["packed"] is True and "packed" not in listed["tutor-r1"]
+    assert not any((repo / d).exists() for d in R2)
+    assert tree(repo, "retired/tutor") == packed(kept, "tutor-r2")
+    untracked = sh(repo, "git", "status", "--porcelain", "--untracked-files=all").stdout
+    assert "retired/tutor/" not in untracked and "tutor-r2/" not in untracked, untracked
+    assert "/tutor-r2" not in (repo / "models/critics/.gitignore").read_text()  # no stale entry
+
+    ran = repro(repo)
+    assert ran <= {"params", "leakage", "package", "report"}, ran
+    assert json.loads(sh(repo, "dvc", "status", "--json").stdout) == {}
+    with (repo / "reports/plots/trajectory/tutor.csv").open() as f:
+        assert [row["round"] for row in csv.DictReader(f)] == ["base", "tutor-r1", "tutor-r2", "tutor-r3"]
+    assert "tutor\ttutor-r2\tretired\tfrom tutor-r1" in sh(repo, "loraloop", "round", "list").stdout
+    sh(repo, "dvc", "push", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "retire tutor-r2, packed")
+
+
+def test_a_round_from_a_packed_round_moves_it_back(repo, tmp_path):
+    scratch = copy_repo(repo, tmp_path / "scratch")
+    kept = tree(scratch, "retired/tutor")
+    out = sh(scratch, "loraloop", "round", "new", "tutor-r4", "--from", "tutor-r2").stdout
+    assert "tutor-r2 unpacked from retired/tutor/" in out
+    assert packed(tree(scratch, *R2), "tutor-r2") == kept
+    assert not (scratch / "retired/tutor").exists()  # the pack held tutor-r2 alone
+    archive = yaml.safe_load((scratch / "retired/tutor.dvc").read_text())
+    assert "tutor" not in [o["path"] for o in archive["outs"]]
+    assert "../models/rounds/tutor-r2" in [o["path"] for o in archive["outs"]]
+    assert "/tutor-r2" in (scratch / "models/critics/.gitignore").read_text()
+    status = json.loads(sh(scratch, "dvc", "status", "--json").stdout)
+    assert "retired/tutor.dvc" not in status and "sample@tutor-r4" in status, status
+    deps = status["sample@tutor-r4"][0]["changed deps"]  # never run, so "modified"; a missing one is "deleted"
+    assert deps["models/rounds/tutor-r2"] == "modified", deps
+
+
 def test_the_archive_and_the_old_tag_restore_from_the_remote(repo, tmp_path):
-    kept = tree(repo, "models/rounds/tutor-r1", "data/rounds/tutor/tutor-r1")
+    kept = tree(repo, "models/rounds/tutor-r1", "data/rounds/tutor/tutor-r1", "retired/tutor")
     clone = tmp_path / "clone"
     sh(repo, "git", "clone", "-q", str(repo), str(clone))
     sh(clone, "dvc", "pull", "-q")
-    assert tree(clone, "models/rounds/tutor-r1", "data/rounds/tutor/tutor-r1") == kept
+    assert tree(clone, "models/rounds/tutor-r1", "data/rounds/tutor/tutor-r1", "retired/tutor") == kept
     sh(clone, "git", "checkout", "-q", "before")
     sh(clone, "dvc", "pull", "-q")  # what README says: git checkout <tag> + dvc pull
-    assert "train@tutor-r1" in yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
-    assert not (clone / "retired").exists()
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    assert {"train@tutor-r1", "train@tutor-r2"} <= set(lock)
+    assert not (clone / "retired/tutor.dvc").exists()
+    assert packed(tree(clone, *R2), "tutor-r2") == tree(repo, "retired/tutor")  # at its stage paths again
     status = sh(clone, "dvc", "status", "--json").stdout
     assert not {s for s in json.loads(status) if "tutor-r1" in s}, status
 
@@ -153,9 +220,16 @@ def test_what_round_commands_refuse(repo, tmp_path):
 
     # A round declared from a release whose adapter is no longer what its prev holds is stopped.
     edit_params(scratch, lambda p: p["rounds"].pop("tutor-r9"))
-    shutil.copy(scratch / "models/rounds/tutor-r2/ROUND.json", scratch / "models/rounds/tutor-r1/ROUND.json")
+    shutil.copy(scratch / "retired/tutor/tutor-r2/model/ROUND.json", scratch / "models/rounds/tutor-r1/ROUND.json")
     res = sh(scratch, "loraloop", "sample", "--round", "tutor-r3", check=False)
     assert res.returncode == 1 and "rounds.tutor-r3.start" in res.stderr and "Traceback" not in res.stderr
+
+    # A packed round that is not in the workspace (not pulled) is not moved, nor a round declared on it.
+    shutil.rmtree(scratch / "retired/tutor")
+    before = (scratch / "params.yaml").read_text()
+    res = sh(scratch, "loraloop", "round", "new", "tutor-r5", "--from", "tutor-r2", check=False)
+    assert res.returncode == 1 and "`dvc pull` it first" in res.stderr and "Traceback" not in res.stderr
+    assert (scratch / "params.yaml").read_text() == before
 
 
 def test_params_edits_keep_the_files_comments_and_layout(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..params import NAME, ParamsError
+from ..params import NAME, RETIRED, ParamsError
 
 
 @click.group("round")
@@ -35,8 +35,9 @@ def retire(ctx, round_ids):
         click.echo(f"retired {row['round']} ({row['lineage']}, from {row['prev']}, adapter {row['adapter_hash'][:12]})")
     files = sorted({str(archive_file(Path("."), row["lineage"])) for row in rows})
     click.echo(
-        f"record it: git add {pf.name} dvc.lock {' '.join(files)} && git commit; `dvc push` sends the archive. "
-        "dvc repro reruns leakage, package and report (params.yaml's rounds changed)."
+        f"record it: git add {pf.name} dvc.lock {' '.join(files)} and the .gitignore files `git status` "
+        "names, then git commit; `dvc push` sends the archive. dvc repro reruns leakage, package and report "
+        "(params.yaml's rounds changed)."
     )
 
 
@@ -47,7 +48,7 @@ def retire(ctx, round_ids):
 @click.pass_context
 def new(ctx, round_id, source, lineage):
     """Declare ROUND_ID in params.yaml, starting from SOURCE."""
-    from ..history import add_round, resolve_start
+    from ..history import add_round, bring_back, resolve_start
     from ..options import params_of
 
     if not NAME.match(round_id) or round_id == "base":
@@ -57,6 +58,8 @@ def new(ctx, round_id, source, lineage):
         raise ParamsError(f"{round_id} is already a round here; give the new round another id")
     pf = params_file(ctx)
     lineage, spec = resolve_start(pf.parent, params, source, lineage)
+    if bring_back(pf.parent, pf, params, spec.prev):
+        click.echo(f"{spec.prev} unpacked from {RETIRED}/{lineage}/ to its stage paths ({RETIRED}/{lineage}.dvc)")
     add_round(pf, round_id, spec)
     params_of(ctx)  # the file still validates
     start = f" (release {spec.start.release}, adapter {spec.start.adapter_hash[:12]})" if spec.start else ""
