@@ -27,10 +27,10 @@ params.yaml's sample temperature and top_p, and the sampler runs with the copies
 (one cache, its rows copied) and with each copy prefilled on its own; the texts must match.
 
 With --speculative ROUND_DIR (a round trained with train.mtp_heads > 1), greedy decoding with that
-round's adapter at batch 1: self-speculative with its heads (lm/speculative.py) against the same
-decoding without them (transformers' `generate`, one prompt at a time) and loraloop's sampler at
-batch 1 and at --batch-size, and drafting at --batch-size too (rows accepting different numbers of
-drafts); texts compared, acceptance per head and tokens per forward printed.
+round's adapter: self-speculative with its heads (lm/speculative.py) against loraloop's sampler at
+each of --speculative-batches (1,8,64: rows of a batch accept different numbers of drafts), on the
+first max(batch, --few) prompts, and transformers' `generate` one prompt at a time on the first
+--few; texts compared, acceptance per head and tokens per forward printed per side.
 With --temperature > 0 as well, speculative sampling (the rejection rule) against the sampler at
 that temperature and --top-p: the texts are other draws from the same distribution, so only the
 speed, the acceptance and the tokens per forward are compared.
@@ -132,6 +132,11 @@ def ours(model, tok, prompts: list[list[int]], **settings) -> tuple[list[str], l
     made: list[list[int]] = [[] for _ in prompts]
     gen = generate(model, tok, prompts, on_token=lambda i, t: made[i].append(t), **settings)
     return gen.texts, made
+
+
+def sampled(model, tok, prompts: list[list[int]], **settings) -> tuple[list[list[int]], None]:
+    """ours() as a speculative side returns: (tokens, no drafting stats)."""
+    return ours(model, tok, prompts, **settings)[1], None
 
 
 def timed(fn):
@@ -270,6 +275,7 @@ def compare_merge(args, tok, prompts: list[list[int]]) -> None:
 
 
 def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
+    """Drafting with the round's heads against the sampler, at each of --speculative-batches."""
     from loraloop.files import read_json
     from loraloop.lm import mtp
     from loraloop.lm.model import load_model
@@ -280,46 +286,45 @@ def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
     heads = mtp.load(args.speculative / info["train"]["mtp"]["file"])
     stop = stop_ids(model, tok)
     n, t, top_p = args.max_new_tokens, args.temperature, args.top_p if args.temperature > 0 else 1.0
-    seeds = list(range(len(prompts)))
     settings = dict(max_new_tokens=n, temperature=t, top_p=top_p, seed=0, progress=False, desc="")
-    b = args.batch_size
-    sides = {
-        "speculative, batch 1": lambda: generate_speculative(model, heads, prompts, n, stop, t, top_p, seeds),
-        f"speculative, batch {b}": lambda: generate_speculative(
-            model, heads, prompts, n, stop, t, top_p, seeds, batch_size=b
-        ),
-        "sampler, batch 1": lambda: (ours(model, tok, prompts, batch_size=1, **settings)[1], None),
-        f"sampler, batch {args.batch_size}": lambda: (
-            ours(model, tok, prompts, batch_size=args.batch_size, **settings)[1],
-            None,
-        ),
-    }
+    sides, few = {}, prompts[: args.few]
+    for b in map(int, args.speculative_batches.split(",")):
+        part = prompts[: max(b, args.few)]
+        seeds = list(range(len(part)))
+        sides[f"speculative, batch {b}"] = functools.partial(
+            generate_speculative, model, heads, part, n, stop, t, top_p, seeds, batch_size=b
+        )
+        sides[f"sampler, batch {b}"] = functools.partial(sampled, model, tok, part, batch_size=b, **settings)
     if t == 0:  # the reference text is greedy
-        sides["generate, one at a time"] = lambda: (one_at_a_time(model, tok, prompts, n), None)
+        sides["generate, one at a time"] = lambda: (one_at_a_time(model, tok, few, n), None)
         one_at_a_time(model, tok, prompts[:2], 8)  # warm-up
-    generate_speculative(model, heads, prompts[:2], 8, stop, t, top_p, seeds[:2])  # warm-up
-    best, made, stats = {}, {}, None
+    generate_speculative(model, heads, prompts[:2], 8, stop, t, top_p, [0, 1])  # warm-up
+    best, made, stats = {}, {}, {}
     for _ in range(2):  # in turns, best of two each
         for name, fn in sides.items():
             (out, st), seconds = timed(fn)
             best[name], made[name] = min(seconds, best.get(name, seconds)), [new_tokens(m, stop) for m in out]
-            stats = st or stats
+            stats[name] = st
     how = "greedy" if t == 0 else f"sampled at temperature {t}, top_p {top_p} (texts differ: other draws)"
-    print(f"{len(prompts)} prompts, max_new_tokens={n}, round {args.speculative.name}, {len(heads)} heads, {how}")
+    print(f"max_new_tokens={n}, round {args.speculative.name}, {len(heads)} heads, {how}")
+    speed = {k: sum(map(len, made[k])) / best[k] for k in best}  # tokens/s
     for name, seconds in best.items():
-        tokens = sum(map(len, made[name]))
-        line = f"{name:26s} {seconds:6.1f} s ({tokens / seconds:7.1f} tokens/s)"
+        line = f"{name:26s} {len(made[name]):3d} prompts {seconds:6.1f} s ({speed[name]:7.1f} tokens/s)"
         if t == 0:
             same = sum(x == y for x, y in zip(made[name], made["generate, one at a time"]))
-            line += f", same tokens as generate: {same}/{len(prompts)}"
+            line += f", same tokens as generate: {same}/{len(few)}"
+        if stats[name] is not None:
+            acc = ", ".join(f"t+{k + 2} {a:.3f}" for k, a in enumerate(stats[name].acceptance()))
+            line += f"; acceptance {acc}, {stats[name].tokens_per_forward:.2f} tokens per forward"
         print(line)
-    acc = ", ".join(f"t+{k + 2} {a:.3f}" for k, a in enumerate(stats.acceptance()))
-    print(f"acceptance per head: {acc}; tokens per forward {stats.tokens_per_forward:.2f}")
-    speed = {k: sum(map(len, made[k])) / best[k] for k in best}  # tokens/s
-    for peer in [name for name in best if not name.startswith("speculative")]:
-        print(f"ratio speculative, batch 1 vs {peer}: {speed['speculative, batch 1'] / speed[peer]:.2f}x (tokens/s)")
-    ratio = speed[f"speculative, batch {b}"] / speed[f"sampler, batch {b}"]
-    print(f"ratio speculative vs sampler, batch {b}: {ratio:.2f}x (tokens/s)")
+    for b in map(int, args.speculative_batches.split(",")):
+        spec, plain = f"speculative, batch {b}", f"sampler, batch {b}"
+        same = sum(x == y for x, y in zip(made[spec], made[plain])) if t == 0 else None
+        shown = f", same tokens: {same}/{len(made[spec])}" if same is not None else ""
+        print(f"ratio speculative vs sampler, batch {b}: {speed[spec] / speed[plain]:.2f}x (tokens/s){shown}")
+    if t == 0 and "speculative, batch 1" in speed:
+        ratio = speed["speculative, batch 1"] / speed["generate, one at a time"]
+        print(f"ratio speculative, batch 1 vs generate, one at a time: {ratio:.2f}x (tokens/s)")
 
 
 def main() -> None:
@@ -335,6 +340,8 @@ def main() -> None:
     ap.add_argument("--speculative", type=Path, default=None, help="a round's directory with multi-token heads")
     ap.add_argument("--temperature", type=float, default=0.0, help="with --speculative: > 0 samples (rejection)")
     ap.add_argument("--top-p", type=float, default=0.95, help="with --speculative and --temperature > 0")
+    ap.add_argument("--speculative-batches", default="1,8,64", help="with --speculative: batch sizes, comma-separated")
+    ap.add_argument("--few", type=int, default=8, help="with --speculative: prompts at a batch size below this")
     ap.add_argument(
         "--peers",
         type=lambda s: s.split(","),

@@ -5,6 +5,7 @@ transformers' `generate` per request, one at a time (in this process, so it pays
 scheduling cost: its best case).
 
     python bench/serve.py [--requests 64] [--concurrency 16] [--max-tokens 64] [--peers vllm,hf]
+    python bench/serve.py --speculative models/rounds/tutor-r2 --requests 16   # drafting on vs off
 
 Needs the demo's releases (`make demo`). Every side answers the same tutor prompts (the first user
 turn of eval-split conversations) greedily with the tutor's stable adapter, and the texts are
@@ -12,12 +13,19 @@ compared. Prints p50/p95 latency and tokens/s of each; then loraloop serve's cas
 once (answered, logged once each), GET /v1/models while a 3 MB input is tokenized and while unknown
 feedback ids are looked up, and clients that leave after their first chunk (the tokens made for them
 anyway). The last lines are the ratios.
+
+With --speculative ROUND_DIR (a round trained with train.mtp_heads > 1), the round's adapter and
+heads are served as the tutor's stable version (a throwaway release under tmp/), by `loraloop
+serve --speculative on` and `off`, at 1 client and at --concurrency (or --clients): latency, throughput, the same
+replies (greedy), how many requests were drafted and the tokens per forward they got.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,10 +71,13 @@ def wait_up(url: str, server: subprocess.Popen, seconds: float = 600) -> None:
         if server.poll() is not None:
             sys.exit(f"the server at {url} exited with {server.returncode} before it answered")
         try:
-            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                return
+            answer = httpx.get(f"{url}/models", timeout=1)
         except httpx.HTTPError:
-            pass
+            answer = None
+        if answer is not None and answer.status_code == 200:
+            return
+        if answer is not None and answer.status_code >= 500:  # up, but it cannot serve: say why now
+            sys.exit(f"the server at {url} answered {answer.status_code}: {answer.text[:500]}")
         time.sleep(0.5)
     sys.exit(f"the server at {url} did not answer in {seconds:.0f} s")
 
@@ -91,13 +102,16 @@ def load(client: openai.OpenAI, model: str, texts: list[str], concurrency: int, 
     return [o[0] for o in out], [o[1] for o in out], sum(o[2] for o in out), time.perf_counter() - t0
 
 
-def serve_side(texts: list[str], concurrency: int, max_tokens: int):
+def serve_side(texts: list[str], concurrency: int, max_tokens: int, options: tuple = (), cases: bool = True):
+    """loraloop serve at --batch-size `concurrency` (with `options`), loaded by `concurrency`
+    clients: (replies, latencies, completion tokens, wall seconds) and its counters rows; with
+    `cases`, then the many-clients, responsiveness and disconnect cases."""
     port, log_root = free_port(), tempfile.mkdtemp(prefix="bench-serve-")
     server = subprocess.Popen(
         [sys.executable, "-m", "loraloop.cli", "serve", "--port", str(port), "--batch-size", str(concurrency)]
         + ["--log-root", log_root]  # not the project's logs: monitor would count the benchmark
         # a 3 MB message reaches the tokenizer (responsiveness) instead of the 32k-character refusal
-        + ["--limit", "body_bytes=8388608", "--limit", "message_chars=8000000"],
+        + ["--limit", "body_bytes=8388608", "--limit", "message_chars=8000000", *options],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -107,14 +121,15 @@ def serve_side(texts: list[str], concurrency: int, max_tokens: int):
         wait_up(url, server)
         client = openai.OpenAI(base_url=url, api_key="none", timeout=600)
         result = load(client, "tutor", texts, concurrency, max_tokens)
-        many_clients(client, texts, Path(log_root))
-        responsiveness(url, texts[0])
-        one = lambda: ask(client, "tutor", texts[0], max_tokens)[1]  # noqa: E731
-        disconnects(url, texts[0], concurrency, Path(log_root), one(), one)
+        if cases:
+            many_clients(client, texts, Path(log_root))
+            responsiveness(url, texts[0])
+            one = lambda: ask(client, "tutor", texts[0], max_tokens)[1]  # noqa: E731
+            disconnects(url, texts[0], concurrency, Path(log_root), one(), one)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return result
+    return result, logged(Path(log_root))
 
 
 def logged(log_root: Path) -> list[dict]:
@@ -278,19 +293,74 @@ def peer_side(texts: list[str], max_tokens: int) -> tuple[list[str], list[float]
     return replies, lat, n, time.perf_counter() - t0
 
 
+def heads_release(round_dir: Path) -> tuple[Path, Path]:
+    """A throwaway release of the round's adapter, heads included, with the tutor's stable
+    metadata, under the project's tmp/ (serve refuses adapters outside the project), and a routing
+    file serving it as the tutor's stable version: (its directory, the routing file)."""
+    from loraloop.lm.mtp import HEADS_FILE
+
+    adapter = round_dir / read_json(round_dir / "ROUND.json")["adapter"]
+    if not (adapter / HEADS_FILE).is_file():
+        sys.exit(f"{adapter} has no {HEADS_FILE}: train the round with train.mtp_heads > 1")
+    (ROOT / "tmp").mkdir(exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=ROOT / "tmp"))
+    version = home / "tutor/versions/tutor-v0.99"  # serve reads <release>/versions/<version>/adapter
+    shutil.copytree(adapter, version / "adapter")
+    shutil.copy(tutor_adapter()[0].parent / "metadata.yaml", version / "metadata.yaml")
+    routing = read_json(ROOT / "models/routing.json")
+    stable = {"adapter": (version / "adapter").relative_to(ROOT).as_posix(), "version": version.name}
+    routing["tutor"].update(stable=stable, canary=None, canary_share=0.0)
+    (home / "routing.json").write_text(json.dumps(routing, indent=2))
+    return home, home / "routing.json"
+
+
+def compare_speculative(args, texts: list[str]) -> None:
+    """loraloop serve drafting with the round's heads (--speculative on) against the same server
+    not drafting, at 1 client and at --concurrency: latency, throughput, the same replies, and how
+    many requests were drafted (serve drafts for a request alone in its batch)."""
+    home, routing = heads_release(args.speculative)
+    try:
+        for clients in map(int, (args.clients or f"1,{args.concurrency}").split(",")):
+            options = {mode: ("--routing", str(routing), "--speculative", mode) for mode in ("off", "on")}
+            sides = {mode: serve_side(texts, clients, args.max_tokens, opts, False) for mode, opts in options.items()}
+            (off, _), (on, rows) = sides["off"], sides["on"]
+            drafted = [r["speculative"] for r in rows if r.get("event") == "completion" and "speculative" in r]
+            same = sum(a == b for a, b in zip(on[0], off[0]))
+            for mode, ((_, lat, tok, wall), _) in sides.items():
+                print(
+                    f"{clients:2d} clients, --speculative {mode:3}: latency p50 {quantile(lat, 0.5):6.2f} s  "
+                    f"p95 {quantile(lat, 0.95):6.2f} s  {tok / wall:7.1f} tokens/s"
+                )
+            forwards = sum(d["forwards"] for d in drafted)
+            per_forward = sum(d["tokens"] for d in drafted) / forwards if forwards else float("nan")
+            print(
+                f"{clients:2d} clients: drafted {len(drafted)} of {len(texts)} requests + 1 warm-up (each alone in "
+                "its batch), "
+                f"{per_forward:.2f} tokens per forward; same replies: {same}/{len(texts)}; latency p50 "
+                f"{quantile(off[1], 0.5) / quantile(on[1], 0.5):.2f}x lower, "
+                f"throughput {tok_rate(on) / tok_rate(off):.2f}x"
+            )
+    finally:
+        shutil.rmtree(home)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--peers", default="vllm,hf", help="comma-separated: vllm, hf")
+    ap.add_argument("--speculative", type=Path, default=None, help="a round's directory with multi-token heads")
+    ap.add_argument("--clients", default=None, help="with --speculative: client counts (default 1,<concurrency>)")
     args = ap.parse_args()
     if not (ROOT / "models/routing.json").is_file():
         sys.exit("no releases to serve: run `make demo` first")
     rows = load_split(ROOT / "data/lineages/tutor", "eval")
     texts = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in rows][: args.requests]
     print(f"{len(texts)} requests, {args.concurrency} concurrent clients, max_tokens {args.max_tokens}, greedy")
-    sides = {"loraloop serve (HTTP, batched)": serve_side(texts, args.concurrency, args.max_tokens)}
+    if args.speculative is not None:
+        return compare_speculative(args, texts)
+    sides = {"loraloop serve (HTTP, batched)": serve_side(texts, args.concurrency, args.max_tokens)[0]}
     peers = args.peers.split(",")
     if "vllm" in peers and (vllm := vllm_side(texts, args.concurrency, args.max_tokens)) is not None:
         sides["vLLM OpenAI server (HTTP)"] = vllm

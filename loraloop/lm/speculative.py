@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from .cpu_matmul import cpu_linears
 from .generate import Generation, nucleus, stop_ids
 from .loss import causal_lm
 from .mtp import MTPHeads
@@ -118,9 +119,9 @@ class Decoding:
             return int(logits.argmax(-1))
         return draw(target(logits, self.temperature, self.top_p), self.gen)
 
-    def drafts(self, heads: MTPHeads, out_layer, h: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
-        """A draft per head, and (sampling) the distributions they were drawn from."""
-        logits = torch.stack([out_layer(heads(h, k)) for k in range(1, len(heads) + 1)])
+    def drafts(self, logits: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
+        """A draft per head from its logits (draft_logits, n rows), and (sampling) the
+        distributions they were drawn from."""
         if self.greedy:
             return logits.argmax(-1).tolist(), None
         q = target(logits, self.temperature, self.top_p)
@@ -137,6 +138,13 @@ class Decoding:
         return verify_sampled(target(logits, self.temperature, self.top_p), q, drafts, self.gen)
 
 
+def draft_logits(heads: MTPHeads, out_layer, h: torch.Tensor) -> torch.Tensor:
+    """Every head's logits at hidden states h ([..., hidden] -> [..., heads, vocab]), in one
+    product with the output layer for all heads and rows: it streams the vocabulary's weights once,
+    not once per head and row (2.6 against 7.9 ms for two heads, one row, SmolLM2 on this CPU)."""
+    return out_layer(torch.stack([heads(h, k) for k in range(1, len(heads) + 1)], -2))
+
+
 @dataclass
 class _Row:
     """One prompt being drafted for (alone, or a row of a batch): its tokens, its drafts."""
@@ -148,10 +156,10 @@ class _Row:
     live: bool
 
     @classmethod
-    def start(cls, how: Decoding, heads: MTPHeads, out_layer, h: torch.Tensor, stop: set[int], max_new_tokens: int):
-        """A row from the prompt's last hidden state: its first token, and the drafts after it."""
-        first = how.first(out_layer(h))
-        return cls(how, [first], *how.drafts(heads, out_layer, h), live=first not in stop and max_new_tokens > 1)
+    def start(cls, how: Decoding, logits: torch.Tensor, drafting: torch.Tensor, stop: set[int], max_new_tokens: int):
+        """A row from the logits at the prompt's last token and its heads' (draft_logits there)."""
+        first = how.first(logits)
+        return cls(how, [first], *how.drafts(drafting), live=first not in stop and max_new_tokens > 1)
 
 
 @torch.inference_mode()
@@ -175,7 +183,7 @@ def decode_one(
     dev, n, cache = next(model.parameters()).device, len(heads), DynamicCache()
     h = decoder(input_ids=torch.tensor([ids], device=dev), past_key_values=cache, use_cache=True)
     h = h.last_hidden_state[0, -1]
-    r = _Row.start(how, heads, out_layer, h, stop, max_new_tokens)
+    r = _Row.start(how, out_layer(h), draft_logits(heads, out_layer, h), stop, max_new_tokens)
     heard, halted = on_token or (lambda token: None), halt or (lambda: False)
     heard(r.made[0])
     while r.live and not halted():
@@ -183,7 +191,7 @@ def decode_one(
         hidden = decoder(input_ids=step, past_key_values=cache, use_cache=True).last_hidden_state[0]
         a = _advance(r, out_layer(hidden), stats, max_new_tokens, stop, heard, halted)
         crop_to(cache, cache.get_seq_length() - (n - a))  # the rejected drafts' columns
-        r.drafts, r.q = how.drafts(heads, out_layer, hidden[a])
+        r.drafts, r.q = how.drafts(draft_logits(heads, out_layer, hidden[a]))
     stats.tokens += len(r.made)
     return r.made
 
@@ -228,7 +236,8 @@ def decode_batch(
     decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
     dev, n, cache = next(model.parameters()).device, len(heads), DynamicCache()
     h, real, seen = _prefill_rows(decoder, prompts, dev, cache)  # seen: each row's next position
-    rows = [_Row.start(how, heads, out_layer, h[b], stop, max_new_tokens) for b, how in enumerate(hows)]
+    firsts, drafting = out_layer(h), draft_logits(heads, out_layer, h)
+    rows = [_Row.start(how, firsts[b], drafting[b], stop, max_new_tokens) for b, how in enumerate(hows)]
     while any(r.live for r in rows):
         step = torch.tensor([[r.made[-1], *r.drafts] for r in rows])
         real = torch.cat([real, torch.ones((len(rows), n + 1), dtype=torch.bool)], -1)
@@ -239,7 +248,7 @@ def decode_batch(
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
-        logits = out_layer(hidden)
+        logits, after = out_layer(hidden), {}  # after: a live row -> its hidden state after its kept drafts
         for b, r in enumerate(rows):
             if not r.live:
                 real[b, -(n + 1) :] = False
@@ -247,7 +256,12 @@ def decode_batch(
             a = _advance(r, logits[b], stats[b], max_new_tokens, stop)
             real[b, real.shape[1] - n + a :] = False  # the rejected drafts' columns
             seen[b] += 1 + a
-            r.drafts, r.q = r.how.drafts(heads, out_layer, hidden[b, a])
+            if r.live:
+                after[b] = hidden[b, a]
+        if after:  # every live row's next drafts in one product (a finished row's are never read)
+            drafting = draft_logits(heads, out_layer, torch.stack(list(after.values())))
+            for b, row_logits in zip(after, drafting):
+                rows[b].drafts, rows[b].q = rows[b].how.drafts(row_logits)
     for st, r in zip(stats, rows):
         st.tokens += len(r.made)
     return [r.made for r in rows]
@@ -301,19 +315,20 @@ def generate_speculative(
     heads = heads.to(out_layer.weight.device, out_layer.weight.dtype)
     total, made = SpecStats.for_heads(len(heads)), []
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=desc is None)
-    for start in range(0, len(prompts), batch_size):
-        part = prompts[start : start + batch_size]
-        hows = [Decoding.seeded(temperature, top_p, seeds[start + i] if seeds else None) for i in range(len(part))]
-        stats = [SpecStats.for_heads(len(heads)) for _ in part]
-        if len(part) == 1:
-            made.append(decode_one(model, heads, part[0], max_new_tokens, stop, stats[0], hows[0]))
-        else:
-            made += decode_batch(model, heads, part, max_new_tokens, stop, stats, hows)
-        for st in stats:
-            total.add(st)
-        if each is not None:
-            each.extend(stats)
-        bar.update(len(part))
+    with cpu_linears(model):  # the sampler's CPU matmuls: decode steps on weights packed once
+        for start in range(0, len(prompts), batch_size):
+            part = prompts[start : start + batch_size]
+            hows = [Decoding.seeded(temperature, top_p, seeds[start + i] if seeds else None) for i in range(len(part))]
+            stats = [SpecStats.for_heads(len(heads)) for _ in part]
+            if len(part) == 1:
+                made.append(decode_one(model, heads, part[0], max_new_tokens, stop, stats[0], hows[0]))
+            else:
+                made += decode_batch(model, heads, part, max_new_tokens, stop, stats, hows)
+            for st in stats:
+                total.add(st)
+            if each is not None:
+                each.extend(stats)
+            bar.update(len(part))
     bar.close()
     return made, total
 
