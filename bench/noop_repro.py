@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from loraloop.history import homes  # noqa: E402
-from loraloop.params import RETIRED, RETIRED_KEY  # noqa: E402
+from loraloop.history import workspace_at  # noqa: E402
+from loraloop.params import RETIRED, RETIRED_KEY, Params, RetiredSpec  # noqa: E402
 
 
 def widen(params: dict, lineages: int, rounds: int, retired: int) -> tuple[dict, dict]:
@@ -60,24 +60,26 @@ def widen(params: dict, lineages: int, rounds: int, retired: int) -> tuple[dict,
     return params, archives
 
 
-def write_archives(repo: Path, archives: dict, unpacked: bool = False) -> None:
+def write_archives(repo: Path, params: dict, archives: dict, unpacked: bool = False) -> None:
     """retired/<lineage>.dvc as `loraloop round retire` leaves it, with a placeholder model, data
     directory and metrics per round: the round the lineage's first active round starts from at its
     stage paths, the others packed into retired/<lineage>/ (all at their stage paths if `unpacked`,
     as retirement laid them out before packing)."""
+    retired = {r: RetiredSpec.model_validate(spec) for rounds in archives.values() for r, spec in rounds.items()}
+    ws = workspace_at(repo, Params.model_validate(params, context={"retired": retired}))
     for lineage, rounds in archives.items():
         if not rounds:
             continue
         outs, last = [], list(rounds)[-1]
         for r in rounds:
             in_place = unpacked or r == last
-            for here, inside in homes(repo, lineage, r)[:2]:  # model and data (no critic)
-                d = here if in_place else inside
+            model, data = (pair[not in_place] for pair in ws.homes(lineage, r)[:2])  # no critic
+            for d in (model, data):
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "placeholder.json").write_text("{}\n")
                 if in_place:
                     outs.append({"path": Path("..", d.relative_to(repo)).as_posix()})
-            (homes(repo, lineage, r)[0][0 if in_place else 1] / "ROUND.json").write_text('{"adapter_hash": null}\n')
+            (model / "ROUND.json").write_text('{"adapter_hash": null}\n')
             (repo / "metrics" / lineage).mkdir(parents=True, exist_ok=True)
             (repo / "metrics" / lineage / f"eval_{r}.json").write_text("{}\n")
             rounds[r] = {**rounds[r], **({} if in_place else {"packed": True})}
@@ -149,7 +151,7 @@ def build(repo: Path, lineages: int, rounds: int, retired: int, before: bool = F
     dvc = str(BIN / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.autostage", "false"]):
         subprocess.run(cmd, cwd=repo, check=True)
-    write_archives(repo, archives, unpacked)  # params.yaml's rounds start from the retired ones
+    write_archives(repo, params, archives, unpacked)  # params.yaml's rounds start from the retired ones
     loraloop = [str(BIN / "loraloop"), "params", "--out", "params"]
     done = subprocess.run(loraloop, cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:

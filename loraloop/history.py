@@ -31,7 +31,6 @@ from .workspace import (
     BASE,
     CRITICS,
     METRICS,
-    PACKED,
     RELEASES,
     ROUNDS,
     ROUNDS_DATA,
@@ -51,7 +50,14 @@ def archive_file(root: Path, lineage: str) -> Path:
 def workspace_at(root: Path, params: Params) -> Workspace:
     """The project's layout under `root` (dvc.yaml's paths)."""
     return Workspace(
-        params, root / BASE, root / ROUNDS, root / ROUNDS_DATA, root / METRICS, root / VIEWS, critics=root / CRITICS
+        params,
+        root / BASE,
+        root / ROUNDS,
+        root / ROUNDS_DATA,
+        root / METRICS,
+        root / VIEWS,
+        critics=root / CRITICS,
+        retired=root / RETIRED,
     )
 
 
@@ -150,17 +156,6 @@ def write_archive(root: Path, lineage: str, doc: dict) -> None:
     path.write_text(head + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def homes(root: Path, lineage: str, round_id: str) -> list[tuple[Path, Path]]:
-    """A retired round's directories: (at its stage path, packed) for its model, data and critic."""
-    packed = Path(root) / RETIRED / lineage / round_id
-    in_place = (
-        Path(root) / ROUNDS / round_id,
-        Path(root) / ROUNDS_DATA / lineage / round_id,
-        Path(root) / CRITICS / round_id,
-    )
-    return [(here, packed / part) for here, part in zip(in_place, PACKED)]
-
-
 def arrange(root: Path, params_file: Path, lineage: str, keep: frozenset[str] = frozenset()) -> None:
     """The lineage's retired rounds laid out for the fewest DVC outputs: those no active round
     starts from (nor `keep` names) packed into retired/<lineage>/, one output however many there
@@ -168,13 +163,14 @@ def arrange(root: Path, params_file: Path, lineage: str, keep: frozenset[str] = 
     commits them (the files are already in the cache: nothing is copied)."""
     root = Path(root)
     params = load_params(params_file)
+    ws = workspace_at(root, params)
     needed = {spec.prev for spec in params.rounds.values()} | set(keep)
     doc = read_archive(root, lineage)
     listed, in_place, left, came_back = doc["meta"][RETIRED_KEY], [], [], []
     for round_id in params.retired_of(lineage):
         pack = round_id not in needed
         if bool(listed[round_id].get("packed")) != pack:
-            for here, inside in homes(root, lineage, round_id):
+            for here, inside in ws.homes(lineage, round_id):
                 src, dst = (here, inside) if pack else (inside, here)
                 if src.exists():
                     move(src, dst)
@@ -183,7 +179,7 @@ def arrange(root: Path, params_file: Path, lineage: str, keep: frozenset[str] = 
             listed[round_id]["packed"] = True
         else:
             listed[round_id].pop("packed", None)
-            in_place += [here for here, _ in homes(root, lineage, round_id) if here.exists()]
+            in_place += [here for here, _ in ws.homes(lineage, round_id) if here.exists()]
     pack_dir = root / RETIRED / lineage
     prune(pack_dir)
     packed = [pack_dir] if pack_dir.is_dir() else []

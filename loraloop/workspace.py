@@ -208,9 +208,7 @@ class Workspace:
                 )
         elif lineage is None:
             raise ValueError("the base round needs a lineage")
-        model, data, critic = self.rounds / round_id, self.rounds_data / lineage / round_id, self.critics / round_id
-        if packed:
-            model, data, critic = (self.retired / lineage / round_id / part for part in PACKED)
+        model, data, critic = (pair[packed] for pair in self.homes(lineage, round_id))
         return Round(
             round_id,
             lineage,
@@ -221,6 +219,12 @@ class Workspace:
             prev=prev,
             critic=None if round_id == "base" else critic,
         )
+
+    def homes(self, lineage: str, round_id: str) -> list[tuple[Path, Path]]:
+        """A round's model, data and critic directories: (at its stage paths, packed under
+        retired/<lineage>/<round>/ once retired with no active round starting from it)."""
+        here = (self.rounds / round_id, self.rounds_data / lineage / round_id, self.critics / round_id)
+        return [(h, self.retired / lineage / round_id / part) for h, part in zip(here, PACKED)]
 
     def judge(self, lineage: str) -> Path:
         """The lineage's learned reward model."""

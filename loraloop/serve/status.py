@@ -225,7 +225,8 @@ def stale_stages(root: Path) -> Stale:
         changed |= {s.addressing for s in graph.nodes if stage_kind(s) in kinds}
     keys = {}
     if PARAMS_STAGE in changed:  # and params.yaml: which stages read the keys that moved is ours too
-        keys = {s: k for s, k in moved_params(root).items() if s in {n.addressing for n in graph.nodes}}
+        names = {n.addressing for n in graph.nodes}
+        keys = {s: k for s, k in moved_params(root).items() if s in names}
         changed |= set(keys)
     stale = [s for s in graph.nodes if s.addressing in changed]
     would_run = {s.addressing for s in stale}
