@@ -301,6 +301,9 @@ class TrainParams(Section):
     mtp_weight: float = Field(0.3, ge=0)
     mtp_decay: float = Field(0.8, gt=0, le=1)
     mtp_joint: bool = False
+    # Steps of the heads alone after the adapter's, on the finished adapted model's hidden states
+    # (train/heads.py: the loop's few steps leave new heads far from trained); 0: none.
+    mtp_head_steps: int = Field(0, ge=0)
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -325,6 +328,8 @@ class TrainParams(Section):
             )
         if self.method == "dpo" and self.mtp_heads > 1:
             raise ValueError("mtp_heads train on the SFT loss's targets; with method: dpo, set mtp_heads: 1")
+        if self.mtp_head_steps and self.mtp_heads > 1 and self.num_processes > 1:
+            raise ValueError("mtp_head_steps runs in one process; with num_processes > 1, set 0")
         if self.reference == "start" and self.init == "fresh":
             raise ValueError(
                 "reference: start is the adapter the round starts from (init: prev); a fresh "

@@ -125,6 +125,15 @@ def test_a_round_trains_heads_beside_its_adapter(project):
     assert problems(adapter_config(heads / "adapter")) == []  # what vLLM serves is unchanged
     assert "mtp" not in read_json(plain / "ROUND.json")["train"]
 
+    # The heads' own steps after the adapter's: the adapter as it was, the heads further on.
+    alone = run_round(small_params(init="fresh", mtp_heads=3, mtp_head_steps=12), project, "tutor-r1", out_name="mtp_a")
+    assert (alone / adapter).read_bytes() == (plain / adapter).read_bytes()
+    assert (alone / info["file"]).read_bytes() != (heads / info["file"]).read_bytes()
+    trained = read_json(alone / "ROUND.json")["train"]["mtp"]
+    assert trained["head_steps"] == 12 and "head_steps" not in info
+    first, last = trained["head_loss"]
+    assert last < first
+
     joint = run_round(small_params(init="fresh", mtp_heads=3, mtp_joint=True), project, "tutor-r1", out_name="mtp_j")
     assert (joint / adapter).read_bytes() != (plain / adapter).read_bytes()
     zero = small_params(init="fresh", mtp_heads=3, mtp_joint=True, mtp_weight=0.0)
@@ -161,6 +170,22 @@ def test_heads_are_sft_only():
 
     with pytest.raises(ValueError, match="mtp_heads"):
         TrainParams(method="dpo", mtp_heads=2)
+    with pytest.raises(ValueError, match="mtp_head_steps runs in one process"):
+        TrainParams(mtp_heads=3, mtp_head_steps=8, num_processes=2)
+    TrainParams(mtp_heads=1, mtp_head_steps=8, num_processes=2)  # no heads: nothing to run
+
+
+def test_head_steps_pass_over_every_example_in_fixed_batches():
+    import random
+
+    from loraloop.train.heads import head_batches
+
+    plan = head_batches(10, 4, 9, random.Random("s"))
+    assert len(plan) == 9 and plan == head_batches(10, 4, 9, random.Random("s"))
+    first_pass = plan[:3]
+    assert sorted(i for b in first_pass for i in b) == list(range(10))
+    assert {tuple(b) for b in plan} == {tuple(b) for b in first_pass}  # the same batches, reordered
+    assert plan[3:6] != first_pass or plan[6:] != first_pass
 
 
 def draft_and_verify(p: torch.Tensor, q: torch.Tensor, trials: int, seed: int) -> tuple[list[list[int]], list[int]]:

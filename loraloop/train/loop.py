@@ -29,6 +29,7 @@ from ..workspace import Base, Round
 from .checkpoints import save_checkpoint
 from .data import Inputs
 from .errors import lr_at, not_finite, out_of_memory
+from .heads import train_heads_alone
 from .model import stable_adapter_config
 from .setup import Run, setup
 
@@ -107,7 +108,8 @@ def train_loop(r: Run, stop_after: int | None) -> dict:
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after step {done} (stop_after)")
     seconds = time.perf_counter() - t0
-    stats = finish(r, r.tokens_before + n_tokens, step_loss, eval_loss)
+    alone = train_heads_alone(r) if r.heads is not None and tp.mtp_head_steps else {}
+    stats = finish(r, r.tokens_before + n_tokens, step_loss, eval_loss, alone)
     if not stats:
         return {}
     return {
@@ -179,8 +181,9 @@ def judged_by(scored: Path) -> dict:
     return {"judge": judge} if judge else {}
 
 
-def finish(r: Run, tokens: int, final_loss: float | None, eval_loss: float | None) -> dict:
-    """Gather the adapter, write it with its curves and ROUND.json; drop the checkpoint."""
+def finish(r: Run, tokens: int, final_loss: float | None, eval_loss: float | None, alone: dict) -> dict:
+    """Gather the adapter, write it with its curves and ROUND.json (`alone`: what the heads' own
+    steps report); drop the checkpoint."""
     r.acc.wait_for_everyone()
     # Gathered from every process under FSDP / DeepSpeed; named as the PeftModel names them. Only
     # the trained adapter is written: the reference adapter (train.reference: start) is not.
@@ -199,7 +202,7 @@ def finish(r: Run, tokens: int, final_loss: float | None, eval_loss: float | Non
         )
         stable_adapter_config(tmp / "adapter" / "adapter_config.json")
         if heads:
-            stats["mtp"] = save_heads(r, heads, tmp / "adapter")
+            stats["mtp"] = {**save_heads(r, heads, tmp / "adapter"), **alone}
         write_json(
             tmp / "ROUND.json",
             {
