@@ -30,7 +30,9 @@ With --speculative ROUND_DIR (a round trained with train.mtp_heads > 1), greedy 
 round's adapter: self-speculative with its heads (lm/speculative.py) against loraloop's sampler at
 each of --speculative-batches (1,8,64: rows of a batch accept different numbers of drafts), on the
 first max(batch, --few) prompts, and transformers' `generate` one prompt at a time on the first
---few; texts compared, acceptance per head and tokens per forward printed per side.
+--few; texts compared, acceptance per head and tokens per forward printed per side. --profile
+adds each side's top operators by own CPU time (torch.profiler), one more run each: where a
+drafting step's time goes against a plain step's.
 With --temperature > 0 as well, speculative sampling (the rejection rule) against the sampler at
 that temperature and --top-p: the texts are other draws from the same distribution, so only the
 speed, the acceptance and the tokens per forward are compared.
@@ -325,6 +327,26 @@ def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
     if t == 0 and "speculative, batch 1" in speed:
         ratio = speed["speculative, batch 1"] / speed["generate, one at a time"]
         print(f"ratio speculative, batch 1 vs generate, one at a time: {ratio:.2f}x (tokens/s)")
+    if args.profile:
+        for b in map(int, args.speculative_batches.split(",")):
+            for name in (f"speculative, batch {b}", f"sampler, batch {b}"):
+                forwards = stats[name].forwards if stats[name] is not None else None
+                profile_side(name, sides[name], sum(map(len, made[name])), forwards)
+
+
+def profile_side(name: str, fn, tokens: int, forwards: int | None, top: int = 8) -> None:
+    """Where one run of a side spends its CPU time: its top operators by own time, as shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        (_, _), seconds = timed(fn)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops) or 1
+    per = f", {forwards} forwards, {tokens / forwards:.2f} tokens each" if forwards else ""
+    print(f"profile of {name}: {seconds:.1f} s under the profiler, {tokens} tokens{per}")
+    for e in ops[:top]:
+        share = e.self_cpu_time_total / total
+        print(f"  {e.key[:44]:44s} {share:6.1%}  {e.count:7d} calls  {e.self_cpu_time_total / 1e6:6.2f} s")
 
 
 def main() -> None:
@@ -341,6 +363,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0, help="with --speculative: > 0 samples (rejection)")
     ap.add_argument("--top-p", type=float, default=0.95, help="with --speculative and --temperature > 0")
     ap.add_argument("--speculative-batches", default="1,8,64", help="with --speculative: batch sizes, comma-separated")
+    ap.add_argument("--profile", action="store_true", help="with --speculative: each side's top operators")
     ap.add_argument("--few", type=int, default=8, help="with --speculative: prompts at a batch size below this")
     ap.add_argument(
         "--peers",
