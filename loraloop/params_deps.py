@@ -23,16 +23,19 @@ from .files import read_json, write_json
 from .params import Params, load_params
 
 # kind -> the keys its stages read; {lineage} and {round} are the stage's own. A foreach stage over
-# lineages has {lineage} only; over rounds, both (the round's lineage).
+# lineages has {lineage} only; over rounds, both (the round's lineage), and its `sample` and
+# `train` are the sections with the round's own keys over them (rounds.<round>.sample / .train), so
+# a round's train keys reach the stages that read train and not its sample stage.
+ROUND = ("rounds.{round}.lineage", "rounds.{round}.prev", "rounds.{round}.start")
 READS: dict[str, tuple[str, ...]] = {
     "view": ("lineages.{lineage}.system_prompts",),
     "judge": ("seed", "judge", "score.rules", "lineages.{lineage}.rules"),
     "eval_base": ("seed", "eval", "score.rules", "train.max_length", "lineages.{lineage}"),
     "eval": ("seed", "eval", "score.rules", "train.max_length", "lineages.{lineage}"),
-    "sample": ("seed", "sample", "rounds.{round}", "lineages.{lineage}.system_prompts"),
+    "sample": ("seed", "sample", *ROUND, "lineages.{lineage}.system_prompts"),
     "score": ("score", "lineages.{lineage}.rules"),
-    "critic": ("seed", "train.token_weighting", "train.max_length", "train.critic", "rounds.{round}"),
-    "train": ("seed", "train", "rounds.{round}", "lineages.{lineage}.system_prompts"),
+    "critic": ("seed", "train.token_weighting", "train.max_length", "train.critic", *ROUND),
+    "train": ("seed", "train", *ROUND, "lineages.{lineage}.system_prompts"),
 }
 PER_LINEAGE = ("view", "judge", "eval_base")  # foreach over lineages; the others over rounds
 
@@ -64,11 +67,25 @@ def instances(params: Params) -> list[tuple[str, str, str]]:
 def slices(params: Params) -> dict[str, dict]:
     """params/<kind>/<instance>.json (relative path) -> the keys that stage reads, with their values."""
     doc = params.model_dump(mode="json")
+    own: dict[str, dict] = {}  # round -> the document as its stages read it
     out = {}
     for kind, name, lineage in instances(params):
         keys = [k.format(lineage=lineage, round=name) for k in READS[kind]]
-        out[f"{kind}/{name}.json"] = {key: lookup(doc, key) for key in keys}
+        if kind in PER_LINEAGE:
+            source = doc
+        else:
+            source = own[name] if name in own else own.setdefault(name, as_round_reads(doc, params, name))
+        out[f"{kind}/{name}.json"] = {key: lookup(source, key) for key in keys}
     return out
+
+
+def as_round_reads(doc: dict, params: Params, round_id: str) -> dict:
+    """The document with the round's own sample and train keys over those sections (for_round)."""
+    spec = params.rounds[round_id]
+    if not spec.sample and not spec.train:
+        return doc
+    mine = params.for_round(round_id)
+    return {**doc, "sample": mine.sample.model_dump(mode="json"), "train": mine.train.model_dump(mode="json")}
 
 
 def changed_keys(old: dict | None, new: dict) -> list[str]:

@@ -59,7 +59,14 @@ def test_every_stage_gets_a_slice_with_defaults_filled_in():
     per_lineage = sum(1 for k in params_deps.READS if k in params_deps.PER_LINEAGE)
     per_round = len(params_deps.READS) - per_lineage
     assert len(out) == per_lineage * len(lineages) + per_round * len(rounds)
-    assert set(out["train/tutor-r2.json"]) == {"seed", "train", "rounds.tutor-r2", "lineages.tutor.system_prompts"}
+    assert set(out["train/tutor-r2.json"]) == {
+        "seed",
+        "train",
+        "rounds.tutor-r2.lineage",
+        "rounds.tutor-r2.prev",
+        "rounds.tutor-r2.start",
+        "lineages.tutor.system_prompts",
+    }
     sample = out["sample/tutor-r2.json"]
     assert "max_negatives" in sample["sample"]  # a default the file does not write out
     # Writing a default out changes nothing: the slice holds the values the stage runs with.
@@ -81,11 +88,18 @@ def test_an_edit_moves_the_slices_of_the_stages_that_read_it():
     )
     gates = moved(lambda p: p["lineages"]["pirate"].update(gates={"language_compliance": {"min": 0.7}}))
     assert gates == {"eval_base@pirate"} | every("eval", rounds("pirate"))
-    assert moved(lambda p: p["rounds"]["tutor-r2"].update(train={"steps": 3})) == {
-        "sample@tutor-r2",
+    # A round's own keys move the stages that read their section, with the values they run with.
+    assert moved(lambda p: p["rounds"]["tutor-r2"].update(train={"steps": 3})) == {"train@tutor-r2"}
+    assert moved(lambda p: p["rounds"]["tutor-r2"].update(train={"critic": {"hidden": 8}})) == {
         "critic@tutor-r2",
         "train@tutor-r2",
     }
+    assert moved(lambda p: p["rounds"]["tutor-r2"].update(sample={"num_prompts": 3})) == {"sample@tutor-r2"}
+    assert moved(lambda p: p["rounds"]["pirate-r2"].update(prev="base")) == every(
+        "sample", ["pirate-r2"]
+    ) | every("critic", ["pirate-r2"]) | every("train", ["pirate-r2"])
+    # Writing out a section's own value as the round's changes nothing.
+    assert moved(lambda p: p["rounds"]["pirate-r2"].update(train={"steps": p["train"]["steps"]})) == set()
     assert moved(lambda p: p["package"].update(major=1)) == set()  # package declares its own keys
 
 
@@ -104,13 +118,13 @@ def test_run_rewrites_what_moved_and_drops_what_left(tmp_path):
     assert counts["train"] == len(raw["rounds"]) and counts["view"] == len(raw["lineages"])
     kept = out / "train/tutor-r1.json"
     stamp = kept.stat().st_mtime_ns
-    assert json.loads(kept.read_text())["rounds.tutor-r1"]["lineage"] == "tutor"
+    assert json.loads(kept.read_text())["rounds.tutor-r1.lineage"] == "tutor"
     raw["rounds"]["tutor-r2"]["train"] = {"steps": 3}
     gone = raw["rounds"].pop("pirate-r2")
     assert gone["prev"] == "pirate-r1"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
     params_deps.run(tmp_path / "params.yaml", out)
     assert kept.stat().st_mtime_ns == stamp  # unchanged bytes are not written again
-    assert json.loads((out / "train/tutor-r2.json").read_text())["rounds.tutor-r2"]["train"] == {"steps": 3}
+    assert json.loads((out / "train/tutor-r2.json").read_text())["train"]["steps"] == 3
     assert not list(out.rglob("*pirate-r2*"))
     assert load_params(tmp_path / "params.yaml").rounds.keys() == {r for r in raw["rounds"]}

@@ -111,21 +111,36 @@ def ask(client, model="tutor", text="How do I add fractions?", user="u1", opt_in
 
 def reference_reply(repo: Path, version_dir: Path, character: str, text: str) -> str:
     """The same greedy reply computed in this process from the version's adapter."""
-    import yaml
+    from loraloop.lm.model import load_tokenizer
+
+    tok = load_tokenizer(repo / "models/base")
+    return tok.decode(reference_tokens(repo, version_dir, character, [text])[0], skip_special_tokens=True).strip()
+
+
+def reference_tokens(repo: Path, version_dir: Path, character: str, texts: list[str]) -> list[list[int]]:
+    """The greedy replies' tokens (8 at most), one prompt at a time, from the version's adapter."""
     from peft import PeftModel
 
-    from loraloop.lm.chat import prompt_ids
     from loraloop.lm.generate import generate
     from loraloop.lm.model import load_base, load_tokenizer
 
-    meta = yaml.safe_load((version_dir / "metadata.yaml").read_text())
     tok = load_tokenizer(repo / "models/base")
     model = PeftModel.from_pretrained(load_base(repo / "models/base"), version_dir / "adapter")
+    made, greedy = [[] for _ in texts], dict(max_new_tokens=8, temperature=0, top_p=1, seed=0, desc="")
+    prompts = [character_prompt(tok, version_dir, character, t) for t in texts]
+    generate(model, tok, prompts, batch_size=1, on_token=lambda i, t: made[i].append(t), **greedy)
+    return made
+
+
+def character_prompt(tok, version_dir: Path, character: str, text: str) -> list[int]:
+    """A user's message to the character, in the version's system prompt, as the server asks it."""
+    import yaml
+
+    from loraloop.lm.chat import prompt_ids
+
+    meta = yaml.safe_load((version_dir / "metadata.yaml").read_text())
     msgs = [{"role": "system", "content": meta["system_prompts"][character]}, {"role": "user", "content": text}]
-    gen = generate(
-        model, tok, [prompt_ids(tok, msgs)], batch_size=1, max_new_tokens=8, temperature=0, top_p=1, seed=0, desc=""
-    )
-    return gen.texts[0]
+    return prompt_ids(tok, msgs)
 
 
 def test_models_list_routes_and_versions(served):
@@ -364,6 +379,49 @@ def test_logs_are_read_from_a_day_on(tmp_path):
     write_lines(tmp_path / "monitor.jsonl", [{"day": None}])  # not a day file: always read
     assert [r["day"] for r in read_rows(tmp_path, since_day="2026-02-01")] == ["2026-02-01", "2026-03-01", None]
     assert len(list(read_rows(tmp_path))) == 4
+
+
+def test_requests_batched_together_are_drafted_row_by_row(tiny_fleet, tmp_path):
+    """Engine, speculative on: requests that arrive together are drafted as rows of one batch,
+    each row keeping its own drafts: greedy replies are what each gets alone without drafting,
+    a halted row ends where it was halted while the others go on, and each records its counts."""
+    from loraloop.lm import mtp
+    from loraloop.serve.engine import Engine, Job
+
+    repo = tiny_fleet[0]
+    version = repo / "models/release/tutor/versions/tutor-v0.1"
+    adapter = tmp_path / "adapter"
+    shutil.copytree(version / "adapter", adapter)
+    heads = mtp.MTPHeads(read_json(repo / "models/base/config.json")["hidden_size"], 2)
+    with torch.no_grad():
+        for param in heads.parameters():
+            param.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
+    mtp.save(heads, adapter / mtp.HEADS_FILE)
+    texts = ["How do I add fractions?", "What is a prime?", "Why is the sky blue, and why at noon?"]
+    want = reference_tokens(repo, version, "tutor", texts)
+    engine = Engine(repo / "models/base", batch_size=4, batch_wait=1.0, speculative="on")
+    try:
+        ids = [character_prompt(engine.tok, version, "tutor", t) for t in texts]
+        done = [threading.Event() for _ in texts]
+
+        def job(i: int) -> Job:
+            def heard(token: int, i=i) -> None:
+                if i == 2 and len(jobs[2].tokens) >= 3:
+                    jobs[2].halted = True  # as the server does when a client leaves
+
+            return Job(ids[i], adapter, 8, 0.0, 1.0, 0, heard, lambda exc, i=i: done[i].set())
+
+        jobs = [job(i) for i in range(3)]
+        for j in jobs:
+            engine.submit(j)
+        assert all(d.wait(120) for d in done)
+    finally:
+        engine.close()
+    assert engine.batches == 1 and engine.batched == 3 and engine.drafted == 3
+    for i in (0, 1):
+        assert jobs[i].tokens == want[i]
+        assert jobs[i].speculative["tokens"] == len(jobs[i].tokens) and len(jobs[i].speculative["acceptance"]) == 2
+    assert jobs[2].tokens == want[2][:3] and jobs[2].speculative["tokens"] == 3
 
 
 def test_a_release_with_heads_is_served_drafting_with_them(tiny_fleet, tmp_path):

@@ -49,9 +49,9 @@ class Job:
 
 class Engine:
     def __init__(self, base_dir: Path, batch_size: int = 16, batch_wait: float = 0.01, speculative: str = "auto"):
-        # Draft with a release's multi-token heads (lm/speculative.py) when a batch holds one request:
-        # on: wherever the adapter has heads; auto: there, on a GPU (on a CPU drafting did not pay,
-        # README: Multi-token heads); off: never.
+        # Draft with a release's multi-token heads (lm/speculative.py), a batch's rows each keeping
+        # its own drafts: on: wherever the adapter has heads; auto: there, on a GPU (on a CPU
+        # drafting did not pay in batches, README: Multi-token heads); off: never.
         self.speculative = speculative == "on" or (speculative == "auto" and torch.cuda.is_available())
         self.heads: dict[str, object] = {}  # adapter directory -> its heads, or None
         self.drafted = 0  # requests answered with drafting
@@ -150,8 +150,8 @@ class Engine:
                     on_token=lambda t: heard(0, t),
                     halt=lambda: ended_early(first),
                 )
-            elif len(group) == 1 and self._heads(first.adapter) is not None:
-                self._draft(first, heard)
+            elif self._heads(first.adapter) is not None:
+                self._draft(group, heard)
             else:
                 with torch.inference_mode():
                     generate(
@@ -189,20 +189,28 @@ class Engine:
             from ..lm import mtp
 
             path = Path(adapter) / mtp.HEADS_FILE
-            self.heads[key] = mtp.load(path) if path.is_file() else None
+            out = self.base.get_output_embeddings().weight  # the heads run where and as the model does
+            self.heads[key] = mtp.load(path).to(out.device, out.dtype) if path.is_file() else None
         return self.heads[key]
 
-    def _draft(self, job: Job, heard: Callable[[int, int], None]) -> None:
-        """One request, its heads drafting and the adapted model verifying (same greedy text;
-        sampled text from the same distribution, lm/speculative.py)."""
-        from ..lm.speculative import Decoding, SpecStats, decode_one
+    def _draft(self, group: list[Job], heard: Callable[[int, int], None]) -> None:
+        """The group's requests, their heads drafting and the adapted model verifying, one alone or
+        several rows of a batch, each keeping its own drafts (same greedy text; sampled text from
+        the same distribution, lm/speculative.py)."""
+        from ..lm.speculative import Decoding, SpecStats, decode_batch, decode_one
 
-        heads = self._heads(job.adapter)
-        how, stats = Decoding.seeded(job.temperature, job.top_p, job.seed), SpecStats.for_heads(len(heads))
-        on_token, halt = (lambda t: heard(0, t)), (lambda: ended_early(job))
-        decode_one(self.model, heads, job.prompt, job.max_tokens, self.stop, stats, how, on_token, halt)
-        job.speculative = stats.summary()
-        self.drafted += 1
+        heads, first = self._heads(group[0].adapter), group[0]
+        hows = [Decoding.seeded(j.temperature, j.top_p, j.seed) for j in group]
+        stats = [SpecStats.for_heads(len(heads)) for _ in group]
+        if len(group) == 1:
+            on_token, halt = (lambda t: heard(0, t)), (lambda: ended_early(first))
+            decode_one(self.model, heads, first.prompt, first.max_tokens, self.stop, stats[0], hows[0], on_token, halt)
+        else:
+            prompts, halt = [j.prompt for j in group], (lambda i: ended_early(group[i]))
+            decode_batch(self.model, heads, prompts, first.max_tokens, self.stop, stats, hows, heard, halt)
+        for job, st in zip(group, stats):
+            job.speculative = st.summary()
+        self.drafted += len(group)
 
 
 def stop_in_tail(tok, tokens: list[int], stops: list[str]) -> bool:
