@@ -317,7 +317,7 @@ def heads_release(round_dir: Path) -> tuple[Path, Path]:
 def compare_speculative(args, texts: list[str]) -> None:
     """loraloop serve drafting with the round's heads (--speculative on) against the same server
     not drafting, at 1 client and at --concurrency: latency, throughput, the same replies, and how
-    many requests were drafted (serve drafts for a request alone in its batch)."""
+    many requests were drafted and their tokens per forward."""
     home, routing = heads_release(args.speculative)
     try:
         for clients in map(int, (args.clients or f"1,{args.concurrency}").split(",")):
@@ -334,8 +334,7 @@ def compare_speculative(args, texts: list[str]) -> None:
             forwards = sum(d["forwards"] for d in drafted)
             per_forward = sum(d["tokens"] for d in drafted) / forwards if forwards else float("nan")
             print(
-                f"{clients:2d} clients: drafted {len(drafted)} of {len(texts)} requests + 1 warm-up (each alone in "
-                "its batch), "
+                f"{clients:2d} clients: drafted {len(drafted)} of {len(texts)} requests + 1 warm-up, "
                 f"{per_forward:.2f} tokens per forward; same replies: {same}/{len(texts)}; latency p50 "
                 f"{quantile(off[1], 0.5) / quantile(on[1], 0.5):.2f}x lower, "
                 f"throughput {tok_rate(on) / tok_rate(off):.2f}x"

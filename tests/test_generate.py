@@ -360,3 +360,22 @@ def test_models_with_sliding_window_attention_are_refused_not_sampled_wrongly(ti
             progress=False,
         ).texts
     ) == len(prompts)
+
+
+@pytest.mark.parametrize("rows_of_mask", [1, 3])
+def test_grouped_attention_is_attention_over_repeated_keys(rows_of_mask):
+    """grouped_sdpa (a drafting step's few query tokens over a grouped-query cache, keys not
+    repeated) gives what SDPA over keys and values repeated per query head gives, under a mask
+    that hides different columns per row and per query token."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from loraloop.lm.kv_cache import grouped_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=g) for shape in ((3, 6, 4, 8), (3, 2, 11, 8), (3, 2, 11, 8)))
+    seen = torch.rand((rows_of_mask, 1, 4, 11), generator=g) > 0.3
+    seen[..., 0] = True  # every query sees a column
+    want = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=seen)
+    got = grouped_sdpa(q, k, v, seen, None)
+    assert got.shape == (3, 4, 6, 8)
+    torch.testing.assert_close(got, want.transpose(1, 2))

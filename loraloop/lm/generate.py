@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .cpu_matmul import cpu_linears
-from .kv_cache import batch_cache, ragged_attention, reserved_layer_class
+from .kv_cache import batch_cache, ragged, reserved_layer_class
 from .prefill import common_prefix, prefill
 
 
@@ -353,17 +353,6 @@ class _Progress(contextlib.AbstractContextManager):
         self.bar.close()
 
 
-@contextlib.contextmanager
-def _ragged(model):
-    """The model attends with ragged_attention inside, as it did before on exit."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation(ragged_attention())
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
-
-
 @torch.inference_mode()
 def generate(
     model,
@@ -413,7 +402,7 @@ def generate(
         halt=None if halt is None else (lambda j: halt(order[j])),
     )
     tails = [prompts[i][shared:] for i in order]
-    with _ragged(model), cpu_linears(model), bar:
+    with ragged(model), cpu_linears(model), bar:
         made = _decode(model, tails, shared, prefix_cache, tok.pad_token_id, pick, **decoding)
     texts = dict(zip(order, (tok.decode(ids, skip_special_tokens=True).strip() for ids in made)))
     return Generation(texts=[texts[i] for i in range(len(prompts))], seeds=seeds, n_tokens=sum(map(len, made)))

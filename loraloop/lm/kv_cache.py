@@ -4,6 +4,7 @@ groups that each attend only over the cache columns they use."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -61,19 +62,49 @@ def batch_cache(layer_class, buffers: list[tuple[torch.Tensor, torch.Tensor]], n
 
 RAGGED = "loraloop_ragged"
 
+# Query tokens per row up to which attention over a grouped-query cache runs each key/value head once
+# for all the query heads that share it (a drafting step: the next token and the drafts). With a mask
+# and more than one query token, transformers' SDPA repeats every key/value head for its query heads,
+# copying the whole cache in every layer and step: 38% of a drafting batch of 64's time in the
+# profile (README: Multi-token heads).
+GROUPED_MAX_QUERIES = 16
+
+
+def grouped_sdpa(query, key, value, mask, scale):
+    """Attention of a few query tokens per row ([b, heads, n, d]) over keys and values with fewer
+    heads ([b, kv, W, d]; query head h reads key/value head h // (heads // kv), as transformers
+    repeats them), under a mask shared by the heads ([b or 1, 1, n, W]): each key/value head's
+    query heads become its n x group queries. Returns [b, n, heads, d], as transformers' own."""
+    b, heads, n, d = query.shape
+    kv, width = key.shape[1], key.shape[2]
+    group = heads // kv
+    if mask is not None:
+        rows = mask.shape[0]
+        mask = mask[:, :, None].expand(rows, 1, group, n, width).reshape(rows, 1, group * n, width)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(b, kv, group * n, d), key, value, attn_mask=mask, scale=scale
+    )
+    return out.reshape(b, heads, n, d).transpose(1, 2)
+
 
 @functools.cache
 def ragged_attention() -> str:
     """Register an attention for decode steps over a batch cache whose rows come in groups
     (see prefill): each group attends only from the first cache column it uses, with an additive
     mask made once per step. Masked columns still cost their reads, and a decode step's attention
-    is all reads. Without `ragged_spans` (prefill) it is transformers' SDPA."""
+    is all reads. Without `ragged_spans`, a step that passes `grouped_step=True` (a drafting step:
+    a few query tokens per row under a mask) goes to grouped_sdpa, and the rest (prefill) to
+    transformers' SDPA."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    def ragged_sdpa(module, query, key, value, attention_mask, ragged_spans=None, **kwargs):
+    def ragged_sdpa(module, query, key, value, attention_mask, ragged_spans=None, grouped_step=False, **kwargs):
         if ragged_spans is None:
+            n, shared = query.shape[2], key.shape[1] < query.shape[1]
+            few = 1 < n <= GROUPED_MAX_QUERIES and attention_mask is not None and attention_mask.shape[1] == 1
+            if grouped_step and shared and few:
+                return grouped_sdpa(query, key, value, attention_mask, kwargs.get("scaling")), None
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         rows, heads, _, dim = query.shape  # one query token per row
         kv_heads = key.shape[1]
@@ -90,3 +121,14 @@ def ragged_attention() -> str:
     AttentionInterface.register(RAGGED, ragged_sdpa)
     AttentionMaskInterface.register(RAGGED, sdpa_mask)
     return RAGGED
+
+
+@contextlib.contextmanager
+def ragged(model):
+    """The model attends with ragged_attention inside, as it did before on exit."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(ragged_attention())
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .cpu_matmul import cpu_linears
 from .generate import Generation, nucleus, stop_ids
+from .kv_cache import ragged
 from .loss import causal_lm
 from .mtp import MTPHeads
 from .prefill import common_prefix
@@ -189,7 +190,7 @@ def decode_one(
     heard(r.made[0])
     while r.live and not halted():
         step = torch.tensor([[r.made[-1], *r.drafts]], device=dev)
-        hidden = decoder(input_ids=step, past_key_values=cache, use_cache=True).last_hidden_state[0]
+        hidden = decoder(input_ids=step, past_key_values=cache, use_cache=True, grouped_step=True).last_hidden_state[0]
         a = _advance(r, out_layer(hidden), stats, max_new_tokens, stop, heard, halted)
         crop_to(cache, cache.get_seq_length() - (n - a))  # the rejected drafts' columns
         r.drafts, r.q = how.drafts(draft_logits(heads, out_layer, hidden[a]))
@@ -265,6 +266,7 @@ def decode_batch(
             position_ids=(seen[:, None] + torch.arange(n + 1)).to(dev),
             past_key_values=cache,
             use_cache=True,
+            grouped_step=True,  # under ragged(): no copy of the cache per layer (lm/kv_cache.py)
         ).last_hidden_state
         logits, after = out_layer(hidden), {}  # after: a live row -> its hidden state after its kept drafts
         for b, r in enumerate(rows):
@@ -335,7 +337,7 @@ def generate_speculative(
     heads = heads.to(out_layer.weight.device, out_layer.weight.dtype)
     total, made = SpecStats.for_heads(len(heads)), []
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=desc is None)
-    with cpu_linears(model):  # the sampler's CPU matmuls: decode steps on weights packed once
+    with ragged(model), cpu_linears(model):  # the sampler's attention and CPU matmuls
         for start in range(0, len(prompts), batch_size):
             part = prompts[start : start + batch_size]
             hows = [Decoding.seeded(temperature, top_p, seeds[start + i] if seeds else None) for i in range(len(part))]

@@ -18,6 +18,7 @@ import torch
 from ..lm.cpu_matmul import cpu_linears
 from ..lm.forced_call import forced_call
 from ..lm.generate import generate, stop_ids
+from ..lm.kv_cache import ragged
 from ..lm.model import load_base, load_tokenizer
 
 
@@ -202,12 +203,15 @@ class Engine:
         heads, first = self._heads(group[0].adapter), group[0]
         hows = [Decoding.seeded(j.temperature, j.top_p, j.seed) for j in group]
         stats = [SpecStats.for_heads(len(heads)) for _ in group]
-        if len(group) == 1:
-            on_token, halt = (lambda t: heard(0, t)), (lambda: ended_early(first))
-            decode_one(self.model, heads, first.prompt, first.max_tokens, self.stop, stats[0], hows[0], on_token, halt)
-        else:
-            prompts, halt = [j.prompt for j in group], (lambda i: ended_early(group[i]))
-            decode_batch(self.model, heads, prompts, first.max_tokens, self.stop, stats, hows, heard, halt)
+        with ragged(self.model):  # grouped-query attention without repeating the cache (lm/kv_cache.py)
+            if len(group) == 1:
+                on_token, halt = (lambda t: heard(0, t)), (lambda: ended_early(first))
+                decode_one(
+                    self.model, heads, first.prompt, first.max_tokens, self.stop, stats[0], hows[0], on_token, halt
+                )
+            else:
+                prompts, halt = [j.prompt for j in group], (lambda i: ended_early(group[i]))
+                decode_batch(self.model, heads, prompts, first.max_tokens, self.stop, stats, hows, heard, halt)
         for job, st in zip(group, stats):
             job.speculative = st.summary()
         self.drafted += len(group)
