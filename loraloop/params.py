@@ -328,8 +328,6 @@ class TrainParams(Section):
             )
         if self.method == "dpo" and self.mtp_heads > 1:
             raise ValueError("mtp_heads train on the SFT loss's targets; with method: dpo, set mtp_heads: 1")
-        if self.mtp_head_steps and self.mtp_heads > 1 and self.num_processes > 1:
-            raise ValueError("mtp_head_steps runs in one process; with num_processes > 1, set 0")
         if self.reference == "start" and self.init == "fresh":
             raise ValueError(
                 "reference: start is the adapter the round starts from (init: prev); a fresh "

@@ -665,6 +665,9 @@ def test_accelerate_launch_runs_ddp_in_two_cpu_processes(project, r1, tmp_path, 
     assert "accelerate.commands.launch" in res.stderr
     info = read_json(tmp_path / "rounds/tutor-r1/ROUND.json")
     assert info["train"]["steps"] == 2 and info["train"]["processes"] == 2
+    heads = info["train"]["mtp"]  # the demo's tutor-r1 trains heads; their own steps need one process
+    assert heads["head_steps"] == 0 and heads["head_steps_skipped"] == "2 processes"
+    assert "single-process training only" in res.stdout + res.stderr
     # Two processes with grad_accum micro-batches each, gradients averaged, is one process
     # accumulating all of them: the same adapter up to float summation order, if DDP really synced.
     raw["train"].update(launcher="local", num_processes=1, grad_accum=2 * grad_accum)

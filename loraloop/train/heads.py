@@ -42,6 +42,12 @@ def train_heads_alone(r) -> dict:
     most from. Returns what ROUND.json records: the steps, and the heads' loss at the first step and
     the last."""
     tp = r.params.train
+    if r.acc.num_processes > 1:  # a sharded model (FSDP, DeepSpeed) has no whole forward in one process
+        r.acc.print(
+            f"train.mtp_head_steps: the heads' own steps run in single-process training only, not across "
+            f"{r.acc.num_processes} processes; the heads are saved as the loop left them"
+        )
+        return {"head_steps": 0, "head_steps_skipped": f"{r.acc.num_processes} processes"}
     rng = random.Random(f"{r.params.seed}:heads:{r.round_id}")
     plan = head_batches(len(r.examples), tp.batch_size, tp.mtp_head_steps, rng)
     lm = causal_lm(r.model)
