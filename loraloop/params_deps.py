@@ -67,14 +67,11 @@ def instances(params: Params) -> list[tuple[str, str, str]]:
 def slices(params: Params) -> dict[str, dict]:
     """params/<kind>/<instance>.json (relative path) -> the keys that stage reads, with their values."""
     doc = params.model_dump(mode="json")
-    own: dict[str, dict] = {}  # round -> the document as its stages read it
+    own = {rid: as_round_reads(doc, params, rid) for rid in params.rounds}  # as a round's stages read it
     out = {}
     for kind, name, lineage in instances(params):
         keys = [k.format(lineage=lineage, round=name) for k in READS[kind]]
-        if kind in PER_LINEAGE:
-            source = doc
-        else:
-            source = own[name] if name in own else own.setdefault(name, as_round_reads(doc, params, name))
+        source = doc if kind in PER_LINEAGE else own[name]
         out[f"{kind}/{name}.json"] = {key: lookup(source, key) for key in keys}
     return out
 
