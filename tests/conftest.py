@@ -300,6 +300,8 @@ SLOW_FIRST = (
     "test_s3_restore.py",
     "test_retire.py",
     "test_serve_clients.py",
+    "test_model_stages.py",
+    "test_faults.py",
     "test_serve.py",
     "test_gpu_check.py",
 )

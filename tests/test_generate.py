@@ -281,7 +281,19 @@ def early_stops(tok, refs):
     return [tok.eos_token_id, refs[0][3], refs[2][6], refs[4][1], refs[5][2]]
 
 
+def nan_allocations(monkeypatch) -> None:
+    """Memory allocated without values (torch.empty and its kin) starts as NaN: code that reads
+    what it never wrote shows it, even under a mask (0 x NaN is NaN), instead of by chance."""
+    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
+    nan = float("nan")
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(nan))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(nan))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: new_empty(self, *a, **k).fill_(nan))
+
+
 def test_a_batch_down_to_half_takes_in_waiting_prompts_and_greedy_still_equals_generate(tiny_base, monkeypatch):
+    """Rows leave, waiting prompts join (their caches merged), and greedy texts stay those of
+    `generate` one prompt at a time; no row reads cache memory nobody wrote."""
     tok, model, prompts = setup(tiny_base)
     stops = early_stops(tok, greedy_one_at_a_time(model, tok, prompts, 16, tok.eos_token_id))
     monkeypatch.setattr(model.generation_config, "eos_token_id", stops)
@@ -289,7 +301,9 @@ def test_a_batch_down_to_half_takes_in_waiting_prompts_and_greedy_still_equals_g
     real = gen._merge
     monkeypatch.setattr(gen, "_merge", lambda old, new, reserve: joined.append(new.jobs) or real(old, new, reserve))
     kw = dict(max_new_tokens=16, temperature=0.0, top_p=1.0, seed=0, desc="", progress=False)
-    out = gen.generate(model, tok, prompts, batch_size=3, **kw)
+    with monkeypatch.context() as nan:
+        nan_allocations(nan)
+        out = gen.generate(model, tok, prompts, batch_size=3, **kw)
     refs = greedy_one_at_a_time(model, tok, prompts, 16, stops)
     assert len({len(r) for r in refs}) > 2
     assert joined  # rows still running were joined by waiting prompts, their caches merged

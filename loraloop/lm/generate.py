@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .cpu_matmul import cpu_linears
 from .kv_cache import batch_cache, ragged, reserved_layer_class
-from .prefill import common_prefix, prefill
+from .prefill import prefill, shared_prefix
 
 
 @dataclass
@@ -328,15 +328,6 @@ def _check_full_attention(cfg, context: int) -> None:
         )
 
 
-def _prefix_cache(model, prompts: list[list[int]], dev):
-    """The length of the prefix every prompt shares and its key/value cache (None without one)."""
-    shared = common_prefix(prompts)
-    if not shared:
-        return 0, None
-    out = model(input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True, logits_to_keep=1)
-    return shared, out.past_key_values
-
-
 class _Progress(contextlib.AbstractContextManager):
     """A bar of finished prompts, with the tokens made so far; closed on exit."""
 
@@ -384,7 +375,7 @@ def generate(
     _check_full_attention(model.config, max(map(len, prompts)) + max_new_tokens)
     model.eval()
     dev = next(model.parameters()).device
-    shared, prefix_cache = _prefix_cache(model, prompts, dev)
+    shared, prefix_cache = shared_prefix(model, prompts, dev)
     # By length; identical prompts next to each other, so a batch prefills them once.
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i], i))
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]

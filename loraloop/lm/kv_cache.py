@@ -23,12 +23,29 @@ def reserved_layer_class():
             super().__init__()
             self.lazy_initialization(keys, values)
             self._k, self._v, self._n = keys, values, n
+            self.at = None  # per-row columns the next update writes (write_at), else the next ones
             self._views()
 
         def _views(self):
             self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
 
+        def write_at(self, cols: torch.Tensor, width: int):
+            """The next update writes row r's positions at columns cols[r] ([rows, positions]) and
+            the cache is then `width` columns wide: rows that keep different numbers of drafted
+            tokens each write after their own last kept one, over the ones they turned down."""
+            self.at = (torch.arange(cols.shape[0], device=cols.device)[:, None], cols, width)
+
         def update(self, key_states, value_states, *args, **kwargs):
+            if self.at is not None:
+                rows, cols, width = self.at
+                if width > self._k.shape[-2]:
+                    raise RuntimeError(f"generation cache overflow: {width} positions, room for {self._k.shape[-2]}")
+                # Advanced indices around a slice put their dims first: [rows, positions, kv heads, dim].
+                self._k[rows, :, cols] = key_states.transpose(1, 2)
+                self._v[rows, :, cols] = value_states.transpose(1, 2)
+                self.at, self._n = None, width
+                self._views()
+                return self.keys, self.values
             n = self._n + key_states.shape[-2]
             if n > self._k.shape[-2]:
                 raise RuntimeError(f"generation cache overflow: {n} positions, room for {self._k.shape[-2]}")
@@ -36,6 +53,13 @@ def reserved_layer_class():
             self._n = n
             self._views()
             return self.keys, self.values
+
+        def clear_room(self):
+            """Zeros in the room after the filled columns. A row that writes behind others (keeping
+            fewer drafts) has room columns under its mask; masked, they still enter the attention
+            product with weight 0, and 0 x NaN of unwritten memory would be NaN."""
+            self._k[:, :, self._n :].zero_()
+            self._v[:, :, self._n :].zero_()
 
         def keep_rows(self, order: list[int], firsts: list[int]):
             """Row i becomes row order[i], moved in place (see compaction_order: a row is never
@@ -91,8 +115,9 @@ def grouped_sdpa(query, key, value, mask, scale):
 def ragged_attention() -> str:
     """Register an attention for decode steps over a batch cache whose rows come in groups
     (see prefill): each group attends only from the first cache column it uses, with an additive
-    mask made once per step. Masked columns still cost their reads, and a decode step's attention
-    is all reads. Without `ragged_spans`, a step that passes `grouped_step=True` (a drafting step:
+    mask made once per step (a drafting step's rows have several query tokens: grouped_sdpa per
+    group). Masked columns still cost their reads, and a decode step's attention is all reads.
+    Without `ragged_spans`, a step that passes `grouped_step=True` (a drafting step:
     a few query tokens per row under a mask) goes to grouped_sdpa, and the rest (prefill) to
     transformers' SDPA."""
     from transformers import AttentionInterface
@@ -106,10 +131,14 @@ def ragged_attention() -> str:
             if grouped_step and shared and few:
                 return grouped_sdpa(query, key, value, attention_mask, kwargs.get("scaling")), None
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        rows, heads, _, dim = query.shape  # one query token per row
+        rows, heads, n, dim = query.shape
         kv_heads = key.shape[1]
+        if n > 1:  # a drafting step: the next token and the drafts, under per-row, per-query masks
+            scale, spans = kwargs.get("scaling"), ragged_spans
+            outs = [grouped_sdpa(query[a:b], key[a:b, :, f:], value[a:b, :, f:], m, scale) for a, b, f, m in spans]
+            return torch.cat(outs), None
         outs = []
-        for a, b, first, mask in ragged_spans:
+        for a, b, first, mask in ragged_spans:  # one query token per row
             # The query heads sharing a key/value head are that head's queries: no repeated keys.
             q = query[a:b].reshape(b - a, kv_heads, heads // kv_heads, dim)
             out = torch.nn.functional.scaled_dot_product_attention(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .kv_cache import batch_cache, reserved_layer_class
+from .loss import causal_lm
 
 
 def common_prefix(prompts: list[list[int]]) -> int:
@@ -18,6 +19,15 @@ def common_prefix(prompts: list[list[int]]) -> int:
             i += 1
         n = i
     return max(n, 0)
+
+
+def shared_prefix(model, prompts: list[list[int]], dev):
+    """The length of the prefix every prompt shares and its key/value cache (None without one)."""
+    shared = common_prefix(prompts)
+    if not shared:
+        return 0, None
+    out = model(input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True, logits_to_keep=1)
+    return shared, out.past_key_values
 
 
 # One prefill pass more (the weights read again, per-call overhead) costs about as much as
@@ -54,14 +64,23 @@ def copies(tails: list[list[int]]) -> list[int]:
 
 
 def prefill(
-    model, tails: list[list[int]], shared: int, prefix_cache, pad: int, dev, reserve: int, share_copies: bool = True
+    model,
+    tails: list[list[int]],
+    shared: int,
+    prefix_cache,
+    pad: int,
+    dev,
+    reserve: int,
+    share_copies: bool = True,
+    hidden: bool = False,
 ):
     """Run prompt tails (sorted by length) after the shared prefix, in groups of similar length,
     into one batch-wide cache where every prompt ends at the same column and each group starts
     where its longest prompt needs: a row of group g is [unused][prefix][padding][tail][room for
     `reserve` new tokens], with the unused columns the same for the whole group. Copies of one
     tail are prefilled once and their cache rows copied (share_copies). Returns the cache, the
-    groups as (first row, end row, first used column) and each row's last logits."""
+    groups as (first row, end row, first used column) and each row's last logits (hidden: its
+    last hidden state instead, which multi-token heads draft from)."""
     cfg = model.config
     kv_heads = cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -77,6 +96,7 @@ def prefill(
     runs = copies(tails) if share_copies else list(range(len(tails) + 1))
     unique = [tails[i] for i in runs[:-1]]  # prefilled into the first len(unique) rows
     layer_class = reserved_layer_class()
+    run = causal_lm(model).get_decoder() if hidden else model
     groups, last_logits = [], []
     for a, b in split_rows([len(t) for t in unique], PREFILL_GROUP_COST, PREFILL_TOKENS):
         group = unique[a:b]
@@ -90,15 +110,15 @@ def prefill(
         tail_mask = torch.tensor([[0] * (w - len(t)) + [1] * len(t) for t in group], device=dev)
         attn = torch.cat([torch.ones(len(group), shared, dtype=torch.long, device=dev), tail_mask], 1)
         pos = (shared + tail_mask.cumsum(1) - 1).clamp(min=0)
-        out = model(
+        out = run(
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
             use_cache=True,
-            logits_to_keep=1,
             past_key_values=batch_cache(layer_class, rows, shared),
+            **({} if hidden else {"logits_to_keep": 1}),
         )
-        last_logits.append(out.logits[:, -1])
+        last_logits.append(out.last_hidden_state[:, -1] if hidden else out.logits[:, -1])
         groups.append((a, b, first))
     logits = torch.cat(last_logits)
     if len(unique) < len(tails):

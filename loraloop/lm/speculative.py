@@ -1,7 +1,7 @@
 """Self-speculative decoding with a round's multi-token heads (lm/mtp.py): at each step the heads
 draft the next H-1 tokens from the hidden state that gave the next one, and one forward of the
-adapted model over [next, drafts] verifies them all. The cache columns of the rejected drafts are
-cropped away, and every forward yields at least one token.
+adapted model over [next, drafts] verifies them all. The rejected drafts' cache columns are
+cropped away (or written over by the next step), and every forward yields at least one token.
 
 - Greedy (temperature 0): a draft is kept while it is the model's own argmax, and the model's
   token follows the last kept one, so the text is the one plain greedy decoding writes.
@@ -17,7 +17,8 @@ cropped away, and every forward yields at least one token.
 
 One prompt at a time (decode_one: batch 1, where decoding is bound by reading the weights and a
 forward of a few tokens costs about what a forward of one does), or several in one batch
-(decode_batch), each row keeping as many drafts as it accepts."""
+(decode_batch, on the batched sampler's prefill, cache and attention), each row keeping as many
+drafts as it accepts."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ import torch
 from tqdm import tqdm
 
 from .cpu_matmul import cpu_linears
-from .generate import Generation, nucleus, stop_ids
+from .generate import Generation, compaction_order, nucleus, stop_ids
 from .kv_cache import ragged
 from .loss import causal_lm
 from .mtp import MTPHeads
-from .prefill import common_prefix
+from .prefill import prefill, shared_prefix
 
 
 @dataclass
@@ -198,33 +199,16 @@ def decode_one(
     return r.made
 
 
-def _prefill_rows(decoder, prompts: list[list[int]], dev, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The prompts through the model: the prefix they all share (the system prompt) once, its
-    cache columns copied to every row, then each row's own tail left-padded after it. Returns
-    (each row's last hidden state, which cache columns are real per row, each row's count of real
-    tokens). At batch 8 on the demo's prompts the shared prefix was most of the prefill's work."""
-    shared = common_prefix(prompts)
-    if shared:
-        decoder(input_ids=torch.tensor([prompts[0][:shared]], device=dev), past_key_values=cache, use_cache=True)
-        for layer in cache.layers:
-            layer.keys = layer.keys.expand(len(prompts), -1, -1, -1).contiguous()
-            layer.values = layer.values.expand(len(prompts), -1, -1, -1).contiguous()
-    tails = [p[shared:] for p in prompts]
-    width = max(map(len, tails))
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    real = torch.zeros((len(prompts), shared + width), dtype=torch.bool)
-    real[:, :shared] = True
-    for b, t in enumerate(tails):
-        ids[b, width - len(t) :], real[b, shared + width - len(t) :] = torch.tensor(t), True
-    positions = (real.cumsum(-1) - 1).clamp_min(0)[:, shared:]
-    h = decoder(
-        input_ids=ids.to(dev),
-        attention_mask=real.long().to(dev),
-        position_ids=positions.to(dev),
-        past_key_values=cache,
-        use_cache=True,
-    ).last_hidden_state[:, -1]
-    return h, real, real.sum(-1)
+def _step_mask(first, tail_from, write, shared: int, q: int, width: int) -> torch.Tensor:
+    """An additive mask [rows, 1, q, width] over the cache columns for a drafting step: query i of
+    a row sees its prefix (`shared` columns from `first`), and its tail and tokens from
+    `tail_from` up to its own column `write` + i (what it writes after them: the next token, then
+    the drafts in order); -inf elsewhere, including the drafts it turned down before."""
+    col = torch.arange(width, device=first.device)[None, None]
+    last = (write[:, None] + torch.arange(q, device=first.device))[:, :, None]
+    f = first[:, None, None]
+    seen = (col >= f) & (col < f + shared) | (col >= tail_from[:, None, None]) & (col <= last)
+    return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None]
 
 
 @torch.inference_mode()
@@ -239,54 +223,75 @@ def decode_batch(
     on_token: Callable[[int, int], None] | None = None,
     halt: Callable[[int], bool] | None = None,
 ) -> list[list[int]]:
-    """decode_one for several prompts in one batch, each row keeping as many drafts as it accepts.
-    Every step appends H columns (the next token and the drafts) to every row's cache; a row's
-    rejected drafts stay as masked-out columns (its attention mask holds which of its columns are
-    real), and each row's positions count its real tokens only, so a row sees what it would alone.
-    Rows are left-padded; a finished row's new columns are masked too. on_token(row, token) hears
-    each token as it is kept; halt(row), asked after each, ends that row there (as decode_one's)."""
-    from transformers import DynamicCache
-
+    """decode_one for several prompts in one batch, on the sampler's cache (lm/prefill.py: the
+    shared prefix once, tails in groups of similar length, room reserved, attention per group
+    over the columns it uses). Each step writes a row's next token and drafts after its last kept
+    token, over the drafts it turned down, so rows keep different numbers of drafts in one cache;
+    each row's positions count its own tokens, so it sees what it would alone. Finished rows leave
+    the batch as the sampler's do. on_token(row, token) hears each token as it is kept;
+    halt(row), asked after each, ends that row there (as decode_one's)."""
     lm = causal_lm(model)
     decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
-    dev, n, cache = next(model.parameters()).device, len(heads), DynamicCache()
-    h, real, seen = _prefill_rows(decoder, prompts, dev, cache)  # seen: each row's next position
+    dev, n = next(model.parameters()).device, len(heads)
+    shared, prefix = shared_prefix(model, prompts, dev)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i], i))
+    tails = [prompts[i][shared:] for i in order]
+    cache, groups, h = prefill(model, tails, shared, prefix, 0, dev, max_new_tokens + n + 1, hidden=True)
+    end = cache.layers[0]._n  # every prompt ends there
+    for layer in cache.layers:
+        layer.clear_room()
     firsts, drafting = out_layer(h), draft_logits(heads, out_layer, h)
-    rows = [_Row.start(how, firsts[b], drafting[b], stop, max_new_tokens) for b, how in enumerate(hows)]
-    heard, halted = on_token or (lambda b, token: None), halt or (lambda b: False)
-    for b, r in enumerate(rows):
-        heard(b, r.made[0])
-        r.live = r.live and not halted(b)
-    while any(r.live for r in rows):
-        step = torch.tensor([[r.made[-1], *r.drafts] for r in rows])
-        real = torch.cat([real, torch.ones((len(rows), n + 1), dtype=torch.bool)], -1)
+    rows = [_Row.start(hows[i], firsts[r], drafting[r], stop, max_new_tokens) for r, i in enumerate(order)]
+    heard, halted = on_token or (lambda i, token: None), halt or (lambda i: False)
+    for i, r in zip(order, rows):
+        heard(i, r.made[0])
+        r.live = r.live and not halted(i)
+    at = list(range(len(rows)))  # batch row -> its row in `rows`
+    first = torch.tensor([f for a, b, f in groups for _ in range(a, b)], device=dev)
+    tail_from = torch.tensor([end - len(t) for t in tails], device=dev)
+    write = torch.full((len(rows),), end, device=dev)  # per batch row: where its next token goes
+    pos = torch.tensor([shared + len(t) for t in tails], device=dev)  # and that token's position
+    ahead = torch.arange(n + 1, device=dev)
+    while any(rows[j].live for j in at):
+        keep = [b for b, j in enumerate(at) if rows[j].live]
+        if (len(at) - len(keep)) * 16 >= len(at):  # finished rows leave, as in the sampler
+            moved, groups = compaction_order(groups, keep)
+            for layer in cache.layers:
+                layer.keep_rows(moved, [f for a, b, f in groups for _ in range(a, b)])
+            idx = torch.tensor(moved, device=dev)
+            at, first, tail_from, write, pos = [at[b] for b in moved], first[idx], tail_from[idx], write[idx], pos[idx]
+        width = int(write.max()) + n + 1
+        mask = _step_mask(first, tail_from, write, shared, n + 1, width).to(cache.layers[0].keys.dtype)
+        for layer in cache.layers:
+            layer.write_at(write[:, None] + ahead, width)
         hidden = decoder(
-            input_ids=step.to(dev),
-            attention_mask=real.long().to(dev),
-            position_ids=(seen[:, None] + torch.arange(n + 1)).to(dev),
+            input_ids=torch.tensor([[rows[j].made[-1], *rows[j].drafts] for j in at], device=dev),
+            position_ids=pos[:, None] + ahead,
             past_key_values=cache,
             use_cache=True,
-            grouped_step=True,  # under ragged(): no copy of the cache per layer (lm/kv_cache.py)
+            ragged_spans=[(a, b, f, mask[a:b, ..., f:width]) for a, b, f in groups],
         ).last_hidden_state
         logits, after = out_layer(hidden), {}  # after: a live row -> its hidden state after its kept drafts
-        for b, r in enumerate(rows):
+        for b, j in enumerate(at):
+            r = rows[j]
             if not r.live:
-                real[b, -(n + 1) :] = False
                 continue
-            a = _advance(
-                r, logits[b], stats[b], max_new_tokens, stop, lambda t, b=b: heard(b, t), lambda b=b: halted(b)
-            )
-            real[b, real.shape[1] - n + a :] = False  # the rejected drafts' columns
-            seen[b] += 1 + a
+            i = order[j]
+            hear, stopped = (lambda t, i=i: heard(i, t)), (lambda i=i: halted(i))
+            a = _advance(r, logits[b], stats[i], max_new_tokens, stop, hear, stopped)
+            write[b] += 1 + a
+            pos[b] += 1 + a
             if r.live:
-                after[b] = hidden[b, a]
-        if after:  # every live row's next drafts in one product (a finished row's are never read)
+                after[j] = hidden[b, a]
+        if after:  # every live row's next drafts in one product
             drafting = draft_logits(heads, out_layer, torch.stack(list(after.values())))
-            for b, row_logits in zip(after, drafting):
-                rows[b].drafts, rows[b].q = rows[b].how.drafts(row_logits)
-    for st, r in zip(stats, rows):
-        st.tokens += len(r.made)
-    return [r.made for r in rows]
+            for j, row_logits in zip(after, drafting):
+                rows[j].drafts, rows[j].q = rows[j].how.drafts(row_logits)
+    made = [None] * len(prompts)
+    for i, r in zip(order, rows):
+        stats[i].tokens += len(r.made)
+        made[i] = r.made
+    return made
 
 
 def _advance(
@@ -328,30 +333,43 @@ def generate_speculative(
     desc: str | None = None,
     batch_size: int = 1,
 ) -> tuple[list[list[int]], SpecStats]:
-    """New tokens of each prompt, `batch_size` prompts at a time (1: decode_one, else decode_batch),
-    prompt i sampled (temperature > 0) with its own generator seeded seeds[i]: (new tokens per
-    prompt, the run's SpecStats); `each`, if given, gets each prompt's; `desc`: a progress bar."""
+    """New tokens of each prompt, `batch_size` prompts at a time (1: decode_one, else decode_batch;
+    by length, so a batch's prompts pad little), prompt i sampled (temperature > 0) with its own
+    generator seeded seeds[i]: (new tokens per prompt, the run's SpecStats); `each`, if given, gets
+    each prompt's; `desc`: a progress bar."""
     if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
         raise ValueError("sampling needs one seed per prompt")
     out_layer = causal_lm(model).get_output_embeddings()
     heads = heads.to(out_layer.weight.device, out_layer.weight.dtype)
-    total, made = SpecStats.for_heads(len(heads)), []
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    made, stats = [None] * len(prompts), [SpecStats.for_heads(len(heads)) for _ in prompts]
+    hows = [Decoding.seeded(temperature, top_p, seeds[i] if seeds else None) for i in range(len(prompts))]
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=desc is None)
     with ragged(model), cpu_linears(model):  # the sampler's attention and CPU matmuls
         for start in range(0, len(prompts), batch_size):
-            part = prompts[start : start + batch_size]
-            hows = [Decoding.seeded(temperature, top_p, seeds[start + i] if seeds else None) for i in range(len(part))]
-            stats = [SpecStats.for_heads(len(heads)) for _ in part]
+            part = order[start : start + batch_size]
             if len(part) == 1:
-                made.append(decode_one(model, heads, part[0], max_new_tokens, stop, stats[0], hows[0]))
+                i = part[0]
+                made[i] = decode_one(model, heads, prompts[i], max_new_tokens, stop, stats[i], hows[i])
             else:
-                made += decode_batch(model, heads, part, max_new_tokens, stop, stats, hows)
-            for st in stats:
-                total.add(st)
-            if each is not None:
-                each.extend(stats)
+                got = decode_batch(
+                    model,
+                    heads,
+                    [prompts[i] for i in part],
+                    max_new_tokens,
+                    stop,
+                    [stats[i] for i in part],
+                    [hows[i] for i in part],
+                )
+                for i, m in zip(part, got):
+                    made[i] = m
             bar.update(len(part))
     bar.close()
+    total = SpecStats.for_heads(len(heads))
+    for st in stats:
+        total.add(st)
+    if each is not None:
+        each.extend(stats)
     return made, total
 
 
