@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from loraloop.data.prompts import with_system
+from loraloop.lm import batch as lm_batch
 from loraloop.lm import cpu_matmul, prefill
 from loraloop.lm import generate as gen
 from loraloop.lm.chat import prompt_ids
@@ -255,8 +256,8 @@ def test_rows_that_stop_early_leave_the_batch_and_the_others_go_on(tiny_base, mo
     stops = early_stops(tok, refs)
     monkeypatch.setattr(model.generation_config, "eos_token_id", stops)
     compactions = []
-    real = gen.compaction_order
-    monkeypatch.setattr(gen, "compaction_order", lambda *a: compactions.append(a) or real(*a))
+    real = lm_batch.compaction_order
+    monkeypatch.setattr(lm_batch, "compaction_order", lambda *a: compactions.append(a) or real(*a))
     out = gen.generate(
         model,
         tok,
@@ -298,8 +299,8 @@ def test_a_batch_down_to_half_takes_in_waiting_prompts_and_greedy_still_equals_g
     stops = early_stops(tok, greedy_one_at_a_time(model, tok, prompts, 16, tok.eos_token_id))
     monkeypatch.setattr(model.generation_config, "eos_token_id", stops)
     joined = []
-    real = gen._merge
-    monkeypatch.setattr(gen, "_merge", lambda old, new, reserve: joined.append(new.jobs) or real(old, new, reserve))
+    real = gen.merge
+    monkeypatch.setattr(gen, "merge", lambda old, new, reserve: joined.append(new.jobs) or real(old, new, reserve))
     kw = dict(max_new_tokens=16, temperature=0.0, top_p=1.0, seed=0, desc="", progress=False)
     with monkeypatch.context() as nan:
         nan_allocations(nan)
@@ -334,7 +335,7 @@ def test_compaction_keeps_groups_contiguous_and_never_overwrites_a_row_before_it
         bounds = [0, *cuts, 20]
         groups = [(a, b, 100 - a) for a, b in zip(bounds, bounds[1:])]
         keep = sorted(torch.randperm(20, generator=rng)[: int(torch.randint(1, 20, (1,), generator=rng))].tolist())
-        order, after = gen.compaction_order(groups, keep)
+        order, after = lm_batch.compaction_order(groups, keep)
         assert sorted(order) == keep
         assert all(r >= i for i, r in enumerate(order))  # moves go down, so ascending copies are safe
         for a, b, first in after:  # each new group holds only its old group's rows

@@ -326,6 +326,35 @@ def test_sampling_with_a_policy_that_has_heads(project):
     assert sampling.heads_of(ws.round("tutor-r1").prev, sp.model_copy(update={"speculative": "on"})) is None
 
 
+def test_prompts_join_a_drafting_batch_as_its_rows_finish(tiny_base, monkeypatch):
+    """Seven prompts, at most three rows at once, stop tokens that end rows at different steps,
+    heads fit to some replies (rows keep different numbers of drafts): waiting prompts join the
+    rows still running (their caches merged, the kept rows' columns shifted), and every prompt's
+    greedy tokens and acceptance are those it has alone; no row reads memory nobody wrote."""
+    from test_generate import early_stops, greedy_one_at_a_time
+
+    tok, model, prompts = setup(tiny_base)
+    stop = early_stops(tok, greedy_one_at_a_time(model, tok, prompts, 16, tok.eos_token_id))
+    refs = greedy_one_at_a_time(model, tok, prompts, 16, stop)
+    assert len({len(r) for r in refs}) > 2
+    heads = heads_fit_to(model, prompts[:3], refs[:3], 3)
+    alone, each_alone = [], []
+    for p in prompts:
+        made, _ = speculative.generate_speculative(model, heads, [p], 16, set(stop), each=each_alone)
+        alone += made
+    assert alone == refs
+    joined, merge = [], speculative.merge
+    record = lambda old, new, reserve: joined.append(new.jobs) or merge(old, new, reserve)  # noqa: E731
+    monkeypatch.setattr(speculative, "merge", record)
+    nan_allocations(monkeypatch)
+    each = []
+    made, stats = speculative.generate_speculative(model, heads, prompts, 16, set(stop), each=each, batch_size=3)
+    assert joined, "no prompt joined running rows"
+    assert made == refs
+    assert [st.accepted for st in each] == [st.accepted for st in each_alone]
+    assert stats.accepted[0] > 0
+
+
 @pytest.mark.parametrize("fit", [False, True])
 def test_rows_of_a_batch_accept_their_own_drafts_and_write_what_each_writes_alone(tiny_base, fit, monkeypatch):
     """Four prompts of different lengths in one batch, each row keeping as many drafts as it

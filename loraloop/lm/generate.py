@@ -31,9 +31,10 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from .batch import Batch, compact, merge, next_jobs, start_batch
 from .cpu_matmul import cpu_linears
-from .kv_cache import batch_cache, ragged, reserved_layer_class
-from .prefill import prefill, shared_prefix
+from .kv_cache import ragged
+from .prefill import shared_prefix
 
 
 @dataclass
@@ -90,128 +91,6 @@ def _decode_mask(first: torch.Tensor, tail_from: torch.Tensor, shared: int, widt
     return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None, None]
 
 
-def compaction_order(groups, keep: list[int]):
-    """Where the rows `keep` go when the others leave the batch: `order[i]` is the row that ends up
-    at row i, and the groups after. A group must stay a run of rows, but its rows' order does not
-    matter, so rows that can stay put do, and each group fills its gaps from its own far end:
-    leaving costs a few row moves rather than shifting every row behind."""
-    kept = set(keep)
-    order, out = [], []
-    for a, b, first in groups:
-        mine = [r for r in range(a, b) if r in kept]
-        lo, hi = len(order), len(order) + len(mine)
-        stay = {r for r in mine if lo <= r < hi}
-        movers = iter(r for r in mine if r not in stay)
-        order += [i if i in stay else next(movers) for i in range(lo, hi)]
-        if mine:
-            out.append((lo, hi, first))
-    return order, out
-
-
-@dataclass
-class _Batch:
-    """The rows being decoded. Row r is job jobs[r]; all rows share one cache, write their next
-    token at its column `n`, and come in groups of contiguous rows (first row, end row, first
-    cache column the group uses)."""
-
-    cache: object
-    groups: list[tuple[int, int, int]]
-    jobs: list[int]
-    first: torch.Tensor  # per row: the first cache column it uses (its prefix starts there)
-    tail_from: torch.Tensor  # per row: the cache column its tail starts at; new tokens follow it
-    next_pos: torch.Tensor  # per row: the position of its next token, [rows, 1]
-    logits: torch.Tensor  # per row: the logits its next token is picked from
-    made: torch.Tensor  # per row: how many tokens it has made
-
-    @property
-    def n(self) -> int:
-        return self.cache.layers[0]._n
-
-    def take(self, idx: torch.Tensor, groups) -> _Batch:
-        """The rows `idx` (a compaction_order whose cache rows have moved), with `groups`."""
-        return _Batch(
-            self.cache,
-            groups,
-            [self.jobs[r] for r in idx.tolist()],
-            self.first[idx],
-            self.tail_from[idx],
-            self.next_pos[idx],
-            self.logits[idx],
-            self.made[idx],
-        )
-
-
-def _compact(batch: _Batch, keep: list[int]) -> tuple[_Batch, torch.Tensor]:
-    """`batch` with only the rows `keep`, their cache rows moved in place, and where each row
-    came from (index into the old rows, for what the caller holds per row)."""
-    order, groups = compaction_order(batch.groups, keep)
-    firsts = [first for a, b, first in groups for _ in range(a, b)]
-    for layer in batch.cache.layers:
-        layer.keep_rows(order, firsts)
-    idx = torch.tensor(order, dtype=torch.long, device=batch.first.device)
-    return batch.take(idx, groups), idx
-
-
-def _start(model, tails, jobs: list[int], shared, prefix_cache, pad, dev, reserve: int, share_copies: bool) -> _Batch:
-    """A batch of the given jobs, prefilled, with room for `reserve` new tokens."""
-    ts = [tails[j] for j in jobs]
-    cache, groups, logits = prefill(
-        model, ts, shared, prefix_cache, pad, dev, reserve=reserve, share_copies=share_copies
-    )
-    end = cache.layers[0]._n
-    return _Batch(
-        cache=cache,
-        groups=groups,
-        jobs=list(jobs),
-        first=torch.tensor([f for a, b, f in groups for _ in range(a, b)], device=dev),
-        tail_from=torch.tensor([end - len(t) for t in ts], device=dev),
-        next_pos=torch.tensor([[shared + len(t)] for t in ts], device=dev),
-        logits=logits,
-        made=torch.zeros(len(ts), dtype=torch.long, device=dev),
-    )
-
-
-def _merge(old: _Batch, new: _Batch, reserve: int) -> _Batch:
-    """One batch of `old`'s rows and then `new`'s, in a cache where all of them write their next
-    token at the same column: each side's columns shift right as far as the other side needs,
-    and `reserve` columns of room follow."""
-    write = max(side.n - min(f for a, b, f in side.groups) for side in (old, new))
-    d_old, d_new = write - old.n, write - new.n
-    rows, buffers = len(old.jobs) + len(new.jobs), []
-    for lo, ln in zip(old.cache.layers, new.cache.layers):
-        k = lo._k.new_empty((rows, lo._k.shape[1], write + reserve, lo._k.shape[3]))
-        v = torch.empty_like(k)
-        for side, offset, d, layer in ((old, 0, d_old, lo), (new, len(old.jobs), d_new, ln)):
-            for a, b, f in side.groups:
-                k[offset + a : offset + b, :, f + d : write] = layer._k[a:b, :, f : side.n]
-                v[offset + a : offset + b, :, f + d : write] = layer._v[a:b, :, f : side.n]
-        buffers.append((k, v))
-    return _Batch(
-        cache=batch_cache(reserved_layer_class(), buffers, write),
-        groups=[(a, b, f + d_old) for a, b, f in old.groups]
-        + [(len(old.jobs) + a, len(old.jobs) + b, f + d_new) for a, b, f in new.groups],
-        jobs=old.jobs + new.jobs,
-        first=torch.cat([old.first + d_old, new.first + d_new]),
-        tail_from=torch.cat([old.tail_from + d_old, new.tail_from + d_new]),
-        next_pos=torch.cat([old.next_pos, new.next_pos]),
-        logits=torch.cat([old.logits, new.logits]),
-        made=torch.cat([old.made, new.made]),
-    )
-
-
-def _next_jobs(waiting: list[int], tails, room: int) -> list[int]:
-    """Up to `room` jobs taken from the front of `waiting`, not cutting a run of copies of one
-    tail in two (copies are prefilled once) unless the run alone is longer than the room."""
-    k = min(room, len(waiting))
-    if k < len(waiting):
-        cut = k
-        while cut > 0 and tails[waiting[cut]] == tails[waiting[cut - 1]]:
-            cut -= 1
-        k = cut or k
-    jobs, waiting[:] = waiting[:k], waiting[k:]
-    return jobs
-
-
 @dataclass
 class _Picker:
     """Picks each row's next token (each job with its own seeded generator) and keeps what every
@@ -247,7 +126,7 @@ class _Picker:
         return nxt, now
 
 
-def _step(model, batch: _Batch, nxt: torch.Tensor, shared: int) -> None:
+def _step(model, batch: Batch, nxt: torch.Tensor, shared: int) -> None:
     """One decode step of every row of the batch: its cache, positions and logits move on."""
     n = batch.n + 1  # cache columns once this step's token is in
     mask = _decode_mask(batch.first, batch.tail_from, shared, n).to(batch.cache.layers[0].keys.dtype)
@@ -286,14 +165,14 @@ def _decode(
     while True:
         running = 0 if batch is None else int((~ended).sum())
         if waiting and (running == 0 or refill and running * 2 <= batch_size):
-            jobs = _next_jobs(waiting, tails, batch_size - running)
-            new = _start(model, tails, jobs, shared, prefix_cache, pad, dev, reserve, share_copies)
+            jobs = next_jobs(waiting, tails, batch_size - running)
+            new = start_batch(model, tails, jobs, shared, prefix_cache, pad, dev, reserve, share_copies)
             new_nxt, new_ended = pick(
                 new.jobs, new.logits, torch.zeros(len(jobs), dtype=torch.bool, device=dev), new.made
             )
             if running:
-                kept, idx = _compact(batch, (~ended).nonzero().flatten().tolist())
-                batch = _merge(kept, new, reserve)
+                kept, idx = compact(batch, (~ended).nonzero().flatten().tolist())
+                batch = merge(kept, new, reserve)
                 nxt = torch.cat([nxt[idx], new_nxt])
                 ended = torch.cat([torch.zeros(running, dtype=torch.bool, device=dev), new_ended])
             else:
@@ -306,7 +185,7 @@ def _decode(
         # Finished rows leave the batch once they are a sixteenth of it: leaving moves cache rows,
         # so it is not done for every single row.
         if int(ended.sum()) * 16 >= len(batch.jobs):
-            batch, idx = _compact(batch, (~ended).nonzero().flatten().tolist())
+            batch, idx = compact(batch, (~ended).nonzero().flatten().tolist())
             nxt, ended = nxt[idx], ended[idx]
         _step(model, batch, nxt, shared)
         nxt, ended = pick(batch.jobs, batch.logits, ended, batch.made)
