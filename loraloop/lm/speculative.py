@@ -253,7 +253,7 @@ def decode_batch(
     on_done: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
     """decode_one for several prompts, at most batch_size (default: all) rows at once, on the
-    batched sampler's machinery (lm/generate.py): the shared prefix prefilled once and the tails in
+    batched sampler's machinery (lm/batch.py): the shared prefix prefilled once and the tails in
     groups of similar length, a cache with room reserved, attention per group over the columns it
     uses, finished rows leaving, and waiting prompts joining once the rows still running are down to
     half. Each step writes a row's next token and drafts after its last kept token, over the
