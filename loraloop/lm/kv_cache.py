@@ -36,21 +36,15 @@ def reserved_layer_class():
             self.at = (torch.arange(cols.shape[0], device=cols.device)[:, None], cols, width)
 
         def update(self, key_states, value_states, *args, **kwargs):
-            if self.at is not None:
-                rows, cols, width = self.at
-                if width > self._k.shape[-2]:
-                    raise RuntimeError(f"generation cache overflow: {width} positions, room for {self._k.shape[-2]}")
-                # Advanced indices around a slice put their dims first: [rows, positions, kv heads, dim].
+            rows, cols, width = self.at or (None, None, self._n + key_states.shape[-2])
+            if width > self._k.shape[-2]:
+                raise RuntimeError(f"generation cache overflow: {width} positions, room for {self._k.shape[-2]}")
+            if cols is None:
+                self._k[:, :, self._n : width], self._v[:, :, self._n : width] = key_states, value_states
+            else:  # advanced indices around a slice put their dims first: [rows, positions, kv heads, dim]
                 self._k[rows, :, cols] = key_states.transpose(1, 2)
                 self._v[rows, :, cols] = value_states.transpose(1, 2)
-                self.at, self._n = None, width
-                self._views()
-                return self.keys, self.values
-            n = self._n + key_states.shape[-2]
-            if n > self._k.shape[-2]:
-                raise RuntimeError(f"generation cache overflow: {n} positions, room for {self._k.shape[-2]}")
-            self._k[:, :, self._n : n], self._v[:, :, self._n : n] = key_states, value_states
-            self._n = n
+            self.at, self._n = None, width
             self._views()
             return self.keys, self.values
 

@@ -64,15 +64,7 @@ def copies(tails: list[list[int]]) -> list[int]:
 
 
 def prefill(
-    model,
-    tails: list[list[int]],
-    shared: int,
-    prefix_cache,
-    pad: int,
-    dev,
-    reserve: int,
-    share_copies: bool = True,
-    hidden: bool = False,
+    model, tails: list[list[int]], shared: int, prefix_cache, pad, dev, reserve: int, share_copies=True, hidden=False
 ):
     """Run prompt tails (sorted by length) after the shared prefix, in groups of similar length,
     into one batch-wide cache where every prompt ends at the same column and each group starts

@@ -238,6 +238,76 @@ def _step_mask(first, tail_from, write, shared: int, q: int, width: int) -> torc
     return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None]
 
 
+@dataclass
+class _Drafter:
+    """What a drafting batch's steps share: the model's parts and heads, each prompt's row, how it
+    decodes and its counts, and who hears of its tokens. Row j is prompt order[j]."""
+
+    decoder: object
+    out_layer: object
+    heads: MTPHeads
+    order: list[int]
+    hows: list[Decoding]
+    stats: list[SpecStats]
+    stop: set[int]
+    max_new_tokens: int
+    heard: Callable[[int, int], None]
+    halted: Callable[[int], bool]
+    ended: Callable[[int], None]
+    rows: list = field(init=False)
+
+    def __post_init__(self):
+        self.rows = [None] * len(self.order)
+
+    def start_rows(self, jobs: list[int], hidden: torch.Tensor) -> None:
+        """The first token and drafts of newly prefilled jobs, from their last hidden states."""
+        firsts, drafting = self.out_layer(hidden), draft_logits(self.heads, self.out_layer, hidden)
+        drafting = scores_of([self.hows[self.order[j]] for j in jobs], drafting)
+        for r, j in enumerate(jobs):
+            i = self.order[j]
+            row = self.rows[j] = _Row.start(self.hows[i], firsts[r], drafting[r], self.stop, self.max_new_tokens)
+            self.heard(i, row.made[0])
+            row.live = row.live and not self.halted(i)
+            if not row.live:
+                self.ended(i)
+
+    def step(self, batch, write: torch.Tensor, shared: int) -> None:
+        """One forward over every row's next token and drafts, each written at its row's column
+        `write`; each live row keeps what it accepts, and its column and position move past it."""
+        n = len(self.heads)
+        ahead, width = torch.arange(n + 1, device=write.device), int(write.max()) + n + 1
+        mask = _step_mask(batch.first, batch.tail_from, write, shared, n + 1, width)
+        mask = mask.to(batch.cache.layers[0].keys.dtype)
+        for layer in batch.cache.layers:
+            layer.write_at(write[:, None] + ahead, width)
+        rows = [self.rows[j] for j in batch.jobs]
+        hidden = self.decoder(
+            input_ids=torch.tensor([[r.made[-1], *r.drafts] for r in rows], device=write.device),
+            position_ids=batch.next_pos + ahead,
+            past_key_values=batch.cache,
+            use_cache=True,
+            ragged_spans=[(a, b, f, mask[a:b, ..., f:width]) for a, b, f in batch.groups],
+        ).last_hidden_state
+        scores = scores_of([r.how for r in rows], self.out_layer(hidden))
+        after = {}  # a live row -> its hidden state after its kept drafts
+        for b, (j, r) in enumerate(zip(batch.jobs, rows)):
+            if not r.live:
+                continue
+            i = self.order[j]
+            hear, stopped = (lambda t, i=i: self.heard(i, t)), (lambda i=i: self.halted(i))
+            a = _advance(r, scores[b], self.stats[i], self.max_new_tokens, self.stop, hear, stopped)
+            write[b] += 1 + a
+            batch.next_pos[b] += 1 + a
+            if r.live:
+                after[j] = hidden[b, a]
+            else:
+                self.ended(i)
+        if after:  # every live row's next drafts in one product
+            drafting = draft_logits(self.heads, self.out_layer, torch.stack(list(after.values())))
+            for j, row_scores in zip(after, scores_of([self.rows[j].how for j in after], drafting)):
+                self.rows[j].drafts, self.rows[j].q = self.rows[j].how.drafts(row_scores)
+
+
 @torch.inference_mode()
 def decode_batch(
     model,
@@ -253,38 +323,26 @@ def decode_batch(
     on_done: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
     """decode_one for several prompts, at most batch_size (default: all) rows at once, on the
-    batched sampler's machinery (lm/batch.py): the shared prefix prefilled once and the tails in
-    groups of similar length, a cache with room reserved, attention per group over the columns it
-    uses, finished rows leaving, and waiting prompts joining once the rows still running are down to
-    half. Each step writes a row's next token and drafts after its last kept token, over the
-    drafts it turned down, so rows keep different numbers of drafts in one cache; each row's
-    positions count its own tokens, so it sees what it would alone. on_token(i, token) hears prompt
-    i's tokens as they are kept; halt(i), asked after each, ends it there (as decode_one's);
-    on_done(i): prompt i has ended."""
+    batched sampler's machinery (lm/batch.py: prefill, reserved cache, rows leaving and joining).
+    A row writes its next token and drafts after its last kept token, over those it turned down,
+    and its positions count its own tokens, so it sees what it would alone. on_token(i, token)
+    hears prompt i's tokens as kept; halt(i), asked after each, ends it there; on_done(i): it ended."""
     lm = causal_lm(model)
-    decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
-    dev, n, batch_size = next(model.parameters()).device, len(heads), batch_size or len(prompts)
+    dev, batch_size = next(model.parameters()).device, batch_size or len(prompts)
     shared, prefix = shared_prefix(model, prompts, dev)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i], i))  # job j is prompt order[j]
-    tails, rows = [prompts[i][shared:] for i in order], [None] * len(order)
-    heard, halted = on_token or (lambda i, token: None), halt or (lambda i: False)
-    ended = on_done or (lambda i: None)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i], i))
+    tails = [prompts[i][shared:] for i in order]
+    hear, halted, ended = on_token or (lambda i, token: None), halt or (lambda i: False), on_done or (lambda i: None)
+    parts = (lm.get_decoder(), lm.get_output_embeddings(), heads)
+    d = _Drafter(*parts, order, hows, stats, stop, max_new_tokens, hear, halted, ended)
     waiting, batch, write = list(range(len(tails))), None, None  # write: per batch row, its next token's column
-    ahead, reserve = torch.arange(n + 1, device=dev), max_new_tokens + n + 1
     while True:
-        keep = [] if batch is None else [b for b, j in enumerate(batch.jobs) if rows[j].live]
+        keep = [] if batch is None else [b for b, j in enumerate(batch.jobs) if d.rows[j].live]
         if waiting and (not keep or len(keep) * 2 <= batch_size):
             jobs = next_jobs(waiting, tails, batch_size - len(keep))
+            reserve = max_new_tokens + len(heads) + 1
             new = start_batch(model, tails, jobs, shared, prefix, 0, dev, reserve, True, hidden=True)
-            firsts = out_layer(new.logits)
-            drafting = scores_of([hows[order[j]] for j in jobs], draft_logits(heads, out_layer, new.logits))
-            for r, j in enumerate(jobs):
-                i = order[j]
-                rows[j] = _Row.start(hows[i], firsts[r], drafting[r], stop, max_new_tokens)
-                heard(i, rows[j].made[0])
-                rows[j].live = rows[j].live and not halted(i)
-                if not rows[j].live:
-                    ended(i)
+            d.start_rows(jobs, new.logits)
             batch, write = _joined(batch, keep, write, new, reserve)
             for layer in batch.cache.layers:
                 layer.clear_room()
@@ -294,38 +352,9 @@ def decode_batch(
         if (len(batch.jobs) - len(keep)) * 16 >= len(batch.jobs):  # finished rows leave, as in the sampler
             batch, idx = compact(batch, keep)
             write = write[idx]
-        width = int(write.max()) + n + 1
-        mask = _step_mask(batch.first, batch.tail_from, write, shared, n + 1, width)
-        mask = mask.to(batch.cache.layers[0].keys.dtype)
-        for layer in batch.cache.layers:
-            layer.write_at(write[:, None] + ahead, width)
-        hidden = decoder(
-            input_ids=torch.tensor([[rows[j].made[-1], *rows[j].drafts] for j in batch.jobs], device=dev),
-            position_ids=batch.next_pos + ahead,
-            past_key_values=batch.cache,
-            use_cache=True,
-            ragged_spans=[(a, b, f, mask[a:b, ..., f:width]) for a, b, f in batch.groups],
-        ).last_hidden_state
-        scores = scores_of([rows[j].how for j in batch.jobs], out_layer(hidden))
-        after = {}  # a live row -> its hidden state after its kept drafts
-        for b, j in enumerate(batch.jobs):
-            r, i = rows[j], order[j]
-            if not r.live:
-                continue
-            hear, stopped = (lambda t, i=i: heard(i, t)), (lambda i=i: halted(i))
-            a = _advance(r, scores[b], stats[i], max_new_tokens, stop, hear, stopped)
-            write[b] += 1 + a
-            batch.next_pos[b] += 1 + a
-            if r.live:
-                after[j] = hidden[b, a]
-            else:
-                ended(i)
-        if after:  # every live row's next drafts in one product
-            drafting = draft_logits(heads, out_layer, torch.stack(list(after.values())))
-            for j, row_scores in zip(after, scores_of([rows[j].how for j in after], drafting)):
-                rows[j].drafts, rows[j].q = rows[j].how.drafts(row_scores)
+        d.step(batch, write, shared)
     made = [None] * len(prompts)
-    for j, r in enumerate(rows):
+    for j, r in enumerate(d.rows):
         stats[order[j]].tokens += len(r.made)
         made[order[j]] = r.made
     return made
