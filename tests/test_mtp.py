@@ -355,18 +355,20 @@ def test_prompts_join_a_drafting_batch_as_its_rows_finish(tiny_base, monkeypatch
     assert stats.accepted[0] > 0
 
 
-@pytest.mark.parametrize("fit", [False, True])
-def test_rows_of_a_batch_accept_their_own_drafts_and_write_what_each_writes_alone(tiny_base, fit, monkeypatch):
+@pytest.mark.parametrize("fit, fused", [(False, 0), (True, 10**6)])
+def test_rows_of_a_batch_accept_their_own_drafts_and_write_what_each_writes_alone(tiny_base, fit, fused, monkeypatch):
     """Four prompts of different lengths in one batch, each row keeping as many drafts as it
     accepts and writing its next ones over those it turned down: greedy, every row's tokens are
     plain greedy decoding's, with the acceptance each row has alone (heads at random, or fit to the
     replies, where rows accept different numbers); rows halted at different tokens leave the batch
     there while the others go on to the same tokens; sampled, every row's tokens are what it draws
     alone. Memory the batch allocates starts as NaN: a row must never read what nobody wrote (under
-    its mask, 0 x NaN is still NaN)."""
+    its mask, 0 x NaN is still NaN). Each step's drafts come from a second product with the output
+    layer at the kept positions (fused 0), or from the verifying one at every position (fused)."""
     tok, model, prompts = setup(tiny_base)
     prompts = prompts[:4]
     nan_allocations(monkeypatch)
+    monkeypatch.setattr(speculative, "FUSED_MAX_ROWS", fused)
     assert len(set(map(len, prompts))) > 1
     heads = random_heads(model.config.hidden_size, 3, 0.05)
     if fit:
