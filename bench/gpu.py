@@ -19,6 +19,9 @@ part over its budget, or one that fails, is reported with why, and the others st
   and the one-time reference pass);
 - sample: loraloop's sampler vs transformers' `generate` batched (left padding), greedy, at each
   --prompts count: tokens/s and how many prompts got the same tokens;
+- speculative: self-speculative greedy decoding with two heads at random against the sampler at
+  batch 1, 8 and 64: speeds, tokens per forward, same tokens, and at batch 1 a drafting step's
+  cost against a plain step's (what a round's own acceptance turns into a speed-up);
 - qlora: with bitsandbytes on CUDA, the base saved and loaded 4-bit through train.quantize's own
   loader, then LoRA SFT steps: tokens/s and peak memory against bf16.
 
@@ -65,10 +68,12 @@ SHAPES = {
     ),
 }
 # What each part does at a shape: sequence length, batch, steps (the first `warmup` untimed),
-# prompt counts and lengths and new tokens for the sampler.
+# prompt counts and lengths and new tokens for the sampler, batch sizes for drafting with heads.
 PLANS = {
-    "8b": dict(seq=2048, batch=4, steps=10, warmup=2, prompts=[64, 256], tail=(32, 256), new_tokens=128),
-    "tiny": dict(seq=128, batch=4, steps=4, warmup=1, prompts=[8, 16], tail=(4, 24), new_tokens=12),
+    "8b": dict(
+        seq=2048, batch=4, steps=10, warmup=2, prompts=[64, 256], tail=(32, 256), new_tokens=128, drafting=[1, 8, 64]
+    ),
+    "tiny": dict(seq=128, batch=4, steps=4, warmup=1, prompts=[8, 16], tail=(4, 24), new_tokens=12, drafting=[1, 4]),
 }
 TRL_SIDES = ("padding_free", "packing")
 
@@ -317,6 +322,57 @@ def side_sample(args) -> dict:
     return {"by_prompts": out, "peak_mb": peak_memory_mb()}
 
 
+def side_speculative(args) -> dict:
+    """Self-speculative greedy decoding (lm/speculative.py) against the sampler at each of the
+    plan's drafting batch sizes, on the first max(batch, 8) prompts, with two heads at random (a model
+    of random weights writes no text for heads to learn, so they draft what they draft). Per batch:
+    both speeds, the heads' tokens per forward and how many prompts got the same tokens (bf16: a
+    verifying step's sums run in another order than a plain step's); at batch 1, where every
+    forward is counted, what a drafting step costs against a plain one: a round whose heads reach
+    T tokens per forward then runs about T / that cost as fast (README, Multi-token heads)."""
+    import torch
+
+    from loraloop.lm.generate import generate, stop_ids
+    from loraloop.lm.mtp import MTPHeads
+    from loraloop.lm.speculative import generate_speculative
+
+    plan, vocab = PLANS[args.shape], SHAPES[args.shape]["vocab_size"]
+    model, tok = build_model(args.shape), build_tokenizer(vocab)
+    torch.manual_seed(1)
+    heads = MTPHeads(model.config.hidden_size, 2)
+    for p in heads.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    stop, new, out = stop_ids(model, tok), plan["new_tokens"], {}
+    warm = sample_prompts(plan, vocab, 2)
+    for b in (1, 2):
+        generate_speculative(model, heads, warm, 4, stop, batch_size=b)
+        generate(model, tok, warm, batch_size=b, max_new_tokens=4, temperature=0.0, top_p=1.0, seed=0, desc="")
+    for b in plan["drafting"]:
+        prompts = sample_prompts(plan, vocab, max(b, 8))
+        made: list[list[int]] = [[] for _ in prompts]
+        settings = dict(batch_size=b, max_new_tokens=new, temperature=0.0, top_p=1.0, seed=0, desc="", progress=False)
+        synchronize()
+        t0 = time.perf_counter()
+        generate(model, tok, prompts, on_token=lambda i, t, made=made: made[i].append(t), **settings)
+        synchronize()
+        plain_s = time.perf_counter() - t0
+        drafted, stats = generate_speculative(model, heads, prompts, new, stop, batch_size=b)
+        synchronize()
+        drafting_s = time.perf_counter() - t0 - plain_s
+        out[str(b)] = {
+            "plain_tokens_per_s": sum(map(len, made)) / plain_s,
+            "drafting_tokens_per_s": stats.tokens / drafting_s,
+            "tokens_per_forward": stats.tokens_per_forward,
+            "acceptance": stats.acceptance(),
+            "same": sum(a == d for a, d in zip(made, drafted)),
+            "prompts": len(prompts),
+        }
+        if b == 1:  # one forward per plain token after the prompt's; stats.forwards counts the drafting ones
+            plain_step = plain_s / (sum(map(len, made)) - len(prompts))
+            out[str(b)]["step_cost"] = drafting_s / stats.forwards / plain_step
+    return {"by_batch": out, "peak_mb": peak_memory_mb()}
+
+
 def side_qlora(args) -> dict:
     """The base saved and loaded in 4-bit through loraloop's QLoRA loader (train.quantize: 4bit),
     then LoRA SFT steps of loraloop's loop."""
@@ -379,9 +435,10 @@ SIDES = {  # label -> (part, argv of the side, its budget in seconds)
     "loraloop rho1": ("methods", ["--side", "loraloop", "--method", "rho1"], 150),
     "loraloop dpo": ("methods", ["--side", "loraloop", "--method", "dpo"], 150),
     "sample": ("sample", ["--side", "sample"], 240),
+    "speculative": ("speculative", ["--side", "speculative"], 150),
     "qlora": ("qlora", ["--side", "qlora"], 240),
 }
-PARTS = ("peak", "train", "methods", "sample", "qlora")
+PARTS = ("peak", "train", "methods", "sample", "speculative", "qlora")
 
 
 def can_run(part: str) -> str | None:
@@ -455,7 +512,26 @@ def summary(args, results: dict, failed: dict) -> list[str]:
             f"sampler at {n} prompts: loraloop {s['loraloop_tokens_per_s']:,.1f} tokens/s, generate batched "
             f"{s['generate_tokens_per_s']:,.1f}: {ratio:.2f}x; same tokens {s['same']}/{s['prompts']}"
         )
+    lines += drafting_lines(results.get("speculative", {}))
     lines += [f"{label:22s} not run: {why}" for label, why in failed.items()]
+    return lines
+
+
+def drafting_lines(r: dict) -> list[str]:
+    lines = []
+    for b, s in r.get("by_batch", {}).items():
+        ours, plain = s["drafting_tokens_per_s"], s["plain_tokens_per_s"]
+        lines.append(
+            f"drafting at batch {b}: {ours:,.1f} tokens/s, sampler {plain:,.1f}: {ours / plain:.2f}x at "
+            f"{s['tokens_per_forward']:.2f} tokens per forward (random heads); "
+            f"same tokens {s['same']}/{s['prompts']}"
+        )
+        if "step_cost" in s:
+            c = s["step_cost"]
+            lines.append(
+                f"a drafting step costs {c:.2f}x a plain one at batch 1: heads reaching 1.5 / 2 / 2.5 tokens "
+                f"per forward run about {1.5 / c:.2f}x / {2 / c:.2f}x / {2.5 / c:.2f}x as fast"
+            )
     return lines
 
 
@@ -480,13 +556,15 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     ap.add_argument("--out", type=Path, default=None, help="Write gpu.json and gpu.txt here.")
     ap.add_argument("--budget", type=float, default=480, help="Seconds for all parts (each side has its own too).")
-    ap.add_argument("--side", choices=["peak", "loraloop", "trl", "sample", "qlora"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--side", choices=["peak", "loraloop", "trl", "sample", "speculative", "qlora"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--method", choices=["sft", "rho1", "dpo"], default="sft", help=argparse.SUPPRESS)
     ap.add_argument("--trl-config", default="padding_free", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
         sides = {"peak": side_peak, "loraloop": side_loraloop, "trl": side_trl, "sample": side_sample}
-        child.report({**sides, "qlora": side_qlora}[args.side](args))
+        child.report({**sides, "speculative": side_speculative, "qlora": side_qlora}[args.side](args))
         return
     args.parts = [p for p in args.parts.split(",") if p]
     unknown = sorted(set(args.parts) - set(PARTS))

@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--wheels", type=Path, nargs="*", default=[ROOT / ".whl", ROOT / ".whl-qlora"])
     ap.add_argument("--site", type=Path, default=Path("/tmp/loraloop-gpu-site"), help="Where the wheels go.")
     ap.add_argument("--shape", choices=["8b", "tiny"], default=None, help="Default: 8b with CUDA, tiny without.")
-    ap.add_argument("--parts", default="peak,train,methods,sample,qlora")
+    ap.add_argument("--parts", default="peak,train,methods,sample,speculative,qlora")
     ap.add_argument("--no-tests", action="store_true", help="Only bench/gpu.py.")
     ap.add_argument("--budget", type=float, default=540, help="Seconds for the whole check.")
     args = ap.parse_args()

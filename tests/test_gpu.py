@@ -1,5 +1,6 @@
 """CUDA paths, run where a GPU is (`make gpu-check` on the lent machine), skipped without one: bf16
-training against fp32, the sampler against `generate` on CUDA, a QLoRA step, a single-process
+training against fp32, the sampler and drafting with multi-token heads against `generate` on
+CUDA, a QLoRA step, a single-process
 `accelerate launch`, and the DVC pipeline's sample and train stages on the GPU."""
 
 from __future__ import annotations
@@ -63,6 +64,38 @@ def test_the_sampler_on_cuda_equals_generate_one_prompt_at_a_time(tiny_base):
             theirs.append(tok.decode(out[0, len(p) :], skip_special_tokens=True).strip())
         same = sum(a == b for a, b in zip(ours, theirs))
         assert same >= need, f"{dtype}: {same}/{len(prompts)} the same"
+
+
+def test_drafting_on_cuda_writes_what_generate_writes(tiny_base):
+    """Self-speculative decoding with heads at random, fp32 on the GPU: greedy, one prompt at a
+    time and as rows of batches of three (rows leaving and joining), the tokens are transformers'
+    generate's; sampled (the generators on the CPU), a batch draws what each prompt draws alone."""
+    from test_generate import setup
+    from test_mtp import random_heads
+
+    from loraloop.lm import speculative
+
+    tok, model, prompts = setup(tiny_base)
+    model = model.float()
+    heads = random_heads(model.config.hidden_size, 3, 0.05)
+    want = []
+    for p in prompts:
+        ids = torch.tensor([p], device="cuda")
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )  # fmt: skip
+        want.append(out[0, len(p) :].tolist())
+    for b in (1, 3):
+        made, stats = speculative.generate_speculative(model, heads, prompts, 12, {tok.eos_token_id}, batch_size=b)
+        assert made == want, f"batch {b}"
+        assert stats.forwards < stats.tokens
+    seeds = list(range(len(prompts)))
+    sampled = [
+        speculative.generate_speculative(model, heads, prompts, 12, set(), 0.7, 0.9, seeds, batch_size=b)[0]
+        for b in (1, 3)
+    ]
+    assert sampled[0] == sampled[1]
 
 
 def test_a_qlora_step_runs(project):

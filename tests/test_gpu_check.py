@@ -38,5 +38,12 @@ def test_gpu_check_runs_its_cpu_mode_and_writes_its_results(tmp_path):
     # fp32 on a CPU, greedy: the sampler makes exactly generate's tokens at each prompt count.
     for n, s in results["sample"]["by_prompts"].items():
         assert s["same"] == s["prompts"] == int(n) and s["tokens"] > 0
+    # Drafting with heads at random, fp32 on a CPU, greedy: the sampler's tokens at each batch size.
+    drafting = results["speculative"]["by_batch"]
+    assert set(drafting) == {"1", "4"}
+    for s in drafting.values():
+        assert s["same"] == s["prompts"] and s["tokens_per_forward"] >= 1 and len(s["acceptance"]) == 2
+    assert drafting["1"]["step_cost"] > 0
     text = (out / "gpu-check.txt").read_text()
     assert "no CUDA device (CPU mode)" in text and "speed ratio vs TRL's best" in text and "MFU" in text
+    assert "a drafting step costs" in text
