@@ -31,6 +31,22 @@ def compaction_order(groups, keep: list[int]):
     return order, out
 
 
+def attention_mask(first: torch.Tensor, tail_from: torch.Tensor, shared: int, width: int, last=None) -> torch.Tensor:
+    """An additive mask [rows, 1, queries, width] over a batch's cache columns (Batch.first and
+    Batch.tail_from): 0 where a row's query sees its prefix (`shared` columns from `first`) and its
+    tail and the tokens after it (from `tail_from`), -inf elsewhere. A decode step's one query per
+    row sees all of them; with `last` [rows, queries], query i of a row sees up to its column
+    last[row, i] only (a drafting step, lm/speculative.py: each draft sees the tokens before it, and
+    none of the drafts its row turned down before, which lie past them)."""
+    col = torch.arange(width, device=first.device)[None, None]
+    tail = col >= tail_from[:, None, None]
+    if last is not None:
+        tail = tail & (col <= last[:, :, None])
+    f = first[:, None, None]
+    seen = (col >= f) & ((col < f + shared) | tail)
+    return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None]
+
+
 @dataclass
 class Batch:
     """The rows being decoded. Row r is job jobs[r]; all rows share one cache, write their next

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from .batch import Batch, compact, merge, next_jobs, start_batch
+from .batch import Batch, attention_mask, compact, merge, next_jobs, start_batch
 from .cpu_matmul import cpu_linears
 from .kv_cache import ragged
 from .prefill import shared_prefix
@@ -83,14 +83,6 @@ def stop_ids(model, tok) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _decode_mask(first: torch.Tensor, tail_from: torch.Tensor, shared: int, width: int) -> torch.Tensor:
-    """An additive mask over the cache columns, one row per prompt: 0 on its prefix (`shared`
-    columns from `first`), on its tail and what follows (from `tail_from`), -inf elsewhere."""
-    col = torch.arange(width, device=first.device)[None]
-    seen = (col >= first[:, None]) & ((col < first[:, None] + shared) | (col >= tail_from[:, None]))
-    return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None, None]
-
-
 @dataclass
 class _Picker:
     """Picks each row's next token (each job with its own seeded generator) and keeps what every
@@ -129,7 +121,7 @@ class _Picker:
 def _step(model, batch: Batch, nxt: torch.Tensor, shared: int) -> None:
     """One decode step of every row of the batch: its cache, positions and logits move on."""
     n = batch.n + 1  # cache columns once this step's token is in
-    mask = _decode_mask(batch.first, batch.tail_from, shared, n).to(batch.cache.layers[0].keys.dtype)
+    mask = attention_mask(batch.first, batch.tail_from, shared, n).to(batch.cache.layers[0].keys.dtype)
     spans = [(a, b, first, mask[a:b, ..., first:n]) for a, b, first in batch.groups]
     # No attention_mask: the spans carry the masks, so transformers builds none.
     out = model(

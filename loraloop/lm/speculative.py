@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from .batch import compact, merge, next_jobs, start_batch
+from .batch import attention_mask, compact, merge, next_jobs, start_batch
 from .cpu_matmul import cpu_linears
 from .generate import Generation, nucleus, stop_ids
 from .kv_cache import ragged
@@ -241,18 +241,6 @@ def decode_one(
     return r.made
 
 
-def _step_mask(first, tail_from, write, shared: int, q: int, width: int) -> torch.Tensor:
-    """An additive mask [rows, 1, q, width] over the cache columns for a drafting step: query i of
-    a row sees its prefix (`shared` columns from `first`), and its tail and tokens from
-    `tail_from` up to its own column `write` + i (what it writes after them: the next token, then
-    the drafts in order); -inf elsewhere, including the drafts it turned down before."""
-    col = torch.arange(width, device=first.device)[None, None]
-    last = (write[:, None] + torch.arange(q, device=first.device))[:, :, None]
-    f = first[:, None, None]
-    seen = (col >= f) & (col < f + shared) | (col >= tail_from[:, None, None]) & (col <= last)
-    return torch.zeros(seen.shape, device=first.device).masked_fill(~seen, float("-inf"))[:, None]
-
-
 @dataclass
 class _Drafter:
     """What a drafting batch's steps share: the model's parts and heads, each prompt's row, how it
@@ -291,10 +279,11 @@ class _Drafter:
         `write`; each live row keeps what it accepts, and its column and position move past it."""
         n = len(self.heads)
         ahead, width = torch.arange(n + 1, device=write.device), int(write.max()) + n + 1
-        mask = _step_mask(batch.first, batch.tail_from, write, shared, n + 1, width)
+        last = write[:, None] + ahead  # each query's own column: the next token's, then its drafts'
+        mask = attention_mask(batch.first, batch.tail_from, shared, width, last)
         mask = mask.to(batch.cache.layers[0].keys.dtype)
         for layer in batch.cache.layers:
-            layer.write_at(write[:, None] + ahead, width)
+            layer.write_at(last, width)
         rows = [self.rows[j] for j in batch.jobs]
         hidden = self.decoder(
             input_ids=torch.tensor([[r.made[-1], *r.drafts] for r in rows], device=write.device),
