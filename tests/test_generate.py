@@ -230,6 +230,17 @@ def test_sampling_draws_each_token_as_often_as_its_nucleus_probability():
     assert abs(everything.count(4) / 6000 - 0.04) < 0.01
 
 
+def test_a_draw_that_rounds_onto_the_total_takes_the_last_token_that_can_be_drawn():
+    """inverse_cdf, which the plain sampler and speculative sampling both draw with: u places a
+    draw on each row's cumulative probabilities; u x total rounding onto the total (u = 1 here)
+    takes the row's last token of nonzero probability, not the nucleus's zero padding after it."""
+    probs = torch.tensor([[0.5, 0.25, 0.25, 0.0, 0.0], [0.2, 0.0, 0.3, 0.0, 0.0]])
+    at = lambda u: gen.inverse_cdf(probs, torch.tensor(u)).tolist()  # noqa: E731
+    assert at([0.0, 0.0]) == [0, 0]
+    assert at([0.6, 0.5]) == [1, 2]  # row 1: 0.5 x 0.5 = 0.25 lies past 0.2, on token 2
+    assert at([1.0, 1.0]) == [2, 2]
+
+
 def greedy_one_at_a_time(model, tok, prompts, max_new_tokens, eos):
     outs = []
     for p in prompts:

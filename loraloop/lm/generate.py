@@ -51,10 +51,22 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float, gens: list
     if temperature <= 0:
         return logits.argmax(-1)
     probs, ids = nucleus(torch.softmax(logits.float() / temperature, -1), top_p)
-    cum = probs.cpu().cumsum(-1)
-    u = torch.stack([torch.rand((), generator=g) for g in gens]) * cum[:, -1]
-    pick = torch.searchsorted(cum, u[:, None], right=True).clamp_max(cum.shape[-1] - 1)
-    return ids.cpu().gather(-1, pick)[:, 0].to(logits.device)
+    pick = inverse_cdf(probs.cpu(), torch.stack([torch.rand((), generator=g) for g in gens]))
+    return ids.cpu().gather(-1, pick[:, None])[:, 0].to(logits.device)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A draw from each row of probs [rows, k] (not necessarily summing to 1) by its uniform u
+    [rows] in [0, 1): the first index whose cumulative probability passes u times the row's total.
+    A product that rounds onto the total takes the row's last index of nonzero probability, never a
+    zero one past it (a nucleus row's padding)."""
+    cum = probs.cumsum(-1)
+    pick = torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True)[:, 0]
+    over = pick >= probs.shape[-1]
+    if bool(over.any()):
+        last_nonzero = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)
+        pick = torch.where(over, last_nonzero, pick)
+    return pick
 
 
 def nucleus(probs: torch.Tensor, top_p: float, k: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
