@@ -304,6 +304,10 @@ class TrainParams(Section):
     # Steps of the heads alone after the adapter's, on the finished adapted model's hidden states
     # (train/heads.py: the loop's few steps leave new heads far from trained); 0: none.
     mtp_head_steps: int = Field(0, ge=0)
+    # What those steps read: `replies`, each example's last assistant turn as the adapted model
+    # itself writes it, greedy (self-distillation, Medusa-2: what verifying keeps is the model's own
+    # next token, not the data's); `examples`, the examples' own tokens.
+    mtp_head_data: Literal["replies", "examples"] = "replies"
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)

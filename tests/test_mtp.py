@@ -131,7 +131,7 @@ def test_a_round_trains_heads_beside_its_adapter(project):
     assert (alone / adapter).read_bytes() == (plain / adapter).read_bytes()
     assert (alone / info["file"]).read_bytes() != (heads / info["file"]).read_bytes()
     trained = read_json(alone / "ROUND.json")["train"]["mtp"]
-    assert trained["head_steps"] == 12 and "head_steps" not in info
+    assert trained["head_steps"] == 12 and trained["head_data"] == "replies" and "head_steps" not in info
     first, last = trained["head_loss"]
     assert last < first
 
@@ -150,6 +150,41 @@ def test_a_round_trains_heads_beside_its_adapter(project):
     )
     for p, got in zip(prompts[:3], made):
         assert got == greedy_reference(model, tok, p, 8).tolist()
+
+
+def test_head_steps_read_the_models_own_greedy_replies(tiny_base):
+    """train.mtp_head_data: replies: each example's last reply is replaced by the model's greedy
+    reply to what precedes it (its earlier turns kept as context, not counted), cut to
+    train.max_length; `examples` would read the examples' own tokens."""
+    from types import SimpleNamespace
+
+    from conftest import small_params
+
+    from loraloop.lm.loss import tokenize
+    from loraloop.train.heads import last_turn_start, reply_rows
+
+    assert last_turn_start([False, True, True, False, True, True, True]) == 4
+    assert last_turn_start([False, False, True]) == 2
+    tok, model, _ = setup(tiny_base)
+    convs = [
+        with_system(SYSTEM, [{"role": "user", "content": q}, {"role": "assistant", "content": "Let us see."}])
+        for q in QUESTIONS[:3]
+    ]
+    convs[0] = convs[0] + [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Then more."}]
+    examples, _ = tokenize(tok, [{"messages": c, "weight": 1.0, "kind": "anchor"} for c in convs], 256)
+    params = small_params(max_length=256)
+    r = SimpleNamespace(params=params, model=model, tok=tok, acc=SimpleNamespace(is_main_process=False), round_id="t")
+    rows = reply_rows(r, examples)
+    n = params.sample.max_new_tokens
+    for ex, row in zip(examples, rows):
+        start = last_turn_start(ex["mask"])
+        prompt, reply = row["ids"][:start], row["ids"][start:]
+        assert prompt == ex["ids"][:start] and row["mask"] == [False] * start + [True] * len(reply)
+        assert reply == greedy_reference(model, tok, prompt, n).tolist() and 0 < len(reply) <= n
+        assert row["weight"] == ex["weight"] and row["kind"] == ex["kind"]
+    assert sum(examples[0]["mask"][: last_turn_start(examples[0]["mask"])]) > 0  # an earlier reply, not counted
+    short = reply_rows(SimpleNamespace(**{**vars(r), "params": small_params(max_length=len(prompt) + 2)}), examples)
+    assert len(short[-1]["ids"]) == len(prompt) + 2
 
 
 def test_a_head_whose_loss_is_not_finite_stops_training_and_is_named(project, monkeypatch):
