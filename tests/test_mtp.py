@@ -295,8 +295,8 @@ def test_speculative_sampling_draws_what_the_plain_sampler_draws(tiny_base):
     greedy, _ = speculative.generate_speculative(model, mtp.MTPHeads(model.config.hidden_size, 3), prompt, 8, set())
     heads = heads_fit_to(model, prompt, greedy, 3)
     drafted, stats = speculative.generate_speculative(
-        model, heads, prompt * n, length, stop, t, top_p, list(range(n)), batch_size=64
-    )
+        model, heads, prompt * n, length, stop, t, top_p, list(range(n)), batch_size=64, budget=10**6
+    )  # every row drafts all three heads' tokens, whatever the device's verify budget
     assert 10 <= stats.accepted[0] <= stats.drafted[0] - 10, stats.summary()  # both branches of the rule ran
 
     def plain(temperature: float) -> list[list[int]]:
@@ -388,6 +388,32 @@ def test_prompts_join_a_drafting_batch_as_its_rows_finish(tiny_base, monkeypatch
     assert made == refs
     assert [st.accepted for st in each] == [st.accepted for st in each_alone]
     assert stats.accepted[0] > 0
+
+
+def test_a_batch_drafts_within_its_verify_budget_and_more_as_rows_finish(tiny_base):
+    """A step verifies at most `budget` tokens (rows x (1 + drafts)): seven rows and a budget of 8
+    draft nothing (plain steps) until rows finish, then one draft each, then all three heads' once
+    two rows remain; a budget of one token never drafts. Every prompt still writes its
+    greedy tokens."""
+    from test_generate import early_stops, greedy_one_at_a_time
+
+    assert [speculative.draft_depth(rows, 3, 8) for rows in (8, 7, 5, 4, 3, 2, 1)] == [0, 0, 0, 1, 1, 3, 3]
+    tok, model, prompts = setup(tiny_base)
+    stop = early_stops(tok, greedy_one_at_a_time(model, tok, prompts, 16, tok.eos_token_id))
+    refs = greedy_one_at_a_time(model, tok, prompts, 16, stop)
+    heads = heads_fit_to(model, prompts[:3], refs[:3], 3)
+    full, _ = speculative.generate_speculative(model, heads, prompts, 16, set(stop), batch_size=7)
+    assert full == refs
+    each = []
+    made, stats = speculative.generate_speculative(
+        model, heads, prompts, 16, set(stop), each=each, batch_size=7, budget=8
+    )
+    assert made == refs
+    assert 0 < stats.drafted[2] < stats.drafted[0] < stats.forwards, stats  # some steps drafted, fewer deep
+    assert stats.accepted[0] > 0
+    made, stats = speculative.generate_speculative(model, heads, prompts, 16, set(stop), batch_size=7, budget=1)
+    assert made == refs
+    assert stats.drafted == [0, 0, 0] and stats.tokens == stats.forwards + len(prompts)
 
 
 @pytest.mark.parametrize("fit, fused", [(False, 0), (True, 10**6)])

@@ -7,11 +7,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from ..data.prompts import negative_prompts, prompts_from_split
 from ..files import write_jsonl
 from ..params import Params, SampleParams
 from ..workspace import Base, Round
+
+if TYPE_CHECKING:
+    from .generate import Generation
 
 CHUNK = 2048  # samples the hf engine makes and writes at a time: a round's memory is bounded by it
 
@@ -36,7 +40,6 @@ def heads_of(policy: Round, sp: SampleParams) -> Path | None:
 def generate_hf(base_dir: Path, policy: Round, prompts: list[dict], sp: SampleParams, seed: int, desc: str):
     """Generations of CHUNK prompts at a time (the model loaded once), in order."""
     from .generate import answer_in_chunks
-    from .speculative import answer_speculative
 
     n_chunks = -(-len(prompts) // CHUNK)
     settings = dict(max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, desc=desc)
@@ -49,6 +52,40 @@ def generate_hf(base_dir: Path, policy: Round, prompts: list[dict], sp: SamplePa
         if n_chunks > 1:
             print(f"{desc}: chunk {i + 1}/{n_chunks} done", file=sys.stderr)
         yield gen
+
+
+def answer_speculative(
+    base_dir: Path,
+    adapter: Path,
+    heads_file: Path,
+    prompts: list[dict],
+    chunk: int,
+    seed: int,
+    batch_size: int,
+    **settings,
+) -> Iterator[Generation]:
+    """lm/generate.py answer_in_chunks, drafting with the adapter's heads: a Generation per `chunk`
+    prompts, each prompt's SpecStats in its `speculative`; prompt i samples with seed `seed + i`
+    (`settings`: max_new_tokens, temperature, top_p, desc)."""
+    from . import mtp
+    from .chat import prompt_ids
+    from .generate import Generation, stop_ids
+    from .model import load_model, load_tokenizer
+    from .speculative import generate_speculative
+
+    tok = load_tokenizer(base_dir)
+    model = load_model(base_dir, adapter)
+    model.eval()
+    heads, stop = mtp.load(heads_file), stop_ids(model, tok)
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in part]
+        seeds, each = [seed + start + i for i in range(len(part))], []
+        made, _ = generate_speculative(
+            model, heads, ids, stop=stop, seeds=seeds, each=each, batch_size=batch_size, **settings
+        )
+        texts = [tok.decode(m, skip_special_tokens=True).strip() for m in made]
+        yield Generation(texts=texts, seeds=seeds, n_tokens=sum(map(len, made)), speculative=each)
 
 
 def generate_vllm(base_dir: Path, policy: Round, prompts: list[dict], sp: SampleParams, seed: int, desc: str):

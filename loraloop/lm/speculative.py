@@ -23,15 +23,14 @@ drafts as it accepts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from .batch import attention_mask, compact, merge, next_jobs, start_batch
 from .cpu_matmul import cpu_linears
-from .generate import Generation, inverse_cdf, nucleus, stop_ids
+from .generate import inverse_cdf, nucleus
 from .kv_cache import ragged
 from .loss import causal_lm
 from .mtp import MTPHeads
@@ -140,11 +139,11 @@ class Decoding:
             return scores.argmax(-1).tolist(), None
         return [draw(row, self.gen) for row in scores], scores
 
-    def verify(self, scores: torch.Tensor, drafts: list[int], q: torch.Tensor | None) -> tuple[int, int]:
+    def verify(self, scores, drafts: list[int], q: torch.Tensor | None) -> tuple[int, int]:
         """(drafts kept, the token after them) from the scores of the verifying forward's logits
-        (n+1 rows)."""
+        (n+1 rows; greedy: or their argmaxes, a list)."""
         if self.greedy:
-            verified = scores.argmax(-1).tolist()  # verified[i]: the token after input i
+            verified = scores if isinstance(scores, list) else scores.argmax(-1).tolist()  # the token after input i
             a = 0
             while a < len(drafts) and drafts[a] == verified[a]:
                 a += 1
@@ -162,15 +161,15 @@ def scores_of(hows: list[Decoding], logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([h.scores(row) for h, row in zip(hows, logits)])
 
 
-def all_logits(heads: MTPHeads, out_layer, h: torch.Tensor, own: bool = True) -> torch.Tensor:
+def all_logits(heads: MTPHeads, out_layer, h: torch.Tensor, own: bool = True, depth: int | None = None) -> torch.Tensor:
     """The model's own logits and every head's at hidden states h ([..., hidden] ->
     [..., 1 + heads, vocab]: [..., 0] the next token's, [..., k] head k's draft k places further),
     in one product with the output layer. A step of a few rows is bound by streaming the
     vocabulary's weights (SmolLM2: 49,152 x 576, a fifth of its forward), so reading them once for
     the verified positions and the drafts from each of them costs about what reading them for the
     verification alone does, where a second product for the kept position's drafts read them twice.
-    own=False: the heads' logits only ([..., heads, vocab])."""
-    drafted = [heads(h, k) for k in range(1, len(heads) + 1)]
+    own=False: the heads' logits only ([..., heads, vocab]); `depth`: the first heads only."""
+    drafted = [heads(h, k) for k in range(1, (depth or len(heads)) + 1)]
     return out_layer(torch.stack([h, *drafted] if own else drafted, -2))
 
 
@@ -180,6 +179,23 @@ def all_logits(heads: MTPHeads, out_layer, h: torch.Tensor, own: bool = True) ->
 # two heads: 1 row, 8.0 ms for the 9 rows against 5.0 + 4.7 for 3 and 2; 4 rows, about 13 against
 # 16; 8 rows, 24 against 18 (the product is no longer bound by reading the weights).
 FUSED_MAX_ROWS = 40
+
+# A drafting step verifies rows x (1 + drafts) tokens in one forward. While they are few, the
+# forward is bound by reading the weights and the drafts ride along almost free; past that it is
+# bound by compute, each verified token costs what a decoded one does, and drafts that are turned
+# down make the batch slower than the sampler (this 2-core CPU, SmolLM2, tutor-r2's heads: 1.28x /
+# 1.07x / 0.92x the sampler at 1 / 8 / 64 rows drafting two tokens each). So a batch's step drafts
+# at most as many of its heads' tokens per row as keep rows x (1 + drafts) within this budget,
+# none past it (a plain step: vLLM's speculative_disable_by_batch_size turns drafting off by batch
+# size alone), and more again as rows finish. A GPU's forward stays bound by reading the weights
+# to a few hundred tokens; the CPU's figure keeps 16 rows (bench/serve.py's 16 clients, 1.33x)
+# drafting both tokens.
+VERIFY_TOKENS = {"cpu": 48, "cuda": 512}
+
+
+def draft_depth(rows: int, heads: int, budget: int) -> int:
+    """How many of its heads' drafts each of `rows` rows verifies in a step within `budget`."""
+    return max(0, min(heads, budget // rows - 1))
 
 
 @dataclass
@@ -252,6 +268,7 @@ class _Drafter:
     heard: Callable[[int, int], None]
     halted: Callable[[int], bool]
     ended: Callable[[int], None]
+    budget: int
     rows: list = field(init=False)
 
     def __post_init__(self):
@@ -270,16 +287,19 @@ class _Drafter:
                 self.ended(i)
 
     def step(self, batch, write: torch.Tensor, shared: int) -> None:
-        """One forward over every row's next token and drafts, each written at its row's column
-        `write`; each live row keeps what it accepts, and its column and position move past it."""
-        n = len(self.heads)
-        ahead, width = torch.arange(n + 1, device=write.device), int(write.max()) + n + 1
+        """One forward over every row's next token and drafts (as many as draft_depth lets every
+        row verify), each written at its row's column `write`; each live row keeps what it
+        accepts, and its column and position move past it."""
+        rows = [self.rows[j] for j in batch.jobs]
+        d = min([draft_depth(len(rows), len(self.heads), self.budget)] + [len(r.drafts) for r in rows if r.live])
+        ahead, width = torch.arange(d + 1, device=write.device), int(write.max()) + d + 1
         last = write[:, None] + ahead  # each query's own column: the next token's, then its drafts'
         mask = attention_mask(batch.first, batch.tail_from, shared, width, last)
         mask = mask.to(batch.cache.layers[0].keys.dtype)
         for layer in batch.cache.layers:
             layer.write_at(last, width)
-        rows = [self.rows[j] for j in batch.jobs]
+        for r in rows:  # a row that ended reads its last token again: its queries go unused
+            r.drafts, r.q = (r.drafts[:d], r.q if r.q is None else r.q[:d]) if r.live else ([r.made[-1]] * d, None)
         hidden = self.decoder(
             input_ids=torch.tensor([[r.made[-1], *r.drafts] for r in rows], device=write.device),
             position_ids=batch.next_pos + ahead,
@@ -287,9 +307,11 @@ class _Drafter:
             use_cache=True,
             ragged_spans=[(a, b, f, mask[a:b, ..., f:width]) for a, b, f in batch.groups],
         ).last_hidden_state
-        fused = len(rows) * (n + 1) ** 2 <= FUSED_MAX_ROWS
+        fused = len(rows) * (d + 1) * (len(self.heads) + 1) <= FUSED_MAX_ROWS
         logits = all_logits(self.heads, self.out_layer, hidden) if fused else self.out_layer(hidden)[..., None, :]
         scores = scores_of([r.how for r in rows], logits[:, :, 0])
+        if all(r.how.greedy for r in rows):  # every row's argmaxes in one call, not one per row
+            scores = scores.argmax(-1).tolist()
         after = {}  # a live row -> (its batch row, its drafts kept)
         for b, (j, r) in enumerate(zip(batch.jobs, rows)):
             if not r.live:
@@ -303,14 +325,24 @@ class _Drafter:
                 after[j] = b, a
             else:
                 self.ended(i)
-        if after:  # every live row's next drafts, from the position after its kept drafts
-            if fused:
-                drafting = torch.stack([logits[b, a, 1:] for b, a in after.values()])
-            else:
-                kept = torch.stack([hidden[b, a] for b, a in after.values()])
-                drafting = all_logits(self.heads, self.out_layer, kept, own=False)
-            for j, row_scores in zip(after, scores_of([self.rows[j].how for j in after], drafting)):
-                self.rows[j].drafts, self.rows[j].q = self.rows[j].how.drafts(row_scores)
+        self.draft_next(after, hidden, logits if fused else None)
+
+    def draft_next(self, after: dict, hidden: torch.Tensor, fused: torch.Tensor | None) -> None:
+        """The live rows' next drafts (`after`: row -> its batch row and drafts kept), from the
+        position after their kept drafts, as many as the next step's rows let each verify: from
+        the step's fused logits, or the heads' product at those positions (none drafting none)."""
+        depth = draft_depth(len(after), len(self.heads), self.budget) if after else 0
+        if not depth:
+            for j in after:
+                self.rows[j].drafts, self.rows[j].q = [], None
+            return
+        if fused is not None:
+            drafting = torch.stack([fused[b, a, 1 : 1 + depth] for b, a in after.values()])
+        else:
+            kept = torch.stack([hidden[b, a] for b, a in after.values()])
+            drafting = all_logits(self.heads, self.out_layer, kept, own=False, depth=depth)
+        for j, row_scores in zip(after, scores_of([self.rows[j].how for j in after], drafting)):
+            self.rows[j].drafts, self.rows[j].q = self.rows[j].how.drafts(row_scores)
 
 
 @torch.inference_mode()
@@ -326,12 +358,14 @@ def decode_batch(
     halt: Callable[[int], bool] | None = None,
     batch_size: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    budget: int | None = None,
 ) -> list[list[int]]:
     """decode_one for several prompts, at most batch_size (default: all) rows at once, on the
     batched sampler's machinery (lm/batch.py: prefill, reserved cache, rows leaving and joining).
     A row writes its next token and drafts after its last kept token, over those it turned down,
     and its positions count its own tokens, so it sees what it would alone. on_token(i, token)
-    hears prompt i's tokens as kept; halt(i), asked after each, ends it there; on_done(i): it ended."""
+    hears prompt i's tokens as kept; halt(i), asked after each, ends it there; on_done(i): it ended.
+    `budget`: the most tokens a step verifies (draft_depth; default VERIFY_TOKENS of the device)."""
     lm = causal_lm(model)
     dev, batch_size = next(model.parameters()).device, batch_size or len(prompts)
     shared, prefix = shared_prefix(model, prompts, dev)
@@ -339,7 +373,8 @@ def decode_batch(
     tails = [prompts[i][shared:] for i in order]
     hear, halted, ended = on_token or (lambda i, token: None), halt or (lambda i: False), on_done or (lambda i: None)
     parts = (lm.get_decoder(), lm.get_output_embeddings(), heads)
-    d = _Drafter(*parts, order, hows, stats, stop, max_new_tokens, hear, halted, ended)
+    budget = budget or VERIFY_TOKENS["cpu" if dev.type == "cpu" else "cuda"]
+    d = _Drafter(*parts, order, hows, stats, stop, max_new_tokens, hear, halted, ended, budget)
     waiting, batch, write = list(range(len(tails))), None, None  # write: per batch row, its next token's column
     while True:
         keep = [] if batch is None else [b for b, j in enumerate(batch.jobs) if d.rows[j].live]
@@ -380,7 +415,7 @@ def _joined(batch, keep: list[int], write, new, reserve: int):
 
 def _advance(
     r: _Row,
-    scores: torch.Tensor,
+    scores,
     stats: SpecStats,
     max_new_tokens: int,
     stop: set[int],
@@ -416,11 +451,12 @@ def generate_speculative(
     each: list[SpecStats] | None = None,
     desc: str | None = None,
     batch_size: int = 1,
+    budget: int | None = None,
 ) -> tuple[list[list[int]], SpecStats]:
     """New tokens of each prompt, one at a time (batch_size 1: decode_one) or as rows of batches of
     at most batch_size (decode_batch, prompts joining as rows finish), prompt i sampled
     (temperature > 0) with its own generator seeded seeds[i]: (new tokens per prompt, the run's
-    SpecStats); `each`, if given, gets each prompt's; `desc`: a progress bar."""
+    SpecStats); `each`, if given, gets each prompt's; `desc`: a progress bar; `budget`: decode_batch's."""
     if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
         raise ValueError("sampling needs one seed per prompt")
     out_layer = causal_lm(model).get_output_embeddings()
@@ -437,8 +473,9 @@ def generate_speculative(
         else:
             done = lambda i: bar.update(1)  # noqa: E731
             made = decode_batch(
-                model, heads, prompts, max_new_tokens, stop, stats, hows, batch_size=batch_size, on_done=done
-            )
+                model, heads, prompts, max_new_tokens, stop, stats, hows, batch_size=batch_size, on_done=done,
+                budget=budget,
+            )  # fmt: skip
     bar.close()
     total = SpecStats.for_heads(len(heads))
     for st in stats:
@@ -446,35 +483,3 @@ def generate_speculative(
     if each is not None:
         each.extend(stats)
     return made, total
-
-
-def answer_speculative(
-    base_dir: Path,
-    adapter: Path,
-    heads_file: Path,
-    prompts: list[dict],
-    chunk: int,
-    seed: int,
-    batch_size: int,
-    **settings,
-) -> Iterator[Generation]:
-    """lm/generate.py answer_in_chunks, drafting with the adapter's heads: a Generation per `chunk`
-    prompts, each prompt's SpecStats in its `speculative`; prompt i samples with seed `seed + i`
-    (`settings`: max_new_tokens, temperature, top_p, desc)."""
-    from . import mtp
-    from .chat import prompt_ids
-    from .model import load_model, load_tokenizer
-
-    tok = load_tokenizer(base_dir)
-    model = load_model(base_dir, adapter)
-    model.eval()
-    heads, stop = mtp.load(heads_file), stop_ids(model, tok)
-    for start in range(0, len(prompts), chunk):
-        part = prompts[start : start + chunk]
-        ids = [prompt_ids(tok, p["messages"], p.get("tools")) for p in part]
-        seeds, each = [seed + start + i for i in range(len(part))], []
-        made, _ = generate_speculative(
-            model, heads, ids, stop=stop, seeds=seeds, each=each, batch_size=batch_size, **settings
-        )
-        texts = [tok.decode(m, skip_special_tokens=True).strip() for m in made]
-        yield Generation(texts=texts, seeds=seeds, n_tokens=sum(map(len, made)), speculative=each)
