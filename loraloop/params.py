@@ -308,6 +308,10 @@ class TrainParams(Section):
     # itself writes it, greedy (self-distillation, Medusa-2: what verifying keeps is the model's own
     # next token, not the data's); `examples`, the examples' own tokens.
     mtp_head_data: Literal["replies", "examples"] = "replies"
+    # More train-split prompts (cut as sample@rN cuts them) whose greedy replies those steps read
+    # beside the examples' (replies only): a round's mix is small, and heads fit to more of the
+    # model's replies draft more of it (README: Multi-token heads).
+    mtp_head_prompts: int = Field(0, ge=0)
     steps: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -332,6 +336,11 @@ class TrainParams(Section):
             )
         if self.method == "dpo" and self.mtp_heads > 1:
             raise ValueError("mtp_heads train on the SFT loss's targets; with method: dpo, set mtp_heads: 1")
+        if self.mtp_head_prompts and self.mtp_head_data != "replies":
+            raise ValueError(
+                "mtp_head_prompts adds prompts whose replies the model writes; with mtp_head_data: "
+                f"{self.mtp_head_data} there are none to read: set mtp_head_data: replies or mtp_head_prompts: 0"
+            )
         if self.reference == "start" and self.init == "fresh":
             raise ValueError(
                 "reference: start is the adapter the round starts from (init: prev); a fresh "

@@ -126,12 +126,15 @@ def test_a_round_trains_heads_beside_its_adapter(project):
     assert problems(adapter_config(heads / "adapter")) == []  # what vLLM serves is unchanged
     assert "mtp" not in read_json(plain / "ROUND.json")["train"]
 
-    # The heads' own steps after the adapter's: the adapter as it was, the heads further on.
-    alone = run_round(small_params(init="fresh", mtp_heads=3, mtp_head_steps=12), project, "tutor-r1", out_name="mtp_a")
+    # The heads' own steps after the adapter's (on replies to more prompts too): the adapter as it
+    # was, the heads further on.
+    alone_params = small_params(init="fresh", mtp_heads=3, mtp_head_steps=12, mtp_head_prompts=4)
+    alone = run_round(alone_params, project, "tutor-r1", out_name="mtp_a")
     assert (alone / adapter).read_bytes() == (plain / adapter).read_bytes()
     assert (alone / info["file"]).read_bytes() != (heads / info["file"]).read_bytes()
     trained = read_json(alone / "ROUND.json")["train"]["mtp"]
     assert trained["head_steps"] == 12 and trained["head_data"] == "replies" and "head_steps" not in info
+    assert 0 < trained["head_prompts"] <= 4  # the lineage's train split, those with room for a reply
     first, last = trained["head_loss"]
     assert last < first
 
@@ -185,6 +188,46 @@ def test_head_steps_read_the_models_own_greedy_replies(tiny_base):
     assert sum(examples[0]["mask"][: last_turn_start(examples[0]["mask"])]) > 0  # an earlier reply, not counted
     short = reply_rows(SimpleNamespace(**{**vars(r), "params": small_params(max_length=len(prompt) + 2)}), examples)
     assert len(short[-1]["ids"]) == len(prompt) + 2
+
+
+def test_head_steps_also_read_replies_to_more_train_split_prompts(project):
+    """train.mtp_head_prompts: N more train-split prompts of the round's lineage, cut as the sample
+    stage cuts them, follow the examples with the model's greedy replies, only the replies counted;
+    a prompt with no room for a reply within max_length is left out; with mtp_head_data: examples
+    the setting is refused by name."""
+    from types import SimpleNamespace
+
+    from conftest import small_params
+    from pydantic import ValidationError
+
+    from loraloop.data.prompts import prompts_from_split
+    from loraloop.lm.loss import tokenize
+    from loraloop.train.heads import more_prompts, reply_rows
+
+    tok, model, _ = setup(project / "models")
+    params = small_params(max_length=4096, mtp_head_prompts=3)
+    view = project / "lineages" / "tutor"
+    rnd = SimpleNamespace(view=view, lineage="tutor")
+    acc = SimpleNamespace(is_main_process=False)
+    r = SimpleNamespace(params=params, model=model, tok=tok, acc=acc, round_id="t", inputs=SimpleNamespace(round=rnd))
+    more = more_prompts(r)
+    convs = prompts_from_split(
+        view, "train", 3, f"{params.seed}:head-prompts:t", params.lineage("tutor").system_prompts
+    )
+    assert more == [prompt_ids(tok, c["messages"], c.get("tools")) for c in convs] and len(more) == 3
+    short = SimpleNamespace(**{**vars(r), "params": small_params(max_length=256, mtp_head_prompts=3)})
+    assert more_prompts(short) == [p for p in more if len(p) < 256] and len(more_prompts(short)) < 3  # no room
+    conv = with_system(SYSTEM, [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": "Yes."}])
+    examples, _ = tokenize(tok, [{"messages": conv, "weight": 2.0, "kind": "anchor"}], 256)
+    rows = reply_rows(r, examples, more)
+    assert len(rows) == 4 and rows[0]["kind"] == "anchor" and rows[0]["weight"] == 2.0
+    for p, row in zip(more, rows[1:]):
+        reply = row["ids"][len(p) :]
+        assert row["ids"][: len(p)] == p and row["mask"] == [False] * len(p) + [True] * len(reply)
+        assert reply == greedy_reference(model, tok, p, params.sample.max_new_tokens).tolist() and reply
+        assert (row["kind"], row["weight"]) == ("head prompt", 1.0)
+    with pytest.raises(ValidationError, match="mtp_head_prompts"):
+        small_params(mtp_head_prompts=3, mtp_head_data="examples")
 
 
 def test_a_head_whose_loss_is_not_finite_stops_training_and_is_named(project, monkeypatch):

@@ -44,17 +44,37 @@ def last_turn_start(mask: list[bool]) -> int:
     return start
 
 
-def reply_rows(r, examples: list[dict]) -> list[dict]:
+def more_prompts(r) -> list[list[int]]:
+    """train.mtp_head_prompts train-split prompts of the round's lineage (each conversation cut
+    before a random assistant turn, as sample@rN cuts them), as token ids; a prompt that leaves no
+    room for a reply within train.max_length is left out (train_heads_alone counts those used)."""
+    tp = r.params.train
+    if not tp.mtp_head_prompts:
+        return []
+    from ..data.prompts import prompts_from_split
+    from ..lm.chat import prompt_ids
+
+    rnd = r.inputs.round
+    system_prompts = r.params.lineage(rnd.lineage).system_prompts
+    convs = prompts_from_split(
+        rnd.view, "train", tp.mtp_head_prompts, f"{r.params.seed}:head-prompts:{r.round_id}", system_prompts
+    )
+    ids = [prompt_ids(r.tok, c["messages"], c.get("tools")) for c in convs]
+    return [p for p in ids if len(p) < tp.max_length]
+
+
+def reply_rows(r, examples: list[dict], more: list[list[int]] = ()) -> list[dict]:
     """The examples as the heads will draft them: each one's last reply replaced by the adapted
-    model's own greedy reply to what precedes it (the sampler, sample.batch_size rows at a time, at
-    most sample.max_new_tokens and train.max_length in all), only that reply counted. Verifying
-    keeps a draft when it is the model's own next token, so the heads learn to predict the model,
-    not the data (Medusa-2's self-distillation): on the demo's tutor-r2, 64 head steps drafted 1.91
-    tokens per forward on the eval prompts against 1.71 from the examples' own tokens."""
+    model's own greedy reply to what precedes it, only that reply counted; then the prompts `more`
+    (more_prompts) with the model's replies to them. The sampler writes the replies
+    (sample.batch_size rows at a time, at most sample.max_new_tokens and train.max_length in all).
+    Verifying keeps a draft when it is the model's own next token, so the heads learn to predict
+    the model, not the data (Medusa-2's self-distillation): on the demo's tutor-r2, 64 head steps
+    drafted 1.91 tokens per forward on the eval prompts against 1.71 from the examples' own tokens."""
     from ..lm.generate import generate
 
     sp, tp = r.params.sample, r.params.train
-    prompts = [ex["ids"][: last_turn_start(ex["mask"])] for ex in examples]
+    prompts = [ex["ids"][: last_turn_start(ex["mask"])] for ex in examples] + list(more)
     made: list[list[int]] = [[] for _ in prompts]
     generate(
         r.model, r.tok, prompts, batch_size=sp.batch_size, max_new_tokens=sp.max_new_tokens, temperature=0.0,
@@ -62,9 +82,10 @@ def reply_rows(r, examples: list[dict]) -> list[dict]:
         on_token=lambda i, token: made[i].append(token),
     )  # fmt: skip
     rows = []
-    for ex, p, reply in zip(examples, prompts, made):
+    sources = list(examples) + [{"weight": 1.0, "kind": "head prompt"} for _ in more]
+    for src, p, reply in zip(sources, prompts, made):
         reply = reply[: tp.max_length - len(p)]
-        rows.append({**ex, "ids": p + reply, "mask": [False] * len(p) + [True] * len(reply)})
+        rows.append({**src, "ids": p + reply, "mask": [False] * len(p) + [True] * len(reply)})
     return rows
 
 
@@ -72,8 +93,8 @@ def train_heads_alone(r) -> dict:
     """train.mtp_head_steps AdamW steps (at train.lr) of the heads alone over the run's examples,
     the adapted model frozen in eval mode; tokens weigh as the examples do, with no token
     weighting: a head must draft every token the model writes, not only those the adapter learned
-    most from. Returns what ROUND.json records: the steps, and the heads' loss at the first step and
-    the last."""
+    most from. Returns what ROUND.json records: the steps, what they read (and how many more
+    prompts), and the heads' loss at the first step and the last."""
     tp = r.params.train
     if r.acc.num_processes > 1:  # a sharded model (FSDP, DeepSpeed) has no whole forward in one process
         r.acc.print(
@@ -81,17 +102,18 @@ def train_heads_alone(r) -> dict:
             f"{r.acc.num_processes} processes; the heads are saved as the loop left them"
         )
         return {"head_steps": 0, "head_steps_skipped": f"{r.acc.num_processes} processes"}
+    was = r.model.training
+    r.model.eval()
+    more = more_prompts(r)
+    examples = reply_rows(r, r.examples, more) if tp.mtp_head_data == "replies" else r.examples
     rng = random.Random(f"{r.params.seed}:heads:{r.round_id}")
-    plan = head_batches(len(r.examples), tp.batch_size, tp.mtp_head_steps, rng)
+    plan = head_batches(len(examples), tp.batch_size, tp.mtp_head_steps, rng)
     lm = causal_lm(r.model)
     decoder, out_layer, dev = lm.get_decoder(), lm.get_output_embeddings(), r.acc.device
     reused = len({tuple(b) for b in plan}) < len(plan)
     states: dict[tuple, tuple] = {}
     opt = torch.optim.AdamW(r.heads.parameters(), lr=tp.lr, weight_decay=0.0)
-    was = r.model.training
-    r.model.eval()
     r.heads.train()
-    examples = reply_rows(r, r.examples) if tp.mtp_head_data == "replies" else r.examples
     losses = []
     for idx in tqdm(plan, desc=f"heads@{r.round_id}", unit="step", disable=not r.acc.is_main_process):
         key = tuple(idx)
@@ -117,5 +139,6 @@ def train_heads_alone(r) -> dict:
     return {
         "head_steps": len(plan),
         "head_data": tp.mtp_head_data,
+        "head_prompts": len(more),
         "head_loss": [round(losses[0], 6), round(losses[-1], 6)],
     }
