@@ -35,6 +35,9 @@ def repo(tmp_path_factory):
         p["eval"].update(num_prompts=4, batch_size=4, max_new_tokens=8, gates={})
         p["train"].update(steps=2, batch_size=2, max_length=160, eval_examples=2)
         p["judge"].update(max_length=64, base_replies=20)
+        for spec in p["rounds"].values():  # the demo's heads, reading replies to a few more prompts
+            if "mtp_head_prompts" in spec.get("train", {}):
+                spec["train"]["mtp_head_prompts"] = 8
 
     # Without the shipped dvc.lock: it also records the pirate lineage's stages, which this
     # tutor-only repo does not have (DVC keeps a removed stage's entry).
