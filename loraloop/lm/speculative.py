@@ -139,11 +139,11 @@ class Decoding:
             return scores.argmax(-1).tolist(), None
         return [draw(row, self.gen) for row in scores], scores
 
-    def verify(self, scores, drafts: list[int], q: torch.Tensor | None) -> tuple[int, int]:
+    def verify(self, scores: torch.Tensor, drafts: list[int], q: torch.Tensor | None) -> tuple[int, int]:
         """(drafts kept, the token after them) from the scores of the verifying forward's logits
-        (n+1 rows; greedy: or their argmaxes, a list)."""
+        (n+1 rows)."""
         if self.greedy:
-            verified = scores if isinstance(scores, list) else scores.argmax(-1).tolist()  # the token after input i
+            verified = scores.argmax(-1).tolist()  # verified[i]: the token after input i
             a = 0
             while a < len(drafts) and drafts[a] == verified[a]:
                 a += 1
@@ -310,8 +310,6 @@ class _Drafter:
         fused = len(rows) * (d + 1) * (len(self.heads) + 1) <= FUSED_MAX_ROWS
         logits = all_logits(self.heads, self.out_layer, hidden) if fused else self.out_layer(hidden)[..., None, :]
         scores = scores_of([r.how for r in rows], logits[:, :, 0])
-        if all(r.how.greedy for r in rows):  # every row's argmaxes in one call, not one per row
-            scores = scores.argmax(-1).tolist()
         after = {}  # a live row -> (its batch row, its drafts kept)
         for b, (j, r) in enumerate(zip(batch.jobs, rows)):
             if not r.live:
@@ -415,7 +413,7 @@ def _joined(batch, keep: list[int], write, new, reserve: int):
 
 def _advance(
     r: _Row,
-    scores,
+    scores: torch.Tensor,
     stats: SpecStats,
     max_new_tokens: int,
     stop: set[int],
