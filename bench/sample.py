@@ -33,6 +33,11 @@ first max(batch, --few) prompts, and transformers' `generate` one prompt at a ti
 --few; texts compared, acceptance per head and tokens per forward printed per side. --profile
 adds each side's top operators by own CPU time (torch.profiler), one more run each: where a
 drafting step's time goes against a plain step's.
+--forward-costs prints what verifying costs on this device: the adapted model's forward over 2 and
+3 tokens per row against 1, at 1 to 64 rows after 300 tokens each (best of five each, on the
+batched sampler's cache, attention and CPU matmuls). Drafting pays where tokens per forward exceed
+that ratio; where they do not, the step is bound by compute, and the verify budget
+(lm/speculative.py VERIFY_TOKENS) keeps rows from drafting.
 With --temperature > 0 as well, speculative sampling (the rejection rule) against the sampler at
 that temperature and --top-p: the texts are other draws from the same distribution, so only the
 speed, the acceptance and the tokens per forward are compared.
@@ -327,11 +332,65 @@ def compare_speculative(args, tok, prompts: list[list[int]]) -> None:
     if t == 0 and "speculative, batch 1" in speed:
         ratio = speed["speculative, batch 1"] / speed["generate, one at a time"]
         print(f"ratio speculative, batch 1 vs generate, one at a time: {ratio:.2f}x (tokens/s)")
+    if args.forward_costs:
+        forward_costs(model)
     if args.profile:
         for b in map(int, args.speculative_batches.split(",")):
             for name in (f"speculative, batch {b}", f"sampler, batch {b}"):
                 forwards = stats[name].forwards if stats[name] is not None else None
                 profile_side(name, sides[name], sum(map(len, made[name])), forwards)
+
+
+def forward_costs(model, rows=(1, 2, 4, 8, 16, 32, 64), context: int = 300) -> None:
+    """A verifying step's forward on the batched sampler's machinery (lm/batch.py's prefill and
+    reserved cache, lm/kv_cache.py's attention per group, the CPU matmuls) over q = 2 and 3 tokens
+    per row (1 and 2 drafts) against q = 1, each row after `context` tokens of which half are a
+    shared prefix: ms and ratio, best of five, each step writing over the one before."""
+    from loraloop.lm.batch import start_batch
+    from loraloop.lm.cpu_matmul import cpu_linears
+    from loraloop.lm.kv_cache import ragged
+    from loraloop.lm.prefill import shared_prefix
+
+    gen, vocab, dev = torch.Generator().manual_seed(0), model.config.vocab_size, model.device
+    prefix = torch.randint(vocab, (context // 2,), generator=gen).tolist()
+    print(f"a verifying step's forward after {context} tokens a row, best of five (ratio: against 1 token a row)")
+    with torch.inference_mode(), ragged(model), cpu_linears(model):
+        for r in rows:
+            tails = [torch.randint(vocab, (context - len(prefix),), generator=gen).tolist() for _ in range(r)]
+            shared, cache = shared_prefix(model, [prefix + t for t in tails], dev)
+            batch = start_batch(
+                model, [t[shared - len(prefix) :] for t in tails], list(range(r)), shared, cache, 0, dev, 3, False
+            )
+            end = batch.n  # each step writes its q tokens from here
+            ms = {q: 1000 * min(verify_step(model, batch, shared, end, q, gen) for _ in range(5)) for q in (1, 2, 3)}
+            cells = "  ".join(f"{q} tokens {ms[q]:6.1f} ms ({ms[q] / ms[1]:.2f}x)" for q in (2, 3))
+            print(f"{r:3d} rows: 1 token {ms[1]:6.1f} ms  {cells}")
+
+
+def verify_step(model, batch, shared: int, write: int, q: int, gen) -> float:
+    """Seconds of one forward of every row of `batch` over q new tokens written from column
+    `write` on (over what the step before wrote there), logits at every position, as a drafting step
+    of lm/speculative.py runs it."""
+    from loraloop.lm.batch import attention_mask
+    from loraloop.lm.loss import causal_lm
+
+    lm, rows = causal_lm(model), len(batch.jobs)
+    last = write + torch.arange(q)[None].expand(rows, q)
+    mask = attention_mask(batch.first, batch.tail_from, shared, write + q, last)
+    spans = [(a, b, f, mask[a:b, ..., f : write + q]) for a, b, f in batch.groups]
+    ids = torch.randint(model.config.vocab_size, (rows, q), generator=gen)
+    t0 = time.perf_counter()
+    for layer in batch.cache.layers:
+        layer.write_at(last, write + q)
+    h = lm.get_decoder()(
+        input_ids=ids,
+        position_ids=batch.next_pos + torch.arange(q),
+        past_key_values=batch.cache,
+        use_cache=True,
+        ragged_spans=spans,
+    ).last_hidden_state
+    lm.get_output_embeddings()(h)  # every position's logits: each verifies a token
+    return time.perf_counter() - t0
 
 
 def profile_side(name: str, fn, tokens: int, forwards: int | None, top: int = 8) -> None:
@@ -364,6 +423,7 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=0.95, help="with --speculative and --temperature > 0")
     ap.add_argument("--speculative-batches", default="1,8,64", help="with --speculative: batch sizes, comma-separated")
     ap.add_argument("--profile", action="store_true", help="with --speculative: each side's top operators")
+    ap.add_argument("--forward-costs", action="store_true", help="with --speculative: verify cost per rows")
     ap.add_argument("--few", type=int, default=8, help="with --speculative: prompts at a batch size below this")
     ap.add_argument(
         "--peers",

@@ -436,8 +436,8 @@ def test_prompts_join_a_drafting_batch_as_its_rows_finish(tiny_base, monkeypatch
 def test_a_batch_drafts_within_its_verify_budget_and_more_as_rows_finish(tiny_base):
     """A step verifies at most `budget` tokens (rows x (1 + drafts)): seven rows and a budget of 8
     draft nothing (plain steps) until rows finish, then one draft each, then all three heads' once
-    two rows remain; a budget of one token never drafts. Every prompt still writes its
-    greedy tokens."""
+    two rows remain; a budget of one token never drafts, nor runs a head (not even for the rows'
+    first drafts). Every prompt still writes its greedy tokens."""
     from test_generate import early_stops, greedy_one_at_a_time
 
     assert [speculative.draft_depth(rows, 3, 8) for rows in (8, 7, 5, 4, 3, 2, 1)] == [0, 0, 0, 1, 1, 3, 3]
@@ -454,9 +454,12 @@ def test_a_batch_drafts_within_its_verify_budget_and_more_as_rows_finish(tiny_ba
     assert made == refs
     assert 0 < stats.drafted[2] < stats.drafted[0] < stats.forwards, stats  # some steps drafted, fewer deep
     assert stats.accepted[0] > 0
+    calls = []
+    heads.register_forward_hook(lambda *_: calls.append(1))
     made, stats = speculative.generate_speculative(model, heads, prompts, 16, set(stop), batch_size=7, budget=1)
     assert made == refs
     assert stats.drafted == [0, 0, 0] and stats.tokens == stats.forwards + len(prompts)
+    assert not calls
 
 
 @pytest.mark.parametrize("fit, fused", [(False, 0), (True, 10**6)])

@@ -127,23 +127,24 @@ class Decoding:
         return draw(target(logits, self.temperature, self.top_p), self.gen)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """What tokens are chosen from, per row of logits: the logits themselves (greedy: their
-        argmax), or the target distribution (sampling). A batch whose rows decode alike computes
-        them for all its rows at once (scores_of)."""
-        return logits if self.greedy else target(logits, self.temperature, self.top_p)
+        """What tokens are chosen from, per row of logits: greedy, the chosen token itself (the
+        argmax, [...] ids); sampling, the target distribution ([..., vocab]). A batch whose rows
+        decode alike computes them for all its rows at once (scores_of): one argmax over a batch
+        of 64 rows, not 64 (a plain step of the batch picks its tokens in one call too)."""
+        return logits.argmax(-1) if self.greedy else target(logits, self.temperature, self.top_p)
 
     def drafts(self, scores: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
         """A draft per head from its scores (of all_logits' drafts, n rows), and (sampling) the
         distributions they were drawn from."""
         if self.greedy:
-            return scores.argmax(-1).tolist(), None
+            return scores.tolist(), None
         return [draw(row, self.gen) for row in scores], scores
 
     def verify(self, scores: torch.Tensor, drafts: list[int], q: torch.Tensor | None) -> tuple[int, int]:
         """(drafts kept, the token after them) from the scores of the verifying forward's logits
         (n+1 rows)."""
         if self.greedy:
-            verified = scores.argmax(-1).tolist()  # verified[i]: the token after input i
+            verified = scores.tolist()  # verified[i]: the token after input i
             a = 0
             while a < len(drafts) and drafts[a] == verified[a]:
                 a += 1
@@ -169,7 +170,7 @@ def all_logits(heads: MTPHeads, out_layer, h: torch.Tensor, own: bool = True, de
     the verified positions and the drafts from each of them costs about what reading them for the
     verification alone does, where a second product for the kept position's drafts read them twice.
     own=False: the heads' logits only ([..., heads, vocab]); `depth`: the first heads only."""
-    drafted = [heads(h, k) for k in range(1, (depth or len(heads)) + 1)]
+    drafted = [heads(h, k) for k in range(1, (len(heads) if depth is None else depth) + 1)]
     return out_layer(torch.stack([h, *drafted] if own else drafted, -2))
 
 
@@ -183,14 +184,16 @@ FUSED_MAX_ROWS = 40
 # A drafting step verifies rows x (1 + drafts) tokens in one forward. While they are few, the
 # forward is bound by reading the weights and the drafts ride along almost free; past that it is
 # bound by compute, each verified token costs what a decoded one does, and drafts that are turned
-# down make the batch slower than the sampler (this 2-core CPU, SmolLM2, tutor-r2's heads: 1.28x /
-# 1.07x / 0.92x the sampler at 1 / 8 / 64 rows drafting two tokens each). So a batch's step drafts
-# at most as many of its heads' tokens per row as keep rows x (1 + drafts) within this budget,
-# none past it (a plain step: vLLM's speculative_disable_by_batch_size turns drafting off by batch
-# size alone), and more again as rows finish. A GPU's forward stays bound by reading the weights
-# to a few hundred tokens; the CPU's figure keeps 16 rows (bench/serve.py's 16 clients, 1.33x)
-# drafting both tokens.
-VERIFY_TOKENS = {"cpu": 48, "cuda": 512}
+# down make the batch slower than the sampler. So a batch's step drafts at most as many of its
+# heads' tokens per row as keep rows x (1 + drafts) within this budget, none past it (a plain
+# step: vLLM's speculative_disable_by_batch_size turns drafting off by batch size alone), and more
+# again as rows finish. On this 2-core CPU (SmolLM2, bench/sample.py --forward-costs) three tokens
+# a row cost 1.09x one at 1 row, 1.36x at 8, 1.55x at 16 and 1.8x at 64, two tokens 1.28x at 16,
+# against the demo heads' 1.75-2.0 and about 1.5 tokens per forward: 32 keeps two drafts to 10 rows
+# and one to 16 (a batch of 64: 1.00x the sampler, where 48 gave 0.96x; serve's 16 clients: 1.59x
+# lower p50, 1.61x with 48).
+# A GPU's forward stays bound by reading the weights to a few hundred tokens (not measured yet).
+VERIFY_TOKENS = {"cpu": 32, "cuda": 512}
 
 
 def draft_depth(rows: int, heads: int, budget: int) -> int:
@@ -274,9 +277,12 @@ class _Drafter:
     def __post_init__(self):
         self.rows = [None] * len(self.order)
 
-    def start_rows(self, jobs: list[int], hidden: torch.Tensor) -> None:
-        """The first token and drafts of newly prefilled jobs, from their last hidden states."""
-        logits = all_logits(self.heads, self.out_layer, hidden)
+    def start_rows(self, jobs: list[int], hidden: torch.Tensor, rows: int) -> None:
+        """The first token and drafts of newly prefilled jobs, from their last hidden states: as
+        many drafts as a batch of `rows` lets each row verify (none past the budget: the heads'
+        logits at 64 rows would triple the output layer's product for nothing)."""
+        depth = draft_depth(rows, len(self.heads), self.budget)
+        logits = all_logits(self.heads, self.out_layer, hidden, depth=depth)
         firsts, drafting = logits[:, 0], scores_of([self.hows[self.order[j]] for j in jobs], logits[:, 1:])
         for r, j in enumerate(jobs):
             i = self.order[j]
@@ -307,8 +313,13 @@ class _Drafter:
             use_cache=True,
             ragged_spans=[(a, b, f, mask[a:b, ..., f:width]) for a, b, f in batch.groups],
         ).last_hidden_state
-        fused = len(rows) * (d + 1) * (len(self.heads) + 1) <= FUSED_MAX_ROWS
-        logits = all_logits(self.heads, self.out_layer, hidden) if fused else self.out_layer(hidden)[..., None, :]
+        most = draft_depth(1, len(self.heads), self.budget)  # the next step's depth, at its deepest
+        fused = most and len(rows) * (d + 1) * (most + 1) <= FUSED_MAX_ROWS
+        logits = (
+            all_logits(self.heads, self.out_layer, hidden, depth=most)
+            if fused
+            else self.out_layer(hidden)[..., None, :]
+        )
         scores = scores_of([r.how for r in rows], logits[:, :, 0])
         after = {}  # a live row -> (its batch row, its drafts kept)
         for b, (j, r) in enumerate(zip(batch.jobs, rows)):
@@ -380,7 +391,7 @@ def decode_batch(
             jobs = next_jobs(waiting, tails, batch_size - len(keep))
             reserve = max_new_tokens + len(heads) + 1
             new = start_batch(model, tails, jobs, shared, prefix, 0, dev, reserve, True, hidden=True)
-            d.start_rows(jobs, new.logits)
+            d.start_rows(jobs, new.logits, len(keep) + len(jobs))
             batch, write = _joined(batch, keep, write, new, reserve)
             for layer in batch.cache.layers:
                 layer.clear_room()
