@@ -677,11 +677,14 @@ def _describe(err: dict) -> str:
         return f"{loc}: required key is missing (write `rules: {{}}` to judge the lineage by score.rules alone)"
     if err["type"] == "missing":
         return f"{loc}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's wording for a check of ours
     if err["type"] == "value_error" and not err["loc"]:  # a check across sections: its message names the key
-        return err["msg"].removeprefix("Value error, ")
+        return msg
     got = err.get("input")
+    if err["type"] == "value_error" and isinstance(got, dict):  # a check across a section's keys names them
+        return f"{loc}: {msg}"
     shown = f"{got!r} ({type(got).__name__})" if not isinstance(got, (dict, list)) else type(got).__name__
-    return f"{loc}: {err['msg']}; got {shown}"
+    return f"{loc}: {msg}; got {shown}"
 
 
 MAX_VALUES = 100_000  # a params file that expands past this is an alias bomb, not configuration

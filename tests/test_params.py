@@ -52,6 +52,16 @@ def test_wrong_type_names_key_and_type(tmp_path):
     assert "train.steps" in msg and "integer" in msg and "'many'" in msg
 
 
+def test_a_check_across_a_sections_keys_reads_as_its_own_message(tmp_path):
+    """Not pydantic's "Value error, ..." nor the section's whole value: the keys and the way out."""
+    path = edited(tmp_path, lambda r: r["train"].update(mtp_heads=3, mtp_head_data="examples", mtp_head_prompts=4))
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    line = str(e.value).splitlines()[-1].strip()
+    assert line.startswith("train: mtp_head_prompts adds prompts") and "mtp_head_prompts: 0" in line
+    assert "Value error" not in line and "got" not in line
+
+
 def test_nested_wrong_type(tmp_path):
     path = edited(tmp_path, lambda r: r["train"]["lora"].update(r="eight"))
     with pytest.raises(ParamsError, match=r"train\.lora\.r: .*integer"):
