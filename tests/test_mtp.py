@@ -462,6 +462,26 @@ def test_a_batch_drafts_within_its_verify_budget_and_more_as_rows_finish(tiny_ba
     assert not calls
 
 
+def test_a_sampled_batch_past_its_budget_draws_what_the_plain_sampler_draws(tiny_base):
+    """With no room to draft (budget 1), a sampled batch's steps are the plain sampler's: each row
+    picks from the same nucleus with its own generator, so the same seeds give the same tokens."""
+    from loraloop.lm.generate import generate
+
+    tok, model, prompts = setup(tiny_base)
+    seeds = [11 * i for i in range(len(prompts))]
+    heads = mtp.MTPHeads(model.config.hidden_size, 2)
+    made, stats = speculative.generate_speculative(
+        model, heads, prompts, 12, {tok.eos_token_id}, 0.9, 0.8, seeds, batch_size=len(prompts), budget=1
+    )
+    plain = generate(
+        model, tok, prompts, batch_size=len(prompts), max_new_tokens=12, temperature=0.9, top_p=0.8, seed=0,
+        seeds=seeds, desc="", progress=False,
+    )  # fmt: skip
+    assert [tok.decode(m, skip_special_tokens=True).strip() for m in made] == plain.texts
+    assert stats.drafted == [0, 0] and stats.tokens == plain.n_tokens
+    assert len(set(plain.texts)) > 1  # the rows drew their own texts
+
+
 @pytest.mark.parametrize("fit, fused", [(False, 0), (True, 10**6)])
 def test_rows_of_a_batch_accept_their_own_drafts_and_write_what_each_writes_alone(tiny_base, fit, fused, monkeypatch):
     """Four prompts of different lengths in one batch, each row keeping as many drafts as it

@@ -9,16 +9,14 @@ cropped away (or written over by the next step), and every forward yields at lea
   target at each position is what the plain sampler draws from (softmax at the temperature, cut
   to the top_p nucleus); a draft d taken from its head's distribution q (processed the same way)
   is kept with probability min(1, p(d) / q(d)); the first one turned down is replaced by a draw
-  from the normalized max(0, p - q), and when all are kept one more token is drawn from p. Each
-  token is then distributed as the plain sampler's (tests/test_mtp.py checks the rule exactly and
-  the sampler's frequencies), though the draws differ: a seed gives another text than without
-  speculation. A head drafts from the state before the next token was drawn, so it cannot know
-  that token: sampled text accepts fewer drafts than greedy.
+  from the normalized max(0, p - q), and when all are kept one more is drawn from p. Each token is
+  then distributed as the plain sampler's (tests/test_mtp.py), though a seed gives another text
+  than without speculation. A head drafts from the state before the next token was drawn, so it
+  cannot know that token: sampled text accepts fewer drafts than greedy.
 
-One prompt at a time (decode_one: batch 1, where decoding is bound by reading the weights and a
-forward of a few tokens costs about what a forward of one does), or several in one batch
-(decode_batch, on the batched sampler's prefill, cache and attention), each row keeping as many
-drafts as it accepts."""
+One prompt at a time (decode_one: batch 1, bound by reading the weights, where a forward of a few
+tokens costs about what one of one does), or several in one batch (decode_batch, on the batched
+sampler's prefill, cache and attention), each row keeping as many drafts as it accepts."""
 
 from __future__ import annotations
 
@@ -30,7 +28,7 @@ from tqdm import tqdm
 
 from .batch import attention_mask, compact, merge, next_jobs, start_batch
 from .cpu_matmul import cpu_linears
-from .generate import inverse_cdf, nucleus
+from .generate import inverse_cdf, nucleus, pick_next
 from .kv_cache import ragged
 from .loss import causal_lm
 from .mtp import MTPHeads
@@ -71,8 +69,7 @@ class SpecStats:
 
 
 def crop_to(cache, length: int) -> None:
-    """The cache's first `length` columns. (DynamicCache.crop's argument changed meaning across
-    transformers 5.x releases: a length, then a count of columns to drop.)"""
+    """The cache's first `length` columns (DynamicCache.crop's argument changed meaning in 5.x)."""
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
 
@@ -122,15 +119,13 @@ class Decoding:
         return self.temperature <= 0
 
     def first(self, logits: torch.Tensor) -> int:
-        if self.greedy:
-            return int(logits.argmax(-1))
-        return draw(target(logits, self.temperature, self.top_p), self.gen)
+        """The token after the prompt, picked as the plain sampler picks it (lm/generate.py)."""
+        return int(pick_next(logits[None], self.temperature, self.top_p, [self.gen])[0])
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """What tokens are chosen from, per row of logits: greedy, the chosen token itself (the
-        argmax, [...] ids); sampling, the target distribution ([..., vocab]). A batch whose rows
-        decode alike computes them for all its rows at once (scores_of): one argmax over a batch
-        of 64 rows, not 64 (a plain step of the batch picks its tokens in one call too)."""
+        """What tokens are chosen from, per row of logits: greedy, the argmax ids themselves;
+        sampling, the target distribution ([..., vocab]). Rows that decode alike get them in one
+        call (scores_of): one argmax over a batch of 64 rows, not 64."""
         return logits.argmax(-1) if self.greedy else target(logits, self.temperature, self.top_p)
 
     def drafts(self, scores: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
@@ -165,10 +160,9 @@ def scores_of(hows: list[Decoding], logits: torch.Tensor) -> torch.Tensor:
 def all_logits(heads: MTPHeads, out_layer, h: torch.Tensor, own: bool = True, depth: int | None = None) -> torch.Tensor:
     """The model's own logits and every head's at hidden states h ([..., hidden] ->
     [..., 1 + heads, vocab]: [..., 0] the next token's, [..., k] head k's draft k places further),
-    in one product with the output layer. A step of a few rows is bound by streaming the
-    vocabulary's weights (SmolLM2: 49,152 x 576, a fifth of its forward), so reading them once for
-    the verified positions and the drafts from each of them costs about what reading them for the
-    verification alone does, where a second product for the kept position's drafts read them twice.
+    in one product with the output layer: a step of a few rows is bound by streaming its weights
+    (SmolLM2: a fifth of the forward), so one read for the verified positions and the drafts from
+    each costs about what the verification's alone does (a second product would read them twice).
     own=False: the heads' logits only ([..., heads, vocab]); `depth`: the first heads only."""
     drafted = [heads(h, k) for k in range(1, (len(heads) if depth is None else depth) + 1)]
     return out_layer(torch.stack([h, *drafted] if own else drafted, -2))
@@ -181,18 +175,13 @@ def all_logits(heads: MTPHeads, out_layer, h: torch.Tensor, own: bool = True, de
 # 16; 8 rows, 24 against 18 (the product is no longer bound by reading the weights).
 FUSED_MAX_ROWS = 40
 
-# A drafting step verifies rows x (1 + drafts) tokens in one forward. While they are few, the
-# forward is bound by reading the weights and the drafts ride along almost free; past that it is
-# bound by compute, each verified token costs what a decoded one does, and drafts that are turned
-# down make the batch slower than the sampler. So a batch's step drafts at most as many of its
-# heads' tokens per row as keep rows x (1 + drafts) within this budget, none past it (a plain
-# step: vLLM's speculative_disable_by_batch_size turns drafting off by batch size alone), and more
-# again as rows finish. On this 2-core CPU (SmolLM2, bench/sample.py --forward-costs) three tokens
-# a row cost 1.09x one at 1 row, 1.36x at 8, 1.55x at 16 and 1.8x at 64, two tokens 1.28x at 16,
-# against the demo heads' 1.75-2.0 and about 1.5 tokens per forward: 32 keeps two drafts to 10 rows
-# and one to 16 (a batch of 64: 1.00x the sampler, where 48 gave 0.96x; serve's 16 clients: 1.59x
-# lower p50, 1.61x with 48).
-# A GPU's forward stays bound by reading the weights to a few hundred tokens (not measured yet).
+# A drafting step verifies rows x (1 + drafts) tokens in one forward: bound by reading the weights
+# while they are few (the drafts ride along almost free), by compute past that (a turned-down draft
+# costs what a decoded token does). So a step drafts per row as many tokens as keep it within this
+# budget, none past it (vLLM's speculative_disable_by_batch_size), more as rows finish. This CPU
+# (bench/sample.py --forward-costs): 3 tokens a row cost 1.09x one at 1 row, 1.36x at 8, 1.55x at
+# 16, against the demo heads' 1.75-2.0 tokens per forward; 32 (two drafts to 10 rows, one to 16)
+# made a batch of 64 1.00x the sampler, 48 0.96x (README: Multi-token heads). GPU: not measured.
 VERIFY_TOKENS = {"cpu": 32, "cuda": 512}
 
 
@@ -248,7 +237,8 @@ def decode_one(
         step = torch.tensor([[r.made[-1], *r.drafts]], device=dev)
         hidden = decoder(input_ids=step, past_key_values=cache, use_cache=True, grouped_step=True).last_hidden_state[0]
         logits = all_logits(heads, out_layer, hidden)  # the drafts from every position, kept or not
-        a = _advance(r, how.scores(logits[:, 0]), stats, max_new_tokens, stop, heard, halted)
+        verdict = how.verify(how.scores(logits[:, 0]), r.drafts, r.q)
+        a = _advance(r, verdict, stats, max_new_tokens, stop, heard, halted)
         crop_to(cache, cache.get_seq_length() - (n - a))  # the rejected drafts' columns
         r.drafts, r.q = how.drafts(how.scores(logits[a, 1:]))
     stats.tokens += len(r.made)
@@ -320,14 +310,14 @@ class _Drafter:
             if fused
             else self.out_layer(hidden)[..., None, :]
         )
-        scores = scores_of([r.how for r in rows], logits[:, :, 0])
+        verdicts = _verdicts(rows, logits[:, :, 0], d)
         after = {}  # a live row -> (its batch row, its drafts kept)
         for b, (j, r) in enumerate(zip(batch.jobs, rows)):
             if not r.live:
                 continue
             i = self.order[j]
             hear, stopped = (lambda t, i=i: self.heard(i, t)), (lambda i=i: self.halted(i))
-            a = _advance(r, scores[b], self.stats[i], self.max_new_tokens, self.stop, hear, stopped)
+            a = _advance(r, verdicts[b], self.stats[i], self.max_new_tokens, self.stop, hear, stopped)
             write[b] += 1 + a
             batch.next_pos[b] += 1 + a
             if r.live:
@@ -422,19 +412,34 @@ def _joined(batch, keep: list[int], write, new, reserve: int):
     return merged, torch.cat([write[idx] + shift, fresh + merged.n - new.n])
 
 
+def _verdicts(rows: list[_Row], logits: torch.Tensor, d: int) -> list[tuple[int, int] | None]:
+    """Each live row's (drafts kept, the token after them) from a step's logits [rows, 1 + d,
+    vocab]. A step without drafts whose rows decode alike picks as the plain sampler's step does
+    (lm/generate.py pick_next: one argmax, or one nucleus draw over the batch, each row with its
+    own generator): building every row's target over the whole vocabulary and drawing from each
+    alone made a sampled batch of 64 that never drafted 0.91x the sampler."""
+    first = rows[0].how
+    if d == 0 and all((r.how.temperature, r.how.top_p) == (first.temperature, first.top_p) for r in rows):
+        picked = pick_next(logits[:, 0], first.temperature, first.top_p, [r.how.gen for r in rows])
+        return [(0, token) for token in picked.tolist()]
+    scores = scores_of([r.how for r in rows], logits)
+    return [r.how.verify(row, r.drafts, r.q) if r.live else None for r, row in zip(rows, scores)]
+
+
 def _advance(
     r: _Row,
-    scores: torch.Tensor,
+    verdict: tuple[int, int],
     stats: SpecStats,
     max_new_tokens: int,
     stop: set[int],
     heard: Callable[[int], None] = lambda token: None,
     halted: Callable[[], bool] = lambda: False,
 ) -> int:
-    """One row's verification: its kept drafts and the token after them appended (up to an end:
-    a stop token, the length, or halted() after a token heard); returns how many drafts it kept."""
+    """One row's verdict (Decoding.verify's: drafts kept, the token after them) applied: its kept
+    drafts and that token appended (up to an end: a stop token, the length, or halted() after a
+    token heard); returns how many drafts it kept."""
     n = len(r.drafts)
-    a, after = r.how.verify(scores, r.drafts, r.q)
+    a, after = verdict
     stats.forwards += 1
     for k in range(n):
         stats.drafted[k] += 1
