@@ -369,27 +369,16 @@ def forward_costs(model, rows=(1, 2, 4, 8, 16, 32, 64), context: int = 300) -> N
 
 def verify_step(model, batch, shared: int, write: int, q: int, gen) -> float:
     """Seconds of one forward of every row of `batch` over q new tokens written from column
-    `write` on (over what the step before wrote there), logits at every position, as a drafting step
-    of lm/speculative.py runs it."""
-    from loraloop.lm.batch import attention_mask
+    `write` on (over what the step before wrote there), logits at every position: a drafting
+    step's verifying forward (lm/speculative.py verify_forward) and its output layer."""
     from loraloop.lm.loss import causal_lm
+    from loraloop.lm.speculative import verify_forward
 
     lm, rows = causal_lm(model), len(batch.jobs)
-    last = write + torch.arange(q)[None].expand(rows, q)
-    mask = attention_mask(batch.first, batch.tail_from, shared, write + q, last)
-    spans = [(a, b, f, mask[a:b, ..., f : write + q]) for a, b, f in batch.groups]
     ids = torch.randint(model.config.vocab_size, (rows, q), generator=gen)
     t0 = time.perf_counter()
-    for layer in batch.cache.layers:
-        layer.write_at(last, write + q)
-    h = lm.get_decoder()(
-        input_ids=ids,
-        position_ids=batch.next_pos + torch.arange(q),
-        past_key_values=batch.cache,
-        use_cache=True,
-        ragged_spans=spans,
-    ).last_hidden_state
-    lm.get_output_embeddings()(h)  # every position's logits: each verifies a token
+    hidden = verify_forward(lm.get_decoder(), batch, ids, torch.full((rows,), write), shared)
+    lm.get_output_embeddings()(hidden)  # every position's logits: each verifies a token
     return time.perf_counter() - t0
 
 

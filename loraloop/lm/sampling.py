@@ -124,7 +124,7 @@ def run(params: Params, r: Round, base: Base, out_file: Path | None = None) -> d
         "top_p": sp.top_p,
         "max_new_tokens": sp.max_new_tokens,
     }
-    from .speculative import SpecStats
+    from .spec_stats import SpecStats
 
     n_tokens, done, drafting = 0, 0, None
 

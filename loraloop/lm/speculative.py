@@ -33,39 +33,7 @@ from .kv_cache import ragged
 from .loss import causal_lm
 from .mtp import MTPHeads
 from .prefill import shared_prefix
-
-
-@dataclass
-class SpecStats:
-    forwards: int = 0  # forwards of the model after the prompt's
-    tokens: int = 0  # tokens made
-    drafted: list[int] = field(default_factory=list)  # per head: drafts verified
-    accepted: list[int] = field(default_factory=list)  # per head: drafts kept
-
-    @classmethod
-    def for_heads(cls, n: int) -> SpecStats:
-        return cls(drafted=[0] * n, accepted=[0] * n)
-
-    @property
-    def tokens_per_forward(self) -> float:
-        return self.tokens / max(self.forwards, 1)
-
-    def acceptance(self) -> list[float]:
-        return [a / d if d else 0.0 for a, d in zip(self.accepted, self.drafted)]
-
-    def add(self, other: SpecStats) -> None:
-        self.forwards += other.forwards
-        self.tokens += other.tokens
-        self.drafted = [a + b for a, b in zip(self.drafted, other.drafted)]
-        self.accepted = [a + b for a, b in zip(self.accepted, other.accepted)]
-
-    def summary(self) -> dict:
-        return {
-            "acceptance": [round(a, 4) for a in self.acceptance()],
-            "tokens_per_forward": round(self.tokens_per_forward, 4),
-            "forwards": self.forwards,
-            "tokens": self.tokens,
-        }
+from .spec_stats import SpecStats
 
 
 def crop_to(cache, length: int) -> None:
@@ -147,13 +115,16 @@ class Decoding:
         return verify_sampled(scores, q, drafts, self.gen)
 
 
+def alike(hows: list[Decoding]) -> bool:
+    """Whether rows decode alike (one temperature and top_p): what they pick from is one call."""
+    return len({(h.temperature, h.top_p) for h in hows}) == 1
+
+
 def scores_of(hows: list[Decoding], logits: torch.Tensor) -> torch.Tensor:
     """Each row's scores (Decoding.scores) of logits [rows, ...]: in one call when the rows decode
-    alike (a batch's rows share temperature and top_p: sampling's softmax and nucleus over the
-    vocabulary run batched, not row by row)."""
-    first = hows[0]
-    if all((h.temperature, h.top_p) == (first.temperature, first.top_p) for h in hows):
-        return first.scores(logits)
+    alike (sampling's softmax and nucleus over the vocabulary batched, not row by row)."""
+    if alike(hows):
+        return hows[0].scores(logits)
     return torch.stack([h.scores(row) for h, row in zip(hows, logits)])
 
 
@@ -245,6 +216,22 @@ def decode_one(
     return r.made
 
 
+def verify_forward(decoder, batch, ids: torch.Tensor, write: torch.Tensor, shared: int) -> torch.Tensor:
+    """The decoder's hidden states [rows, q, hidden] for each row's q tokens `ids` (its next token
+    and drafts) written from its own column write[row] on, each query seeing its row up to itself
+    (lm/batch.py attention_mask) over the cache columns its group uses (lm/kv_cache.py)."""
+    ahead = torch.arange(ids.shape[1], device=write.device)
+    width, last = int(write.max()) + ids.shape[1], write[:, None] + ahead  # last: each query's column
+    mask = attention_mask(batch.first, batch.tail_from, shared, width, last).to(batch.cache.layers[0].keys.dtype)
+    for layer in batch.cache.layers:
+        layer.write_at(last, width)
+    spans = [(a, b, f, mask[a:b, ..., f:width]) for a, b, f in batch.groups]
+    pos = batch.next_pos + ahead
+    return decoder(
+        input_ids=ids, position_ids=pos, past_key_values=batch.cache, use_cache=True, ragged_spans=spans
+    ).last_hidden_state
+
+
 @dataclass
 class _Drafter:
     """What a drafting batch's steps share: the model's parts and heads, each prompt's row, how it
@@ -288,21 +275,10 @@ class _Drafter:
         accepts, and its column and position move past it."""
         rows = [self.rows[j] for j in batch.jobs]
         d = min([draft_depth(len(rows), len(self.heads), self.budget)] + [len(r.drafts) for r in rows if r.live])
-        ahead, width = torch.arange(d + 1, device=write.device), int(write.max()) + d + 1
-        last = write[:, None] + ahead  # each query's own column: the next token's, then its drafts'
-        mask = attention_mask(batch.first, batch.tail_from, shared, width, last)
-        mask = mask.to(batch.cache.layers[0].keys.dtype)
-        for layer in batch.cache.layers:
-            layer.write_at(last, width)
         for r in rows:  # a row that ended reads its last token again: its queries go unused
             r.drafts, r.q = (r.drafts[:d], r.q if r.q is None else r.q[:d]) if r.live else ([r.made[-1]] * d, None)
-        hidden = self.decoder(
-            input_ids=torch.tensor([[r.made[-1], *r.drafts] for r in rows], device=write.device),
-            position_ids=batch.next_pos + ahead,
-            past_key_values=batch.cache,
-            use_cache=True,
-            ragged_spans=[(a, b, f, mask[a:b, ..., f:width]) for a, b, f in batch.groups],
-        ).last_hidden_state
+        ids = torch.tensor([[r.made[-1], *r.drafts] for r in rows], device=write.device)
+        hidden = verify_forward(self.decoder, batch, ids, write, shared)
         most = draft_depth(1, len(self.heads), self.budget)  # the next step's depth, at its deepest
         fused = most and len(rows) * (d + 1) * (most + 1) <= FUSED_MAX_ROWS
         logits = (
@@ -415,14 +391,13 @@ def _joined(batch, keep: list[int], write, new, reserve: int):
 def _verdicts(rows: list[_Row], logits: torch.Tensor, d: int) -> list[tuple[int, int] | None]:
     """Each live row's (drafts kept, the token after them) from a step's logits [rows, 1 + d,
     vocab]. A step without drafts whose rows decode alike picks as the plain sampler's step does
-    (lm/generate.py pick_next: one argmax, or one nucleus draw over the batch, each row with its
-    own generator): building every row's target over the whole vocabulary and drawing from each
-    alone made a sampled batch of 64 that never drafted 0.91x the sampler."""
-    first = rows[0].how
-    if d == 0 and all((r.how.temperature, r.how.top_p) == (first.temperature, first.top_p) for r in rows):
-        picked = pick_next(logits[:, 0], first.temperature, first.top_p, [r.how.gen for r in rows])
+    (pick_next: one argmax or nucleus draw over the batch, each row with its own generator), not
+    each row alone over the whole vocabulary (a sampled batch of 64 that never drafted: 0.91x)."""
+    hows = [r.how for r in rows]
+    if d == 0 and alike(hows):
+        picked = pick_next(logits[:, 0], hows[0].temperature, hows[0].top_p, [h.gen for h in hows])
         return [(0, token) for token in picked.tolist()]
-    scores = scores_of([r.how for r in rows], logits)
+    scores = scores_of(hows, logits)
     return [r.how.verify(row, r.drafts, r.q) if r.live else None for r, row in zip(rows, scores)]
 
 

@@ -198,7 +198,8 @@ class Engine:
         """The group's requests, their heads drafting and the adapted model verifying, one alone or
         several rows of a batch, each keeping its own drafts (same greedy text; sampled text from
         the same distribution, lm/speculative.py)."""
-        from ..lm.speculative import Decoding, SpecStats, decode_batch, decode_one
+        from ..lm.spec_stats import SpecStats
+        from ..lm.speculative import Decoding, decode_batch, decode_one
 
         heads, first = self._heads(group[0].adapter), group[0]
         hows = [Decoding.seeded(j.temperature, j.top_p, j.seed) for j in group]
