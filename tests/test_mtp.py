@@ -42,6 +42,32 @@ def test_speculative_greedy_writes_what_generate_writes(tiny_base, n_heads, scal
     assert stats.tokens_per_forward < 1.5  # heads that know nothing: nearly one token per forward
 
 
+def test_one_prompt_at_a_time_prefills_their_shared_system_prompt_once(tiny_base):
+    """Batch 1 (decode_one): the system prompt every prompt starts with is prefilled once, then
+    each prompt's own tokens on a copy of its cache; the tokens are still plain greedy's."""
+    from loraloop.lm.loss import causal_lm
+    from loraloop.lm.prefill import common_prefix
+
+    tok, model, prompts = setup(tiny_base)
+    prompts = prompts[:3]
+    shared = common_prefix(prompts)
+    assert shared > 0
+    prefills = []
+
+    def heard(module, args, kw):  # a prefill: more tokens than a verifying step's
+        if kw["input_ids"].shape[1] > 4:
+            prefills.append(kw["input_ids"].shape[1])
+
+    hook = causal_lm(model).get_decoder().register_forward_pre_hook(heard, with_kwargs=True)
+    try:
+        heads = random_heads(model.config.hidden_size, 3, 0.05)
+        made, _ = speculative.generate_speculative(model, heads, prompts, 8, set())
+    finally:
+        hook.remove()
+    assert prefills == [shared] + [len(p) - shared for p in prompts]
+    assert made == [greedy_reference(model, tok, p, 8).tolist() for p in prompts]
+
+
 def heads_fit_to(model, prompts: list[list[int]], replies: list[list[int]], n: int) -> mtp.MTPHeads:
     """n-1 heads fit (the model frozen) to predict these replies' tokens."""
     from loraloop.lm.loss import causal_lm
