@@ -17,6 +17,11 @@ OUTPUT_BLOCK_ROWS = 2048
 # into its blocked layout was 1.2-1.75x faster at 1-32 rows, about even at 64 and slower from 256
 # (SmolLM2's layers streamed from memory, this 2-core CPU). So inputs of at most this many rows
 # (decode steps) go to oneDNN, larger ones (prefill) to torch's matmul.
+# At 1-3 rows MKL's matrix-vector path is faster again (on 2026-12-07's CPU oneDNN took 1.25x its
+# time, and a batch of 1 decoded 1.27x faster on it), but it is not taken: oneDNN gives a row the
+# same bits whatever the number of rows beside it, MKL does not (1 row vs 2..100: other last
+# bits), and that is what keeps a sample the same with or without other prompts in its batch
+# (tests/test_generate.py: sampled, batch 3 against each prompt alone).
 PACKED_MAX_ROWS = 64
 
 

@@ -42,7 +42,7 @@ class Generation:
     texts: list[str]  # in the order of the prompts
     seeds: list[int]  # the sampling seed of each
     n_tokens: int  # tokens generated, end-of-turn included
-    speculative: list | None = None  # drafted with multi-token heads: each prompt's SpecStats (lm/speculative.py)
+    speculative: list | None = None  # drafted with multi-token heads: each prompt's SpecStats (lm/spec_stats.py)
 
 
 def pick_next(logits: torch.Tensor, temperature: float, top_p: float, gens: list[torch.Generator]) -> torch.Tensor:
