@@ -125,7 +125,7 @@ class CountedTokenLoss(torch.nn.Module):
     ):
         """[B, T-1]: the loss of predicting token t+1 at position t, 0 where t+1 does not count.
         `aligned`: also pad the counted rows the output layer sees to a multiple of ALIGN.
-        `with_heads`: (that, the multi-token heads' losses: mtp.head_token_losses)."""
+        `with_heads`: (that, the multi-token heads' losses: lm/mtp.py MTPHeads.token_losses)."""
         counted = mask[:, 1:]
         if with_heads and not self.split:
             raise ValueError("train.mtp_heads: this model's output layer does not run apart from its decoder")
@@ -143,10 +143,8 @@ class CountedTokenLoss(torch.nn.Module):
         main = torch.zeros(counted.shape, dtype=loss.dtype, device=loss.device).masked_scatter(counted, loss)
         if not with_heads:
             return main
-        from .mtp import head_token_losses
-
         trunk = full if self.joint else full.detach()
-        return main, head_token_losses(self.heads, lm.get_output_embeddings(), trunk, ids, mask)
+        return main, self.heads.token_losses(lm.get_output_embeddings(), trunk, ids, mask)
 
 
 def token_losses(net: CountedTokenLoss, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

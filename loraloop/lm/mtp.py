@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .loss import causal_lm, collate, cross_entropy, tokenize
+
 HEADS_FILE = "mtp_heads.safetensors"
 
 
@@ -45,13 +47,16 @@ class MTPHeads(torch.nn.Module):
     def forward(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
         return self.blocks[k - 1](hidden)
 
+    def token_losses(self, out_layer, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+        """head_token_losses of these heads: what the training loss (lm/loss.py) asks of them, so
+        that it needs no import of this module."""
+        return head_token_losses(self, out_layer, hidden, ids, mask)
+
 
 def head_token_losses(heads: MTPHeads, out_layer, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
     """Per head k, the loss [B, T-1-k] of predicting token t+1+k from the hidden state at t
     (hidden: [B, T, D], the decoder's output at every position), 0 where that token does not count
     (not an assistant token, or past the row). The output layer runs only where a loss is taken."""
-    from .loss import cross_entropy
-
     losses = []
     width = ids.shape[1]
     for k in range(1, len(heads) + 1):
@@ -71,8 +76,6 @@ def head_token_losses(heads: MTPHeads, out_layer, hidden: torch.Tensor, ids: tor
 def head_accuracy(model, heads: MTPHeads, tok, conversations: list[dict], max_length: int, batch_size: int) -> dict:
     """Top-1 accuracy on the conversations' assistant tokens (teacher forcing) of the next-token
     head ("t+1") and of each multi-token head ("t+2", ...), and how many tokens the first counted."""
-    from .loss import causal_lm, collate, tokenize
-
     examples, _ = tokenize(tok, conversations, max_length)
     lm = causal_lm(model)
     out_layer, dev, own = lm.get_output_embeddings(), next(model.parameters()).device, next(heads.parameters()).dtype
