@@ -191,19 +191,19 @@ def decode_one(
     how: Decoding,
     on_token: Callable[[int], None] | None = None,
     halt: Callable[[], bool] | None = None,
-    prefix: tuple[int, object] | None = None,
+    prefix: tuple[int, object] = (0, None),
 ) -> list[int]:
     """New tokens for one prompt (end-of-turn included, if made). on_token hears each as it is
     kept; halt(), asked after each, ends the reply there (a client that left, a stop sequence).
-    `prefix`: (length, key/value cache) of the prompt's first tokens, computed once for prompts
-    that share them (lm/prefill.py shared_prefix): only the rest is prefilled, on a copy."""
+    `prefix`: (length, key/value cache or None) of the prompt's first tokens, computed once for
+    prompts that share them (lm/prefill.py shared_prefix): only the rest is prefilled, on a copy."""
     from transformers import DynamicCache
 
     lm = causal_lm(model)
     decoder, out_layer = lm.get_decoder(), lm.get_output_embeddings()
     dev, n = next(model.parameters()).device, len(heads)
-    no_prefix = prefix is None or prefix[1] is None
-    shared, cache = (0, DynamicCache()) if no_prefix else (prefix[0], copy.deepcopy(prefix[1]))
+    shared, cached = prefix
+    cache = DynamicCache() if cached is None else copy.deepcopy(cached)
     h = decoder(input_ids=torch.tensor([ids[shared:]], device=dev), past_key_values=cache, use_cache=True)
     h = h.last_hidden_state[0, -1]
     logits = all_logits(heads, out_layer, h)
@@ -463,7 +463,7 @@ def generate_speculative(
         if batch_size == 1:
             # The system prompt every prompt starts with, prefilled once (one prompt: whole).
             with torch.inference_mode():
-                prefix = shared_prefix(model, prompts, out_layer.weight.device) if len(prompts) > 1 else None
+                prefix = shared_prefix(model, prompts, out_layer.weight.device) if len(prompts) > 1 else (0, None)
             made = []
             for p, st, how in zip(prompts, stats, hows):
                 made.append(decode_one(model, heads, p, max_new_tokens, stop, st, how, prefix=prefix))
